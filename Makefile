@@ -1,0 +1,55 @@
+# trustproxy: the two commands are `make demo` and `make test` (see README.md).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: help setup system-deps venv lint typecheck check test test-unit test-integration demo demo-down bench clean
+
+help:
+	@echo "make demo        set up everything, start registry + notary + trustproxy, show what clients see"
+	@echo "make demo-down   stop everything make demo started"
+	@echo "make test        set up everything and run ruff, mypy (strict) and pytest"
+	@echo "make test-unit   only the unit tests (no real servers)"
+	@echo "make bench       run the benchmarks in loadtest/"
+
+system-deps:
+	@bash scripts/install-system-deps.sh
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@$(BIN)/python -m pip install -q --upgrade pip
+	@$(BIN)/python -m pip install -q -e '.[dev]'
+	@touch $(STAMP)
+
+venv: $(STAMP)
+
+setup: system-deps venv
+
+lint: venv
+	$(BIN)/ruff check proxy testbed tests loadtest
+	$(BIN)/ruff format --check proxy testbed tests loadtest
+
+typecheck: venv
+	$(BIN)/mypy
+
+check: lint typecheck
+
+test: setup check
+	$(BIN)/pytest
+
+test-unit: venv
+	$(BIN)/pytest -m "not integration"
+
+demo: setup
+	$(BIN)/python -m testbed.demo up
+
+demo-down: venv
+	$(BIN)/python -m testbed.demo down
+
+bench: setup
+	$(BIN)/python -m loadtest
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .demo
