@@ -1,0 +1,346 @@
+"""The pull side of the OCI Distribution API, proxied. One function per endpoint.
+
+Routing (``dispatch``) → client auth → endpoint. Every TrustproxyError raised below becomes
+an OCI error response in ``proxy/http/errors.py``; nothing here builds error bodies by hand
+except for relaying the upstream's own.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+import httpx
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.types import ASGIApp
+
+from proxy.digests import verify_digest
+from proxy.errors import (
+    NotSignedError,
+    TrustproxyError,
+    UnsupportedError,
+    UpstreamContentError,
+    UpstreamUnavailableError,
+)
+from proxy.gate import PassThrough, ServeDigest
+from proxy.http.errors import oci_error_response, response_for_exception
+from proxy.http.relay import error_body_for_client, relayed_headers, rewrite_link
+from proxy.http.state import ProxyState
+from proxy.http.streaming import UpstreamBodyResponse
+from proxy.reference import RepoPath, parse_repo_path
+from proxy.routing import Route
+from proxy.upstream.client import REDIRECT_STATUSES, UpstreamClient
+
+log = logging.getLogger("trustproxy.handlers")
+
+API_VERSION_HEADER = {"Docker-Distribution-API-Version": "registry/2.0"}
+READ_ONLY = "trustproxy is a read-only pull proxy: push and delete are not supported"
+PULL_METHODS = ("GET", "HEAD")
+
+
+def proxy_state(request: Request) -> ProxyState:
+    state: ProxyState = request.app.state.proxy
+    return state
+
+
+async def dispatch(request: Request) -> Response | ASGIApp:
+    """Entry point for everything under ``/v2``."""
+    state = proxy_state(request)
+    try:
+        if request.method not in PULL_METHODS:
+            raise UnsupportedError(READ_ONLY)
+        if state.client_auth is not None:
+            request.state.user = state.client_auth.check(request.headers.get("authorization"))
+        path = request.url.path
+        if path in ("/v2", "/v2/"):
+            return await base(request, state)
+        if path == "/v2/_catalog":
+            return await catalog(request, state)
+        repo_path = parse_repo_path(path)
+        if repo_path is None:
+            return oci_error_response(404, "NOT_FOUND", f"no such endpoint: {path[:200]}")
+        if repo_path.kind == "uploads":
+            raise UnsupportedError(READ_ONLY)
+        route = state.router.route(repo_path.name)
+        request.state.upstream = route.upstream.name
+        client = state.clients[route.upstream.name]
+        if repo_path.kind == "manifests":
+            return await manifest(request, state, client, route, repo_path)
+        if repo_path.kind == "blobs":
+            return await blob(request, client, route, repo_path)
+        if repo_path.kind == "tags":
+            return await tags_list(request, state, client, route)
+        return await referrers(request, client, route, repo_path)
+    except TrustproxyError as exc:
+        request.state.error = str(exc)
+        response = response_for_exception(exc, basic_realm=state.basic_realm)
+        if isinstance(exc, UnsupportedError):
+            response.headers["Allow"] = "GET, HEAD"
+        return response
+
+
+# --------------------------------------------------------------------------- /v2/
+
+
+async def base(request: Request, state: ProxyState) -> Response:
+    """``GET /v2/``: the API version check, and where clients learn how to authenticate."""
+    up = state.router.default or state.settings.upstreams[0]
+    if up.auth.mode != "passthrough":
+        # The proxy authenticates upstream itself (or client auth was checked above).
+        return Response(b"{}", media_type="application/json", headers=API_VERSION_HEADER)
+    client = state.clients[up.name]
+    request.state.upstream = up.name
+    resp = await client.open(
+        "GET", "/v2/", scope=None, client_authorization=request.headers.get("authorization")
+    )
+    if resp.status_code == 200:
+        await resp.aclose()
+        return Response(b"{}", media_type="application/json", headers=API_VERSION_HEADER)
+    return await relay_error(client, resp, state)
+
+
+# --------------------------------------------------------------------------- manifests
+
+
+async def manifest(
+    request: Request, state: ProxyState, client: UpstreamClient, route: Route, rp: RepoPath
+) -> Response:
+    if rp.is_digest:
+        return await manifest_by_digest(request, state, client, route, rp.reference)
+    decision = await state.gate.decide_tag(route, rp.reference)
+    if isinstance(decision, PassThrough):
+        return await manifest_unchecked(request, state, client, route, rp.reference)
+    return await manifest_signed(request, state, client, route, rp.reference, decision)
+
+
+async def manifest_unchecked(
+    request: Request, state: ProxyState, client: UpstreamClient, route: Route, tag: str
+) -> Response:
+    """No enforcement applies: relay what the upstream has under the tag."""
+    resp = await _open(request, client, route, f"manifests/{tag}")
+    if resp.status_code != 200:
+        return await relay_error(client, resp, state)
+    if request.method == "HEAD":
+        await resp.aclose()
+        return Response(status_code=200, headers=relayed_headers(resp.headers))
+    body = await client.read_bounded(resp, state.settings.limits.manifest_max_bytes, "manifest")
+    return Response(body, headers=relayed_headers(resp.headers, body_length=len(body)))
+
+
+async def manifest_by_digest(
+    request: Request, state: ProxyState, client: UpstreamClient, route: Route, digest: str
+) -> Response:
+    """Content-addressed: the bytes must hash to the digest asked for, or nothing is served."""
+    resp = await _open(request, client, route, f"manifests/{digest}", force_get=True)
+    if resp.status_code != 200:
+        return await relay_error(client, resp, state)
+    body = await client.read_bounded(resp, state.settings.limits.manifest_max_bytes, "manifest")
+    verify_digest(body, digest, what=f"manifest {route.client_name}@{digest}")
+    return _manifest_response(request, resp.headers, body, digest)
+
+
+async def manifest_signed(
+    request: Request,
+    state: ProxyState,
+    client: UpstreamClient,
+    route: Route,
+    tag: str,
+    decision: ServeDigest,
+) -> Response:
+    """Serve exactly the signed digest under the tag; HEAD is checked like GET.
+
+    The upstream is asked by digest, never by tag (the tag may have moved to unsigned
+    content), and the bytes relayed are hashed here: the upstream's Docker-Content-Digest
+    header is not evidence of anything.
+    """
+    resp = await _open(request, client, route, f"manifests/{decision.digest}", force_get=True)
+    if resp.status_code == 404:
+        await resp.aclose()
+        raise NotSignedError(
+            f"tag {tag!r} is signed at {decision.digest}, which upstream {client.name} "
+            "does not have"
+        )
+    if resp.status_code != 200:
+        return await relay_error(client, resp, state)
+    body = await client.read_bounded(resp, state.settings.limits.manifest_max_bytes, "manifest")
+    verify_digest(
+        body, decision.digest, what=f"manifest {route.client_name}:{tag}", length=decision.length
+    )
+    return _manifest_response(request, resp.headers, body, decision.digest)
+
+
+def _manifest_response(
+    request: Request, upstream_headers: httpx.Headers, body: bytes, digest: str
+) -> Response:
+    headers = relayed_headers(upstream_headers, body_length=len(body))
+    headers["docker-content-digest"] = digest  # the digest we computed, not the upstream's
+    headers["etag"] = f'"{digest}"'
+    if request.method == "HEAD":
+        return Response(status_code=200, headers=headers)
+    return Response(body, status_code=200, headers=headers)
+
+
+# --------------------------------------------------------------------------- blobs
+
+
+async def blob(request: Request, client: UpstreamClient, route: Route, rp: RepoPath) -> ASGIApp:
+    """Stream a blob in constant memory; Range honoured; storage redirects per config."""
+    follow = client.settings.redirects == "follow"
+    resp = await _open(request, client, route, f"blobs/{rp.reference}", follow=follow)
+    if resp.status_code in REDIRECT_STATUSES and not follow:
+        await resp.aclose()
+        location = resp.headers.get("location", "")
+        if not location:
+            raise UpstreamContentError(f"upstream {client.name} redirected without a Location")
+        # Relaying is safe for integrity: blobs are content-addressed and clients verify them.
+        return Response(
+            status_code=resp.status_code, headers={"Location": str(resp.url.join(location))}
+        )
+    if resp.status_code not in (200, 206):
+        return await relay_error(client, resp, proxy_state(request))
+    return UpstreamBodyResponse(
+        resp,
+        status_code=resp.status_code,
+        headers=relayed_headers(resp.headers),
+        send_body=request.method != "HEAD",
+    )
+
+
+# --------------------------------------------------------------------------- listings
+
+
+async def tags_list(
+    request: Request, state: ProxyState, client: UpstreamClient, route: Route
+) -> Response:
+    """Tag list with ``n``/``last`` pagination; the gate decides which tags are visible."""
+    query = _query(request, ("n", "last"))
+    resp = await _open(request, client, route, "tags/list", query=query, force_get=True)
+    if resp.status_code != 200:
+        return await relay_error(client, resp, state)
+    link = resp.headers.get("link")
+    body = await client.read_bounded(resp, state.settings.limits.tag_list_max_bytes, "tag list")
+    tags = _parse_tag_list(body, client.name)
+    visible = await state.gate.filter_tags(route, tags)
+    out = json.dumps({"name": route.client_name, "tags": visible}).encode()
+    headers = {"Content-Type": "application/json"}
+    if link and (new_link := rewrite_link(link, route.upstream_name, route.client_name)):
+        headers["Link"] = new_link
+    if request.method == "HEAD":
+        return Response(status_code=200, headers=headers | {"Content-Length": str(len(out))})
+    return Response(out, headers=headers)
+
+
+async def catalog(request: Request, state: ProxyState) -> Response:
+    """``/v2/_catalog`` of the default upstream (the one without a prefix)."""
+    up = state.router.default
+    if up is None:
+        return oci_error_response(
+            404, "UNSUPPORTED", "the catalog is only served for an upstream without a prefix"
+        )
+    client = state.clients[up.name]
+    request.state.upstream = up.name
+    resp = await client.open(
+        "GET",
+        "/v2/_catalog",
+        scope="registry:catalog:*",
+        query=_query(request, ("n", "last")),
+        client_headers=dict(request.headers),
+        client_authorization=request.headers.get("authorization"),
+    )
+    if resp.status_code != 200:
+        return await relay_error(client, resp, state)
+    link = resp.headers.get("link")
+    body = await client.read_bounded(resp, state.settings.limits.tag_list_max_bytes, "catalog")
+    headers = relayed_headers(resp.headers, body_length=len(body))
+    if link and (new_link := rewrite_link(link, None, None)):
+        headers["link"] = new_link
+    return Response(body if request.method == "GET" else b"", headers=headers)
+
+
+async def referrers(
+    request: Request, client: UpstreamClient, route: Route, rp: RepoPath
+) -> ASGIApp:
+    """``/v2/<name>/referrers/<digest>``: streamed as is (``artifactType`` filter forwarded)."""
+    query = _query(request, ("artifactType",))
+    resp = await _open(request, client, route, f"referrers/{rp.reference}", query=query)
+    if resp.status_code != 200:
+        return await relay_error(client, resp, proxy_state(request))
+    return UpstreamBodyResponse(
+        resp,
+        status_code=200,
+        headers=relayed_headers(resp.headers),
+        send_body=request.method != "HEAD",
+    )
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+async def _open(
+    request: Request,
+    client: UpstreamClient,
+    route: Route,
+    suffix: str,
+    *,
+    query: str = "",
+    force_get: bool = False,
+    follow: bool = False,
+) -> httpx.Response:
+    method = "GET" if force_get else request.method
+    return await client.open(
+        method,
+        f"/v2/{route.upstream_name}/{suffix}",
+        scope=route.scope,
+        client_headers=dict(request.headers),
+        client_authorization=request.headers.get("authorization"),
+        query=query,
+        follow_redirects=follow,
+    )
+
+
+def _query(request: Request, allowed: tuple[str, ...]) -> str:
+    from urllib.parse import urlencode
+
+    return urlencode([(k, v) for k, v in request.query_params.multi_items() if k in allowed])
+
+
+def _parse_tag_list(body: bytes, upstream: str) -> list[str]:
+    try:
+        parsed: Any = json.loads(body)
+    except ValueError as e:
+        raise UpstreamContentError(f"upstream {upstream} sent a tag list that is not JSON") from e
+    tags = parsed.get("tags") if isinstance(parsed, dict) else None
+    if tags is None and isinstance(parsed, dict):
+        return []  # distribution answers "tags": null for a repository without tags
+    if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
+        raise UpstreamContentError(f"upstream {upstream} sent a malformed tag list")
+    return tags
+
+
+async def relay_error(client: UpstreamClient, resp: httpx.Response, state: ProxyState) -> Response:
+    """Turn a non-success upstream answer into the client's answer (and close it)."""
+    status = resp.status_code
+    if status >= 500 or status in REDIRECT_STATUSES or status < 400:
+        await resp.aclose()
+        raise UpstreamUnavailableError(client.name, f"answered HTTP {status}")
+    passthrough = client.settings.auth.mode == "passthrough"
+    if status == 401 and not passthrough:
+        await resp.aclose()
+        # Our own credentials were refused (Docker Hub also says 401 for a missing repo).
+        return oci_error_response(
+            403,
+            "DENIED",
+            f"upstream {client.name} refused the proxy's credentials "
+            "(the repository may not exist, or the proxy may not pull it)",
+            {"upstream": client.name},
+        )
+    body = await client.read_bounded(resp, state.settings.limits.error_body_max_bytes, "error body")
+    out = error_body_for_client(status, resp.headers.get("content-type", ""), body, client.name)
+    headers = {"Content-Type": "application/json"}
+    if status == 401 and (challenge := resp.headers.get("www-authenticate")):
+        headers["WWW-Authenticate"] = state.rewrite_challenge(client, challenge)
+    if status == 429 and (retry := resp.headers.get("retry-after")):
+        headers["Retry-After"] = retry
+    return Response(out, status_code=status, headers=headers)

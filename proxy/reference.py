@@ -1,0 +1,85 @@
+"""Parse OCI Distribution paths and references: the name/tag/digest grammar (pure).
+
+Grammar from the OCI Distribution Spec ("Pulling manifests"):
+  name   [a-z0-9]+((\\.|_|__|-+)[a-z0-9]+)*(\\/[a-z0-9]+((\\.|_|__|-+)[a-z0-9]+)*)*
+  tag    [a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}
+  digest <algorithm>:<encoded>; we accept sha256 (64 hex) and sha512 (128 hex) only, because
+         a digest we cannot compute is a digest we cannot check.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Literal
+
+from proxy.errors import InvalidDigestError, InvalidNameError, InvalidReferenceError
+
+_COMPONENT = r"[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*"
+NAME_RE = re.compile(rf"^{_COMPONENT}(?:/{_COMPONENT})*$")
+TAG_RE = re.compile(r"^[a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}$")
+DIGEST_RE = re.compile(r"^(?:sha256:[a-f0-9]{64}|sha512:[a-f0-9]{128})$")
+MAX_NAME_LENGTH = 255  # distribution's limit for a repository name
+
+Kind = Literal["manifests", "blobs", "tags", "referrers", "uploads"]
+
+_PATH_RE = re.compile(
+    r"^/v2/(?P<name>.+?)/(?:(?P<kind>manifests|blobs|referrers)/(?P<ref>[^/]+)"
+    r"|(?P<tags>tags/list)|(?P<uploads>blobs/uploads(?:/.*)?))$"
+)
+
+
+@dataclass(frozen=True)
+class RepoPath:
+    """A parsed ``/v2/<name>/<kind>/<reference>`` request path."""
+
+    name: str
+    kind: Kind
+    reference: str = ""  # tag or digest for manifests; digest for blobs and referrers
+
+    @property
+    def is_digest(self) -> bool:
+        return self.reference.startswith(("sha256:", "sha512:"))
+
+
+def parse_repo_path(path: str) -> RepoPath | None:
+    """Parse a ``/v2/...`` path naming a repository resource, or None if it names none.
+
+    Raises InvalidNameError, InvalidReferenceError or InvalidDigestError on bad parts.
+    """
+    m = _PATH_RE.match(path)
+    if m is None:
+        return None
+    name = m.group("name")
+    validate_name(name)
+    if m.group("tags"):
+        return RepoPath(name=name, kind="tags")
+    if m.group("uploads"):
+        return RepoPath(name=name, kind="uploads")
+    kind: Kind = m.group("kind")  # type: ignore[assignment]
+    ref = m.group("ref")
+    if kind == "manifests":
+        validate_reference(ref)
+    else:
+        validate_digest(ref)
+    return RepoPath(name=name, kind=kind, reference=ref)
+
+
+def validate_name(name: str) -> None:
+    """Raises InvalidNameError unless ``name`` is a valid repository name."""
+    if len(name) > MAX_NAME_LENGTH or not NAME_RE.match(name):
+        raise InvalidNameError(f"invalid repository name: {name[:300]!r}")
+
+
+def validate_reference(ref: str) -> None:
+    """Raises InvalidReferenceError/InvalidDigestError unless ``ref`` is a tag or a digest."""
+    if ":" in ref:
+        validate_digest(ref)
+    elif not TAG_RE.match(ref):
+        raise InvalidReferenceError(f"invalid tag: {ref[:300]!r}")
+
+
+def validate_digest(digest: str) -> None:
+    """Raises InvalidDigestError unless ``digest`` is a sha256 or sha512 digest."""
+    if not DIGEST_RE.match(digest):
+        raise InvalidDigestError(f"invalid or unsupported digest: {digest[:300]!r}")

@@ -1,0 +1,583 @@
+"""Typed configuration: frozen dataclasses loaded from YAML, with environment overrides.
+
+The YAML key names are a public contract (users and their automation write them).
+
+Environment overrides: every value can be set by a variable named ``TRUSTPROXY_`` followed
+by the key path in upper case with ``__`` between path segments, list items by index::
+
+    TRUSTPROXY_SERVER__LISTEN=0.0.0.0:8443
+    TRUSTPROXY_UPSTREAMS__0__AUTH__PASSWORD=s3cret
+    TRUSTPROXY_TRUST__SOURCES__NOTARY__URL=https://notary.internal:4443
+    TRUSTPROXY_CACHE__REDIS_URL=redis://redis:6379/0
+
+Values are read as YAML scalars (``null``, ``true``, ``42``, ``4MiB`` all work). Mapping keys
+match case-insensitively; an index one past the end of a list appends an item. This module
+never reads the environment itself: the entry point passes it in.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, TypeVar, cast
+from urllib.parse import urlsplit
+
+import yaml
+
+from proxy.errors import ConfigError
+
+ENV_PREFIX = "TRUSTPROXY_"
+
+AuthMode = Literal["anonymous", "basic", "passthrough"]
+RedirectMode = Literal["follow", "relay"]
+LogFormat = Literal["json", "text"]
+
+KiB = 1024
+MiB = 1024 * KiB
+
+
+@dataclass(frozen=True)
+class ClientAuthSettings:
+    """How clients authenticate to the proxy itself (both may be set)."""
+
+    htpasswd_file: Path | None = None  # Basic auth against bcrypt hashes (htpasswd -B)
+    client_ca_file: Path | None = None  # mTLS: client certificates must chain to this CA
+
+    @property
+    def enabled(self) -> bool:
+        return self.htpasswd_file is not None or self.client_ca_file is not None
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    host: str = "127.0.0.1"
+    port: int = 8443
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+    client_auth: ClientAuthSettings = field(default_factory=ClientAuthSettings)
+
+    @property
+    def tls(self) -> bool:
+        return self.tls_cert_file is not None
+
+    @property
+    def loopback_only(self) -> bool:
+        if self.host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(self.host).is_loopback
+        except ValueError:
+            return False
+
+
+@dataclass(frozen=True)
+class CredentialSettings:
+    """Basic credentials; the password may come from the config, the environment or a file."""
+
+    username: str | None = None
+    password: str | None = None
+
+    @property
+    def present(self) -> bool:
+        return self.username is not None and self.password is not None
+
+
+@dataclass(frozen=True)
+class UpstreamAuthSettings:
+    # anonymous: the proxy follows Bearer challenges without credentials.
+    # basic: the proxy uses its own credentials (Basic, or Bearer with Basic to the realm).
+    # passthrough: the client's Authorization goes upstream; nothing is shared between clients.
+    mode: AuthMode = "anonymous"
+    credentials: CredentialSettings = field(default_factory=CredentialSettings)
+
+
+@dataclass(frozen=True)
+class UpstreamSettings:
+    name: str
+    url: str  # scheme://host[:port], no path
+    registry: str  # the registry name in GUNs and policy patterns (docker.io for Docker Hub)
+    prefix: str | None = None  # /v2/<prefix>/<repo>/... routes here, as <repo>
+    ca_file: Path | None = None
+    auth: UpstreamAuthSettings = field(default_factory=UpstreamAuthSettings)
+    redirects: RedirectMode = "follow"  # blob 3xx from the registry: follow here or relay
+
+
+@dataclass(frozen=True)
+class TrustSourceSettings:
+    name: str
+    type: Literal["notary"]
+    url: str
+    ca_file: Path | None = None
+    credentials: CredentialSettings = field(default_factory=CredentialSettings)
+
+
+@dataclass(frozen=True)
+class TrustSettings:
+    sources: tuple[TrustSourceSettings, ...] = ()
+
+
+@dataclass(frozen=True)
+class CacheSettings:
+    redis_url: str | None = None  # None: in-process memory (one replica only)
+
+
+@dataclass(frozen=True)
+class LimitSettings:
+    manifest_max_bytes: int = 4 * MiB  # OCI's recommended manifest limit
+    metadata_max_bytes: int = 16 * MiB  # one Notary role file (10,000 tags ~ 2 MiB)
+    tag_list_max_bytes: int = 8 * MiB
+    token_max_bytes: int = 64 * KiB
+    error_body_max_bytes: int = 64 * KiB
+    connect_timeout: float = 5.0
+    read_timeout: float = 30.0
+    max_redirects: int = 5
+    max_connections: int = 200  # per upstream
+
+
+@dataclass(frozen=True)
+class LoggingSettings:
+    level: str = "info"
+    format: LogFormat = "json"
+    access_log: bool = True
+
+
+@dataclass(frozen=True)
+class Settings:
+    server: ServerSettings
+    upstreams: tuple[UpstreamSettings, ...]
+    trust: TrustSettings = field(default_factory=TrustSettings)
+    cache: CacheSettings = field(default_factory=CacheSettings)
+    limits: LimitSettings = field(default_factory=LimitSettings)
+    logging: LoggingSettings = field(default_factory=LoggingSettings)
+    policy_file: Path | None = None
+    source_file: Path | None = None  # where the config came from, for messages
+    # Problems that do not stop the proxy from starting but make it refuse to serve what
+    # they concern (fail closed); `config check` prints them, `serve` logs them.
+    warnings: tuple[str, ...] = ()
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def load_settings(path: Path, environ: Mapping[str, str] | None = None) -> Settings:
+    """Load ``path`` (YAML), apply ``TRUSTPROXY_*`` overrides from ``environ``, validate.
+
+    Relative file paths are resolved against the config file's folder.
+    Raises ConfigError naming the offending key path.
+    """
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise ConfigError(str(path), f"cannot read: {e.strerror or e}") from e
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ConfigError(str(path), f"not valid YAML: {e}") from e
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError("", "the config must be a mapping at the top level")
+    apply_env_overrides(raw, environ or {})
+    return parse_settings(raw, base_dir=path.resolve().parent, source_file=path)
+
+
+def apply_env_overrides(raw: dict[str, Any], environ: Mapping[str, str]) -> None:
+    """Apply ``TRUSTPROXY_A__B__0__C=value`` to the raw config tree, in place."""
+    for name in sorted(environ):
+        if not name.startswith(ENV_PREFIX) or name == ENV_PREFIX:
+            continue
+        segments = [s.lower() for s in name[len(ENV_PREFIX) :].split("__")]
+        if any(not s for s in segments):
+            raise ConfigError(name, "empty key segment in environment override")
+        try:
+            value = yaml.safe_load(environ[name]) if environ[name] != "" else ""
+        except yaml.YAMLError:
+            value = environ[name]
+        _set_path(raw, segments, value, name)
+
+
+def _set_path(node: Any, segments: list[str], value: Any, env_name: str) -> None:
+    *parents, last = segments
+    for i, seg in enumerate(parents):
+        nxt = segments[i + 1]
+        child_default: Any = [] if nxt.isdigit() else {}
+        node = _child(node, seg, child_default, env_name)
+    _assign(node, last, value, env_name)
+
+
+def _child(node: Any, seg: str, default: Any, env_name: str) -> Any:
+    if isinstance(node, list):
+        index = _list_index(node, seg, env_name)
+        if index == len(node):
+            node.append(default)
+        return node[index]
+    if isinstance(node, dict):
+        key = _match_key(node, seg)
+        if key not in node or node[key] is None:
+            node[key] = default
+        return node[key]
+    raise ConfigError(env_name, f"cannot descend into a {type(node).__name__} at '{seg}'")
+
+
+def _assign(node: Any, seg: str, value: Any, env_name: str) -> None:
+    if isinstance(node, list):
+        index = _list_index(node, seg, env_name)
+        if index == len(node):
+            node.append(value)
+        else:
+            node[index] = value
+    elif isinstance(node, dict):
+        node[_match_key(node, seg)] = value
+    else:
+        raise ConfigError(env_name, f"cannot set '{seg}' inside a {type(node).__name__}")
+
+
+def _list_index(node: list[Any], seg: str, env_name: str) -> int:
+    if not seg.isdigit() or int(seg) > len(node):
+        raise ConfigError(env_name, f"'{seg}' is not a list index in 0..{len(node)}")
+    return int(seg)
+
+
+def _match_key(node: dict[str, Any], seg: str) -> str:
+    for key in node:
+        if isinstance(key, str) and key.lower() == seg:
+            return key
+    return seg
+
+
+# --------------------------------------------------------------------------- parsing
+
+T = TypeVar("T")
+
+_SIZE = re.compile(r"^\s*(\d+)\s*(B|KiB|MiB|GiB|KB|MB|GB|k|K|M|G)?\s*$")
+_SIZE_UNITS = {
+    None: 1, "B": 1, "KiB": KiB, "MiB": MiB, "GiB": 1024 * MiB,
+    "KB": 1000, "MB": 1000**2, "GB": 1000**3, "k": KiB, "K": KiB, "M": MiB, "G": 1024 * MiB,
+}  # fmt: skip
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
+_DURATION_UNITS = {None: 1.0, "ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+_REPO_PREFIX = re.compile(r"^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*$")
+
+
+class _Section:
+    """A mapping in the config with its key path, for precise messages and unknown-key checks."""
+
+    def __init__(self, data: Any, path: str, base_dir: Path) -> None:
+        if data is None:
+            data = {}
+        if not isinstance(data, dict):
+            raise ConfigError(path, f"must be a mapping, not {_kind(data)}")
+        self.data: dict[str, Any] = data
+        self.path = path
+        self.base_dir = base_dir
+        self.used: set[str] = set()
+
+    def sub(self, key: str) -> str:
+        return f"{self.path}.{key}" if self.path else key
+
+    def get(self, key: str) -> Any:
+        self.used.add(key)
+        return self.data.get(key)
+
+    def section(self, key: str) -> _Section:
+        return _Section(self.get(key), self.sub(key), self.base_dir)
+
+    def value(self, key: str, parse: Callable[[Any, str], T], default: T) -> T:
+        raw = self.get(key)
+        return default if raw is None else parse(raw, self.sub(key))
+
+    def required(self, key: str, parse: Callable[[Any, str], T]) -> T:
+        raw = self.get(key)
+        if raw is None:
+            raise ConfigError(self.sub(key), "is required")
+        return parse(raw, self.sub(key))
+
+    def path_value(self, key: str) -> Path | None:
+        raw = self.get(key)
+        if raw is None:
+            return None
+        text = _str(raw, self.sub(key))
+        p = Path(text).expanduser()
+        return p if p.is_absolute() else (self.base_dir / p).resolve()
+
+    def finish(self) -> None:
+        unknown = sorted(str(k) for k in self.data if k not in self.used)
+        if unknown:
+            raise ConfigError(self.sub(unknown[0]), "unknown key")
+
+
+def _kind(v: Any) -> str:
+    return {dict: "a mapping", list: "a list", str: "a string", bool: "a boolean"}.get(
+        type(v), type(v).__name__
+    )
+
+
+def _str(v: Any, path: str) -> str:
+    if isinstance(v, bool) or not isinstance(v, str | int | float):
+        raise ConfigError(path, f"must be a string, not {_kind(v)}")
+    return str(v)
+
+
+def _bool(v: Any, path: str) -> bool:
+    if not isinstance(v, bool):
+        raise ConfigError(path, f"must be true or false, not {v!r}")
+    return v
+
+
+def _size(v: Any, path: str) -> int:
+    if isinstance(v, int) and not isinstance(v, bool):
+        n = v
+    elif isinstance(v, str) and (m := _SIZE.match(v)):
+        n = int(m.group(1)) * _SIZE_UNITS[m.group(2)]
+    else:
+        raise ConfigError(path, f"not a size (use bytes or e.g. 4MiB): {v!r}")
+    if n <= 0:
+        raise ConfigError(path, "must be greater than zero")
+    return n
+
+
+def _duration(v: Any, path: str) -> float:
+    if isinstance(v, int | float) and not isinstance(v, bool):
+        d = float(v)
+    elif isinstance(v, str) and (m := _DURATION.match(v)):
+        d = float(m.group(1)) * _DURATION_UNITS[m.group(2)]
+    else:
+        raise ConfigError(path, f"not a duration (seconds, or e.g. 500ms, 5s, 1m): {v!r}")
+    if d <= 0:
+        raise ConfigError(path, "must be greater than zero")
+    return d
+
+
+def _count(v: Any, path: str) -> int:
+    if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+        raise ConfigError(path, f"must be a whole number >= 0, not {v!r}")
+    return v
+
+
+def _url(v: Any, path: str) -> str:
+    text = _str(v, path).strip()
+    parts = urlsplit(text)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(path, f"not a URL (expected http:// or https://host[:port]): {text!r}")
+    try:
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError as e:
+        raise ConfigError(path, f"not a URL: bad port in {text!r}") from e
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        raise ConfigError(path, f"must be scheme://host[:port] without a path: {text!r}")
+    return f"{parts.scheme}://{parts.netloc}"
+
+
+def _choice(*options: str) -> Callable[[Any, str], Any]:
+    def parse(v: Any, path: str) -> Any:
+        text = _str(v, path)
+        if text not in options:
+            raise ConfigError(path, f"must be one of {', '.join(options)}, not {text!r}")
+        return text
+
+    return parse
+
+
+def _listen(v: Any, path: str) -> tuple[str, int]:
+    text = _str(v, path).strip()
+    m = re.match(r"^(?:\[(?P<v6>[0-9a-fA-F:.]+)\]|(?P<host>[^:\[\]]+)):(?P<port>\d{1,5})$", text)
+    if not m or not 0 < int(m.group("port")) < 65536:
+        raise ConfigError(path, f"must be host:port (e.g. 0.0.0.0:8443 or [::1]:8443): {text!r}")
+    return (m.group("v6") or m.group("host")), int(m.group("port"))
+
+
+def _registry_name(v: Any, path: str) -> str:
+    text = _str(v, path).strip().lower()
+    if not re.match(r"^[a-z0-9]([a-z0-9.-]*[a-z0-9])?(:\d{1,5})?$", text):
+        raise ConfigError(path, f"not a registry host name (host[:port]): {text!r}")
+    return text
+
+
+def _credentials(sec: _Section) -> CredentialSettings:
+    username = sec.value("username", _str, None)
+    password = sec.value("password", _str, None)
+    password_file = sec.path_value("password_file")
+    if password is not None and password_file is not None:
+        raise ConfigError(sec.sub("password_file"), "set either password or password_file")
+    if password_file is not None:
+        try:
+            password = password_file.read_text(encoding="utf-8").rstrip("\r\n")
+        except OSError as e:
+            raise ConfigError(sec.sub("password_file"), f"cannot read: {e.strerror}") from e
+    if (username is None) != (password is None):
+        missing = "password" if password is None else "username"
+        raise ConfigError(sec.sub(missing), "is required when the other credential is set")
+    return CredentialSettings(username=username, password=password)
+
+
+def _existing_file(p: Path | None, path: str) -> Path | None:
+    if p is not None and not p.is_file():
+        raise ConfigError(path, f"file not found: {p}")
+    return p
+
+
+def _parse_server(sec: _Section) -> ServerSettings:
+    host, port = sec.value("listen", _listen, ("127.0.0.1", 8443))
+    cert = _existing_file(sec.path_value("tls_cert_file"), sec.sub("tls_cert_file"))
+    key = _existing_file(sec.path_value("tls_key_file"), sec.sub("tls_key_file"))
+    if (cert is None) != (key is None):
+        raise ConfigError(sec.sub("tls_key_file" if key is None else "tls_cert_file"),
+                          "tls_cert_file and tls_key_file go together")  # fmt: skip
+    ca = sec.section("client_auth")
+    htpasswd = _existing_file(ca.path_value("htpasswd_file"), ca.sub("htpasswd_file"))
+    client_ca = _existing_file(ca.path_value("client_ca_file"), ca.sub("client_ca_file"))
+    ca.finish()
+    if client_ca is not None and cert is None:
+        raise ConfigError(ca.sub("client_ca_file"), "mTLS needs server.tls_cert_file/key_file")
+    sec.finish()
+    return ServerSettings(
+        host=host,
+        port=port,
+        tls_cert_file=cert,
+        tls_key_file=key,
+        client_auth=ClientAuthSettings(htpasswd_file=htpasswd, client_ca_file=client_ca),
+    )
+
+
+def _parse_upstream(sec: _Section) -> UpstreamSettings:
+    name = sec.required("name", _str)
+    if not _NAME.match(name):
+        raise ConfigError(sec.sub("name"), f"use letters, digits, '.', '_', '-': {name!r}")
+    url = sec.required("url", _url)
+    registry = sec.value("registry", _registry_name, urlsplit(url).netloc.lower())
+    prefix = sec.value("prefix", _str, None)
+    if prefix is not None:
+        prefix = prefix.strip("/")
+        if not all(_REPO_PREFIX.match(part) for part in prefix.split("/")):
+            raise ConfigError(sec.sub("prefix"), f"not a repository path component: {prefix!r}")
+    ca_file = _existing_file(sec.path_value("ca_file"), sec.sub("ca_file"))
+    auth_sec = sec.section("auth")
+    mode = cast(
+        AuthMode, auth_sec.value("mode", _choice("anonymous", "basic", "passthrough"), "anonymous")
+    )
+    creds = _credentials(auth_sec)
+    auth_sec.finish()
+    if mode == "basic" and not creds.present:
+        raise ConfigError(auth_sec.sub("username"), "mode basic needs username and password")
+    if mode != "basic" and creds.present:
+        raise ConfigError(auth_sec.sub("mode"), "credentials are set: use mode basic")
+    redirects = cast(RedirectMode, sec.value("redirects", _choice("follow", "relay"), "follow"))
+    sec.finish()
+    return UpstreamSettings(
+        name=name,
+        url=url,
+        registry=registry,
+        prefix=prefix,
+        ca_file=ca_file,
+        auth=UpstreamAuthSettings(mode=mode, credentials=creds),
+        redirects=redirects,
+    )
+
+
+def _parse_upstreams(raw: Any, base_dir: Path) -> tuple[UpstreamSettings, ...]:
+    if raw is None or raw == []:
+        raise ConfigError("upstreams", "at least one upstream is required")
+    if not isinstance(raw, list):
+        raise ConfigError("upstreams", f"must be a list, not {_kind(raw)}")
+    ups = tuple(_parse_upstream(_Section(item, f"upstreams[{i}]", base_dir))
+                for i, item in enumerate(raw))  # fmt: skip
+    seen_names: set[str] = set()
+    seen_prefixes: set[str | None] = set()
+    for i, up in enumerate(ups):
+        if up.name in seen_names:
+            raise ConfigError(f"upstreams[{i}].name", f"duplicate upstream name {up.name!r}")
+        if up.prefix in seen_prefixes:
+            what = f"prefix {up.prefix!r}" if up.prefix else "no prefix (the default route)"
+            raise ConfigError(f"upstreams[{i}].prefix", f"another upstream already has {what}")
+        seen_names.add(up.name)
+        seen_prefixes.add(up.prefix)
+    return ups
+
+
+def _parse_trust(sec: _Section, warnings: list[str]) -> TrustSettings:
+    src_raw = sec.get("sources")
+    sources: list[TrustSourceSettings] = []
+    if src_raw is not None:
+        if not isinstance(src_raw, dict):
+            raise ConfigError(sec.sub("sources"), f"must be a mapping, not {_kind(src_raw)}")
+        for name in src_raw:
+            path = f"{sec.sub('sources')}.{name}"
+            s = _Section(src_raw[name], path, sec.base_dir)
+            if not _NAME.match(str(name)):
+                raise ConfigError(path, "source names use letters, digits, '.', '_', '-'")
+            typ = s.required("type", _choice("notary"))
+            url = s.required("url", _url)
+            ca_file = s.path_value("ca_file")
+            if ca_file is not None and not ca_file.is_file():
+                # Not fatal at load: the source is unusable until the file exists, so every
+                # request that needs it fails closed (503) instead of the proxy not starting.
+                warnings.append(f"{s.sub('ca_file')}: file not found: {ca_file}")
+            auth = s.section("auth")
+            creds = _credentials(auth)
+            auth.finish()
+            s.finish()
+            sources.append(TrustSourceSettings(str(name), typ, url, ca_file, creds))
+    sec.finish()
+    return TrustSettings(sources=tuple(sources))
+
+
+def _parse_limits(sec: _Section) -> LimitSettings:
+    d = LimitSettings()
+    limits = LimitSettings(
+        manifest_max_bytes=sec.value("manifest_max_bytes", _size, d.manifest_max_bytes),
+        metadata_max_bytes=sec.value("metadata_max_bytes", _size, d.metadata_max_bytes),
+        tag_list_max_bytes=sec.value("tag_list_max_bytes", _size, d.tag_list_max_bytes),
+        token_max_bytes=sec.value("token_max_bytes", _size, d.token_max_bytes),
+        error_body_max_bytes=sec.value("error_body_max_bytes", _size, d.error_body_max_bytes),
+        connect_timeout=sec.value("connect_timeout", _duration, d.connect_timeout),
+        read_timeout=sec.value("read_timeout", _duration, d.read_timeout),
+        max_redirects=sec.value("max_redirects", _count, d.max_redirects),
+        max_connections=sec.value("max_connections", _count, d.max_connections),
+    )
+    sec.finish()
+    return limits
+
+
+def _parse_logging(sec: _Section) -> LoggingSettings:
+    level = sec.value("level", _choice("debug", "info", "warning", "error"), "info")
+    fmt = cast(LogFormat, sec.value("format", _choice("json", "text"), "json"))
+    access = sec.value("access_log", _bool, True)
+    sec.finish()
+    return LoggingSettings(level=level, format=fmt, access_log=access)
+
+
+def parse_settings(
+    raw: dict[str, Any], *, base_dir: Path, source_file: Path | None = None
+) -> Settings:
+    """Validate a raw config tree (already env-overridden). Raises ConfigError."""
+    top = _Section(raw, "", base_dir)
+    warnings: list[str] = []
+    server = _parse_server(top.section("server"))
+    upstreams = _parse_upstreams(top.get("upstreams"), base_dir)
+    trust = _parse_trust(top.section("trust"), warnings)
+    cache_sec = top.section("cache")
+    redis_url = cache_sec.value("redis_url", _str, None)
+    if redis_url is not None and urlsplit(redis_url).scheme not in ("redis", "rediss", "unix"):
+        raise ConfigError(cache_sec.sub("redis_url"), f"not a redis:// URL: {redis_url!r}")
+    cache_sec.finish()
+    limits = _parse_limits(top.section("limits"))
+    logging = _parse_logging(top.section("logging"))
+    policy_file = top.path_value("policy_file")
+    if policy_file is not None and not policy_file.is_file():
+        warnings.append(f"policy_file: file not found: {policy_file}")
+    top.finish()
+    return Settings(
+        server=server,
+        upstreams=upstreams,
+        trust=trust,
+        cache=CacheSettings(redis_url=redis_url),
+        limits=limits,
+        logging=logging,
+        policy_file=policy_file,
+        source_file=source_file,
+        warnings=tuple(warnings),
+    )
