@@ -31,11 +31,13 @@ from proxy.http.state import ProxyState
 from proxy.http.streaming import UpstreamBodyResponse
 from proxy.reference import RepoPath, parse_repo_path
 from proxy.routing import Route
-from proxy.upstream.client import REDIRECT_STATUSES, UpstreamClient
+from proxy.tag_pages import paginate, parse_page_query
+from proxy.upstream.client import FORWARDED_REQUEST_HEADERS, REDIRECT_STATUSES, UpstreamClient
 
 log = logging.getLogger("trustproxy.handlers")
 
 API_VERSION_HEADER = {"Docker-Distribution-API-Version": "registry/2.0"}
+MAX_UPSTREAM_PAGES = 1000
 READ_ONLY = "trustproxy is a read-only pull proxy: push and delete are not supported"
 PULL_METHODS = ("GET", "HEAD")
 
@@ -214,22 +216,44 @@ async def blob(request: Request, client: UpstreamClient, route: Route, rp: RepoP
 async def tags_list(
     request: Request, state: ProxyState, client: UpstreamClient, route: Route
 ) -> Response:
-    """Tag list with ``n``/``last`` pagination; the gate decides which tags are visible."""
-    query = _query(request, ("n", "last"))
-    resp = await _open(request, client, route, "tags/list", query=query, force_get=True)
-    if resp.status_code != 200:
-        return await relay_error(client, resp, state)
-    link = resp.headers.get("link")
-    body = await client.read_bounded(resp, state.settings.limits.tag_list_max_bytes, "tag list")
-    tags = _parse_tag_list(body, client.name)
+    """Tag list, filtered by the gate and paginated here (``n``/``last``, Link to the proxy)."""
+    n, last = parse_page_query(request.query_params.get("n"), request.query_params.get("last"))
+    tags = await _all_upstream_tags(request, state, client, route)
+    if isinstance(tags, Response):
+        return tags
     visible = await state.gate.filter_tags(route, tags)
-    out = json.dumps({"name": route.client_name, "tags": visible}).encode()
-    headers = {"Content-Type": "application/json"}
-    if link and (new_link := rewrite_link(link, route.upstream_name, route.client_name)):
-        headers["Link"] = new_link
-    if request.method == "HEAD":
-        return Response(status_code=200, headers=headers | {"Content-Length": str(len(out))})
-    return Response(out, headers=headers)
+    page = paginate(visible, n=n, last=last, name=route.client_name)
+    out = json.dumps({"name": route.client_name, "tags": page.tags}).encode()
+    headers = {"Content-Type": "application/json", "Content-Length": str(len(out))}
+    if page.next_link:
+        headers["Link"] = page.next_link
+    return Response(out if request.method == "GET" else b"", headers=headers)
+
+
+async def _all_upstream_tags(
+    request: Request, state: ProxyState, client: UpstreamClient, route: Route
+) -> list[str] | Response:
+    """Every tag upstream, following its own pagination; bounded in bytes and pages."""
+    budget = state.settings.limits.tag_list_max_bytes
+    tags: list[str] = []
+    suffix, query = "tags/list", ""
+    for _ in range(MAX_UPSTREAM_PAGES):
+        resp = await _open(request, client, route, suffix, query=query, force_get=True)
+        if resp.status_code != 200:
+            return await relay_error(client, resp, state)
+        link = resp.headers.get("link")
+        body = await client.read_bounded(resp, budget, "tag list")
+        budget -= len(body)
+        tags.extend(_parse_tag_list(body, client.name))
+        next_url = rewrite_link(link, route.upstream_name, route.upstream_name) if link else None
+        if not next_url:
+            return tags
+        target = next_url[1 : next_url.index(">")]
+        path, _, query = target.partition("?")
+        suffix = path[len(f"/v2/{route.upstream_name}/") :]
+        if suffix != "tags/list":
+            raise UpstreamContentError(f"upstream {client.name} sent a strange tag-list Link")
+    raise UpstreamContentError(f"upstream {client.name}: more than {MAX_UPSTREAM_PAGES} tag pages")
 
 
 async def catalog(request: Request, state: ProxyState) -> Response:
@@ -246,7 +270,7 @@ async def catalog(request: Request, state: ProxyState) -> Response:
         "/v2/_catalog",
         scope="registry:catalog:*",
         query=_query(request, ("n", "last")),
-        client_headers=dict(request.headers),
+        client_headers=forwardable_headers(request),
         client_authorization=request.headers.get("authorization"),
     )
     if resp.status_code != 200:
@@ -293,11 +317,25 @@ async def _open(
         method,
         f"/v2/{route.upstream_name}/{suffix}",
         scope=route.scope,
-        client_headers=dict(request.headers),
+        client_headers=forwardable_headers(request),
         client_authorization=request.headers.get("authorization"),
         query=query,
         follow_redirects=follow,
     )
+
+
+def forwardable_headers(request: Request) -> dict[str, str]:
+    """Request headers for the upstream, repeated ones joined (RFC 9110 5.3).
+
+    Clients send Accept several times (skopeo sends one line per media type); keeping
+    only one would make distribution downgrade to schema1 or refuse OCI content.
+    """
+    out: dict[str, str] = {}
+    for name in FORWARDED_REQUEST_HEADERS:
+        values = request.headers.getlist(name)
+        if values:
+            out[name] = ", ".join(values)
+    return out
 
 
 def _query(request: Request, allowed: tuple[str, ...]) -> str:

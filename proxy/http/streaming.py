@@ -43,6 +43,7 @@ class UpstreamBodyResponse:
             if not self.send_body:
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
                 return
+            finished = False
             async with anyio.create_task_group() as tg:
 
                 async def copy() -> None:
@@ -60,13 +61,17 @@ class UpstreamBodyResponse:
                         scope.setdefault("state", {})["upstream_broke"] = True
                         tg.cancel_scope.cancel()
                         return
+                    nonlocal finished
+                    finished = True
                     await send({"type": "http.response.body", "body": b"", "more_body": False})
                     tg.cancel_scope.cancel()
 
                 async def watch_disconnect() -> None:
                     while True:
                         message = await receive()
-                        if message["type"] == "http.disconnect":
+                        # uvicorn also answers http.disconnect once the response is
+                        # complete; only a disconnect before that is the client leaving.
+                        if message["type"] == "http.disconnect" and not finished:
                             scope.setdefault("state", {})["client_disconnected"] = True
                             tg.cancel_scope.cancel()
                             return
