@@ -71,9 +71,12 @@ class UpstreamBodyResponse:
                         message = await receive()
                         # uvicorn also answers http.disconnect once the response is
                         # complete; only a disconnect before that is the client leaving.
-                        if message["type"] == "http.disconnect" and not finished:
-                            scope.setdefault("state", {})["client_disconnected"] = True
-                            tg.cancel_scope.cancel()
+                        if message["type"] == "http.disconnect":
+                            if not finished:
+                                scope.setdefault("state", {})["client_disconnected"] = True
+                                tg.cancel_scope.cancel()
+                            # Return either way: after completion receive() answers at
+                            # once without yielding, and looping would spin forever.
                             return
 
                 tg.start_soon(copy)

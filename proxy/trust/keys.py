@@ -167,6 +167,7 @@ def parse_key(
     key_id = compute_key_id(key_type, public)
 
     certificates: tuple[x509.Certificate, ...] = ()
+    pub: object
     try:
         if key_type in ("ecdsa-x509", "rsa-x509"):
             try:
@@ -199,6 +200,19 @@ def parse_key(
     except UnsupportedAlgorithm as e:
         raise UnsupportedKeyError(f"unsupported key: {e}", role=role, field=where) from e
 
+    checked = _check_public_key(pub, key_type, role=role, field=field)
+    return PublicKey(
+        key_type=key_type,
+        public=public,
+        key_id=key_id,
+        canonical_id=canonical_id,
+        certificates=certificates,
+        _key=checked,
+    )
+
+
+def _check_public_key(pub: object, key_type: str, *, role: str, field: str) -> PublicKeyObject:
+    where = f"{field}.keyval.public"
     family = key_type.removesuffix("-x509")
     if family == "ecdsa":
         if not isinstance(pub, ec.EllipticCurvePublicKey):
@@ -207,7 +221,8 @@ def parse_key(
             )
         if pub.curve.name not in _CURVES:
             raise UnsupportedKeyError(f"unsupported curve {pub.curve.name}", role=role, field=where)
-    elif family == "rsa":
+        return pub
+    if family == "rsa":
         if not isinstance(pub, rsa.RSAPublicKey):
             raise UnsupportedKeyError(
                 "rsa key is not an RSA key", role=role, field=f"{field}.keytype"
@@ -216,16 +231,10 @@ def parse_key(
             raise UnsupportedKeyError(
                 f"unsupported RSA key size {pub.key_size}", role=role, field=where
             )
-    elif not isinstance(pub, ed25519.Ed25519PublicKey):  # pragma: no cover - by construction
+        return pub
+    if not isinstance(pub, ed25519.Ed25519PublicKey):  # pragma: no cover - by construction
         raise UnsupportedKeyError("ed25519 key is not Ed25519", role=role, field=where)
-    return PublicKey(
-        key_type=key_type,
-        public=public,
-        key_id=key_id,
-        canonical_id=canonical_id,
-        certificates=certificates,
-        _key=pub,
-    )
+    return pub
 
 
 def _b64decode(text: str, *, role: str, field: str) -> bytes:

@@ -1,0 +1,50 @@
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from proxy.trust.canonical import encode_canonical
+from proxy.trust.errors import MetadataFormatError
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ({"b": 1, "a": [True, False, None]}, b'{"a":[true,false,null],"b":1}'),
+        ({"k": 'q"uote\\back'}, b'{"k":"q\\"uote\\\\back"}'),
+        ({"k": "caf\u00e9 \u2603"}, '{"k":"caf\u00e9 \u2603"}'.encode()),
+        # Go canonical/json escapes only " and \: control characters stay raw
+        ({"k": "a\nb\u0001"}, b'{"k":"a\nb\x01"}'),
+        ({"\u00e9": 1, "z": 2, "A": 3}, '{"A":3,"z":2,"\u00e9":1}'.encode()),
+        ({"n": -(2**53)}, b'{"n":-9007199254740992}'),
+        ({}, b"{}"),
+        ({"x": "</script>&"}, b'{"x":"</script>&"}'),
+    ],
+    ids=["sorted-literals", "escapes", "non-ascii-raw", "control-raw", "key-order",
+         "max-int", "empty", "no-html-escape"],
+)
+def test_encode(value: object, expected: bytes) -> None:
+    assert encode_canonical(value) == expected
+
+
+@pytest.mark.parametrize(
+    "value",
+    [{"f": 1.5}, {"big": 2**53 + 1}, {"s": "\ud800"}, {"nested": [{"f": 0.0}]}],
+    ids=["float", "int-beyond-float64", "lone-surrogate", "nested-float"],
+)
+def test_refuses(value: object) -> None:
+    with pytest.raises(MetadataFormatError):
+        encode_canonical(value, role="targets")
+
+
+def test_not_json_is_caller_bug() -> None:
+    with pytest.raises(TypeError):
+        encode_canonical({"x": object()})
+
+
+def test_matches_json_dumps_without_control_characters() -> None:
+    doc = {"z": [1, {"y": "\u00fc"}], "a": {"c": None, "b": "x"}}
+    assert encode_canonical(doc) == json.dumps(
+        doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False
+    ).encode()
