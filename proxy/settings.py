@@ -564,6 +564,14 @@ def parse_settings(
     if redis_url is not None and urlsplit(redis_url).scheme not in ("redis", "rediss", "unix"):
         raise ConfigError(cache_sec.sub("redis_url"), f"not a redis:// URL: {redis_url!r}")
     cache_sec.finish()
+    passthrough = [u.name for u in upstreams if u.auth.mode == "passthrough"]
+    if server.client_auth.htpasswd_file is not None and passthrough:
+        # Both would use the client's Authorization header; it cannot mean two things.
+        raise ConfigError(
+            "server.client_auth.htpasswd_file",
+            f"cannot be combined with passthrough auth (upstream {passthrough[0]}); "
+            "use client_ca_file (mTLS) to authenticate clients instead",
+        )
     limits = _parse_limits(top.section("limits"))
     logging = _parse_logging(top.section("logging"))
     policy_file = top.path_value("policy_file")

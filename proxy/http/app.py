@@ -16,7 +16,7 @@ from proxy.errors import FetchError
 from proxy.gate import PassThroughGate, TrustGate
 from proxy.http.access_log import AccessLogMiddleware
 from proxy.http.client_auth import Htpasswd
-from proxy.http.handlers import dispatch
+from proxy.http.handlers import dispatch, token
 from proxy.http.state import BASIC_REALM, ProxyState
 from proxy.routing import Router
 from proxy.settings import Settings, UpstreamSettings
@@ -99,6 +99,7 @@ def create_app(settings: Settings, *, gate: TrustGate | None = None) -> Starlett
         routes=[
             Route("/healthz", healthz, methods=["GET"]),
             Route("/readyz", readyz, methods=["GET"]),
+            Route("/_trustproxy/token/{upstream}", token, methods=["GET"]),
             Route("/v2", dispatch, methods=ALL_METHODS),
             Route("/v2/{rest:path}", dispatch, methods=ALL_METHODS),
         ],

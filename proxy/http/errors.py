@@ -14,6 +14,7 @@ from typing import Any
 from starlette.responses import Response
 
 from proxy import errors as e
+from proxy.upstream.auth import UpstreamUnauthorizedError
 
 log = logging.getLogger("trustproxy.errors")
 
@@ -26,6 +27,9 @@ ERROR_TABLE: tuple[tuple[type[BaseException], int, str], ...] = (
     (e.InvalidReferenceError, 400, "TAG_INVALID"),
     (e.UnsupportedError, 405, "UNSUPPORTED"),
     (e.ClientRequestError, 400, "UNSUPPORTED"),
+    # The upstream refused the proxy's own credentials: nothing the client can fix, so no
+    # challenge (a 401 would make clients prompt for credentials that cannot help).
+    (UpstreamUnauthorizedError, 403, "DENIED"),
     (e.UnauthorizedError, 401, "UNAUTHORIZED"),
     # Trust data that fails verification is never used: with nothing valid cached there is
     # nothing we may serve, so the tag is unavailable rather than unsigned.
@@ -64,7 +68,7 @@ def response_for_exception(exc: BaseException, *, basic_realm: str | None = None
             if isinstance(exc, e.UpstreamUnavailableError) and exc.timeout:
                 status = 504
             headers = None
-            if isinstance(exc, e.UnauthorizedError) and basic_realm:
+            if status == 401 and basic_realm:
                 headers = {"WWW-Authenticate": f'Basic realm="{basic_realm}"'}
             detail = _detail(exc)
             return oci_error_response(status, code, str(exc), detail, headers)

@@ -86,6 +86,15 @@ async def dispatch(request: Request) -> Response | ASGIApp:
 # --------------------------------------------------------------------------- /v2/
 
 
+async def token(request: Request) -> Response:
+    """``GET /_trustproxy/token/<upstream>``: passthrough token relay (see token_relay.py)."""
+    state = proxy_state(request)
+    client = state.clients.get(request.path_params["upstream"])
+    if client is None:
+        return oci_error_response(404, "NOT_FOUND", "no such upstream")
+    return await state.token_relay.relay(request, client)
+
+
 async def base(request: Request, state: ProxyState) -> Response:
     """``GET /v2/``: the API version check, and where clients learn how to authenticate."""
     up = state.router.default or state.settings.upstreams[0]
@@ -100,7 +109,7 @@ async def base(request: Request, state: ProxyState) -> Response:
     if resp.status_code == 200:
         await resp.aclose()
         return Response(b"{}", media_type="application/json", headers=API_VERSION_HEADER)
-    return await relay_error(client, resp, state)
+    return await relay_error(request, client, resp, state)
 
 
 # --------------------------------------------------------------------------- manifests
@@ -123,7 +132,7 @@ async def manifest_unchecked(
     """No enforcement applies: relay what the upstream has under the tag."""
     resp = await _open(request, client, route, f"manifests/{tag}")
     if resp.status_code != 200:
-        return await relay_error(client, resp, state)
+        return await relay_error(request, client, resp, state)
     if request.method == "HEAD":
         await resp.aclose()
         return Response(status_code=200, headers=relayed_headers(resp.headers))
@@ -137,7 +146,7 @@ async def manifest_by_digest(
     """Content-addressed: the bytes must hash to the digest asked for, or nothing is served."""
     resp = await _open(request, client, route, f"manifests/{digest}", force_get=True)
     if resp.status_code != 200:
-        return await relay_error(client, resp, state)
+        return await relay_error(request, client, resp, state)
     body = await client.read_bounded(resp, state.settings.limits.manifest_max_bytes, "manifest")
     verify_digest(body, digest, what=f"manifest {route.client_name}@{digest}")
     return _manifest_response(request, resp.headers, body, digest)
@@ -165,7 +174,7 @@ async def manifest_signed(
             "does not have"
         )
     if resp.status_code != 200:
-        return await relay_error(client, resp, state)
+        return await relay_error(request, client, resp, state)
     body = await client.read_bounded(resp, state.settings.limits.manifest_max_bytes, "manifest")
     verify_digest(
         body, decision.digest, what=f"manifest {route.client_name}:{tag}", length=decision.length
@@ -201,7 +210,7 @@ async def blob(request: Request, client: UpstreamClient, route: Route, rp: RepoP
             status_code=resp.status_code, headers={"Location": str(resp.url.join(location))}
         )
     if resp.status_code not in (200, 206):
-        return await relay_error(client, resp, proxy_state(request))
+        return await relay_error(request, client, resp, proxy_state(request))
     return UpstreamBodyResponse(
         resp,
         status_code=resp.status_code,
@@ -240,7 +249,7 @@ async def _all_upstream_tags(
     for _ in range(MAX_UPSTREAM_PAGES):
         resp = await _open(request, client, route, suffix, query=query, force_get=True)
         if resp.status_code != 200:
-            return await relay_error(client, resp, state)
+            return await relay_error(request, client, resp, state)
         link = resp.headers.get("link")
         body = await client.read_bounded(resp, budget, "tag list")
         budget -= len(body)
@@ -274,7 +283,7 @@ async def catalog(request: Request, state: ProxyState) -> Response:
         client_authorization=request.headers.get("authorization"),
     )
     if resp.status_code != 200:
-        return await relay_error(client, resp, state)
+        return await relay_error(request, client, resp, state)
     link = resp.headers.get("link")
     body = await client.read_bounded(resp, state.settings.limits.tag_list_max_bytes, "catalog")
     headers = relayed_headers(resp.headers, body_length=len(body))
@@ -290,7 +299,7 @@ async def referrers(
     query = _query(request, ("artifactType",))
     resp = await _open(request, client, route, f"referrers/{rp.reference}", query=query)
     if resp.status_code != 200:
-        return await relay_error(client, resp, proxy_state(request))
+        return await relay_error(request, client, resp, proxy_state(request))
     return UpstreamBodyResponse(
         resp,
         status_code=200,
@@ -357,7 +366,9 @@ def _parse_tag_list(body: bytes, upstream: str) -> list[str]:
     return tags
 
 
-async def relay_error(client: UpstreamClient, resp: httpx.Response, state: ProxyState) -> Response:
+async def relay_error(
+    request: Request, client: UpstreamClient, resp: httpx.Response, state: ProxyState
+) -> Response:
     """Turn a non-success upstream answer into the client's answer (and close it)."""
     status = resp.status_code
     if status >= 500 or status in REDIRECT_STATUSES or status < 400:
@@ -378,7 +389,9 @@ async def relay_error(client: UpstreamClient, resp: httpx.Response, state: Proxy
     out = error_body_for_client(status, resp.headers.get("content-type", ""), body, client.name)
     headers = {"Content-Type": "application/json"}
     if status == 401 and (challenge := resp.headers.get("www-authenticate")):
-        headers["WWW-Authenticate"] = state.rewrite_challenge(client, challenge)
+        headers["WWW-Authenticate"] = state.token_relay.rewrite_challenge(
+            client.settings, challenge, str(request.base_url)
+        )
     if status == 429 and (retry := resp.headers.get("retry-after")):
         headers["Retry-After"] = retry
     return Response(out, status_code=status, headers=headers)

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from proxy.gate import TrustGate
 from proxy.http.client_auth import Htpasswd
+from proxy.http.token_relay import TokenRelay
 from proxy.routing import Router
 from proxy.settings import Settings
 from proxy.upstream.client import UpstreamClient
@@ -22,14 +23,10 @@ class ProxyState:
     client_auth: Htpasswd | None = None
     basic_realm: str | None = field(default=None)
 
-    def rewrite_challenge(self, client: UpstreamClient, challenge: str) -> str:
-        """The upstream's challenge as a passthrough client should see it.
+    token_relay: TokenRelay = field(init=False)
 
-        The realm stays the upstream's token service (the client fetches its own token
-        there) and the scope keeps the upstream's repository name, which is the name the
-        token service knows.
-        """
-        return challenge
+    def __post_init__(self) -> None:
+        self.token_relay = TokenRelay(self.router)
 
     async def aclose(self) -> None:
         for client in self.clients.values():

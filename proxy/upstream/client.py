@@ -151,6 +151,13 @@ class UpstreamClient:
             response = await self._send("HEAD" if method == "HEAD" else "GET", url, headers)
         return response
 
+    async def open_url(self, url: str, *, authorization: str | None) -> httpx.Response:
+        """GET an absolute URL (a token service) with the client's credentials, streaming."""
+        headers = {"accept-encoding": "identity"}
+        if authorization:
+            headers["authorization"] = authorization
+        return await self._send("GET", url, headers)
+
     async def _send(self, method: str, url: str, headers: dict[str, str]) -> httpx.Response:
         request = self._http.build_request(method, url, headers=headers)
         try:
