@@ -73,7 +73,9 @@ def test_skopeo_copy_matches_direct_copy(
 
 
 def test_head_manifest_by_tag_relays_headers(proxy: Server, registry: RegistryBed) -> None:
-    r = httpx.head(f"{proxy.extra['url']}/v2/{REPO}/manifests/oci", headers={"Accept": OCI_MANIFEST})
+    r = httpx.head(
+        f"{proxy.extra['url']}/v2/{REPO}/manifests/oci", headers={"Accept": OCI_MANIFEST}
+    )
     assert r.status_code == 200
     assert r.headers["docker-content-digest"] == registry.digests["oci"]
     assert r.headers["content-type"] == OCI_MANIFEST
@@ -230,7 +232,9 @@ def test_blob_redirects(registry: RegistryBed, tmp_path: Path, mode: str) -> Non
         redirector.stop()
 
 
-def test_access_log_is_json_with_upstream_status_bytes(proxy: Server, registry: RegistryBed) -> None:
+def test_access_log_is_json_with_upstream_status_bytes(
+    proxy: Server, registry: RegistryBed
+) -> None:
     blob = registry.blobs[0]
     httpx.get(f"{proxy.extra['url']}/v2/{REPO}/blobs/{blob.digest}?marker=accesslog")
     mine: list[dict[str, object]] = []
