@@ -33,10 +33,10 @@ class Redirector:
                     self.send_header("Content-Length", "0")
                     self.end_headers()
 
-            do_GET = _answer  # noqa: N815 - http.server's naming
-            do_HEAD = _answer  # noqa: N815
+            do_GET = _answer
+            do_HEAD = _answer
 
-            def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+            def log_message(self, format: str, *args: object) -> None:
                 return
 
         self._server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)

@@ -37,7 +37,8 @@ def inspect_raw(host: str, ref: str) -> bytes:
 
 def oci_error(response: httpx.Response) -> dict[str, object]:
     body = response.json()
-    assert isinstance(body["errors"], list) and body["errors"], body
+    assert isinstance(body["errors"], list), body
+    assert body["errors"], body
     error: dict[str, object] = body["errors"][0]
     assert {"code", "message", "detail"} <= set(error), error
     return error
@@ -102,7 +103,8 @@ def test_blob_range_request(proxy: Server, registry: RegistryBed) -> None:
     assert r.content == blob.data[10:50]
     assert r.headers["content-range"].startswith("bytes 10-49/")
     full = httpx.get(url)
-    assert full.status_code == 200 and full.content == blob.data
+    assert full.status_code == 200
+    assert full.content == blob.data
     assert full.headers["docker-content-digest"] == blob.digest
 
 
