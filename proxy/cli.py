@@ -58,6 +58,12 @@ def build_parser() -> argparse.ArgumentParser:
         "path-qualified errors, e.g. 'upstreams[0].url: not a URL'. Exit 0 when valid.",
     )
     check.add_argument("file", type=Path, help="config file (YAML)")
+    check.add_argument(
+        "--skip-file-checks",
+        action="store_true",
+        help="do not require referenced files (TLS, CA, htpasswd, passwords) to exist: "
+        "check a config meant for another machine",
+    )
     check.set_defaults(handler=cmd_config_check)
     config.set_defaults(handler=lambda _a: _help(config))
     return parser
@@ -68,16 +74,16 @@ def _help(parser: argparse.ArgumentParser) -> int:
     return 2
 
 
-def _load(path: Path) -> Settings | None:
+def _load(path: Path, *, check_files: bool = True) -> Settings | None:
     try:
-        return load_settings(path, dict(os.environ))
+        return load_settings(path, dict(os.environ), check_files=check_files)
     except ConfigError as e:
         print(f"{path}: {e}", file=sys.stderr)
         return None
 
 
 def cmd_config_check(args: argparse.Namespace) -> int:
-    settings = _load(args.file)
+    settings = _load(args.file, check_files=not args.skip_file_checks)
     if settings is None:
         return 1
     for warning in settings.warnings:

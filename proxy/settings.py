@@ -18,6 +18,7 @@ never reads the environment itself: the entry point passes it in.
 from __future__ import annotations
 
 import ipaddress
+import math
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -162,7 +163,9 @@ class Settings:
 # --------------------------------------------------------------------------- loading
 
 
-def load_settings(path: Path, environ: Mapping[str, str] | None = None) -> Settings:
+def load_settings(
+    path: Path, environ: Mapping[str, str] | None = None, *, check_files: bool = True
+) -> Settings:
     """Load ``path`` (YAML), apply ``TRUSTPROXY_*`` overrides from ``environ``, validate.
 
     Relative file paths are resolved against the config file's folder.
@@ -172,6 +175,8 @@ def load_settings(path: Path, environ: Mapping[str, str] | None = None) -> Setti
         text = path.read_text(encoding="utf-8")
     except OSError as e:
         raise ConfigError(str(path), f"cannot read: {e.strerror or e}") from e
+    except UnicodeDecodeError as e:
+        raise ConfigError(str(path), f"not UTF-8 text: {e.reason}") from e
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as e:
@@ -181,7 +186,9 @@ def load_settings(path: Path, environ: Mapping[str, str] | None = None) -> Setti
     if not isinstance(raw, dict):
         raise ConfigError("", "the config must be a mapping at the top level")
     apply_env_overrides(raw, environ or {})
-    return parse_settings(raw, base_dir=path.resolve().parent, source_file=path)
+    return parse_settings(
+        raw, base_dir=path.resolve().parent, source_file=path, check_files=check_files
+    )
 
 
 def apply_env_overrides(raw: dict[str, Any], environ: Mapping[str, str]) -> None:
@@ -192,11 +199,30 @@ def apply_env_overrides(raw: dict[str, Any], environ: Mapping[str, str]) -> None
         segments = [s.lower() for s in name[len(ENV_PREFIX) :].split("__")]
         if any(not s for s in segments):
             raise ConfigError(name, "empty key segment in environment override")
-        try:
-            value = yaml.safe_load(environ[name]) if environ[name] != "" else ""
-        except yaml.YAMLError:
-            value = environ[name]
-        _set_path(raw, segments, value, name)
+        _set_path(raw, segments, _env_value(environ[name]), name)
+
+
+_YAML_NULLS = ("null", "Null", "NULL", "~")
+
+
+def _env_value(text: str) -> Any:
+    """A YAML scalar from an environment value, but never a silently different string.
+
+    YAML 1.1 reads ``0123`` as 83 and ``#x`` as null, and a value cannot be quoted in the
+    environment: a password like that must arrive as written. Numbers are kept only when
+    they read back as the same text; mappings, lists and dates are not scalars we take.
+    """
+    try:
+        value = yaml.safe_load(text) if text != "" else ""
+    except yaml.YAMLError:
+        return text
+    if value is None:
+        return None if text.strip() in _YAML_NULLS else text
+    if isinstance(value, bool | str):
+        return value
+    if isinstance(value, int | float) and str(value) == text.strip():
+        return value
+    return text
 
 
 def _set_path(node: Any, segments: list[str], value: Any, env_name: str) -> None:
@@ -266,7 +292,7 @@ _REPO_PREFIX = re.compile(r"^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*$")
 class _Section:
     """A mapping in the config with its key path, for precise messages and unknown-key checks."""
 
-    def __init__(self, data: Any, path: str, base_dir: Path) -> None:
+    def __init__(self, data: Any, path: str, base_dir: Path, check_files: bool = True) -> None:
         if data is None:
             data = {}
         if not isinstance(data, dict):
@@ -274,6 +300,7 @@ class _Section:
         self.data: dict[str, Any] = data
         self.path = path
         self.base_dir = base_dir
+        self.check_files = check_files
         self.used: set[str] = set()
 
     def sub(self, key: str) -> str:
@@ -284,7 +311,7 @@ class _Section:
         return self.data.get(key)
 
     def section(self, key: str) -> _Section:
-        return _Section(self.get(key), self.sub(key), self.base_dir)
+        return _Section(self.get(key), self.sub(key), self.base_dir, self.check_files)
 
     def value(self, key: str, parse: Callable[[Any, str], T], default: T) -> T:
         raw = self.get(key)
@@ -303,6 +330,13 @@ class _Section:
         text = _str(raw, self.sub(key))
         p = Path(text).expanduser()
         return p if p.is_absolute() else (self.base_dir / p).resolve()
+
+    def existing_file(self, key: str) -> Path | None:
+        """A path that must name an existing file (unless file checks are off)."""
+        p = self.path_value(key)
+        if p is not None and self.check_files and not p.is_file():
+            raise ConfigError(self.sub(key), f"file not found: {p}")
+        return p
 
     def finish(self) -> None:
         unknown = sorted(str(k) for k in self.data if k not in self.used)
@@ -347,6 +381,8 @@ def _duration(v: Any, path: str) -> float:
         d = float(m.group(1)) * _DURATION_UNITS[m.group(2)]
     else:
         raise ConfigError(path, f"not a duration (seconds, or e.g. 500ms, 5s, 1m): {v!r}")
+    if not math.isfinite(d):  # YAML .nan/.inf: NaN passes "<= 0" and breaks every timeout
+        raise ConfigError(path, f"not a duration (seconds, or e.g. 500ms, 5s, 1m): {v!r}")
     if d <= 0:
         raise ConfigError(path, "must be greater than zero")
     return d
@@ -360,7 +396,10 @@ def _count(v: Any, path: str) -> int:
 
 def _url(v: Any, path: str) -> str:
     text = _str(v, path).strip()
-    parts = urlsplit(text)
+    try:
+        parts = urlsplit(text)
+    except ValueError as e:  # e.g. "http://[::1" (unclosed IPv6 bracket)
+        raise ConfigError(path, f"not a URL: {text!r} ({e})") from e
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ConfigError(path, f"not a URL (expected http:// or https://host[:port]): {text!r}")
     try:
@@ -370,6 +409,13 @@ def _url(v: Any, path: str) -> str:
     if parts.path not in ("", "/") or parts.query or parts.fragment:
         raise ConfigError(path, f"must be scheme://host[:port] without a path: {text!r}")
     return f"{parts.scheme}://{parts.netloc}"
+
+
+def _scheme(url: str) -> str:
+    try:
+        return urlsplit(url).scheme
+    except ValueError:  # an unclosed IPv6 bracket: not a URL at all
+        return ""
 
 
 def _choice(*options: str) -> Callable[[Any, str], Any]:
@@ -403,33 +449,31 @@ def _credentials(sec: _Section) -> CredentialSettings:
     password_file = sec.path_value("password_file")
     if password is not None and password_file is not None:
         raise ConfigError(sec.sub("password_file"), "set either password or password_file")
-    if password_file is not None:
+    if password_file is not None and not sec.check_files:
+        password = ""  # not read: only the config's shape is being checked
+    elif password_file is not None:
         try:
             password = password_file.read_text(encoding="utf-8").rstrip("\r\n")
         except OSError as e:
             raise ConfigError(sec.sub("password_file"), f"cannot read: {e.strerror}") from e
+        except UnicodeDecodeError as e:
+            raise ConfigError(sec.sub("password_file"), f"not UTF-8 text: {e.reason}") from e
     if (username is None) != (password is None):
         missing = "password" if password is None else "username"
         raise ConfigError(sec.sub(missing), "is required when the other credential is set")
     return CredentialSettings(username=username, password=password)
 
 
-def _existing_file(p: Path | None, path: str) -> Path | None:
-    if p is not None and not p.is_file():
-        raise ConfigError(path, f"file not found: {p}")
-    return p
-
-
 def _parse_server(sec: _Section) -> ServerSettings:
     host, port = sec.value("listen", _listen, ("127.0.0.1", 8443))
-    cert = _existing_file(sec.path_value("tls_cert_file"), sec.sub("tls_cert_file"))
-    key = _existing_file(sec.path_value("tls_key_file"), sec.sub("tls_key_file"))
+    cert = sec.existing_file("tls_cert_file")
+    key = sec.existing_file("tls_key_file")
     if (cert is None) != (key is None):
         raise ConfigError(sec.sub("tls_key_file" if key is None else "tls_cert_file"),
                           "tls_cert_file and tls_key_file go together")  # fmt: skip
     ca = sec.section("client_auth")
-    htpasswd = _existing_file(ca.path_value("htpasswd_file"), ca.sub("htpasswd_file"))
-    client_ca = _existing_file(ca.path_value("client_ca_file"), ca.sub("client_ca_file"))
+    htpasswd = ca.existing_file("htpasswd_file")
+    client_ca = ca.existing_file("client_ca_file")
     ca.finish()
     if client_ca is not None and cert is None:
         raise ConfigError(ca.sub("client_ca_file"), "mTLS needs server.tls_cert_file/key_file")
@@ -454,7 +498,7 @@ def _parse_upstream(sec: _Section) -> UpstreamSettings:
         prefix = prefix.strip("/")
         if not all(_REPO_PREFIX.match(part) for part in prefix.split("/")):
             raise ConfigError(sec.sub("prefix"), f"not a repository path component: {prefix!r}")
-    ca_file = _existing_file(sec.path_value("ca_file"), sec.sub("ca_file"))
+    ca_file = sec.existing_file("ca_file")
     auth_sec = sec.section("auth")
     mode = cast(
         AuthMode, auth_sec.value("mode", _choice("anonymous", "basic", "passthrough"), "anonymous")
@@ -478,12 +522,12 @@ def _parse_upstream(sec: _Section) -> UpstreamSettings:
     )
 
 
-def _parse_upstreams(raw: Any, base_dir: Path) -> tuple[UpstreamSettings, ...]:
+def _parse_upstreams(raw: Any, base_dir: Path, check_files: bool) -> tuple[UpstreamSettings, ...]:
     if raw is None or raw == []:
         raise ConfigError("upstreams", "at least one upstream is required")
     if not isinstance(raw, list):
         raise ConfigError("upstreams", f"must be a list, not {_kind(raw)}")
-    ups = tuple(_parse_upstream(_Section(item, f"upstreams[{i}]", base_dir))
+    ups = tuple(_parse_upstream(_Section(item, f"upstreams[{i}]", base_dir, check_files))
                 for i, item in enumerate(raw))  # fmt: skip
     seen_names: set[str] = set()
     seen_prefixes: set[str | None] = set()
@@ -506,13 +550,13 @@ def _parse_trust(sec: _Section, warnings: list[str]) -> TrustSettings:
             raise ConfigError(sec.sub("sources"), f"must be a mapping, not {_kind(src_raw)}")
         for name in src_raw:
             path = f"{sec.sub('sources')}.{name}"
-            s = _Section(src_raw[name], path, sec.base_dir)
+            s = _Section(src_raw[name], path, sec.base_dir, sec.check_files)
             if not _NAME.match(str(name)):
                 raise ConfigError(path, "source names use letters, digits, '.', '_', '-'")
             typ = s.required("type", _choice("notary"))
             url = s.required("url", _url)
             ca_file = s.path_value("ca_file")
-            if ca_file is not None and not ca_file.is_file():
+            if ca_file is not None and sec.check_files and not ca_file.is_file():
                 # Not fatal at load: the source is unusable until the file exists, so every
                 # request that needs it fails closed (503) instead of the proxy not starting.
                 warnings.append(f"{s.sub('ca_file')}: file not found: {ca_file}")
@@ -551,17 +595,25 @@ def _parse_logging(sec: _Section) -> LoggingSettings:
 
 
 def parse_settings(
-    raw: dict[str, Any], *, base_dir: Path, source_file: Path | None = None
+    raw: dict[str, Any],
+    *,
+    base_dir: Path,
+    source_file: Path | None = None,
+    check_files: bool = True,
 ) -> Settings:
-    """Validate a raw config tree (already env-overridden). Raises ConfigError."""
-    top = _Section(raw, "", base_dir)
+    """Validate a raw config tree (already env-overridden). Raises ConfigError.
+
+    ``check_files=False`` validates everything but the existence of referenced files
+    (for checking a config on a machine other than the one that will run it).
+    """
+    top = _Section(raw, "", base_dir, check_files)
     warnings: list[str] = []
     server = _parse_server(top.section("server"))
-    upstreams = _parse_upstreams(top.get("upstreams"), base_dir)
+    upstreams = _parse_upstreams(top.get("upstreams"), base_dir, check_files)
     trust = _parse_trust(top.section("trust"), warnings)
     cache_sec = top.section("cache")
     redis_url = cache_sec.value("redis_url", _str, None)
-    if redis_url is not None and urlsplit(redis_url).scheme not in ("redis", "rediss", "unix"):
+    if redis_url is not None and _scheme(redis_url) not in ("redis", "rediss", "unix"):
         raise ConfigError(cache_sec.sub("redis_url"), f"not a redis:// URL: {redis_url!r}")
     cache_sec.finish()
     passthrough = [u.name for u in upstreams if u.auth.mode == "passthrough"]
@@ -575,7 +627,7 @@ def parse_settings(
     limits = _parse_limits(top.section("limits"))
     logging = _parse_logging(top.section("logging"))
     policy_file = top.path_value("policy_file")
-    if policy_file is not None and not policy_file.is_file():
+    if policy_file is not None and check_files and not policy_file.is_file():
         warnings.append(f"policy_file: file not found: {policy_file}")
     top.finish()
     return Settings(
