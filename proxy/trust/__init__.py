@@ -1,9 +1,29 @@
 """Notary v1 / Docker Content Trust verification core (pure: no I/O, no clock).
 
-Drive a :class:`TrustedSet` in notary's order (root versions, timestamp, snapshot, targets,
-delegations), then resolve tags with :func:`resolve_docker` or
-:func:`resolve_required_roles`. Persist :meth:`TrustedSet.state` and rebuild with
-:meth:`TrustedSet.from_state` (which re-verifies everything).
+How a caller (the I/O shell) drives it, per repository (GUN)::
+
+    state = TrustedState.from_bytes(stored) if stored else None
+    if state is None:                                  # first contact
+        ts = TrustedSet(fetch("root.json"), gun=gun, root_of_trust=rot, reference_time=now)
+    else:                                              # refresh with rollback floors
+        ts = TrustedSet.from_state(state, gun=gun, root_of_trust=rot, reference_time=now,
+                                   replay=False)
+    while (raw := fetch(ts.next_root_filename())) is not None:   # "<N+1>.root.json", 404 ends
+        ts.update_root(raw)
+    ts.update_timestamp(fetch("timestamp.json"))
+    ts.update_snapshot(fetch(ts.filename_for("snapshot")))       # "snapshot.<hex>.json"
+    ts.update_targets(fetch(ts.filename_for("targets")))
+    while pending := ts.pending_delegations({"targets/releases"}):   # or None = all roles
+        for p in pending:                                         # "targets/releases.<hex>.json"
+            try:
+                ts.update_delegated_targets(fetch(p.filename), p.name, p.parent)
+            except TrustDataError: ...                           # skipped: log, go on
+    store(ts.state().to_bytes())
+    signed = resolve_docker(ts, tag)          # or resolve_required_roles(ts, tag, reqs)
+
+:func:`refresh` is that loop for a synchronous fetch callable. A cache hit is
+``TrustedSet.from_state(state, ...)`` (replay: every stored byte is verified again).
+Any ``TrustDataError`` from root/timestamp/snapshot/targets is fatal for the refresh.
 """
 
 from __future__ import annotations

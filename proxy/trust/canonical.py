@@ -14,7 +14,7 @@ import re
 
 from proxy.trust.errors import MetadataFormatError
 
-__all__ = ["MAX_SAFE_INT", "encode_canonical"]
+__all__ = ["MAX_SAFE_INT", "encode_canonical", "encode_parsed"]
 
 #: Largest integer a Go float64 holds exactly.
 MAX_SAFE_INT = 2**53
@@ -40,6 +40,27 @@ def encode_canonical(value: object, *, role: str = "") -> bytes:
         )
     except UnicodeEncodeError as e:  # lone surrogate from a \ud8xx escape
         raise MetadataFormatError("string is not valid Unicode", role=role) from e
+
+
+def encode_parsed(value: object, source: bytes, *, role: str = "") -> bytes:
+    """Canonical bytes of ``value`` parsed from JSON text ``source`` by ``metadata._load``
+    (which refuses floats and integers beyond 2**53).
+
+    Fast path: a JSON text without a backslash has no escape sequence, hence no control
+    character in any string (raw ones are invalid JSON), so ``json.dumps`` is already
+    canonical. Otherwise falls back to :func:`encode_canonical`.
+
+    Raises:
+        MetadataFormatError: as :func:`encode_canonical`.
+    """
+    if b"\\" in source:
+        return encode_canonical(value, role=role)
+    try:
+        return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode(
+            "utf-8"
+        )
+    except (UnicodeEncodeError, TypeError, ValueError) as e:  # pragma: no cover - defensive
+        raise MetadataFormatError(f"cannot encode canonically: {e}", role=role) from e
 
 
 def _needs_slow_path(value: object, role: str) -> bool:

@@ -8,7 +8,6 @@ refused, so that no two parsers can read the same bytes differently.
 
 from __future__ import annotations
 
-import base64
 import binascii
 import json
 import posixpath
@@ -19,7 +18,7 @@ from datetime import UTC, datetime, timedelta, timezone
 from types import MappingProxyType
 from typing import Final, Generic, TypeVar
 
-from proxy.trust.canonical import MAX_SAFE_INT, encode_canonical
+from proxy.trust.canonical import MAX_SAFE_INT, encode_parsed
 from proxy.trust.errors import MetadataFormatError, OversizeMetadataError
 from proxy.trust.keys import PublicKey, parse_key
 
@@ -260,12 +259,17 @@ def parse_expires(text: object, *, role: str = "", field: str = "expires") -> da
 
 
 def _reject_duplicates(pairs: list[tuple[str, object]]) -> dict[str, object]:
-    out: dict[str, object] = {}
-    for k, v in pairs:
-        if k in out:
-            raise ValueError(f"duplicate key {k!r}")
-        out[k] = v
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        raise ValueError("duplicate object key")
     return out
+
+
+def _parse_int(text: str) -> int:
+    value = int(text)
+    if abs(value) > MAX_SAFE_INT:  # notary reads numbers as float64
+        raise ValueError(f"integer out of range: {text[:32]}")
+    return value
 
 
 def _reject_float(text: str) -> object:
@@ -282,6 +286,7 @@ def _load(raw: bytes, role: str, max_bytes: int) -> dict[str, object]:
             bytes(raw).decode("utf-8"),
             object_pairs_hook=_reject_duplicates,
             parse_float=_reject_float,
+            parse_int=_parse_int,
             parse_constant=_reject_float,
         )
     except (UnicodeDecodeError, ValueError, RecursionError) as e:
@@ -313,7 +318,7 @@ def _envelope(
         method = _str(s.get("method"), role, f"{where}.method")
         sig = _b64(s.get("sig"), role, f"{where}.sig")
         signatures.append(Signature(key_id=key_id, method=method, sig=sig))
-    message = encode_canonical(signed, role=role)
+    message = encode_parsed(signed, bytes(raw), role=role)
     return signed, tuple(signatures), message
 
 
@@ -353,7 +358,7 @@ def _list(v: object, role: str, where: str, limit: int) -> list[object]:
 def _b64(v: object, role: str, where: str) -> bytes:
     text = _str(v, role, where)
     try:
-        return base64.b64decode(text, validate=True)
+        return binascii.a2b_base64(text, strict_mode=True)
     except (binascii.Error, ValueError) as e:
         raise MetadataFormatError("invalid base64", role=role, field=where) from e
 

@@ -35,6 +35,7 @@ from proxy.trust.errors import (
     ExpiredError,
     HashMismatchError,
     KeyIdMismatchError,
+    MetadataFormatError,
     RollbackError,
     RootOfTrustError,
     RootRotationError,
@@ -444,9 +445,10 @@ class TrustedSet:
 
         Raises:
             RuntimeError: ``parent`` not loaded, ``role`` not declared by it, already
-                loaded or skipped, or too many delegated roles.
+                loaded or skipped.
             HashMismatchError: not listed in snapshot, or bytes do not match it.
-            OversizeMetadataError, MetadataFormatError, UnsupportedKeyError,
+            MetadataFormatError: malformed, or more than ``limits.max_delegated_roles``.
+            OversizeMetadataError, UnsupportedKeyError,
             ThresholdError, KeyIdMismatchError, RollbackError, ExpiredError.
         """
         parent_md = self.targets_role(parent)
@@ -457,9 +459,11 @@ class TrustedSet:
             raise RuntimeError(f"{parent} does not delegate to {role}")
         if role in self._delegated or role in self._skipped:
             raise RuntimeError(f"{role} was already processed")
-        if len(self._delegated) + len(self._skipped) >= self.limits.max_delegated_roles:
-            raise RuntimeError("too many delegated roles")
         try:
+            if len(self._delegated) + len(self._skipped) >= self.limits.max_delegated_roles:
+                raise MetadataFormatError(
+                    f"more than {self.limits.max_delegated_roles} delegated roles", role=role
+                )
             check_meta(raw, self.snapshot_meta_for(role), role=role)
             md = parse_targets(
                 raw, role=role, max_bytes=self.limits.max_targets_bytes, limits=self.limits
@@ -505,6 +509,13 @@ class TrustedSet:
             versions[name] = max(versions.get(name, 0), md.version)
             if name != "root":
                 metadata[name] = md.raw
+        if self._targets is not None:
+            # A delegation the publisher removed may come back starting at version 1
+            # (``docker trust signer remove`` + ``add``): forget floors of undeclared roles.
+            declared = set(self.delegation_names())
+            for name in [n for n in versions if n.startswith("targets/")]:
+                if name not in declared:
+                    del versions[name]
         return TrustedState(
             gun=self.gun,
             root=self._root.raw,
@@ -522,11 +533,15 @@ class TrustedSet:
         reference_time: datetime,
         limits: Limits = DEFAULT_LIMITS,
         allow_expired_root_cert: bool = False,
+        replay: bool = True,
     ) -> TrustedSet:
         """Rebuild a set from persisted state, re-verifying every role.
 
-        Top-level roles missing from the state are simply not loaded (check
-        ``ts.targets``); delegations that fail are skipped as in a fresh update.
+        With ``replay=False`` only the root and the version floors are taken: the start of
+        a refresh (``update_root`` ... ``update_targets`` with fresh bytes). With replay, the
+        stored timestamp/snapshot/targets/delegations are verified again (a cache hit);
+        top-level roles missing from the state are simply not loaded (check ``ts.targets``);
+        delegations that fail, or that the state does not hold, are skipped.
 
         Raises:
             RootOfTrustError: the state belongs to another GUN.
@@ -544,7 +559,7 @@ class TrustedSet:
             allow_expired_root_cert=allow_expired_root_cert,
         )
         md = state.metadata
-        if "timestamp" not in md:
+        if not replay or "timestamp" not in md:
             return ts
         ts.update_timestamp(md["timestamp"])
         if "snapshot" not in md:
@@ -558,6 +573,9 @@ class TrustedSet:
                 # a failure is recorded in ts.skipped, as in a fresh update
                 with contextlib.suppress(TrustDataError):
                     ts.update_delegated_targets(md[p.name], p.name, p.parent)
+        for p in ts.pending_delegations():
+            # not persisted (skipped or not fetched last time): unusable, never "pending"
+            ts.skip_delegation(p.name, HashMismatchError("not in the persisted state", role=p.name))
         return ts
 
     # --- checks ----------------------------------------------------------------------------

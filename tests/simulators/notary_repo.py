@@ -128,10 +128,16 @@ def _new_private(kind: KeyKind, *, fresh_rsa: bool = False) -> PrivateKey:
 def from_private(private: PrivateKey) -> SimKey:
     """Wrap an existing private key as a bare (non-x509) notary key."""
     if isinstance(private, ec.EllipticCurvePrivateKey):
-        return SimKey(private, "ecdsa", base64.b64encode(_spki(private.public_key())).decode(), "ecdsa")
+        return SimKey(
+            private, "ecdsa", base64.b64encode(_spki(private.public_key())).decode(), "ecdsa"
+        )
     if isinstance(private, rsa.RSAPrivateKey):
-        return SimKey(private, "rsa", base64.b64encode(_spki(private.public_key())).decode(), "rsapss")
-    raw = private.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+        return SimKey(
+            private, "rsa", base64.b64encode(_spki(private.public_key())).decode(), "rsapss"
+        )
+    raw = private.public_key().public_bytes(
+        serialization.Encoding.Raw, serialization.PublicFormat.Raw
+    )
     return SimKey(private, "ed25519", base64.b64encode(raw).decode(), "eddsa")
 
 
@@ -169,7 +175,7 @@ def x509_key(
     not_after: datetime | None = None,
     issuer: tuple[ec.EllipticCurvePrivateKey, x509.Certificate] | None = None,
     private: PrivateKey | None = None,
-    hash_algorithm: hashes.HashAlgorithm | None = None,
+    hash_algorithm: hashes.SHA256 | hashes.SHA384 | None = None,
 ) -> SimKey:
     """A notary root-style key: a 10-year certificate with CN = ``cn`` (EKU codeSigning).
 
@@ -376,9 +382,7 @@ class NotaryRepository:
         }
 
     def _signed_targets(self, role: str) -> dict[str, object]:
-        children = [
-            d for n, d in self.delegations.items() if posixpath.dirname(n) == role
-        ]
+        children = [d for n, d in self.delegations.items() if posixpath.dirname(n) == role]
         keys = {k.key_id: k.to_json() for d in children for k in d.keys}
         return {
             "_type": "Targets",

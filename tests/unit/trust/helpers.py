@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import json
 from collections.abc import Callable
@@ -15,7 +16,14 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from proxy.trust import TrustedSet, TrustOnFirstUse
 from proxy.trust.roots import RootOfTrust
-from tests.simulators.notary_repo import DEFAULT_NOW, NotaryRepository, SimKey, envelope, from_private, meta_for
+from tests.simulators.notary_repo import (
+    DEFAULT_NOW,
+    NotaryRepository,
+    SimKey,
+    envelope,
+    from_private,
+    meta_for,
+)
 
 # <repo>/../shared/vectors (CI puts it beside the checkout)
 VECTORS = Path(__file__).resolve().parents[3] / ".." / "shared" / "vectors"
@@ -52,10 +60,8 @@ def dir_repo(metadata_dir: Path, *, recompact: bool = False) -> dict[str, bytes]
         role = str(f.relative_to(metadata_dir))[: -len(".json")]
         raw = f.read_bytes()
         if recompact:
-            try:
+            with contextlib.suppress(ValueError):  # invalid.json stays as it is
                 raw = json.dumps(json.loads(raw), separators=(",", ":")).encode()
-            except ValueError:
-                pass
         files[f"{role}.json"] = raw
         files[f"{role}.{hashlib.sha256(raw).hexdigest()}.json"] = raw
     return files

@@ -21,8 +21,16 @@ from proxy.trust.errors import MetadataFormatError
         ({}, b"{}"),
         ({"x": "</script>&"}, b'{"x":"</script>&"}'),
     ],
-    ids=["sorted-literals", "escapes", "non-ascii-raw", "control-raw", "key-order",
-         "max-int", "empty", "no-html-escape"],
+    ids=[
+        "sorted-literals",
+        "escapes",
+        "non-ascii-raw",
+        "control-raw",
+        "key-order",
+        "max-int",
+        "empty",
+        "no-html-escape",
+    ],
 )
 def test_encode(value: object, expected: bytes) -> None:
     assert encode_canonical(value) == expected
@@ -45,6 +53,12 @@ def test_not_json_is_caller_bug() -> None:
 
 def test_matches_json_dumps_without_control_characters() -> None:
     doc = {"z": [1, {"y": "\u00fc"}], "a": {"c": None, "b": "x"}}
-    assert encode_canonical(doc) == json.dumps(
-        doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False
-    ).encode()
+    assert (
+        encode_canonical(doc)
+        == json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    )
+
+
+def test_slow_path_all_types() -> None:
+    doc = {"k\t": [1, True, False, None, {"b": "c\\"}, -3], "a": "x"}
+    assert encode_canonical(doc) == b'{"a":"x","k\t":[1,true,false,null,{"b":"c\\\\"},-3]}'
