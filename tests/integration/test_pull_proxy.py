@@ -7,6 +7,7 @@ import json
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -239,7 +240,7 @@ def test_access_log_is_json_with_upstream_status_bytes(
 ) -> None:
     blob = registry.blobs[0]
     httpx.get(f"{proxy.extra['url']}/v2/{REPO}/blobs/{blob.digest}?marker=accesslog")
-    mine: list[dict[str, object]] = []
+    mine: list[dict[str, Any]] = []
     deadline = time.monotonic() + 5
     while not mine and time.monotonic() < deadline:  # the line is written after the body
         lines = [json.loads(line) for line in proxy.log_path.read_text().splitlines()
