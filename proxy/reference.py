@@ -15,17 +15,20 @@ from typing import Literal
 
 from proxy.errors import InvalidDigestError, InvalidNameError, InvalidReferenceError
 
+# \Z, not $: "$" also matches before a final newline, so "latest\n" (%0A in a path) passed.
 _COMPONENT = r"[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*"
-NAME_RE = re.compile(rf"^{_COMPONENT}(?:/{_COMPONENT})*$")
-TAG_RE = re.compile(r"^[a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}$")
-DIGEST_RE = re.compile(r"^(?:sha256:[a-f0-9]{64}|sha512:[a-f0-9]{128})$")
+NAME_RE = re.compile(rf"^{_COMPONENT}(?:/{_COMPONENT})*\Z")
+TAG_RE = re.compile(r"^[a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}\Z")
+DIGEST_RE = re.compile(r"^(?:sha256:[a-f0-9]{64}|sha512:[a-f0-9]{128})\Z")
 MAX_NAME_LENGTH = 255  # distribution's limit for a repository name
 
 Kind = Literal["manifests", "blobs", "tags", "referrers", "uploads"]
 
+# uploads first: "/v2/<name>/blobs/uploads" (no slash) is the upload endpoint, not a blob
+# whose digest is "uploads".
 _PATH_RE = re.compile(
-    r"^/v2/(?P<name>.+?)/(?:(?P<kind>manifests|blobs|referrers)/(?P<ref>[^/]+)"
-    r"|(?P<tags>tags/list)|(?P<uploads>blobs/uploads(?:/.*)?))$"
+    r"^/v2/(?P<name>.+?)/(?:(?P<uploads>blobs/uploads(?:/.*)?)"
+    r"|(?P<kind>manifests|blobs|referrers)/(?P<ref>[^/]+)|(?P<tags>tags/list))\Z"
 )
 
 

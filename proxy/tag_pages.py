@@ -26,9 +26,14 @@ def parse_page_query(n: str | None, last: str | None) -> tuple[int | None, str |
     """Validate ``n`` and ``last``. Raises ClientRequestError on a bad ``n``."""
     if n is None or n == "":
         return None, last or None
-    if not n.isdigit():
+    # ASCII only and bounded: str.isdigit() accepts "²", and int() refuses more than 4300
+    # digits; either would escape as a ValueError (a 500) instead of a 400.
+    if not (n.isascii() and n.isdigit()):
         raise ClientRequestError(f"n must be a non-negative integer, not {n[:50]!r}")
-    return min(int(n), MAX_PAGE), last or None
+    digits = n.lstrip("0") or "0"
+    if len(digits) > len(str(MAX_PAGE)):
+        return MAX_PAGE, last or None
+    return min(int(digits), MAX_PAGE), last or None
 
 
 def paginate(tags: list[str], *, n: int | None, last: str | None, name: str) -> Page:

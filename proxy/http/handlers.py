@@ -199,7 +199,9 @@ def _manifest_response(
 async def blob(request: Request, client: UpstreamClient, route: Route, rp: RepoPath) -> ASGIApp:
     """Stream a blob in constant memory; Range honoured; storage redirects per config."""
     follow = client.settings.redirects == "follow"
-    resp = await _open(request, client, route, f"blobs/{rp.reference}", follow=follow)
+    resp = await _open(
+        request, client, route, f"blobs/{rp.reference}", follow=follow, conditional=True
+    )
     if resp.status_code in REDIRECT_STATUSES and not follow:
         await resp.aclose()
         location = resp.headers.get("location", "")
@@ -209,13 +211,13 @@ async def blob(request: Request, client: UpstreamClient, route: Route, rp: RepoP
         return Response(
             status_code=resp.status_code, headers={"Location": str(resp.url.join(location))}
         )
-    if resp.status_code not in (200, 206):
+    if resp.status_code not in (200, 206, 304):  # 304: the client's If-None-Match held
         return await relay_error(request, client, resp, proxy_state(request))
     return UpstreamBodyResponse(
         resp,
         status_code=resp.status_code,
         headers=relayed_headers(resp.headers),
-        send_body=request.method != "HEAD",
+        send_body=request.method != "HEAD" and resp.status_code != 304,
     )
 
 
@@ -279,7 +281,7 @@ async def catalog(request: Request, state: ProxyState) -> Response:
         "/v2/_catalog",
         scope="registry:catalog:*",
         query=_query(request, ("n", "last")),
-        client_headers=forwardable_headers(request),
+        client_headers=forwardable_headers(request, conditional=False),
         client_authorization=request.headers.get("authorization"),
     )
     if resp.status_code != 200:
@@ -320,27 +322,33 @@ async def _open(
     query: str = "",
     force_get: bool = False,
     follow: bool = False,
+    conditional: bool = False,
 ) -> httpx.Response:
     method = "GET" if force_get else request.method
     return await client.open(
         method,
         f"/v2/{route.upstream_name}/{suffix}",
         scope=route.scope,
-        client_headers=forwardable_headers(request),
+        client_headers=forwardable_headers(request, conditional=conditional),
         client_authorization=request.headers.get("authorization"),
         query=query,
         follow_redirects=follow,
     )
 
 
-def forwardable_headers(request: Request) -> dict[str, str]:
+def forwardable_headers(request: Request, *, conditional: bool = True) -> dict[str, str]:
     """Request headers for the upstream, repeated ones joined (RFC 9110 5.3).
 
     Clients send Accept several times (skopeo sends one line per media type); keeping
     only one would make distribution downgrade to schema1 or refuse OCI content.
+
+    ``conditional=False`` drops Range and If-*: where the proxy reads the body itself
+    (manifests it hashes, tag lists it filters) a 206 or 304 would leave it nothing to
+    check, and would reach the client as a 502.
     """
+    names = FORWARDED_REQUEST_HEADERS if conditional else ("accept",)
     out: dict[str, str] = {}
-    for name in FORWARDED_REQUEST_HEADERS:
+    for name in names:
         values = request.headers.getlist(name)
         if values:
             out[name] = ", ".join(values)
@@ -356,7 +364,7 @@ def _query(request: Request, allowed: tuple[str, ...]) -> str:
 def _parse_tag_list(body: bytes, upstream: str) -> list[str]:
     try:
         parsed: Any = json.loads(body)
-    except ValueError as e:
+    except (ValueError, RecursionError) as e:  # deeply nested JSON raises RecursionError
         raise UpstreamContentError(f"upstream {upstream} sent a tag list that is not JSON") from e
     tags = parsed.get("tags") if isinstance(parsed, dict) else None
     if tags is None and isinstance(parsed, dict):

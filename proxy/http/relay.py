@@ -11,7 +11,9 @@ import re
 from collections.abc import Mapping
 from urllib.parse import urlsplit
 
+from proxy.errors import ClientRequestError
 from proxy.http.errors import oci_error_body
+from proxy.reference import parse_repo_path
 
 RELAYED_RESPONSE_HEADERS = (
     "content-type",
@@ -47,13 +49,18 @@ def rewrite_link(link: str, upstream_name: str | None, client_name: str | None) 
     better no next page than a next page on the upstream that bypasses the proxy.
     """
     m = _LINK.match(link)
-    if m is None:
+    # A second link-value ("<a>; rel=next, <b>; rel=prev") would be relayed untouched and
+    # could point the client at the upstream itself: fail closed on anything but one link.
+    if m is None or "<" in m.group("rest"):
         return None
-    parts = urlsplit(m.group("url"))
+    try:
+        parts = urlsplit(m.group("url"))
+    except ValueError:  # e.g. an unclosed IPv6 bracket in an upstream-controlled header
+        return None
     path = parts.path
     if upstream_name is not None and client_name is not None:
         old = f"/v2/{upstream_name}/"
-        if not path.startswith(old):
+        if not path.startswith(old) or not _names_repository(path, upstream_name):
             return None
         path = f"/v2/{client_name}/" + path[len(old) :]
     if not path.startswith("/v2/"):
@@ -62,12 +69,21 @@ def rewrite_link(link: str, upstream_name: str | None, client_name: str | None) 
     return f"<{path}{query}>{m.group('rest')}"
 
 
+def _names_repository(path: str, name: str) -> bool:
+    # "/v2/team/app/tags/list" starts with "/v2/team/" but is repository team/app's list.
+    try:
+        parsed = parse_repo_path(path)
+    except ClientRequestError:
+        return False
+    return parsed is not None and parsed.name == name
+
+
 def error_body_for_client(status: int, content_type: str, body: bytes, upstream: str) -> bytes:
     """Relay an upstream OCI error body if it is one; otherwise wrap it in one."""
     if content_type.split(";")[0].strip() == "application/json":
         try:
             parsed = json.loads(body)
-        except ValueError:
+        except (ValueError, RecursionError):  # deeply nested JSON raises RecursionError
             parsed = None
         if isinstance(parsed, dict) and isinstance(parsed.get("errors"), list):
             return body

@@ -1,0 +1,554 @@
+"""The /v2 handlers against simulated upstream registries (httpx.MockTransport).
+
+The app is the real one (``create_app``); only each upstream client's HTTP transport is
+replaced, so routing, auth mode, error mapping, digest checks and pagination all run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import warnings
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+from typing import Any
+from urllib.parse import parse_qs
+
+import httpx
+import pytest
+from starlette.exceptions import StarletteDeprecationWarning
+
+from proxy.errors import NotSignedError, TrustSourceUnavailableError
+from proxy.gate import PassThrough, ServeDigest, TagDecision
+from proxy.http.app import create_app
+from proxy.routing import Route
+from proxy.settings import LimitSettings, ServerSettings, Settings, UpstreamSettings
+
+with warnings.catch_warnings():
+    # Starlette 1.x prefers the httpx2 package for its TestClient; httpx works the same.
+    warnings.simplefilter("ignore", StarletteDeprecationWarning)
+    from starlette.testclient import TestClient
+
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
+UPSTREAM_URL = "http://registry.test"
+REPO = "team/app"
+
+SIGNED = json.dumps({"schemaVersion": 2, "mediaType": OCI_MANIFEST, "layers": []}).encode()
+UNSIGNED = json.dumps({"schemaVersion": 2, "mediaType": OCI_MANIFEST, "evil": True}).encode()
+BLOB = bytes(range(256)) * 4
+
+
+def sha256(data: bytes) -> str:
+    return f"sha256:{hashlib.sha256(data).hexdigest()}"
+
+
+SIGNED_DIGEST = sha256(SIGNED)
+BLOB_DIGEST = sha256(BLOB)
+Handler = Callable[[httpx.Request], httpx.Response]
+_ITEM = re.compile(r"^/v2/(?P<name>.+?)/(?P<kind>manifests|blobs)/(?P<ref>[^/]+)$")
+_TAGS = re.compile(r"^/v2/(?P<name>.+)/tags/list$")
+
+
+class Body(httpx.AsyncByteStream):
+    """A body the proxy has to stream, as from a real connection (MockTransport would
+    otherwise hand back a response already read)."""
+
+    def __init__(self, chunks: list[bytes]) -> None:
+        self.chunks = chunks
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        for chunk in self.chunks:
+            yield chunk
+
+
+def respond(
+    status: int,
+    body: bytes | list[bytes] = b"",
+    headers: dict[str, str] | None = None,
+    *,
+    json_body: Any = None,
+) -> httpx.Response:
+    """A streaming upstream response; a list of chunks is sent without Content-Length."""
+    headers = dict(headers or {})
+    if json_body is not None:
+        body = json.dumps(json_body).encode()
+        headers.setdefault("Content-Type", "application/json")
+    if isinstance(body, bytes):
+        headers["Content-Length"] = str(len(body))
+        body = [body]
+    return httpx.Response(status, headers=headers, stream=Body(body))
+
+
+def oci_error(status: int, code: str) -> httpx.Response:
+    body = {"errors": [{"code": code, "message": code.lower(), "detail": {}}]}
+    return respond(status, json_body=body)
+
+
+@dataclass
+class FakeRegistry:
+    """An in-memory registry for one repository; records every request it gets."""
+
+    manifests: dict[str, bytes] = field(default_factory=dict)  # tag or digest -> bytes
+    blobs: dict[str, bytes] = field(default_factory=dict)
+    tags: list[str] = field(default_factory=list)
+    page_size: int | None = None  # paginate the tag list with absolute Link URLs
+    overrides: dict[str, Handler] = field(default_factory=dict)  # path -> handler
+    requests: list[httpx.Request] = field(default_factory=list)
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        self.requests.append(request)
+        path = request.url.path
+        if path in self.overrides:
+            return self.overrides[path](request)
+        if (m := _TAGS.match(path)) and m["name"] == REPO:
+            return self._tags(request)
+        m = _ITEM.match(path)
+        if m is None or m["name"] != REPO:
+            return oci_error(404, "NAME_UNKNOWN")
+        if m["kind"] == "manifests":
+            body = self.manifests.get(m["ref"])
+            if body is None:
+                return oci_error(404, "MANIFEST_UNKNOWN")
+            headers = {"Content-Type": OCI_MANIFEST, "Docker-Content-Digest": sha256(body),
+                       "Connection": "keep-alive", "X-Internal": "secret"}  # fmt: skip
+            return respond(200, body, headers)
+        blob = self.blobs.get(m["ref"])
+        if blob is None:
+            return oci_error(404, "BLOB_UNKNOWN")
+        if request.headers.get("if-none-match") == f'"{m["ref"]}"':
+            return respond(304, headers={"ETag": f'"{m["ref"]}"'})
+        if (rng := request.headers.get("range")) and (r := re.match(r"bytes=(\d+)-(\d+)", rng)):
+            start, end = int(r[1]), int(r[2])
+            return respond(
+                206, blob[start : end + 1],
+                {"Content-Range": f"bytes {start}-{end}/{len(blob)}"},
+            )  # fmt: skip
+        return respond(200, blob, {"Content-Type": "application/x-tar"})
+
+    def _tags(self, request: httpx.Request) -> httpx.Response:
+        ordered = sorted(self.tags)
+        if self.page_size is None:
+            return respond(200, json_body={"name": REPO, "tags": self.tags})
+        last = request.url.params.get("last")
+        rest = [t for t in ordered if last is None or t > last]
+        page = rest[: self.page_size]
+        headers = {}
+        if len(rest) > self.page_size:
+            headers["Link"] = (f'<{UPSTREAM_URL}/v2/{REPO}/tags/list?n={self.page_size}'
+                               f'&last={page[-1]}>; rel="next"')  # fmt: skip
+        return respond(200, json_body={"name": REPO, "tags": page}, headers=headers)
+
+    def paths(self) -> list[str]:
+        return [r.url.path for r in self.requests]
+
+
+@dataclass
+class Gate:
+    """A scripted TrustGate."""
+
+    decision: TagDecision | BaseException = field(
+        default_factory=lambda: PassThrough("tests: unchecked")
+    )
+    visible: Callable[[list[str]], list[str]] = list
+    asked: list[str] = field(default_factory=list)
+    filtered: list[list[str]] = field(default_factory=list)
+
+    async def decide_tag(self, route: Route, tag: str) -> TagDecision:
+        self.asked.append(f"{route.gun}:{tag}")
+        if isinstance(self.decision, BaseException):
+            raise self.decision
+        return self.decision
+
+    async def filter_tags(self, route: Route, tags: list[str]) -> list[str]:
+        self.filtered.append(list(tags))
+        if isinstance(self.decision, BaseException):
+            raise self.decision
+        return self.visible(tags)
+
+
+def make_settings(**limits: Any) -> Settings:
+    up = UpstreamSettings(name="internal", url=UPSTREAM_URL, registry="registry.test")
+    return Settings(server=ServerSettings(), upstreams=(up,),
+                    limits=replace(LimitSettings(), **limits))  # fmt: skip
+
+
+@contextmanager
+def proxy(registry: FakeRegistry, gate: Gate | None = None, **limits: Any) -> Iterator[TestClient]:
+    app = create_app(make_settings(**limits), gate=gate or Gate())
+    for client in app.state.proxy.clients.values():
+        client._http = httpx.AsyncClient(transport=httpx.MockTransport(registry))
+    with TestClient(app) as tc:
+        yield tc
+
+
+@pytest.fixture
+def registry() -> FakeRegistry:
+    return FakeRegistry(
+        manifests={"v1": UNSIGNED, SIGNED_DIGEST: SIGNED},
+        blobs={BLOB_DIGEST: BLOB},
+        tags=["v1", "v2", "latest"],
+    )
+
+
+def error_of(response: httpx.Response) -> dict[str, Any]:
+    assert response.headers["content-type"].startswith("application/json")
+    errors = response.json()["errors"]
+    assert len(errors) == 1
+    entry: dict[str, Any] = errors[0]
+    assert set(entry) == {"code", "message", "detail"}
+    return entry
+
+
+# --------------------------------------------------------------------------- pass-through
+
+
+def test_accept_headers_are_joined_and_forwarded(registry: FakeRegistry) -> None:
+    with proxy(registry) as tc:
+        r = tc.get(f"/v2/{REPO}/manifests/v1",
+                   headers=[("Accept", OCI_MANIFEST), ("Accept", DOCKER_MANIFEST)])  # fmt: skip
+    assert r.status_code == 200
+    assert r.content == UNSIGNED
+    (seen,) = registry.requests
+    assert seen.headers["accept"] == f"{OCI_MANIFEST}, {DOCKER_MANIFEST}"
+    # Hop-by-hop and unknown upstream headers stay behind.
+    assert "x-internal" not in r.headers
+    assert r.headers.get("connection") != "keep-alive"
+
+
+def test_upstream_5xx_is_502_naming_the_upstream(registry: FakeRegistry) -> None:
+    registry.overrides[f"/v2/{REPO}/manifests/v1"] = lambda _: respond(503, b"down")
+    with proxy(registry) as tc:
+        r = tc.get(f"/v2/{REPO}/manifests/v1")
+    assert r.status_code == 502
+    entry = error_of(r)
+    assert entry["code"] == "UNAVAILABLE"
+    assert entry["detail"] == {"upstream": "internal"}
+    assert "upstream internal" in entry["message"]
+    assert "503" in entry["message"]
+
+
+def test_upstream_404_error_body_is_relayed(registry: FakeRegistry) -> None:
+    with proxy(registry) as tc:
+        r = tc.get(f"/v2/{REPO}/manifests/nope")
+    assert r.status_code == 404
+    assert error_of(r)["code"] == "MANIFEST_UNKNOWN"  # the upstream's own code
+
+
+def test_non_json_upstream_error_is_wrapped(registry: FakeRegistry) -> None:
+    registry.overrides[f"/v2/{REPO}/manifests/v1"] = lambda _: respond(
+        404, b"<h1>gone</h1>", {"Content-Type": "text/html"}
+    )
+    with proxy(registry) as tc:
+        r = tc.get(f"/v2/{REPO}/manifests/v1")
+    assert r.status_code == 404
+    assert b"<h1>" not in r.content
+    assert error_of(r)["code"] == "NOT_FOUND"
+    assert error_of(r)["detail"] == {"upstream": "internal"}
+
+
+def test_401_without_challenge_in_anonymous_mode_is_403_denied(registry: FakeRegistry) -> None:
+    registry.overrides[f"/v2/{REPO}/manifests/v1"] = lambda _: oci_error(401, "UNAUTHORIZED")
+    with proxy(registry) as tc:
+        r = tc.get(f"/v2/{REPO}/manifests/v1")
+    assert r.status_code == 403
+    assert "www-authenticate" not in r.headers
+    entry = error_of(r)
+    assert entry["code"] == "DENIED"
+    assert entry["detail"] == {"upstream": "internal"}
+
+
+def test_oversize_manifest_is_502(registry: FakeRegistry) -> None:
+    limit = len(UNSIGNED) - 1
+    with proxy(registry, manifest_max_bytes=limit) as tc:
+        r = tc.get(f"/v2/{REPO}/manifests/v1")
+    assert r.status_code == 502
+    assert UNSIGNED not in r.content
+    assert str(limit) in error_of(r)["message"]
+
+
+def test_oversize_manifest_without_content_length_is_502(registry: FakeRegistry) -> None:
+    def endless(_: httpx.Request) -> httpx.Response:
+        return respond(200, [b"x" * 100] * 50)  # chunked, no length
+
+    registry.overrides[f"/v2/{REPO}/manifests/{SIGNED_DIGEST}"] = endless
+    with proxy(registry, manifest_max_bytes=1000) as tc:
+        r = tc.get(f"/v2/{REPO}/manifests/{SIGNED_DIGEST}")
+    assert r.status_code == 502
+    assert error_of(r)["code"] == "UNAVAILABLE"
+
+
+# --------------------------------------------------------------------------- by digest
+
+
+def test_manifest_by_digest(registry: FakeRegistry) -> None:
+    with proxy(registry) as tc:
+        r = tc.get(f"/v2/{REPO}/manifests/{SIGNED_DIGEST}")
+    assert r.status_code == 200
+    assert r.content == SIGNED
+    assert r.headers["docker-content-digest"] == SIGNED_DIGEST
+
+
+def test_manifest_by_digest_with_wrong_bytes_is_502(registry: FakeRegistry) -> None:
+    registry.manifests[SIGNED_DIGEST] = UNSIGNED
+    with proxy(registry) as tc:
+        r = tc.get(f"/v2/{REPO}/manifests/{SIGNED_DIGEST}")
+    assert r.status_code == 502
+    assert UNSIGNED not in r.content
+    assert SIGNED_DIGEST in error_of(r)["message"]
+
+
+def test_conditional_headers_do_not_reach_a_manifest_the_proxy_must_hash(
+    registry: FakeRegistry,
+) -> None:
+    def conditional(request: httpx.Request) -> httpx.Response:
+        if "if-none-match" in request.headers or "range" in request.headers:
+            return respond(304 if "if-none-match" in request.headers else 206)
+        return respond(200, SIGNED)
+
+    registry.overrides[f"/v2/{REPO}/manifests/{SIGNED_DIGEST}"] = conditional
+    with proxy(registry) as tc:
+        headers = {"If-None-Match": f'"{SIGNED_DIGEST}"', "Range": "bytes=0-3"}
+        r = tc.get(f"/v2/{REPO}/manifests/{SIGNED_DIGEST}", headers=headers)
+    assert r.status_code == 200
+    assert r.content == SIGNED
+
+
+# --------------------------------------------------------------------------- signed tags
+
+
+def test_signed_tag_is_fetched_by_digest_and_verified(registry: FakeRegistry) -> None:
+    gate = Gate(ServeDigest(SIGNED_DIGEST, len(SIGNED)))
+    with proxy(registry, gate) as tc:
+        r = tc.get(f"/v2/{REPO}/manifests/v1")
+    assert r.status_code == 200
+    assert r.content == SIGNED
+    assert sha256(r.content) == r.headers["docker-content-digest"] == SIGNED_DIGEST
+    assert r.headers["content-length"] == str(len(SIGNED))
+    assert registry.paths() == [f"/v2/{REPO}/manifests/{SIGNED_DIGEST}"]  # never the tag
+    assert gate.asked == [f"registry.test/{REPO}:v1"]
+
+
+def test_signed_tag_head_is_checked_like_get(registry: FakeRegistry) -> None:
+    gate = Gate(ServeDigest(SIGNED_DIGEST, len(SIGNED)))
+    with proxy(registry, gate) as tc:
+        r = tc.head(f"/v2/{REPO}/manifests/v1")
+    assert r.status_code == 200
+    assert r.content == b""
+    assert r.headers["docker-content-digest"] == SIGNED_DIGEST
+    assert r.headers["content-length"] == str(len(SIGNED))
+    assert [(q.method, q.url.path) for q in registry.requests] == [
+        ("GET", f"/v2/{REPO}/manifests/{SIGNED_DIGEST}")  # bytes fetched to be hashed
+    ]
+
+
+@pytest.mark.parametrize("method", ["GET", "HEAD"])
+def test_signed_digest_with_other_bytes_upstream_is_502(
+    registry: FakeRegistry, method: str
+) -> None:
+    registry.manifests[SIGNED_DIGEST] = UNSIGNED  # the registry lies about the digest
+    with proxy(registry, Gate(ServeDigest(SIGNED_DIGEST))) as tc:
+        r = tc.request(method, f"/v2/{REPO}/manifests/v1")
+    assert r.status_code == 502
+    assert UNSIGNED not in r.content
+    assert r.headers.get("docker-content-digest") is None
+    if method == "GET":
+        assert error_of(r)["code"] == "UNAVAILABLE"
+
+
+def test_signed_length_mismatch_is_502(registry: FakeRegistry) -> None:
+    with proxy(registry, Gate(ServeDigest(SIGNED_DIGEST, len(SIGNED) + 1))) as tc:
+        r = tc.get(f"/v2/{REPO}/manifests/v1")
+    assert r.status_code == 502
+    assert SIGNED not in r.content
+    assert str(len(SIGNED) + 1) in error_of(r)["message"]
+
+
+def test_signed_digest_missing_upstream_is_manifest_unknown(registry: FakeRegistry) -> None:
+    del registry.manifests[SIGNED_DIGEST]
+    with proxy(registry, Gate(ServeDigest(SIGNED_DIGEST))) as tc:
+        r = tc.get(f"/v2/{REPO}/manifests/v1")
+    assert r.status_code == 404
+    entry = error_of(r)
+    assert entry["code"] == "MANIFEST_UNKNOWN"
+    assert SIGNED_DIGEST in entry["detail"]["reason"]
+    assert f"/v2/{REPO}/manifests/v1" not in registry.paths()
+
+
+@pytest.mark.parametrize("method", ["GET", "HEAD"])
+def test_not_signed_is_manifest_unknown_with_reason(registry: FakeRegistry, method: str) -> None:
+    reason = "tag v1 has no signature from targets/releases"
+    with proxy(registry, Gate(NotSignedError(reason))) as tc:
+        r = tc.request(method, f"/v2/{REPO}/manifests/v1")
+    assert r.status_code == 404
+    assert registry.requests == []  # nothing fetched for an unsigned tag
+    if method == "GET":
+        entry = error_of(r)
+        assert entry["code"] == "MANIFEST_UNKNOWN"
+        assert entry["detail"] == {"reason": reason}
+
+
+def test_trust_source_unavailable_is_503_never_a_pass_through(registry: FakeRegistry) -> None:
+    with proxy(registry, Gate(TrustSourceUnavailableError("notary", "connection refused"))) as tc:
+        r = tc.get(f"/v2/{REPO}/manifests/v1")
+        tags = tc.get(f"/v2/{REPO}/tags/list")
+    assert r.status_code == 503
+    assert tags.status_code == 503
+    assert UNSIGNED not in r.content
+    entry = error_of(r)
+    assert entry["code"] == "UNAVAILABLE"
+    assert entry["detail"] == {"trust_source": "notary"}
+    assert not any("/manifests/" in p for p in registry.paths())
+
+
+# --------------------------------------------------------------------------- tag lists
+
+
+def test_tags_are_filtered_before_pagination(registry: FakeRegistry) -> None:
+    registry.tags = ["a", "b", "c", "d", "e"]
+    gate = Gate(visible=lambda tags: [t for t in tags if t in ("b", "d", "e")])
+    with proxy(registry, gate) as tc:
+        first = tc.get(f"/v2/{REPO}/tags/list", params={"n": "2"})
+        link = first.headers["link"]
+        url = link[1 : link.index(">")]
+        second = tc.get(url)
+    assert first.json() == {"name": REPO, "tags": ["b", "d"]}
+    assert url.startswith(f"/v2/{REPO}/tags/list?")
+    assert parse_qs(url.split("?", 1)[1]) == {"n": ["2"], "last": ["d"]}
+    assert second.json() == {"name": REPO, "tags": ["e"]}
+    assert "link" not in second.headers
+    assert gate.filtered == [registry.tags, registry.tags]
+    # The proxy reads the whole upstream list; the client's n/last are its own.
+    assert all("n" not in r.url.params for r in registry.requests)
+
+
+def test_upstream_tag_pagination_is_followed(registry: FakeRegistry) -> None:
+    registry.tags = [f"t{i:02d}" for i in range(7)]
+    registry.page_size = 3
+    with proxy(registry) as tc:
+        r = tc.get(f"/v2/{REPO}/tags/list")
+    assert r.status_code == 200
+    assert r.json() == {"name": REPO, "tags": registry.tags}
+    assert "link" not in r.headers
+    assert len(registry.requests) == 3
+    assert [r.url.params.get("last") for r in registry.requests] == [None, "t02", "t05"]
+    assert all(r.url.host == "registry.test" for r in registry.requests)
+
+
+def test_tag_list_head_has_no_body(registry: FakeRegistry) -> None:
+    with proxy(registry) as tc:
+        r = tc.head(f"/v2/{REPO}/tags/list")
+    assert r.status_code == 200
+    assert r.content == b""
+    assert int(r.headers["content-length"]) > 0
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b"not json", b"[" * 5000, b'{"tags": "v1"}', b'{"tags": [1]}', b"[]"],
+    ids=["not-json", "deeply-nested", "tags-string", "tags-ints", "list"],
+)
+def test_malformed_upstream_tag_list_is_502(registry: FakeRegistry, body: bytes) -> None:
+    registry.overrides[f"/v2/{REPO}/tags/list"] = lambda _: respond(200, body)
+    with proxy(registry) as tc:
+        r = tc.get(f"/v2/{REPO}/tags/list")
+    assert r.status_code == 502
+    assert error_of(r)["code"] == "UNAVAILABLE"
+
+
+def test_null_tag_list_is_empty(registry: FakeRegistry) -> None:
+    registry.overrides[f"/v2/{REPO}/tags/list"] = lambda _: respond(
+        200, json_body={"name": REPO, "tags": None}
+    )
+    with proxy(registry) as tc:
+        assert tc.get(f"/v2/{REPO}/tags/list").json() == {"name": REPO, "tags": []}
+
+
+@pytest.mark.parametrize("n", ["-1", "x", "²", "9" * 5000], ids=["negative", "word", "sup", "huge"])
+def test_bad_n(registry: FakeRegistry, n: str) -> None:
+    with proxy(registry) as tc:
+        r = tc.get(f"/v2/{REPO}/tags/list", params={"n": n})
+    if n == "9" * 5000:  # a huge page size is capped, not an error
+        assert r.status_code == 200
+    else:
+        assert r.status_code == 400
+        assert error_of(r)["code"] == "UNSUPPORTED"
+
+
+# --------------------------------------------------------------------------- blobs
+
+
+def test_blob_streams_exact_bytes(registry: FakeRegistry) -> None:
+    with proxy(registry) as tc:
+        r = tc.get(f"/v2/{REPO}/blobs/{BLOB_DIGEST}")
+        head = tc.head(f"/v2/{REPO}/blobs/{BLOB_DIGEST}")
+    assert r.status_code == 200
+    assert r.content == BLOB
+    assert head.status_code == 200
+    assert head.content == b""
+    assert head.headers["content-length"] == str(len(BLOB))
+
+
+def test_blob_range_and_if_none_match_are_forwarded(registry: FakeRegistry) -> None:
+    with proxy(registry) as tc:
+        part = tc.get(f"/v2/{REPO}/blobs/{BLOB_DIGEST}", headers={"Range": "bytes=10-19"})
+        cached = tc.get(f"/v2/{REPO}/blobs/{BLOB_DIGEST}",
+                        headers={"If-None-Match": f'"{BLOB_DIGEST}"'})  # fmt: skip
+    assert part.status_code == 206
+    assert part.content == BLOB[10:20]
+    assert part.headers["content-range"] == f"bytes 10-19/{len(BLOB)}"
+    assert cached.status_code == 304
+    assert cached.content == b""
+
+
+def test_missing_blob_is_relayed_404(registry: FakeRegistry) -> None:
+    with proxy(registry) as tc:
+        r = tc.get(f"/v2/{REPO}/blobs/{sha256(b'other')}")
+    assert r.status_code == 404
+    assert error_of(r)["code"] == "BLOB_UNKNOWN"
+
+
+# --------------------------------------------------------------------------- requests
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [("PUT", f"/v2/{REPO}/manifests/v1"), ("DELETE", f"/v2/{REPO}/manifests/v1"),
+     ("POST", f"/v2/{REPO}/blobs/uploads/"), ("PATCH", f"/v2/{REPO}/blobs/uploads/uuid"),
+     ("GET", f"/v2/{REPO}/blobs/uploads/uuid"), ("GET", f"/v2/{REPO}/blobs/uploads")],
+    ids=["put", "delete", "post-upload", "patch-upload", "get-upload", "get-upload-no-slash"],
+)  # fmt: skip
+def test_read_only(registry: FakeRegistry, method: str, path: str) -> None:
+    with proxy(registry) as tc:
+        r = tc.request(method, path)
+    assert r.status_code == 405
+    assert r.headers["allow"] == "GET, HEAD"
+    assert error_of(r)["code"] == "UNSUPPORTED"
+    assert registry.requests == []
+
+
+@pytest.mark.parametrize(
+    ("path", "status", "code"),
+    [("/v2/Team/App/manifests/v1", 400, "NAME_INVALID"),
+     (f"/v2/{REPO}/manifests/-v1", 400, "TAG_INVALID"),
+     (f"/v2/{REPO}/manifests/sha256:abc", 400, "DIGEST_INVALID"),
+     (f"/v2/{REPO}/nothing/here", 404, "NOT_FOUND")],
+    ids=["bad-name", "bad-tag", "bad-digest", "no-endpoint"],
+)  # fmt: skip
+def test_bad_requests_never_reach_upstream(
+    registry: FakeRegistry, path: str, status: int, code: str
+) -> None:
+    with proxy(registry) as tc:
+        r = tc.get(path)
+    assert r.status_code == status
+    assert error_of(r)["code"] == code
+    assert registry.requests == []
+
+
+def test_base_endpoint(registry: FakeRegistry) -> None:
+    with proxy(registry) as tc:
+        r = tc.get("/v2/")
+    assert r.status_code == 200
+    assert r.headers["docker-distribution-api-version"] == "registry/2.0"

@@ -1,0 +1,180 @@
+"""proxy.http.streaming.UpstreamBodyResponse: the upstream response is closed on every path."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from typing import Any
+
+import anyio
+import httpx
+import pytest
+
+from proxy.http.streaming import UpstreamBodyResponse
+
+Message = dict[str, Any]
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+class RecordingStream(httpx.AsyncByteStream):
+    """An upstream body: yields ``chunks``, then runs ``after`` (raise, or hang)."""
+
+    def __init__(
+        self, chunks: list[bytes], after: Callable[[], Awaitable[None]] | None = None
+    ) -> None:
+        self.chunks = chunks
+        self.after = after
+        self.yielded = 0
+        self.closed = 0
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        for chunk in self.chunks:
+            self.yielded += 1
+            yield chunk
+        if self.after is not None:
+            await self.after()
+
+    async def aclose(self) -> None:
+        self.closed += 1
+
+
+async def hang() -> None:
+    await anyio.sleep_forever()
+
+
+async def read_error() -> None:
+    raise httpx.ReadError("connection reset by registry")
+
+
+class Client:
+    """Fake ASGI receive/send: records messages; disconnects or fails on request."""
+
+    def __init__(self, *, fail_on: int | None = None, disconnect_after: int | None = None):
+        self.messages: list[Message] = []
+        self.fail_on = fail_on  # raise OSError on the n-th send (0 = response start)
+        self.disconnect_after = disconnect_after  # disconnect once n body messages are out
+        self._disconnect = anyio.Event()
+        self._requested = False
+
+    async def receive(self) -> Message:
+        if not self._requested:
+            self._requested = True
+            return {"type": "http.request", "body": b"", "more_body": False}
+        await self._disconnect.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(self, message: MutableMapping[str, Any]) -> None:
+        if self.fail_on is not None and len(self.messages) == self.fail_on:
+            raise OSError("client socket closed")
+        self.messages.append(dict(message))
+        bodies = [m for m in self.messages if m["type"] == "http.response.body"]
+        if self.disconnect_after is not None and len(bodies) >= self.disconnect_after:
+            self._disconnect.set()
+
+    @property
+    def body(self) -> bytes:
+        return b"".join(m["body"] for m in self.messages if m["type"] == "http.response.body")
+
+    @property
+    def complete(self) -> bool:
+        last = self.messages[-1] if self.messages else {}
+        return last.get("type") == "http.response.body" and not last.get("more_body", False)
+
+
+def make_response(stream: RecordingStream, *, send_body: bool = True) -> UpstreamBodyResponse:
+    upstream = httpx.Response(200, stream=stream)
+    return UpstreamBodyResponse(
+        upstream,
+        status_code=206,
+        headers={"Content-Type": "application/octet-stream", "Content-Range": "bytes 0-2/10"},
+        send_body=send_body,
+    )
+
+
+async def run(response: UpstreamBodyResponse, client: Client) -> dict[str, Any]:
+    scope: dict[str, Any] = {"type": "http", "method": "GET", "path": "/v2/a/blobs/x"}
+    with anyio.fail_after(5):
+        await response(scope, client.receive, client.send)
+    return scope
+
+
+@pytest.mark.anyio
+async def test_success_relays_exact_bytes_and_closes() -> None:
+    stream = RecordingStream([b"ab", b"", b"c"])
+    response = make_response(stream)
+    client = Client()
+    scope = await run(response, client)
+    start = client.messages[0]
+    assert start == {
+        "type": "http.response.start",
+        "status": 206,
+        "headers": [(b"content-type", b"application/octet-stream"),
+                    (b"content-range", b"bytes 0-2/10")],
+    }  # fmt: skip
+    assert client.body == b"abc"
+    assert all(m["body"] for m in client.messages[1:-1])  # empty chunks are not sent
+    assert client.complete
+    assert stream.closed == 1
+    assert response.upstream.is_closed
+    assert "client_disconnected" not in scope.get("state", {})
+
+
+@pytest.mark.anyio
+async def test_head_sends_no_body_and_closes() -> None:
+    stream = RecordingStream([b"never"])
+    response = make_response(stream, send_body=False)
+    client = Client()
+    await run(response, client)
+    assert [m["type"] for m in client.messages] == ["http.response.start", "http.response.body"]
+    assert client.body == b""
+    assert client.complete
+    assert stream.yielded == 0
+    assert stream.closed == 1
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("fail_on", [0, 1, 2], ids=["start", "first-chunk", "second-chunk"])
+async def test_send_failure_closes_upstream(fail_on: int) -> None:
+    stream = RecordingStream([b"a", b"b", b"c"])
+    client = Client(fail_on=fail_on)
+    with pytest.raises((OSError, ExceptionGroup)) as info:
+        await run(make_response(stream), client)
+    if isinstance(info.value, ExceptionGroup):
+        assert info.value.subgroup(OSError) is not None
+    assert stream.closed == 1
+    assert not client.complete
+
+
+@pytest.mark.anyio
+async def test_client_disconnect_mid_stream_stops_reading_and_closes() -> None:
+    stream = RecordingStream([b"first"], after=hang)  # the upstream would send forever
+    client = Client(disconnect_after=1)
+    scope = await run(make_response(stream), client)
+    assert client.body == b"first"
+    assert not client.complete
+    assert scope["state"]["client_disconnected"] is True
+    assert stream.closed == 1
+
+
+@pytest.mark.anyio
+async def test_upstream_break_cuts_the_response_and_closes() -> None:
+    stream = RecordingStream([b"part"], after=read_error)
+    client = Client()
+    scope = await run(make_response(stream), client)
+    assert client.body == b"part"
+    assert not client.complete  # the client sees a short body, never a "complete" one
+    assert scope["state"]["upstream_broke"] is True
+    assert stream.closed == 1
+
+
+@pytest.mark.anyio
+async def test_outer_cancellation_still_closes() -> None:
+    stream = RecordingStream([b"x"], after=hang)
+    client = Client()
+    with anyio.move_on_after(0.05):
+        await make_response(stream)({"type": "http", "state": {}}, client.receive, client.send)
+    assert client.body == b"x"
+    assert stream.closed == 1
