@@ -193,7 +193,9 @@ def load_settings(
 
 def apply_env_overrides(raw: dict[str, Any], environ: Mapping[str, str]) -> None:
     """Apply ``TRUSTPROXY_A__B__0__C=value`` to the raw config tree, in place."""
-    for name in sorted(environ):
+    # Numeric segments sort as numbers so that list items are appended in order
+    # (UPSTREAMS__2 before UPSTREAMS__10).
+    for name in sorted(environ, key=_env_sort_key):
         if not name.startswith(ENV_PREFIX) or name == ENV_PREFIX:
             continue
         segments = [s.lower() for s in name[len(ENV_PREFIX) :].split("__")]
@@ -223,6 +225,11 @@ def _env_value(text: str) -> Any:
     if isinstance(value, int | float) and str(value) == text.strip():
         return value
     return text
+
+
+def _env_sort_key(name: str) -> list[tuple[int, int, str]]:
+    return [(0, int(seg), "") if seg.isascii() and seg.isdigit() else (1, 0, seg)
+            for seg in name.split("__")]  # fmt: skip
 
 
 def _set_path(node: Any, segments: list[str], value: Any, env_name: str) -> None:
@@ -262,7 +269,7 @@ def _assign(node: Any, seg: str, value: Any, env_name: str) -> None:
 
 
 def _list_index(node: list[Any], seg: str, env_name: str) -> int:
-    if not seg.isdigit() or int(seg) > len(node):
+    if not (seg.isascii() and seg.isdigit()) or int(seg) > len(node):
         raise ConfigError(env_name, f"'{seg}' is not a list index in 0..{len(node)}")
     return int(seg)
 
@@ -285,8 +292,8 @@ _SIZE_UNITS = {
 }  # fmt: skip
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
 _DURATION_UNITS = {None: 1.0, "ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-_REPO_PREFIX = re.compile(r"^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*$")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")
+_REPO_PREFIX = re.compile(r"^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*\Z")
 
 
 class _Section:

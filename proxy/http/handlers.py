@@ -81,6 +81,9 @@ async def dispatch(request: Request) -> Response | ASGIApp:
         if isinstance(exc, UnsupportedError):
             response.headers["Allow"] = "GET, HEAD"
         return response
+    except Exception as exc:  # a bug of ours: still an OCI error body, logged with traceback
+        request.state.error = f"internal error: {type(exc).__name__}"
+        return response_for_exception(exc)
 
 
 # --------------------------------------------------------------------------- /v2/
@@ -256,9 +259,12 @@ async def _all_upstream_tags(
         body = await client.read_bounded(resp, budget, "tag list")
         budget -= len(body)
         tags.extend(_parse_tag_list(body, client.name))
-        next_url = rewrite_link(link, route.upstream_name, route.upstream_name) if link else None
-        if not next_url:
+        if not link or 'rel="next"' not in link.replace(" ", ""):
             return tags
+        next_url = rewrite_link(link, route.upstream_name, route.upstream_name)
+        if not next_url:
+            # A partial list would silently hide tags: say what went wrong instead.
+            raise UpstreamContentError(f"upstream {client.name} sent an unusable tag-list Link")
         target = next_url[1 : next_url.index(">")]
         path, _, query = target.partition("?")
         suffix = path[len(f"/v2/{route.upstream_name}/") :]

@@ -552,3 +552,34 @@ def test_base_endpoint(registry: FakeRegistry) -> None:
         r = tc.get("/v2/")
     assert r.status_code == 200
     assert r.headers["docker-distribution-api-version"] == "registry/2.0"
+
+
+def test_unusable_upstream_tag_link_is_502_not_a_partial_list(registry: FakeRegistry) -> None:
+    registry.tags = [f"t{i:02d}" for i in range(7)]
+    registry.page_size = 3
+    original = registry.__call__
+
+    def bad_link(request: httpx.Request) -> httpx.Response:
+        response = original(request)
+        if "link" in response.headers:
+            response.headers["link"] = '</v2/other/repo/tags/list?last=t02>; rel="next"'
+        return response
+
+    with proxy(registry) as tc:
+        app: Any = tc.app
+        app.state.proxy.clients["internal"]._http = httpx.AsyncClient(
+            transport=httpx.MockTransport(bad_link)
+        )
+        r = tc.get(f"/v2/{REPO}/tags/list")
+    assert r.status_code == 502
+    assert "Link" in error_of(r)["message"]
+
+
+def test_a_bug_in_the_proxy_is_still_an_oci_error(registry: FakeRegistry) -> None:
+    gate = Gate(decision=ZeroDivisionError("a bug"))
+    with proxy(registry, gate) as tc:
+        r = tc.get(f"/v2/{REPO}/manifests/v1")
+    assert r.status_code == 500
+    entry = error_of(r)
+    assert entry["code"] == "UNKNOWN"
+    assert "a bug" not in r.text  # no internals leak to clients

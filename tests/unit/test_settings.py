@@ -576,3 +576,14 @@ def test_apply_env_overrides_in_place_and_ignores_other_variables() -> None:
     assert raw == {"server": None}
     apply_env_overrides(raw, {"TRUSTPROXY_SERVER__LISTEN": "h:1"})
     assert raw == {"server": {"listen": "h:1"}}
+
+
+def test_env_appends_many_list_items_in_numeric_order(tmp_path: Path) -> None:
+    # UPSTREAMS__10 must come after __9 (string order would put it after __1 and fail).
+    env: dict[str, str] = {}
+    for i in range(1, 12):
+        env[f"TRUSTPROXY_UPSTREAMS__{i}__NAME"] = f"up{i}"
+        env[f"TRUSTPROXY_UPSTREAMS__{i}__URL"] = f"http://10.0.0.{i}:5000"
+        env[f"TRUSTPROXY_UPSTREAMS__{i}__PREFIX"] = f"p{i}"
+    s = load_settings(write(tmp_path, MINIMAL_YAML), env)
+    assert [u.name for u in s.upstreams] == ["internal"] + [f"up{i}" for i in range(1, 12)]

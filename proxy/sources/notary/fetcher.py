@@ -1,0 +1,169 @@
+"""GET Notary v1 metadata files from a notary-server: bounded, authenticated, translated.
+
+``GET {url}/v2/<gun>/_trust/tuf/<name>`` where ``name`` is ``timestamp.json``,
+``root.json``, ``<N>.root.json`` or a consistent ``<role>.<sha256hex>.json``. Only GET:
+notary-server answers every HEAD with 404 (``shared/notes/notary-v1-format.md``).
+
+Outcomes, translated here once so the source sees only our exception tree:
+
+* 200 → the bytes, at most ``max_bytes`` (checked while streaming; an endless body is cut);
+* 404 → None (the caller decides: end of the root walk, no trust data, missing file);
+* 401 with a challenge → one retry with a registry-style Bearer token
+  (:class:`~proxy.upstream.auth.UpstreamAuthenticator`, scope ``repository:<gun>:pull``);
+* network error, TLS error, timeout, any other status, auth failure →
+  :class:`~proxy.errors.TrustSourceUnavailableError`;
+* more than ``max_bytes`` → :class:`~proxy.trust.OversizeMetadataError` (bad data).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from urllib.parse import quote
+
+import httpx
+
+from proxy.errors import (
+    BadDataError,
+    TrustSourceUnavailableError,
+    UnauthorizedError,
+    UpstreamUnavailableError,
+)
+from proxy.trust import OversizeMetadataError
+from proxy.upstream.auth import UpstreamAuthenticator
+
+__all__ = ["NotaryFetcher", "role_of"]
+
+log = logging.getLogger(__name__)
+
+
+def role_of(name: str) -> str:
+    """The role a served file name belongs to (for error messages and limits).
+
+    ``timestamp.json`` → timestamp, ``3.root.json`` → root,
+    ``targets/releases.<hex>.json`` → targets/releases.
+    """
+    stem = name.removesuffix(".json")
+    head, _, tail = stem.rpartition(".")
+    if head and len(tail) == 64 and all(c in "0123456789abcdef" for c in tail):
+        return head  # <role>.<sha256hex>
+    if head.isdigit():
+        return tail  # <N>.<role>
+    return stem
+
+
+class NotaryFetcher:
+    """Fetches one notary-server's files. ``http`` and ``auth`` belong to the fetcher once
+    given (``aclose`` closes the client).
+
+    ``deadline`` bounds one whole fetch (request + body) in seconds: the client's read
+    timeout is per chunk, so without it a server dripping a byte at a time could hold a
+    request for ``max_bytes * read_timeout``.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        url: str,
+        http: httpx.AsyncClient,
+        *,
+        auth: UpstreamAuthenticator | None = None,
+        deadline: float = 60.0,
+    ) -> None:
+        self.name = name
+        self.url = url.rstrip("/")
+        self._http = http
+        self._auth = auth
+        self._deadline = deadline
+
+    def file_url(self, gun: str, name: str) -> str:
+        # Keep ':' (host:port in the GUN) and '/' (path segments, delegation names) as is:
+        # that is the path notary and docker request.
+        return f"{self.url}/v2/{quote(gun, safe='/:')}/_trust/tuf/{quote(name, safe='/')}"
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def fetch(self, gun: str, name: str, *, max_bytes: int) -> bytes | None:
+        """The bytes of ``name`` for ``gun``, or None when the server answers 404.
+
+        Raises:
+            TrustSourceUnavailableError: unreachable, TLS failure, timeout, HTTP status other
+                than 200/404, or the server's auth refused us.
+            OversizeMetadataError: the body is longer than ``max_bytes``.
+        """
+        try:
+            async with asyncio.timeout(self._deadline):
+                return await self._fetch(gun, name, max_bytes)
+        except TimeoutError as e:
+            raise self._unavailable(f"{name} for {gun}: timed out") from e
+
+    async def _fetch(self, gun: str, name: str, max_bytes: int) -> bytes | None:
+        url = self.file_url(gun, name)
+        scope = f"repository:{gun}:pull"
+        # Hashes are over the bytes as served: never let a hop re-encode them.
+        headers = {"accept-encoding": "identity", "accept": "application/json"}
+        if self._auth is not None and (cached := self._auth.cached_authorization(scope)):
+            headers["authorization"] = cached
+        response = await self._send(url, headers, name)
+        try:
+            if response.status_code == 401 and self._auth is not None:
+                challenge = response.headers.get("www-authenticate")
+                if challenge:
+                    await response.aclose()
+                    headers["authorization"] = await self._authorize(
+                        challenge, scope, headers.get("authorization")
+                    )
+                    response = await self._send(url, headers, name)
+            status = response.status_code
+            if status == 404:
+                return None
+            if status != 200:
+                raise self._unavailable(f"{name} for {gun}: HTTP {status}")
+            return await self._read_bounded(response, name, max_bytes)
+        except httpx.TimeoutException as e:
+            raise self._unavailable(f"{name} for {gun}: timed out while reading") from e
+        except httpx.HTTPError as e:
+            raise self._unavailable(
+                f"{name} for {gun}: failed while reading ({type(e).__name__})"
+            ) from e
+        finally:
+            await response.aclose()
+
+    async def _send(self, url: str, headers: dict[str, str], name: str) -> httpx.Response:
+        request = self._http.build_request("GET", url, headers=headers)
+        try:
+            return await self._http.send(request, stream=True)
+        except httpx.TimeoutException as e:
+            raise self._unavailable(f"{name}: timed out") from e
+        except httpx.HTTPError as e:
+            # ConnectError covers refused connections and TLS verification failures.
+            raise self._unavailable(f"{name}: unreachable ({type(e).__name__}: {e})") from e
+
+    async def _authorize(self, challenge: str, scope: str, rejected: str | None) -> str:
+        if self._auth is None:  # pragma: no cover - checked by the caller
+            raise RuntimeError("no authenticator")
+        try:
+            return await self._auth.authorize(challenge, scope, rejected=rejected)
+        except (UnauthorizedError, UpstreamUnavailableError, BadDataError) as e:
+            # The proxy cannot read the trust data: the same outcome as an outage (503).
+            raise self._unavailable(f"authentication failed: {e}") from e
+
+    async def _read_bounded(self, response: httpx.Response, name: str, max_bytes: int) -> bytes:
+        role = role_of(name)
+        declared = response.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > max_bytes:
+            raise OversizeMetadataError(
+                f"{name} announces {declared} bytes, limit {max_bytes}", role=role
+            )
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in response.aiter_bytes():
+            size += len(chunk)
+            if size > max_bytes:  # counted after decoding: a compressed bomb is bounded too
+                raise OversizeMetadataError(f"{name} exceeds {max_bytes} bytes", role=role)
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    def _unavailable(self, message: str) -> TrustSourceUnavailableError:
+        return TrustSourceUnavailableError(self.name, message)

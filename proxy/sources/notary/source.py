@@ -1,0 +1,497 @@
+"""The Notary v1 trust source: fetcher + state store + the pure verification core.
+
+Per repository (GUN) and root of trust, one verified :class:`~proxy.trust.TrustedSet` is
+kept in process for ``fresh_for``; after that the next request refreshes it::
+
+    hot set fresh?            -> use it (it was verified in this process)
+    stored state fresh?       -> re-verify every stored byte (replay) and use it
+    otherwise refresh         -> from the stored root and version floors (rollback
+                                 protection), or root.json at first contact; walk
+                                 <N+1>.root.json until 404, then timestamp, snapshot,
+                                 targets, every delegation by consistent name
+    refresh could not fetch   -> the last state, re-verified at "now" (so only while
+                                 unexpired), with a warning; nothing valid -> unavailable
+    root.json / timestamp.json 404 -> NoTrustDataError (the repository has no trust data)
+
+Concurrent requests for the same repository share one refresh. The clock is injected;
+the core never reads it.
+
+Every delegation is fetched, not only the ones the rule reads: one cached state then
+answers every rule (Docker's and required roles) and ``trust inspect``, and notary's
+repositories rarely hold more than a handful of delegations (``limits.max_delegated_roles``
+bounds the rest).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+from proxy.errors import NotSignedError, TrustDataError, TrustSourceUnavailableError
+from proxy.settings import LimitSettings, TrustSourceSettings
+from proxy.sources.base import NoTrustDataError, SigningRule
+from proxy.sources.notary.fetcher import NotaryFetcher
+from proxy.sources.store import StoreUnavailableError, TrustStateStore
+from proxy.trust import (
+    Limits,
+    MetadataFormatError,
+    MissingMetadataError,
+    RootOfTrust,
+    SignedTarget,
+    TrustedSet,
+    TrustedState,
+    resolve_docker,
+    resolve_required_roles,
+    signed_tags,
+)
+from proxy.trust.resolve import lookup
+from proxy.upstream.auth import UpstreamAuthenticator
+from proxy.upstream.client import make_http_client
+
+__all__ = [
+    "NotarySource",
+    "NotarySourceOptions",
+    "acceptable_tags",
+    "decode_record",
+    "encode_record",
+]
+
+log = logging.getLogger(__name__)
+
+Clock = Callable[[], datetime]
+_RECORD_MAGIC = b"trustproxy-notary-state/1 "
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class NotarySourceOptions:
+    """Tuning of a :class:`NotarySource` (defaults suit a proxy)."""
+
+    #: how long verified data is used before the next request refreshes it
+    fresh_for: timedelta = timedelta(seconds=60)
+    #: after a failed refresh (outage, bad data), how long to wait before trying again;
+    #: requests meanwhile get the cached answer instead of each waiting for a timeout
+    retry_after: timedelta = timedelta(seconds=10)
+    #: repositories kept verified in process (least recently used out)
+    max_hot_entries: int = 1024
+    #: the largest stored state accepted from the store (it holds every role, base64)
+    state_max_bytes: int = 64 * 1024 * 1024
+    #: size and count limits of the verification core (byte limits also cap fetches)
+    limits: Limits = field(default_factory=Limits)
+
+
+def encode_record(state: TrustedState, fetched_at: datetime) -> bytes:
+    """What goes into the store: when the state was fetched, then the state itself."""
+    stamp = fetched_at.astimezone(UTC).isoformat().encode("ascii")
+    return _RECORD_MAGIC + stamp + b"\n" + state.to_bytes()
+
+
+def decode_record(data: bytes, *, max_bytes: int) -> tuple[datetime, TrustedState]:
+    """Parse a stored record (shape only: the caller re-verifies the state).
+
+    Raises:
+        TrustDataError: not a record (``MetadataFormatError``) or too large
+            (``OversizeMetadataError``).
+    """
+    header, sep, body = data.partition(b"\n")
+    if not sep or not header.startswith(_RECORD_MAGIC):
+        raise MetadataFormatError("not a trustproxy notary state record", role="state")
+    try:
+        fetched_at = datetime.fromisoformat(header[len(_RECORD_MAGIC) :].decode("ascii"))
+    except (UnicodeDecodeError, ValueError) as e:
+        raise MetadataFormatError("bad fetch time", role="state") from e
+    if fetched_at.tzinfo is None:
+        raise MetadataFormatError("fetch time without time zone", role="state")
+    return fetched_at, TrustedState.from_bytes(body, max_bytes=max_bytes)
+
+
+@dataclass
+class _Hot:
+    """A verified set (or the failure of the last attempt) and when to look again."""
+
+    ts: TrustedSet | None
+    error: Exception | None
+    refresh_at: datetime
+    #: earliest expiry among the loaded roles: past it, the set must not be used
+    expires: datetime
+
+
+_Key = tuple[str, RootOfTrust, bool]
+
+
+def _earliest_expiry(ts: TrustedSet) -> datetime:
+    times = [ts.root.expires]
+    times.extend(md.expires for md in (ts.timestamp, ts.snapshot, ts.targets) if md is not None)
+    times.extend(md.expires for md in ts.delegated.values())
+    return min(times)
+
+
+class NotarySource:
+    """A :class:`~proxy.sources.base.TrustSource` backed by one notary-server.
+
+    ``fetcher`` belongs to the source (``aclose`` closes it); ``store`` is shared and
+    outlives it.
+    """
+
+    def __init__(
+        self,
+        fetcher: NotaryFetcher,
+        store: TrustStateStore,
+        *,
+        clock: Clock = utc_now,
+        options: NotarySourceOptions | None = None,
+    ) -> None:
+        self._fetcher = fetcher
+        self._store = store
+        self._clock = clock
+        self.options = options or NotarySourceOptions()
+        self._hot: OrderedDict[_Key, _Hot] = OrderedDict()
+        self._inflight: dict[_Key, asyncio.Task[TrustedSet]] = {}
+
+    @classmethod
+    def from_settings(
+        cls,
+        settings: TrustSourceSettings,
+        limits: LimitSettings,
+        store: TrustStateStore,
+        *,
+        clock: Clock = utc_now,
+        options: NotarySourceOptions | None = None,
+    ) -> NotarySource:
+        """A source for a configured notary-server: TLS with its CA, Bearer auth with its
+        credentials, the configured timeouts, and ``metadata_max_bytes`` per role file."""
+        opts = options or NotarySourceOptions()
+        core = opts.limits
+        cap = limits.metadata_max_bytes
+        opts = dataclasses.replace(
+            opts,
+            limits=dataclasses.replace(
+                core,
+                max_root_bytes=min(core.max_root_bytes, cap),
+                max_timestamp_bytes=min(core.max_timestamp_bytes, cap),
+                max_snapshot_bytes=min(core.max_snapshot_bytes, cap),
+                max_targets_bytes=min(core.max_targets_bytes, cap),
+            ),
+        )
+        http = make_http_client(limits, str(settings.ca_file) if settings.ca_file else None)
+        creds = settings.credentials
+        auth = UpstreamAuthenticator(
+            http,
+            settings.name,
+            username=creds.username if creds.present else None,
+            password=creds.password if creds.present else None,
+        )
+        fetcher = NotaryFetcher(
+            settings.name,
+            settings.url,
+            http,
+            auth=auth,
+            deadline=limits.connect_timeout + 2 * limits.read_timeout,
+        )
+        return cls(fetcher, store, clock=clock, options=opts)
+
+    @property
+    def name(self) -> str:
+        return self._fetcher.name
+
+    @property
+    def url(self) -> str:
+        return self._fetcher.url
+
+    async def aclose(self) -> None:
+        for task in list(self._inflight.values()):
+            task.cancel()
+        await self._fetcher.aclose()
+
+    # --- the TrustSource interface ----------------------------------------------------------
+
+    async def resolve(self, gun: str, tag: str, rule: SigningRule) -> SignedTarget:
+        """See :meth:`proxy.sources.base.TrustSource.resolve`."""
+        ts = await self.load(gun, rule)
+        if rule.required_roles is None:
+            return resolve_docker(ts, tag)
+        return resolve_required_roles(ts, tag, rule.required_roles)
+
+    async def signed_tags(self, gun: str, rule: SigningRule) -> dict[str, SignedTarget]:
+        """See :meth:`proxy.sources.base.TrustSource.signed_tags`."""
+        ts = await self.load(gun, rule)
+        return acceptable_tags(ts, rule)
+
+    # --- loading -----------------------------------------------------------------------------
+
+    async def load(self, gun: str, rule: SigningRule) -> TrustedSet:
+        """The verified trust data of ``gun`` under ``rule``'s root of trust (Notary-specific;
+        ``trust inspect`` reads it whole).
+
+        Raises:
+            NoTrustDataError: the server has no trust data for ``gun``.
+            TrustSourceUnavailableError: could not fetch and nothing valid is cached.
+            TrustDataError: the fetched trust data failed verification.
+        """
+        key: _Key = (gun, rule.root_of_trust, rule.allow_expired_root_cert)
+        hot = self._hot.get(key)
+        if hot is not None and self._usable(hot, self._clock()):
+            self._hot.move_to_end(key)
+            return self._answer(hot, gun)
+        task = self._inflight.get(key)
+        if task is None:
+            task = asyncio.get_running_loop().create_task(self._update(key, gun, rule))
+            self._inflight[key] = task
+            task.add_done_callback(lambda t: self._update_done(key, t))
+        # shield: a cancelled request must not cancel the refresh other requests wait for.
+        return await asyncio.shield(task)
+
+    def _update_done(self, key: _Key, task: asyncio.Task[TrustedSet]) -> None:
+        if self._inflight.get(key) is task:
+            del self._inflight[key]
+        if not task.cancelled():
+            task.exception()  # retrieved: every waiter may have been cancelled
+
+    @staticmethod
+    def _usable(hot: _Hot, now: datetime) -> bool:
+        return now < hot.refresh_at and now <= hot.expires
+
+    def _answer(self, hot: _Hot, gun: str) -> TrustedSet:
+        if hot.error is not None:
+            raise hot.error
+        if hot.ts is None:  # pragma: no cover - one of the two is always set
+            raise RuntimeError("empty cache entry")
+        if hot.ts.expired_root_cert_used:
+            log.warning(
+                "trust source %s: %s: using a root whose certificate expired "
+                "(allow_expired_root_cert)",
+                self.name,
+                gun,
+            )
+        return hot.ts
+
+    def _remember(self, key: _Key, hot: _Hot) -> None:
+        self._hot[key] = hot
+        self._hot.move_to_end(key)
+        while len(self._hot) > self.options.max_hot_entries:
+            self._hot.popitem(last=False)
+
+    async def _update(self, key: _Key, gun: str, rule: SigningRule) -> TrustedSet:
+        now = self._clock()
+        opts = self.options
+        previous = self._hot.get(key)
+        record = await self._load_record(gun)
+        state = record[1] if record is not None else None
+
+        if record is not None and now - opts.fresh_for < record[0] <= now:
+            # Fresh enough in the store (another replica, or before a restart): re-verify
+            # every byte, as if downloaded. A refused state is logged and refetched.
+            try:
+                ts = self._replay(record[1], gun, rule, now)
+            except TrustDataError as e:
+                log.warning("trust source %s: %s: stored state refused: %s", self.name, gun, e)
+            else:
+                if ts is not None:
+                    self._remember(key, self._hot_for(ts, refresh_at=record[0] + opts.fresh_for))
+                    return self._answer(self._hot[key], gun)
+
+        try:
+            ts = await self._refresh(gun, rule, now, state)
+        except NoTrustDataError as e:
+            self._remember(key, _Hot(None, e, now + opts.fresh_for, now + opts.fresh_for))
+            raise
+        except TrustSourceUnavailableError as e:
+            stale = self._stale(gun, rule, now, previous, state)
+            if stale is None:
+                self._remember_failure(key, e, now)
+                raise
+            log.warning(
+                "trust source %s: %s: refresh failed, serving verified cached trust data "
+                "until it expires (%s): %s",
+                self.name,
+                gun,
+                _earliest_expiry(stale).isoformat(),
+                e,
+            )
+            self._remember(key, self._hot_for(stale, refresh_at=now + opts.retry_after))
+            return self._answer(self._hot[key], gun)
+        except TrustDataError as e:
+            # Bad data is never served; remember the refusal briefly so a burst of requests
+            # does not refetch it once each.
+            log.warning("trust source %s: %s: trust data refused: %s", self.name, gun, e)
+            self._remember_failure(key, e, now)
+            raise
+
+        await self._save_record(gun, ts, now)
+        self._remember(key, self._hot_for(ts, refresh_at=now + opts.fresh_for))
+        return self._answer(self._hot[key], gun)
+
+    def _remember_failure(self, key: _Key, error: Exception, now: datetime) -> None:
+        until = now + self.options.retry_after
+        self._remember(key, _Hot(None, error, until, until))
+
+    @staticmethod
+    def _hot_for(ts: TrustedSet, *, refresh_at: datetime) -> _Hot:
+        return _Hot(ts, None, refresh_at, _earliest_expiry(ts))
+
+    def _stale(
+        self,
+        gun: str,
+        rule: SigningRule,
+        now: datetime,
+        previous: _Hot | None,
+        stored: TrustedState | None,
+    ) -> TrustedSet | None:
+        """The last known state that still verifies at ``now`` (so: unexpired), or None."""
+        candidates: list[TrustedState] = []
+        if previous is not None and previous.ts is not None:
+            candidates.append(previous.ts.state())
+        if stored is not None:
+            candidates.append(stored)
+        for state in candidates:
+            try:
+                ts = self._replay(state, gun, rule, now)
+            except TrustDataError as e:
+                log.info("trust source %s: %s: cached state unusable: %s", self.name, gun, e)
+                continue
+            if ts is not None:
+                return ts
+        return None
+
+    def _replay(
+        self, state: TrustedState, gun: str, rule: SigningRule, now: datetime
+    ) -> TrustedSet | None:
+        """Re-verify a whole stored state at ``now``; None when it lacks top-level roles."""
+        ts = TrustedSet.from_state(
+            state,
+            gun=gun,
+            root_of_trust=rule.root_of_trust,
+            reference_time=now,
+            limits=self.options.limits,
+            allow_expired_root_cert=rule.allow_expired_root_cert,
+            replay=True,
+        )
+        return ts if ts.targets is not None else None
+
+    async def _load_record(self, gun: str) -> tuple[datetime, TrustedState] | None:
+        try:
+            data = await self._store.load(gun)
+        except StoreUnavailableError as e:
+            log.warning("trust source %s: %s: state store unavailable: %s", self.name, gun, e)
+            return None
+        if data is None:
+            return None
+        try:
+            return decode_record(data, max_bytes=self.options.state_max_bytes)
+        except TrustDataError as e:
+            log.warning("trust source %s: %s: stored state unreadable: %s", self.name, gun, e)
+            return None
+
+    async def _save_record(self, gun: str, ts: TrustedSet, now: datetime) -> None:
+        try:
+            await self._store.save(gun, encode_record(ts.state(), now))
+        except StoreUnavailableError as e:
+            log.warning("trust source %s: %s: state not saved: %s", self.name, gun, e)
+
+    # --- the refresh walk (mirrors proxy.trust.refresh over the async fetcher) --------------
+
+    async def _fetch(self, gun: str, name: str, role: str) -> bytes | None:
+        return await self._fetcher.fetch(
+            gun, name, max_bytes=self.options.limits.max_bytes_for(role)
+        )
+
+    async def _refresh(
+        self, gun: str, rule: SigningRule, now: datetime, state: TrustedState | None
+    ) -> TrustedSet:
+        limits = self.options.limits
+        ts: TrustedSet | None = None
+        if state is not None:
+            try:
+                # The stored root and version floors: a server that rolls back is refused.
+                ts = TrustedSet.from_state(
+                    state,
+                    gun=gun,
+                    root_of_trust=rule.root_of_trust,
+                    reference_time=now,
+                    limits=limits,
+                    allow_expired_root_cert=rule.allow_expired_root_cert,
+                    replay=False,
+                )
+            except TrustDataError as e:
+                log.warning(
+                    "trust source %s: %s: stored root refused, starting over: %s",
+                    self.name,
+                    gun,
+                    e,
+                )
+        if ts is None:
+            raw = await self._fetch(gun, "root.json", "root")
+            if raw is None:
+                raise NoTrustDataError(self.name, gun)
+            ts = TrustedSet(
+                raw,
+                gun=gun,
+                root_of_trust=rule.root_of_trust,
+                reference_time=now,
+                limits=limits,
+                allow_expired_root_cert=rule.allow_expired_root_cert,
+            )
+        while (raw := await self._fetch(gun, ts.next_root_filename(), "root")) is not None:
+            ts.update_root(raw)
+        raw = await self._fetch(gun, "timestamp.json", "timestamp")
+        if raw is None:
+            # notary delete --remote: every file is gone, the stored root stays pinned.
+            raise NoTrustDataError(self.name, gun)
+        ts.update_timestamp(raw)
+        for role in ("snapshot", "targets"):
+            name = ts.filename_for(role)
+            raw = await self._fetch(gun, name, role)
+            if raw is None:
+                raise MissingMetadataError(f"{name} not found", role=role)
+            if role == "snapshot":
+                ts.update_snapshot(raw)
+            else:
+                ts.update_targets(raw)
+        while pending := ts.pending_delegations():
+            for p in pending:
+                raw = await self._fetch(gun, p.filename, p.name)
+                if raw is None:
+                    err = MissingMetadataError(f"{p.filename} not found", role=p.name)
+                    ts.skip_delegation(p.name, err)
+                    log.warning("trust source %s: %s: skipped: %s", self.name, gun, err)
+                    continue
+                try:
+                    ts.update_delegated_targets(raw, p.name, p.parent)
+                except TrustDataError as e:
+                    # notary skips an invalid delegation; resolution then ignores it
+                    log.warning("trust source %s: %s: skipped: %s", self.name, gun, e)
+        if ts.expired_root_cert_used:
+            log.warning(
+                "trust source %s: %s: root certificate expired; accepted because "
+                "allow_expired_root_cert is set",
+                self.name,
+                gun,
+            )
+        return ts
+
+
+def acceptable_tags(ts: TrustedSet, rule: SigningRule) -> dict[str, SignedTarget]:
+    """Every tag of a loaded set acceptable under ``rule``, sorted by tag."""
+    if rule.required_roles is None:
+        return signed_tags(ts)
+    names: set[str] | None = None
+    for req in rule.required_roles:
+        md = ts.targets_role(req.name)
+        tags = set(md.signed.targets) if md is not None else set()
+        names = tags if names is None else names & tags
+    out: dict[str, SignedTarget] = {}
+    for tag in sorted(names or ()):
+        if all(lookup(ts, r.name, tag) is not None for r in rule.required_roles):
+            try:
+                out[tag] = resolve_required_roles(ts, tag, rule.required_roles)
+            except NotSignedError:
+                continue
+    return out
