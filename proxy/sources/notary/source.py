@@ -9,6 +9,9 @@ kept in process for ``fresh_for``; after that the next request refreshes it::
                                  protection), or root.json at first contact; walk
                                  <N+1>.root.json until 404, then timestamp, snapshot,
                                  targets, every delegation by consistent name
+                                 (bytes we hold whose hash the parent announces are
+                                 reused, not refetched: an unchanged repository costs a
+                                 root probe and timestamp.json)
     refresh could not fetch   -> the last state, re-verified at "now" (so only while
                                  unexpired), with a warning; nothing valid -> unavailable
     root.json / timestamp.json 404 -> NoTrustDataError (the repository has no trust data)
@@ -26,9 +29,10 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import hashlib
 import logging
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -261,7 +265,9 @@ class NotarySource:
 
     def _answer(self, hot: _Hot, gun: str) -> TrustedSet:
         if hot.error is not None:
-            raise hot.error
+            # The cached exception is raised again for every request until refresh_at:
+            # drop the old traceback, which would otherwise grow by a few frames each time.
+            raise hot.error.with_traceback(None)
         if hot.ts is None:  # pragma: no cover - one of the two is always set
             raise RuntimeError("empty cache entry")
         if hot.ts.expired_root_cert_used:
@@ -374,6 +380,12 @@ class NotarySource:
             allow_expired_root_cert=rule.allow_expired_root_cert,
             replay=True,
         )
+        # A stored role that no longer verifies means the state is not what we saved (or
+        # it expired): refuse it whole. Skipping just that delegation, as a fresh refresh
+        # would, could let a store writer turn "releases wins" into "targets wins".
+        for role, err in ts.skipped.items():
+            if role in state.metadata:
+                raise err
         return ts if ts.targets is not None else None
 
     async def _load_record(self, gun: str) -> tuple[datetime, TrustedState] | None:
@@ -446,9 +458,13 @@ class NotarySource:
             # notary delete --remote: every file is gone, the stored root stays pinned.
             raise NoTrustDataError(self.name, gun)
         ts.update_timestamp(raw)
+        # Verified bytes we already hold are reused when the parent announces the same
+        # hash (python-tuf loads its local snapshot the same way): a refresh of an unchanged
+        # repository costs a root probe and timestamp.json. update_* checks them again.
+        known = state.metadata if state is not None else {}
         for role in ("snapshot", "targets"):
             name = ts.filename_for(role)
-            raw = await self._fetch(gun, name, role)
+            raw = _reusable(known, role, name) or await self._fetch(gun, name, role)
             if raw is None:
                 raise MissingMetadataError(f"{name} not found", role=role)
             if role == "snapshot":
@@ -457,7 +473,9 @@ class NotarySource:
                 ts.update_targets(raw)
         while pending := ts.pending_delegations():
             for p in pending:
-                raw = await self._fetch(gun, p.filename, p.name)
+                raw = _reusable(known, p.name, p.filename) or await self._fetch(
+                    gun, p.filename, p.name
+                )
                 if raw is None:
                     err = MissingMetadataError(f"{p.filename} not found", role=p.name)
                     ts.skip_delegation(p.name, err)
@@ -476,6 +494,13 @@ class NotarySource:
                 gun,
             )
         return ts
+
+
+def _reusable(known: Mapping[str, bytes], role: str, filename: str) -> bytes | None:
+    raw = known.get(role)
+    if raw is not None and filename == f"{role}.{hashlib.sha256(raw).hexdigest()}.json":
+        return raw
+    return None
 
 
 def acceptable_tags(ts: TrustedSet, rule: SigningRule) -> dict[str, SignedTarget]:

@@ -1,0 +1,200 @@
+"""NotaryFetcher: names and URLs, 404, bounded reads, timeouts, errors, Bearer auth."""
+
+from __future__ import annotations
+
+import asyncio
+
+import httpx
+import pytest
+
+from proxy.errors import TrustSourceUnavailableError
+from proxy.sources.notary import NotaryFetcher, role_of
+from proxy.trust import OversizeMetadataError
+from proxy.upstream.auth import UpstreamAuthenticator
+from tests.simulators.notary_repo import NotaryRepository
+from tests.unit.sources.sim import GUN, URL, SimServer
+
+pytestmark = pytest.mark.anyio
+HEX = "ab" * 32
+
+
+@pytest.mark.parametrize(
+    ("name", "role"),
+    [
+        ("timestamp.json", "timestamp"),
+        ("root.json", "root"),
+        ("3.root.json", "root"),
+        (f"snapshot.{HEX}.json", "snapshot"),
+        (f"targets.{HEX}.json", "targets"),
+        (f"targets/releases.{HEX}.json", "targets/releases"),
+        ("targets/releases.json", "targets/releases"),
+    ],
+)
+def test_role_of(name: str, role: str) -> None:
+    assert role_of(name) == role
+
+
+def fetcher(server: SimServer, *, auth: bool = False, deadline: float = 5.0) -> NotaryFetcher:
+    http = httpx.AsyncClient(transport=httpx.MockTransport(server))
+    a = UpstreamAuthenticator(http, "notary") if auth else None
+    return NotaryFetcher("notary", URL + "/", http, auth=a, deadline=deadline)
+
+
+async def test_get_by_name_with_host_port_gun() -> None:
+    server = SimServer()
+    repo = server.add(NotaryRepository(GUN))
+    f = fetcher(server)
+    try:
+        assert await f.fetch(GUN, "timestamp.json", max_bytes=1 << 20) == repo.fetch(
+            "timestamp.json"
+        )
+    finally:
+        await f.aclose()
+    (req,) = server.requests
+    assert req.method == "GET"
+    assert str(req.url) == f"{URL}/v2/{GUN}/_trust/tuf/timestamp.json"
+    assert req.headers["accept-encoding"] == "identity"
+
+
+async def test_404_is_none() -> None:
+    server = SimServer()
+    f = fetcher(server)
+    try:
+        assert await f.fetch("registry.example/none", "root.json", max_bytes=1024) is None
+    finally:
+        await f.aclose()
+
+
+@pytest.mark.parametrize("status", [500, 502, 503, 403, 400, 301])
+async def test_other_status_is_unavailable(status: int) -> None:
+    server = SimServer(down=status)
+    f = fetcher(server)
+    try:
+        with pytest.raises(TrustSourceUnavailableError, match=f"HTTP {status}") as ei:
+            await f.fetch(GUN, "timestamp.json", max_bytes=1024)
+    finally:
+        await f.aclose()
+    assert ei.value.source == "notary"
+
+
+@pytest.mark.parametrize(
+    "exc",
+    [
+        lambda r: httpx.ConnectError("refused", request=r),
+        lambda r: httpx.ConnectTimeout("slow", request=r),
+        lambda r: httpx.ReadTimeout("slow", request=r),
+        lambda r: httpx.RemoteProtocolError("eof", request=r),
+    ],
+    ids=["connect", "connect-timeout", "read-timeout", "protocol"],
+)
+async def test_network_errors_are_unavailable(exc: object) -> None:
+    server = SimServer(down=exc)  # type: ignore[arg-type]
+    f = fetcher(server)
+    try:
+        with pytest.raises(TrustSourceUnavailableError):
+            await f.fetch(GUN, "timestamp.json", max_bytes=1024)
+    finally:
+        await f.aclose()
+
+
+async def test_endless_body_is_cut_at_the_limit() -> None:
+    server = SimServer(faults={"timestamp.json": "endless"})
+    f = fetcher(server)
+    try:
+        with pytest.raises(OversizeMetadataError) as ei:
+            await f.fetch(GUN, "timestamp.json", max_bytes=200_000)
+    finally:
+        await f.aclose()
+    assert ei.value.role == "timestamp"
+
+
+async def test_declared_length_over_limit_is_refused_before_reading() -> None:
+    server = SimServer()
+    repo = server.add(NotaryRepository(GUN))
+    size = len(repo.fetch("timestamp.json") or b"")
+    f = fetcher(server)
+    try:
+        with pytest.raises(OversizeMetadataError, match="announces"):
+            await f.fetch(GUN, "timestamp.json", max_bytes=size - 1)
+        assert await f.fetch(GUN, "timestamp.json", max_bytes=size) is not None
+    finally:
+        await f.aclose()
+
+
+async def test_deadline_bounds_a_stalled_server() -> None:
+    server = SimServer(gate=asyncio.Event())  # never set: the server never answers
+    f = fetcher(server, deadline=0.05)
+    try:
+        with pytest.raises(TrustSourceUnavailableError, match="timed out"):
+            await f.fetch(GUN, "timestamp.json", max_bytes=1024)
+    finally:
+        await f.aclose()
+
+
+async def test_bearer_challenge_is_answered_with_pull_scope() -> None:
+    server = SimServer(token="t0ken")
+    repo = server.add(NotaryRepository(GUN))
+    f = fetcher(server, auth=True)
+    try:
+        assert await f.fetch(GUN, "timestamp.json", max_bytes=1 << 20) == repo.fetch(
+            "timestamp.json"
+        )
+        # the token is cached: the second fetch goes straight through
+        await f.fetch(GUN, "root.json", max_bytes=1 << 20)
+    finally:
+        await f.aclose()
+    (token_req,) = server.token_requests
+    # the challenge's own scope wins (UpstreamAuthenticator), as with registries
+    assert token_req.url.params["service"] == "notary-server"
+    assert [r.headers.get("authorization") for r in server.requests] == [
+        None,
+        "Bearer t0ken",
+        "Bearer t0ken",
+    ]
+
+
+async def test_bearer_without_challenge_scope_uses_repository_pull() -> None:
+    server = SimServer(token="t0ken")
+    server.add(NotaryRepository(GUN))
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.host != "auth.example" and "authorization" not in request.headers:
+            return httpx.Response(
+                401, headers={"www-authenticate": 'Bearer realm="https://auth.example/token"'}
+            )
+        return await server(request)
+
+    http = httpx.AsyncClient(transport=httpx.MockTransport(handler))
+    f = NotaryFetcher("notary", URL, http, auth=UpstreamAuthenticator(http, "notary"))
+    try:
+        await f.fetch(GUN, "timestamp.json", max_bytes=1 << 20)
+    finally:
+        await f.aclose()
+    assert server.token_requests[0].url.params["scope"] == f"repository:{GUN}:pull"
+
+
+async def test_refused_token_is_unavailable() -> None:
+    server = SimServer(token="t0ken")
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.host == "auth.example":
+            return httpx.Response(401)
+        return await server(request)
+
+    http = httpx.AsyncClient(transport=httpx.MockTransport(handler))
+    f = NotaryFetcher("notary", URL, http, auth=UpstreamAuthenticator(http, "notary"))
+    try:
+        with pytest.raises(TrustSourceUnavailableError, match="authentication failed"):
+            await f.fetch(GUN, "timestamp.json", max_bytes=1024)
+    finally:
+        await f.aclose()
+
+
+async def test_401_without_authenticator_is_unavailable() -> None:
+    server = SimServer(token="t0ken")
+    f = fetcher(server)
+    try:
+        with pytest.raises(TrustSourceUnavailableError, match="HTTP 401"):
+            await f.fetch(GUN, "timestamp.json", max_bytes=1024)
+    finally:
+        await f.aclose()

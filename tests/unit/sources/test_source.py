@@ -1,0 +1,537 @@
+"""NotarySource over the simulator: fetch order, caching, re-verification, outages,
+singleflight, rollback across refreshes, outcomes."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import logging
+from datetime import timedelta
+
+import httpx
+import pytest
+
+from proxy.errors import NotSignedError, TrustSourceUnavailableError
+from proxy.sources import MemoryTrustStateStore, NoTrustDataError, SigningRule
+from proxy.sources.notary import NotarySourceOptions, decode_record, encode_record
+from proxy.trust import (
+    MissingMetadataError,
+    PinnedRootKeys,
+    RoleRequirement,
+    RollbackError,
+    RootOfTrustError,
+    RootRotationError,
+    ThresholdError,
+    TrustedState,
+    TrustOnFirstUse,
+)
+from tests.simulators.notary_repo import NotaryRepository, generate_key
+from tests.unit.sources.sim import GUN, Clock, SimServer, make_source
+
+pytestmark = pytest.mark.anyio
+
+TOFU = SigningRule(TrustOnFirstUse())
+M1 = b'{"manifest": 1}'
+M2 = b'{"manifest": 2}'
+M3 = b'{"manifest": 3}'
+
+
+def digest(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def sha(raw: bytes | None) -> str:
+    assert raw is not None
+    return hashlib.sha256(raw).hexdigest()
+
+
+def repo_with_roles() -> NotaryRepository:
+    """v1 in targets and releases (different digests), owner-only in targets, qa in qa."""
+    repo = NotaryRepository(GUN)
+    repo.add_delegation("targets/releases")
+    repo.add_delegation("targets/qa")
+    repo.add_target("v1", M1)
+    repo.add_target("owner-only", M3)
+    repo.add_target("v1", M2, role="targets/releases")
+    repo.add_target("qa-build", M3, role="targets/qa")
+    repo.publish()
+    return repo
+
+
+async def test_first_contact_fetch_order_and_consistent_names() -> None:
+    server = SimServer()
+    repo = server.add(repo_with_roles())
+    source = make_source(server)
+    try:
+        await source.load(GUN, TOFU)
+    finally:
+        await source.aclose()
+    assert server.names == [
+        "root.json",
+        "2.root.json",  # 404 ends the walk
+        "timestamp.json",
+        f"snapshot.{sha(repo.current['snapshot'])}.json",
+        f"targets.{sha(repo.current['targets'])}.json",
+        f"targets/releases.{sha(repo.current['targets/releases'])}.json",
+        f"targets/qa.{sha(repo.current['targets/qa'])}.json",
+    ]
+    assert all(r.method == "GET" for r in server.requests)
+
+
+async def test_docker_rule_and_required_roles() -> None:
+    server = SimServer()
+    repo = server.add(repo_with_roles())
+    source = make_source(server)
+    try:
+        v1 = await source.resolve(GUN, "v1", TOFU)
+        assert (v1.digest, v1.length, v1.role) == (digest(M2), len(M2), "targets/releases")
+        assert v1.key_ids == (repo.delegations["targets/releases"].keys[0].key_id,)
+        owner = await source.resolve(GUN, "owner-only", TOFU)
+        assert (owner.digest, owner.role) == (digest(M3), "targets")
+        with pytest.raises(NotSignedError, match="No valid trust data for qa-build"):
+            await source.resolve(GUN, "qa-build", TOFU)
+        assert sorted(await source.signed_tags(GUN, TOFU)) == ["owner-only", "v1"]
+
+        qa = SigningRule(TrustOnFirstUse(), required_roles=(RoleRequirement("targets/qa"),))
+        got = await source.resolve(GUN, "qa-build", qa)
+        assert (got.digest, got.role) == (digest(M3), "targets/qa")
+        assert sorted(await source.signed_tags(GUN, qa)) == ["qa-build"]
+        both = SigningRule(
+            TrustOnFirstUse(),
+            required_roles=(RoleRequirement("targets"), RoleRequirement("targets/releases")),
+        )
+        with pytest.raises(NotSignedError, match="disagree"):
+            await source.resolve(GUN, "v1", both)
+        assert await source.signed_tags(GUN, both) == {}
+    finally:
+        await source.aclose()
+
+
+def test_rule_needs_roles() -> None:
+    with pytest.raises(ValueError, match="at least one role"):
+        SigningRule(TrustOnFirstUse(), required_roles=())
+    assert TOFU.docker
+    assert tuple(TOFU.role_names) == ("targets/releases", "targets")
+
+
+async def test_no_trust_data_is_a_distinct_outcome_and_cached() -> None:
+    server = SimServer()
+    clock = Clock()
+    source = make_source(server, clock=clock)
+    try:
+        with pytest.raises(NoTrustDataError) as ei:
+            await source.resolve(GUN, "v1", TOFU)
+        assert str(ei.value) == f"notary does not have trust data for {GUN}"
+        assert isinstance(ei.value, NotSignedError)
+        assert server.names == ["root.json"]
+        with pytest.raises(NoTrustDataError):
+            await source.resolve(GUN, "v1", TOFU)
+        assert len(server.requests) == 1  # negative answers are cached for fresh_for
+        server.add(NotaryRepository(GUN))
+        clock.advance(seconds=61)
+        with pytest.raises(NotSignedError):
+            await source.resolve(GUN, "v1", TOFU)  # now it exists: plain "not signed"
+    finally:
+        await source.aclose()
+
+
+async def test_deleted_repository_is_no_trust_data_even_when_known() -> None:
+    server = SimServer()
+    repo = server.add(NotaryRepository(GUN))
+    repo.add_target("v1", M1)
+    repo.publish()
+    clock = Clock()
+    source = make_source(server, clock=clock)
+    try:
+        await source.resolve(GUN, "v1", TOFU)
+        del server.repos[GUN]  # notary delete --remote
+        clock.advance(seconds=61)
+        with pytest.raises(NoTrustDataError):
+            await source.resolve(GUN, "v1", TOFU)
+    finally:
+        await source.aclose()
+
+
+async def test_hot_cache_then_cheap_refresh_after_ttl() -> None:
+    server = SimServer()
+    repo = server.add(repo_with_roles())
+    clock = Clock()
+    source = make_source(server, clock=clock)
+    try:
+        await source.resolve(GUN, "v1", TOFU)
+        server.reset()
+        clock.advance(seconds=59)
+        await source.resolve(GUN, "v1", TOFU)
+        assert server.names == []
+        clock.advance(seconds=2)
+        await source.resolve(GUN, "v1", TOFU)
+        # unchanged repository: stored snapshot/targets/delegations are reused by hash
+        assert server.names == ["2.root.json", "timestamp.json"]
+        server.reset()
+        repo.add_target("v2", M3, role="targets/releases")
+        repo.publish()
+        clock.advance(seconds=61)
+        got = await source.resolve(GUN, "v2", TOFU)
+        assert got.digest == digest(M3)
+        assert server.names == [
+            "2.root.json",
+            "timestamp.json",
+            f"snapshot.{sha(repo.current['snapshot'])}.json",
+            f"targets/releases.{sha(repo.current['targets/releases'])}.json",
+        ]
+    finally:
+        await source.aclose()
+
+
+async def test_fresh_store_entry_is_replayed_without_network() -> None:
+    server = SimServer()
+    server.add(repo_with_roles())
+    clock = Clock()
+    store = MemoryTrustStateStore()
+    a = make_source(server, clock=clock, store=store)
+    b = make_source(server, clock=clock, store=store)
+    try:
+        await a.resolve(GUN, "v1", TOFU)
+        server.reset()
+        clock.advance(seconds=30)
+        got = await b.resolve(GUN, "v1", TOFU)  # another replica, same store
+        assert got.digest == digest(M2)
+        assert server.names == []
+    finally:
+        await a.aclose()
+        await b.aclose()
+
+
+async def test_tampered_store_entry_is_refused_and_refetched(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    server = SimServer()
+    server.add(repo_with_roles())
+    clock = Clock()
+    store = MemoryTrustStateStore()
+    a = make_source(server, clock=clock, store=store)
+    await a.resolve(GUN, "v1", TOFU)
+    await a.aclose()
+    data = await store.load(GUN)
+    assert data is not None
+    at, state = decode_record(data, max_bytes=1 << 26)
+    # The attacker points v1 in releases at their own manifest.
+    forged = dict(state.metadata)
+    forged["targets/releases"] = state.metadata["targets/releases"].replace(
+        base64.b64encode(hashlib.sha256(M2).digest()),
+        base64.b64encode(hashlib.sha256(b"evil").digest()),
+    )
+    assert forged["targets/releases"] != state.metadata["targets/releases"]
+    tampered = TrustedState(state.gun, state.root, state.versions, forged)
+    await store.save(GUN, encode_record(tampered, at))
+    server.reset()
+    b = make_source(server, clock=clock, store=store)
+    try:
+        with caplog.at_level(logging.WARNING):
+            got = await b.resolve(GUN, "v1", TOFU)
+        assert got.digest == digest(M2)  # never the forged digest
+        assert f"targets/releases.{sha(server.repos[GUN].current['targets/releases'])}.json" in (
+            server.names
+        )
+        assert "stored state refused" in caplog.text
+    finally:
+        await b.aclose()
+
+
+@pytest.mark.parametrize(
+    "data",
+    [b"garbage", b"trustproxy-notary-state/1 2026-01-02T00:00:00+00:00\n{}"],
+    ids=["garbage", "empty-state"],
+)
+async def test_unreadable_store_entry_is_a_miss(data: bytes) -> None:
+    server = SimServer()
+    server.add(repo_with_roles())
+    store = MemoryTrustStateStore()
+    await store.save(GUN, data)
+    source = make_source(server, store=store)
+    try:
+        assert (await source.resolve(GUN, "v1", TOFU)).digest == digest(M2)
+        assert server.names[0] == "root.json"
+    finally:
+        await source.aclose()
+
+
+async def test_state_of_another_gun_is_refused() -> None:
+    server = SimServer()
+    other = server.add(NotaryRepository("registry.example:5000/other"))
+    other.add_target("v1", b"other")
+    other.publish()
+    server.add(repo_with_roles())
+    clock = Clock()
+    store = MemoryTrustStateStore()
+    a = make_source(server, clock=clock, store=store)
+    await a.resolve(other.gun, "v1", TOFU)
+    await a.aclose()
+    await store.save(GUN, await store.load(other.gun) or b"")
+    b = make_source(server, clock=clock, store=store)
+    try:
+        assert (await b.resolve(GUN, "v1", TOFU)).digest == digest(M2)
+    finally:
+        await b.aclose()
+
+
+async def test_outage_serves_verified_cache_only_until_it_expires(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    server = SimServer()
+    server.add(repo_with_roles())
+    clock = Clock()
+    source = make_source(server, clock=clock)
+    try:
+        await source.resolve(GUN, "v1", TOFU)
+        server.down = lambda r: httpx.ConnectError("refused", request=r)
+        clock.advance(seconds=61)
+        with caplog.at_level(logging.WARNING):
+            got = await source.resolve(GUN, "v1", TOFU)
+        assert got.digest == digest(M2)
+        assert "serving verified cached trust data" in caplog.text
+        server.reset()
+        clock.advance(seconds=5)
+        await source.resolve(GUN, "v1", TOFU)
+        assert server.requests == []  # retry_after: no request storm during an outage
+        clock.advance(days=14)  # the timestamp (14 days) has expired meanwhile
+        with pytest.raises(TrustSourceUnavailableError, match="refused"):
+            await source.resolve(GUN, "v1", TOFU)
+    finally:
+        await source.aclose()
+
+
+async def test_outage_with_stored_state_after_restart() -> None:
+    server = SimServer()
+    server.add(repo_with_roles())
+    clock = Clock()
+    store = MemoryTrustStateStore()
+    a = make_source(server, clock=clock, store=store)
+    await a.resolve(GUN, "v1", TOFU)
+    await a.aclose()
+    server.down = 503
+    clock.advance(hours=1)
+    b = make_source(server, clock=clock, store=store)
+    try:
+        assert (await b.resolve(GUN, "v1", TOFU)).digest == digest(M2)
+    finally:
+        await b.aclose()
+
+
+async def test_outage_with_nothing_cached_is_unavailable() -> None:
+    server = SimServer(down=503)
+    source = make_source(server)
+    try:
+        with pytest.raises(TrustSourceUnavailableError, match="HTTP 503"):
+            await source.resolve(GUN, "v1", TOFU)
+    finally:
+        await source.aclose()
+
+
+async def test_concurrent_requests_share_one_refresh() -> None:
+    server = SimServer(gate=asyncio.Event())
+    server.add(repo_with_roles())
+    source = make_source(server)
+    try:
+        tasks = [asyncio.create_task(source.resolve(GUN, "v1", TOFU)) for _ in range(20)]
+        await asyncio.sleep(0.01)
+        assert server.gate is not None
+        server.gate.set()
+        results = await asyncio.gather(*tasks)
+        assert {r.digest for r in results} == {digest(M2)}
+        assert server.names.count("root.json") == 1
+        assert server.names.count("timestamp.json") == 1
+    finally:
+        await source.aclose()
+
+
+async def test_cancelled_request_does_not_cancel_the_shared_refresh() -> None:
+    server = SimServer(gate=asyncio.Event())
+    server.add(repo_with_roles())
+    source = make_source(server)
+    try:
+        first = asyncio.create_task(source.resolve(GUN, "v1", TOFU))
+        second = asyncio.create_task(source.resolve(GUN, "v1", TOFU))
+        await asyncio.sleep(0.01)
+        first.cancel()
+        assert server.gate is not None
+        server.gate.set()
+        assert (await second).digest == digest(M2)
+        with pytest.raises(asyncio.CancelledError):
+            await first
+    finally:
+        await source.aclose()
+
+
+async def test_rollback_across_refreshes_is_refused_via_stored_floors() -> None:
+    server = SimServer()
+    repo = server.add(repo_with_roles())
+    old = repo.checkpoint()
+    repo.add_target("v1", M3, role="targets/releases")  # re-point v1
+    repo.publish()
+    clock = Clock()
+    store = MemoryTrustStateStore()
+    a = make_source(server, clock=clock, store=store)
+    try:
+        assert (await a.resolve(GUN, "v1", TOFU)).digest == digest(M3)
+        repo.serve(old)  # a compromised mirror replays the older, validly signed files
+        clock.advance(seconds=61)
+        with pytest.raises(RollbackError):
+            await a.resolve(GUN, "v1", TOFU)
+    finally:
+        await a.aclose()
+    # A restarted proxy (state from the store) refuses it too.
+    clock.advance(seconds=61)
+    b = make_source(server, clock=clock, store=store)
+    try:
+        with pytest.raises(RollbackError):
+            await b.resolve(GUN, "v1", TOFU)
+    finally:
+        await b.aclose()
+
+
+async def test_root_rotation_is_walked() -> None:
+    server = SimServer()
+    repo = server.add(repo_with_roles())
+    clock = Clock()
+    source = make_source(server, clock=clock)
+    try:
+        assert (await source.load(GUN, TOFU)).root.version == 1
+        repo.rotate_root()
+        repo.publish()
+        repo.rotate_root()
+        repo.publish()
+        server.reset()
+        clock.advance(seconds=61)
+        ts = await source.load(GUN, TOFU)
+        assert ts.root.version == 3
+        assert server.names[:3] == ["2.root.json", "3.root.json", "4.root.json"]
+    finally:
+        await source.aclose()
+
+
+async def test_root_not_signed_by_previous_root_is_refused() -> None:
+    server = SimServer()
+    repo = server.add(repo_with_roles())
+    clock = Clock()
+    source = make_source(server, clock=clock)
+    try:
+        await source.load(GUN, TOFU)
+        repo.rotate_root(sign_with_previous=False)
+        repo.publish()
+        clock.advance(seconds=61)
+        with pytest.raises(RootRotationError, match="not signed by a threshold"):
+            await source.load(GUN, TOFU)
+    finally:
+        await source.aclose()
+
+
+async def test_pinned_root_key() -> None:
+    server = SimServer()
+    repo = server.add(repo_with_roles())
+    root_key = repo.roles["root"].keys[0]
+    source = make_source(server)
+    try:
+        good = SigningRule(PinnedRootKeys([root_key.canonical_id]))
+        assert (await source.resolve(GUN, "v1", good)).digest == digest(M2)
+        bad = SigningRule(PinnedRootKeys([generate_key().key_id]))
+        with pytest.raises(RootOfTrustError):
+            await source.resolve(GUN, "v1", bad)
+    finally:
+        await source.aclose()
+
+
+async def test_bad_data_is_refused_and_not_refetched_in_a_burst() -> None:
+    server = SimServer()
+    repo = server.add(repo_with_roles())
+    repo.signing_keys["targets"] = [generate_key()]
+    repo.touch("targets")
+    repo.publish()
+    clock = Clock()
+    source = make_source(server, clock=clock)
+    try:
+        with pytest.raises(ThresholdError):
+            await source.resolve(GUN, "v1", TOFU)
+        n = len(server.requests)
+        with pytest.raises(ThresholdError):
+            await source.resolve(GUN, "v1", TOFU)
+        assert len(server.requests) == n
+        clock.advance(seconds=11)
+        with pytest.raises(ThresholdError):
+            await source.resolve(GUN, "v1", TOFU)
+        assert len(server.requests) > n
+    finally:
+        await source.aclose()
+
+
+async def test_invalid_delegation_is_skipped_not_fatal() -> None:
+    server = SimServer()
+    repo = server.add(repo_with_roles())
+    repo.signing_keys["targets/releases"] = [generate_key()]
+    repo.touch("targets/releases")
+    repo.publish()
+    source = make_source(server)
+    try:
+        got = await source.resolve(GUN, "v1", TOFU)
+        assert (got.digest, got.role) == (digest(M1), "targets")  # releases ignored
+    finally:
+        await source.aclose()
+
+
+async def test_missing_delegation_file_is_skipped() -> None:
+    server = SimServer()
+    repo = server.add(repo_with_roles())
+    server.faults[f"targets/releases.{sha(repo.current['targets/releases'])}.json"] = 404
+    source = make_source(server)
+    try:
+        ts = await source.load(GUN, TOFU)
+        assert "targets/releases" in ts.skipped
+    finally:
+        await source.aclose()
+
+
+async def test_missing_targets_file_is_bad_data() -> None:
+    server = SimServer()
+    repo = server.add(repo_with_roles())
+    server.faults[f"targets.{sha(repo.current['targets'])}.json"] = 404
+    source = make_source(server)
+    try:
+        with pytest.raises(MissingMetadataError, match="not found"):
+            await source.load(GUN, TOFU)
+    finally:
+        await source.aclose()
+
+
+async def test_endless_timestamp_is_cut_by_the_role_limit() -> None:
+    from proxy.trust import Limits, OversizeMetadataError
+
+    server = SimServer(faults={"timestamp.json": "endless"})
+    server.add(repo_with_roles())
+    source = make_source(
+        server, options=NotarySourceOptions(limits=Limits(max_timestamp_bytes=100_000))
+    )
+    try:
+        with pytest.raises(OversizeMetadataError):
+            await source.load(GUN, TOFU)
+    finally:
+        await source.aclose()
+
+
+async def test_hot_entry_is_not_used_past_expiry() -> None:
+    server = SimServer()
+    repo = server.add(repo_with_roles())
+    clock = Clock()
+    source = make_source(
+        server, clock=clock, options=NotarySourceOptions(fresh_for=timedelta(days=365))
+    )
+    try:
+        await source.load(GUN, TOFU)
+        clock.advance(days=14)
+        repo.expires["timestamp"] = clock.now + timedelta(days=14)
+        repo.publish_timestamp()
+        server.reset()
+        await source.load(GUN, TOFU)
+        assert "timestamp.json" in server.names
+    finally:
+        await source.aclose()
