@@ -39,7 +39,7 @@ check: lint typecheck
 # Branch coverage of proxy/ with a floor (the proxy processes started by integration tests
 # are not measured, so handlers count through their unit tests).
 test: setup check
-	$(BIN)/pytest --cov=proxy --cov-branch --cov-report=term:skip-covered --cov-fail-under=80
+	$(BIN)/pytest --cov=proxy --cov-branch --cov-report=term:skip-covered --cov-fail-under=88
 
 test-unit: venv
 	$(BIN)/pytest -m "not integration"
