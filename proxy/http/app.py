@@ -16,6 +16,7 @@ from proxy.errors import FetchError
 from proxy.gate import PassThroughGate, TrustGate
 from proxy.http.access_log import AccessLogMiddleware
 from proxy.http.client_auth import Htpasswd
+from proxy.http.errors import oci_error_response
 from proxy.http.handlers import dispatch, token
 from proxy.http.state import BASIC_REALM, ProxyState
 from proxy.routing import Router
@@ -85,6 +86,13 @@ async def readyz(request: Request) -> Response:
     return JSONResponse({"ready": ready, "upstreams": results}, status_code=200 if ready else 503)
 
 
+async def not_routed(request: Request, exc: Exception) -> Response:
+    """Paths and methods outside the API still get an OCI error body, not plain text."""
+    status = getattr(exc, "status_code", 404)
+    code = "UNSUPPORTED" if status == 405 else "NOT_FOUND"
+    return oci_error_response(status, code, f"no such endpoint: {request.url.path[:200]}")
+
+
 def create_app(settings: Settings, *, gate: TrustGate | None = None) -> Starlette:
     state = build_state(settings, gate)
 
@@ -104,6 +112,7 @@ def create_app(settings: Settings, *, gate: TrustGate | None = None) -> Starlett
             Route("/v2/{rest:path}", dispatch, methods=ALL_METHODS),
         ],
         lifespan=lifespan,
+        exception_handlers={404: not_routed, 405: not_routed},
     )
     app.state.proxy = state
     app.add_middleware(AccessLogMiddleware)

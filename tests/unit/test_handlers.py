@@ -583,3 +583,17 @@ def test_a_bug_in_the_proxy_is_still_an_oci_error(registry: FakeRegistry) -> Non
     entry = error_of(r)
     assert entry["code"] == "UNKNOWN"
     assert "a bug" not in r.text  # no internals leak to clients
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status"),
+    [("GET", "/nothing", 404), ("GET", "/v3/", 404), ("POST", "/healthz", 405)],
+    ids=["unknown-path", "other-api", "wrong-method"],
+)
+def test_paths_outside_the_api_get_oci_errors(
+    registry: FakeRegistry, method: str, path: str, status: int
+) -> None:
+    with proxy(registry) as tc:
+        r = tc.request(method, path)
+    assert r.status_code == status
+    error_of(r)
