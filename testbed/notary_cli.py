@@ -32,11 +32,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from testbed.notary_server import find_binary
+from testbed.tls import self_signed_certificate
 
 DEFAULT_TIMEOUT = 60.0
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
@@ -465,18 +465,7 @@ def make_delegation_key(directory: Path, name: str, *, x509_cert: bool = True) -
     )
     private_path.chmod(0o600)
     if x509_cert:
-        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-        now = datetime.datetime.now(datetime.UTC)
-        cert = (
-            x509.CertificateBuilder()
-            .subject_name(subject)
-            .issuer_name(subject)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(hours=1))
-            .not_valid_after(now + datetime.timedelta(days=365))
-            .sign(key, hashes.SHA256())
-        )
+        cert = self_signed_certificate(key, name, lifetime=datetime.timedelta(days=365))
         pem = cert.public_bytes(serialization.Encoding.PEM)
         public_path = directory / f"{name}.crt"
         public_path.write_bytes(pem)

@@ -127,37 +127,57 @@ class CA:
         return _write(directory, name, cert, key)
 
 
-def make_ca(directory: Path, name: str = "trustproxy test CA") -> CA:
-    """Create a self-signed CA in ``directory`` (``<slug>-ca.crt`` / ``<slug>-ca.key``)."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+def self_signed_certificate(
+    key: ec.EllipticCurvePrivateKey,
+    common_name: str,
+    *,
+    lifetime: datetime.timedelta = _LIFETIME,
+    ca: bool = False,
+) -> x509.Certificate:
+    """A self-signed certificate for ``key``; with ``ca=True`` it may sign certificates.
+
+    One builder for the test bed's CA, the token server's signing cert and notary
+    delegation certs (``docker trust key generate`` makes a plain self-signed one).
+    """
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
     now = datetime.datetime.now(datetime.UTC)
-    cert = (
+    builder = (
         x509.CertificateBuilder()
         .subject_name(subject)
         .issuer_name(subject)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - _BACKDATE)
-        .not_valid_after(now + _LIFETIME)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-        .sign(key, hashes.SHA256())
+        .not_valid_after(now + lifetime)
     )
+    if ca:
+        builder = (
+            builder.add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+            .add_extension(
+                x509.KeyUsage(
+                    digital_signature=True,
+                    content_commitment=False,
+                    key_encipherment=False,
+                    data_encipherment=False,
+                    key_agreement=False,
+                    key_cert_sign=True,
+                    crl_sign=True,
+                    encipher_only=False,
+                    decipher_only=False,
+                ),
+                critical=True,
+            )
+            .add_extension(
+                x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False
+            )
+        )
+    return builder.sign(key, hashes.SHA256())
+
+
+def make_ca(directory: Path, name: str = "trustproxy test CA") -> CA:
+    """Create a self-signed CA in ``directory`` (``<slug>-ca.crt`` / ``<slug>-ca.key``)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = self_signed_certificate(key, name, ca=True)
     pair = _write(directory, f"{_slug(name)}-ca", cert, key)
     return CA(name=name, cert=pair.cert, key=pair.key)
 

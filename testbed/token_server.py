@@ -37,9 +37,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
-from cryptography.x509.oid import NameOID
 
 from testbed.processes import Server, free_port, start_server
+from testbed.tls import self_signed_certificate
 
 __all__ = [
     "REGISTRY_BIN",
@@ -76,33 +76,8 @@ class _Signer:
     @classmethod
     def generate(cls, issuer: str) -> _Signer:
         key = ec.generate_private_key(ec.SECP256R1())
-        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer)])
-        now = dt.datetime.now(dt.UTC)
-        cert = (
-            x509.CertificateBuilder()
-            .subject_name(name)
-            .issuer_name(name)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(hours=1))
-            .not_valid_after(now + dt.timedelta(days=2))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .add_extension(
-                x509.KeyUsage(
-                    digital_signature=True,
-                    content_commitment=False,
-                    key_encipherment=False,
-                    data_encipherment=False,
-                    key_agreement=False,
-                    key_cert_sign=True,
-                    crl_sign=False,
-                    encipher_only=False,
-                    decipher_only=False,
-                ),
-                critical=True,
-            )
-            .sign(key, hashes.SHA256())
-        )
+        # distribution trusts the token's x5c chain when it ends in its rootcertbundle.
+        cert = self_signed_certificate(key, issuer, lifetime=dt.timedelta(days=2), ca=True)
         return cls(key, cert)
 
     def sign_jwt(self, claims: Mapping[str, Any]) -> str:
