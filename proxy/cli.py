@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from proxy.errors import ConfigError
+from proxy.policy.cli_commands import register as register_policy_commands
 from proxy.settings import ENV_PREFIX, LimitSettings, Settings, TrustSourceSettings, load_settings
 
 if TYPE_CHECKING:
@@ -72,6 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     check.set_defaults(handler=cmd_config_check)
     config.set_defaults(handler=lambda _a: _help(config))
     _add_trust_parser(sub)
+    register_policy_commands(sub)
     return parser
 
 
@@ -117,11 +119,22 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from proxy.http.app import create_app
+    from proxy.reload import Builder, Runtime
+
+    builder = Builder(stdout=sys.stdout)
+    try:
+        # A policy that cannot be loaded does not stop the start: the gate then refuses every
+        # manifest (503) until a SIGHUP brings a good one. Only the audit file is fatal here.
+        first = builder.first(settings)
+    except ConfigError as e:
+        print(f"{args.config}: {e}", file=sys.stderr)
+        return 1
+    runtime = Runtime(first, builder, config_path=args.config, environ=dict(os.environ))
 
     server = settings.server
     client_ca = server.client_auth.client_ca_file
     config = uvicorn.Config(
-        create_app(settings),
+        create_app(settings, runtime=runtime),
         host=server.host,
         port=server.port,
         ssl_certfile=str(server.tls_cert_file) if server.tls_cert_file else None,
@@ -138,7 +151,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     log.info(
         "trustproxy listening",
         extra={"listen": f"{server.host}:{server.port}", "tls": server.tls,
-               "upstreams": [u.name for u in settings.upstreams]},
+               "upstreams": [u.name for u in settings.upstreams],
+               "policy": str(settings.policy_file) if settings.policy_file else None,
+               "enforcing": first.policy is not None or first.fail_closed is not None,
+               "audit": settings.audit.sink,
+               "metrics": server.metrics_enabled},
     )  # fmt: skip
     uvicorn.Server(config).run()
     return 0

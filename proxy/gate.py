@@ -1,17 +1,42 @@
-"""The trust hook: the one place that decides what a client may see under a tag.
+"""The trust hook: the one place that decides what a client may see.
 
-Every manifest request by tag (GET and HEAD alike: containerd resolves tags with HEAD) and
-every tag list goes through a ``TrustGate``. Until enforcement is configured the proxy runs
-with ``PassThroughGate``; the enforcing gate answers ``ServeDigest`` (serve exactly the
-signed digest) or raises NotSignedError / TrustSourceUnavailableError.
+Every manifest request by tag (GET and HEAD alike: containerd resolves tags with HEAD),
+every manifest request by digest, and every tag list goes through a ``TrustGate``. Until
+enforcement is configured the proxy runs with ``PassThroughGate``; the enforcing gate
+(``proxy/enforcement``) answers ``ServeDigest`` (serve exactly the signed digest) or raises
+NotSignedError (404) / TrustSourceUnavailableError (503). Blobs are not gated: they are
+content-addressed and only reachable through a manifest that was.
+
+The handler hands the gate a :class:`RequestContext`: who asked (for the audit record) and a
+way to read manifests by digest, verified, for the gate's own checks (the children of a
+signed index under ``digests: signed``).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from proxy.routing import Route
+
+#: ``fetch(digest)`` -> the manifest bytes whose hash is ``digest`` (verified by the
+#: handler, bounded by ``limits.manifest_max_bytes``), or None when the upstream does not
+#: have it. Raises UpstreamContentError (bytes do not match) or UpstreamUnavailableError.
+FetchVerifiedManifest = Callable[[str], Awaitable[bytes | None]]
+
+
+@dataclass(frozen=True)
+class RequestContext:
+    """Who is asking, for the audit record, and what the gate may fetch on their behalf."""
+
+    client: str | None = None  # client address
+    user_agent: str | None = None
+    user: str | None = None  # the proxy user (client auth), if any
+    method: str | None = None  # GET / HEAD
+    fetch_verified_manifest: FetchVerifiedManifest | None = field(
+        default=None, compare=False, repr=False
+    )
 
 
 @dataclass(frozen=True)
@@ -34,7 +59,7 @@ TagDecision = ServeDigest | PassThrough
 
 
 class TrustGate(Protocol):
-    async def decide_tag(self, route: Route, tag: str) -> TagDecision:
+    async def decide_tag(self, route: Route, tag: str, ctx: RequestContext) -> TagDecision:
         """Which manifest to serve for ``tag``.
 
         Raises NotSignedError (404) or TrustSourceUnavailableError (503); never returns
@@ -42,16 +67,42 @@ class TrustGate(Protocol):
         """
         ...
 
-    async def filter_tags(self, route: Route, tags: list[str]) -> list[str]:
+    async def decide_digest(self, route: Route, digest: str, ctx: RequestContext) -> None:
+        """Whether a pull by ``digest`` may be served; returns None when it may.
+
+        Raises NotSignedError (404) or TrustSourceUnavailableError (503), or what
+        ``ctx.fetch_verified_manifest`` raises (never allows on an error).
+        """
+        ...
+
+    async def filter_tags(self, route: Route, tags: list[str], ctx: RequestContext) -> list[str]:
         """The subset of ``tags`` a client may see. Same errors as decide_tag."""
+        ...
+
+    def report_mismatch(
+        self, route: Route, tag: str, expected: str, actual: str, ctx: RequestContext
+    ) -> None:
+        """The upstream sent bytes for a signed digest that hash to something else.
+
+        The handler answers 502, logs the alert and counts the upstream error; the gate
+        records the decision (it knows the rule). Must not raise.
+        """
         ...
 
 
 class PassThroughGate:
     """No enforcement: what the proxy does before a policy exists."""
 
-    async def decide_tag(self, route: Route, tag: str) -> TagDecision:
+    async def decide_tag(self, route: Route, tag: str, ctx: RequestContext) -> TagDecision:
         return PassThrough("no enforcement configured")
 
-    async def filter_tags(self, route: Route, tags: list[str]) -> list[str]:
+    async def decide_digest(self, route: Route, digest: str, ctx: RequestContext) -> None:
+        return None
+
+    async def filter_tags(self, route: Route, tags: list[str], ctx: RequestContext) -> list[str]:
         return tags
+
+    def report_mismatch(
+        self, route: Route, tag: str, expected: str, actual: str, ctx: RequestContext
+    ) -> None:
+        return None

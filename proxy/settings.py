@@ -35,6 +35,7 @@ ENV_PREFIX = "TRUSTPROXY_"
 AuthMode = Literal["anonymous", "basic", "passthrough"]
 RedirectMode = Literal["follow", "relay"]
 LogFormat = Literal["json", "text"]
+AuditSink = Literal["stdout", "file", "off"]
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -59,6 +60,7 @@ class ServerSettings:
     tls_cert_file: Path | None = None
     tls_key_file: Path | None = None
     client_auth: ClientAuthSettings = field(default_factory=ClientAuthSettings)
+    metrics_enabled: bool = True  # GET /metrics (Prometheus) on the proxy's own listener
 
     @property
     def tls(self) -> bool:
@@ -113,6 +115,11 @@ class TrustSourceSettings:
     url: str
     ca_file: Path | None = None
     credentials: CredentialSettings = field(default_factory=CredentialSettings)
+    # How long verified trust data is used before a request refreshes it: the longest a
+    # revocation (`notary remove` + publish) takes to reach clients.
+    refresh_interval: float = 60.0
+    # After a failed refresh (outage, bad data), how long before the next attempt.
+    retry_interval: float = 10.0
 
 
 @dataclass(frozen=True)
@@ -146,6 +153,14 @@ class LoggingSettings:
 
 
 @dataclass(frozen=True)
+class AuditSettings:
+    """Where the audit records (one JSON line per enforcement decision) go."""
+
+    sink: AuditSink = "stdout"
+    path: Path | None = None  # sink "file" only: appended to, reopened on SIGHUP (logrotate)
+
+
+@dataclass(frozen=True)
 class Settings:
     server: ServerSettings
     upstreams: tuple[UpstreamSettings, ...]
@@ -153,6 +168,7 @@ class Settings:
     cache: CacheSettings = field(default_factory=CacheSettings)
     limits: LimitSettings = field(default_factory=LimitSettings)
     logging: LoggingSettings = field(default_factory=LoggingSettings)
+    audit: AuditSettings = field(default_factory=AuditSettings)
     policy_file: Path | None = None
     source_file: Path | None = None  # where the config came from, for messages
     # Problems that do not stop the proxy from starting but make it refuse to serve what
@@ -484,6 +500,7 @@ def _parse_server(sec: _Section) -> ServerSettings:
     ca.finish()
     if client_ca is not None and cert is None:
         raise ConfigError(ca.sub("client_ca_file"), "mTLS needs server.tls_cert_file/key_file")
+    metrics = sec.value("metrics", _bool, True)
     sec.finish()
     return ServerSettings(
         host=host,
@@ -491,6 +508,7 @@ def _parse_server(sec: _Section) -> ServerSettings:
         tls_cert_file=cert,
         tls_key_file=key,
         client_auth=ClientAuthSettings(htpasswd_file=htpasswd, client_ca_file=client_ca),
+        metrics_enabled=metrics,
     )
 
 
@@ -570,8 +588,10 @@ def _parse_trust(sec: _Section, warnings: list[str]) -> TrustSettings:
             auth = s.section("auth")
             creds = _credentials(auth)
             auth.finish()
+            refresh = s.value("refresh_interval", _duration, TrustSourceSettings.refresh_interval)
+            retry = s.value("retry_interval", _duration, TrustSourceSettings.retry_interval)
             s.finish()
-            sources.append(TrustSourceSettings(str(name), typ, url, ca_file, creds))
+            sources.append(TrustSourceSettings(str(name), typ, url, ca_file, creds, refresh, retry))
     sec.finish()
     return TrustSettings(sources=tuple(sources))
 
@@ -599,6 +619,20 @@ def _parse_logging(sec: _Section) -> LoggingSettings:
     access = sec.value("access_log", _bool, True)
     sec.finish()
     return LoggingSettings(level=level, format=fmt, access_log=access)
+
+
+def _parse_audit(sec: _Section) -> AuditSettings:
+    sink = cast(AuditSink, sec.value("sink", _choice("stdout", "file", "off"), "stdout"))
+    path = sec.path_value("path")
+    if sink == "file" and path is None:
+        raise ConfigError(sec.sub("path"), "is required when sink is file")
+    if sink != "file" and path is not None:
+        raise ConfigError(sec.sub("path"), f"only goes with sink: file (sink is {sink})")
+    if path is not None and sec.check_files and not path.parent.is_dir():
+        # The file itself is created on first start; a missing folder is a typo.
+        raise ConfigError(sec.sub("path"), f"folder not found: {path.parent}")
+    sec.finish()
+    return AuditSettings(sink=sink, path=path)
 
 
 def parse_settings(
@@ -633,6 +667,7 @@ def parse_settings(
         )
     limits = _parse_limits(top.section("limits"))
     logging = _parse_logging(top.section("logging"))
+    audit = _parse_audit(top.section("audit"))
     policy_file = top.path_value("policy_file")
     if policy_file is not None and check_files and not policy_file.is_file():
         warnings.append(f"policy_file: file not found: {policy_file}")
@@ -644,6 +679,7 @@ def parse_settings(
         cache=CacheSettings(redis_url=redis_url),
         limits=limits,
         logging=logging,
+        audit=audit,
         policy_file=policy_file,
         source_file=source_file,
         warnings=tuple(warnings),

@@ -8,9 +8,12 @@
                    +--HTTPS--> notary-server --> notary-signer
                                (tags signed with the real `notary` CLI, like `docker trust sign`)
 
-then shows, for every demo tag, what Notary says, what the registry holds and what skopeo gets
-through the proxy, and leaves trustproxy running in the foreground (its log followed on
-stdout) until Ctrl-C, SIGTERM or ``python -m testbed.demo down``.
+then writes a policy (``<state>/demo-policy.yaml``) that enforces Docker's rule on
+``<registry>/demo/*`` with the repository's root key pinned, shows for every demo tag what
+Notary says, what the registry holds and what skopeo gets through the proxy (signed tags at
+their signed digest, unsigned tags 404 with the reason), what the proxy wrote to its audit
+log, and leaves trustproxy running in the foreground (its log followed on stdout) until
+Ctrl-C, SIGTERM or ``python -m testbed.demo down``.
 
 Cleanup is by PID, never by name: every process is recorded in ``<state>/pids.json``
 (name → pid) the moment it has started, and ``down`` only signals a recorded PID whose
@@ -271,7 +274,10 @@ class ClientView:
 
     @property
     def passed_through(self) -> bool:
-        return self.proxy_digest == self.tag.pushed_digest
+        """The proxy served what the registry holds under the tag, signed or not."""
+        return self.proxy_digest == self.tag.pushed_digest and (
+            self.notary_digest != self.tag.pushed_digest
+        )
 
     @property
     def expected_with_enforcement(self) -> str:
@@ -280,6 +286,19 @@ class ClientView:
         if self.notary_digest is None:
             return "404 (not signed)"
         return f"{short(self.notary_digest)} (signed)"
+
+    @property
+    def proxy_cell(self) -> str:
+        """What skopeo got through the proxy, for the table."""
+        if self.proxy_digest is None:
+            not_found = "manifest unknown" in (self.proxy_error or "")
+            return "404 manifest unknown" if not_found else f"error: {self.proxy_error}"
+        if self.proxy_digest == self.notary_digest:
+            note = "the signed digest"
+            if self.proxy_digest != self.tag.pushed_digest:
+                note += ", not the registry's"
+            return f"{short(self.proxy_digest)} ({note})"
+        return short(self.proxy_digest)
 
     @property
     def as_enforced(self) -> bool:
@@ -293,16 +312,16 @@ def skopeo_digest(host: str, ref: str) -> tuple[str | None, str | None]:
     argv = ["skopeo", "inspect", "--raw", "--tls-verify=false", f"docker://{host}/{ref}"]
     done = subprocess.run(argv, capture_output=True, timeout=60, check=False)
     if done.returncode != 0:
-        return None, skopeo_error(done.stderr.decode(errors="replace"))
+        return None, skopeo_error(done.stderr.decode(errors="replace"), limit=200)
     return "sha256:" + hashlib.sha256(done.stdout).hexdigest(), None
 
 
-def skopeo_error(stderr: str) -> str:
+def skopeo_error(stderr: str, *, limit: int = 80) -> str:
     """The message of skopeo's ``level=fatal msg="..."`` line, without the image name."""
     found = re.search(r'msg="((?:[^"\\]|\\.)*)"', stderr)
     message = found.group(1).replace('\\"', '"') if found else stderr.strip()
     # "...: reading manifest x in host/repo: manifest unknown: ..." → the registry's words.
-    return message.rsplit(f"{REPO}: ", 1)[-1][:80] or "failed"
+    return message.rsplit(f"{REPO}: ", 1)[-1][:limit] or "failed"
 
 
 def client_views(
@@ -325,28 +344,30 @@ def client_views(
 
 
 def show_client_view(
-    proxy_host: str, gun: str, tags: Sequence[DemoTag], reader: NotaryCli
+    proxy_host: str, gun: str, tags: Sequence[DemoTag], reader: NotaryCli, policy: DemoPolicy
 ) -> list[str]:
     """Print what a client sees through the proxy; return what is wrong (empty: all fine).
 
-    Before enforcement every tag passes through (what the registry holds): said so, and not
-    a problem. Once the proxy enforces, a signed tag must come at its signed digest and an
-    unsigned tag must fail (404); anything else is a problem.
+    The proxy enforces ``policy``: a signed tag must come at its signed digest (whatever the
+    registry holds under the tag now) and an unsigned tag must fail with 404 and a reason;
+    anything else, passing a tag through in particular, is a problem.
     """
     views = client_views(proxy_host, gun, tags, reader)
-    rows = [("TAG", "NOTARY SAYS", "REGISTRY HAS", "SKOPEO VIA PROXY", "ONCE ENFORCED")]
+    rows = [("TAG", "NOTARY SAYS", "REGISTRY HAS", "SKOPEO VIA PROXY", "POLICY EXPECTS")]
     for v in views:
-        got = short(v.proxy_digest) if v.proxy_digest else f"error: {v.proxy_error}"
         notary = f"signed {short(v.notary_digest)}" if v.notary_digest else "not signed"
         rows.append(
-            (v.tag.tag, notary, short(v.tag.pushed_digest), got, v.expected_with_enforcement)
-        )
+            (v.tag.tag, notary, short(v.tag.pushed_digest), v.proxy_cell,
+             v.expected_with_enforcement)
+        )  # fmt: skip
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
     for r in rows:
         info("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)) + "  " + r[-1])
     say()
     for v in views:
         info(f"{v.tag.tag}: {v.tag.story}")
+        if v.proxy_digest is None and v.proxy_error:
+            info(f"{' ' * len(v.tag.tag)}  refused by the proxy: {v.proxy_error}")
 
     problems: list[str] = []
     for v in views:
@@ -356,19 +377,22 @@ def show_client_view(
                 f"the demo signed {v.tag.signed_digest}"
             )
     say()
-    if all(v.passed_through for v in views):
-        step("enforcement is not implemented yet: every tag passes through")
-        info("skopeo gets whatever the registry holds under each tag, signed or not;")
-        info("once enforcement lands, the last column is what the proxy serves")
-    else:
-        step("enforcement is on: signed tags at their signed digest, unsigned tags 404")
-        for v in views:
-            if not v.as_enforced:
-                got = short(v.proxy_digest) if v.proxy_digest else f"error {v.proxy_error}"
-                problems.append(
-                    f"{v.tag.tag}: through the proxy got {got}, "
-                    f"expected {v.expected_with_enforcement}"
-                )
+    step(f"enforced by {shown_path(policy.path)}: {policy.summary}")
+    info("signed tags are served at exactly their signed digest (a re-pushed tag too),")
+    info("unsigned tags are 404 MANIFEST_UNKNOWN with the reason, and the tag list hides them")
+    for v in views:
+        if v.as_enforced:
+            continue
+        if v.passed_through:
+            problems.append(
+                f"{v.tag.tag}: passed through unchecked ({short(v.proxy_digest)}, what the "
+                f"registry holds), expected {v.expected_with_enforcement}"
+            )
+            continue
+        got = short(v.proxy_digest) if v.proxy_digest else f"error {v.proxy_error}"
+        problems.append(
+            f"{v.tag.tag}: through the proxy got {got}, expected {v.expected_with_enforcement}"
+        )
     for p in problems:
         info(f"UNEXPECTED {p}")
     return problems
@@ -388,13 +412,88 @@ def show_tag_list(proxy_host: str) -> None:
 # -- the demo itself ------------------------------------------------------------------------------
 
 
-POLICY_PLACEHOLDER = """\
+@dataclass(frozen=True)
+class DemoPolicy:
+    """The policy the demo's trustproxy enforces (written to ``path``)."""
+
+    path: Path
+    pattern: str
+    root_keys: tuple[str, ...]
+
+    @property
+    def summary(self) -> str:
+        keys = ", ".join(k[:12] for k in self.root_keys)
+        return (
+            f"{self.pattern} in mode enforce, by Docker's rule (targets/releases, then "
+            f"targets), root key {keys} pinned"
+        )
+
+
+def write_demo_policy(
+    path: Path, registry_host: str, notary_url: str, root_keys: Sequence[str]
+) -> DemoPolicy:
+    """Write the demo policy (the format of the Enforcement issue) and return what it says."""
+    namespace = REPO.split("/")[0]
+    pattern = f"{registry_host}/{namespace}/*"
+    keys = ", ".join(json.dumps(k) for k in root_keys)
+    path.write_text(
+        f"""\
 # trustproxy demo policy (written by `make demo`).
 #
-# Placeholder: the policy format is defined together with enforcement (a later issue). Until
-# then trustproxy reads no policy and passes every tag through; this file only exists so that
-# the demo config already points `policy_file` at it.
+# Every repository under {registry_host}/{namespace}/ must be signed in the notary
+# server {notary_url} ("source: notary" in the proxy config). A tag resolves by Docker's rule
+# (targets/releases, else targets; other delegations are ignored) and only under the root
+# key the demo's publisher created: `docker trust inspect` calls it the "Root Key".
+# Other repositories match no rule and are refused (fail closed).
+version: "2.0"
+trust:
+  repositories:
+    "{pattern}":
+      requireSignatures: true
+      source: notary
+      rootKeys: [{keys}]
+      mode: enforce   # audit: serve, and log what enforce would refuse; off: pass through
 """
+    )
+    return DemoPolicy(path=path, pattern=pattern, root_keys=tuple(root_keys))
+
+
+def show_audit(audit_file: Path, *, timeout: float = 5.0) -> None:
+    """What trustproxy recorded for the requests above (one JSON line per decision)."""
+    step(f"trustproxy's audit records ({shown_path(audit_file)})")
+    deadline = time.monotonic() + timeout
+    records: list[dict[str, object]] = []
+    while True:  # the proxy writes audit lines from a thread: give it a moment
+        records = read_audit(audit_file)
+        if records or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    if not records:
+        info("(none yet)")
+        return
+    seen: set[tuple[str, str, str]] = set()
+    for r in records:
+        key = (str(r.get("kind")), str(r.get("reference")), str(r.get("outcome")))
+        if key in seen:
+            continue
+        seen.add(key)
+        served = r.get("served_digest")
+        what = f"served {short(str(served))}" if served else str(r.get("reason", ""))
+        info(f"{key[0]:8} {key[1]:12} {key[2]:16} {what}"[:160])
+
+
+def read_audit(audit_file: Path) -> list[dict[str, object]]:
+    try:
+        lines = audit_file.read_text(errors="replace").splitlines()
+    except OSError:
+        return []
+    records = []
+    for line in lines:
+        with contextlib.suppress(ValueError):
+            record = json.loads(line)
+            if isinstance(record, dict):
+                records.append(record)
+    return records
 
 
 @dataclass
@@ -494,7 +593,9 @@ def push_and_sign(registry_url: str, repo: Repository) -> list[DemoTag]:
     return tags
 
 
-def proxy_config(registry: Server, bed: NotaryBed, policy_file: Path) -> dict[str, object]:
+def proxy_config(
+    registry: Server, bed: NotaryBed, policy_file: Path, audit_file: Path
+) -> dict[str, object]:
     """trustproxy's config (keys of proxy/settings.py only: unknown keys are an error)."""
     return {
         "upstreams": [upstream_config("demo-registry", registry.extra["url"])],
@@ -502,6 +603,7 @@ def proxy_config(registry: Server, bed: NotaryBed, policy_file: Path) -> dict[st
             "sources": {"notary": {"type": "notary", "url": bed.url, "ca_file": str(bed.ca_file)}}
         },
         "policy_file": str(policy_file),
+        "audit": {"sink": "file", "path": str(audit_file)},
         "logging": {"format": "text", "level": "info", "access_log": True},
     }
 
@@ -596,10 +698,15 @@ def _up(demo: Demo, *, wait: bool) -> int:
     step(f"pushing {REPO} to the registry and signing some tags in notary")
     tags = push_and_sign(registry.extra["url"], repo)
 
-    policy_file = state / "demo-policy.yaml"
-    policy_file.write_text(POLICY_PLACEHOLDER)
-    step("starting trustproxy in front of the registry")
-    config = proxy_config(registry, bed, policy_file)
+    root_keys = repo.key_ids().root_canonical
+    policy = write_demo_policy(
+        state / "demo-policy.yaml", registry.extra["host"], bed.url, root_keys
+    )
+    step(f"writing the policy {shown_path(policy.path)} (Docker's rule, root key pinned)")
+    audit_file = state / "trustproxy" / "audit.jsonl"
+    audit_file.parent.mkdir(parents=True, exist_ok=True)
+    step("starting trustproxy in front of the registry, enforcing the policy")
+    config = proxy_config(registry, bed, policy.path, audit_file)
     proxy = demo.start("trustproxy", lambda: start_proxy(state / "trustproxy", config))
     host = proxy.extra["host"]
     info(
@@ -609,8 +716,9 @@ def _up(demo: Demo, *, wait: bool) -> int:
 
     reader = cli_for(bed, state / "trust" / "reader")
     step(f"what a client sees through trustproxy (skopeo) vs what notary says ({gun})")
-    problems = show_client_view(host, gun, tags, reader)
+    problems = show_client_view(host, gun, tags, reader, policy)
     show_tag_list(host)
+    show_audit(audit_file)
 
     say()
     step("try it yourself:" if wait else "try it yourself (while `make demo` runs):")
@@ -618,8 +726,10 @@ def _up(demo: Demo, *, wait: bool) -> int:
         info(f"skopeo inspect --tls-verify=false docker://{host}/{REPO}:{tag}")
     info(f"skopeo list-tags --tls-verify=false docker://{host}/{REPO}")
     info(f"curl -s http://{host}/v2/{REPO}/tags/list")
+    info(f"curl -s http://{host}/v2/{REPO}/manifests/unsigned   # the 404 and its reason")
     info(f"curl -sI -H 'Accept: {images.OCI_MANIFEST}' http://{host}/v2/{REPO}/manifests/moved")
     info(f"notary -c {shown_path(reader.trust_dir / 'testbed-config.json')} list {gun}")
+    info(f"tail -f {shown_path(audit_file)}   # one JSON line per decision")
     info(
         f"direct to the registry, for comparison: skopeo inspect --tls-verify=false "
         f"docker://{registry.extra['host']}/{REPO}:moved"

@@ -1,4 +1,5 @@
-"""One structured access line per request: method, path, status, bytes, duration, upstream."""
+"""One structured access line per request (method, path, status, bytes, duration, upstream)
+and the request counter ``trustproxy_requests_total``."""
 
 from __future__ import annotations
 
@@ -7,9 +8,51 @@ import time
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from proxy.metrics import REQUESTS
 from proxy.observability import ACCESS_LOGGER
 
 log = logging.getLogger(ACCESS_LOGGER)
+
+# Label values come from a fixed set: a client must not be able to mint new time series
+# (every label combination is kept in memory forever) with odd methods or paths.
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+_STATUS_CLASSES = {1: "1xx", 2: "2xx", 3: "3xx", 4: "4xx", 5: "5xx"}
+_REPO_ENDPOINTS = {"manifests": "manifests", "blobs": "blobs", "referrers": "referrers"}
+_FIXED_PATHS = {
+    "/v2": "base",
+    "/v2/": "base",
+    "/v2/_catalog": "catalog",
+    "/healthz": "health",
+    "/readyz": "health",
+    "/metrics": "metrics",
+}
+
+
+def endpoint_kind(path: str) -> str:
+    """manifests, blobs, tags, referrers, catalog, base, token, health, metrics or other.
+
+    By shape only (``/v2/<name>/<kind>/<reference>``): the handlers validate names; this
+    only has to be cheap and bounded.
+    """
+    fixed = _FIXED_PATHS.get(path)
+    if fixed is not None:
+        return fixed
+    if path.startswith("/_trustproxy/token/"):
+        return "token"
+    if not path.startswith("/v2/"):
+        return "other"
+    parts = path.rsplit("/", 2)  # [.../<name>, <kind>, <reference>]
+    if len(parts) == 3:
+        if parts[1] == "tags" and parts[2] == "list":
+            return "tags"
+        kind = _REPO_ENDPOINTS.get(parts[1])
+        if kind is not None and parts[0] != "/v2" and parts[2]:
+            return kind
+    return "other"
+
+
+def status_class(status: int) -> str:
+    return _STATUS_CLASSES.get(status // 100, "other")
 
 
 class AccessLogMiddleware:
@@ -59,3 +102,9 @@ class AccessLogMiddleware:
             if state.get("error"):
                 fields["error"] = state["error"]
             log.info("request", extra=fields)
+            method = scope["method"]
+            REQUESTS.labels(
+                method if method in _METHODS else "other",
+                endpoint_kind(scope["path"]),
+                status_class(status or 500),
+            ).inc()

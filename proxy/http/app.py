@@ -1,4 +1,9 @@
-"""Build the Starlette application from settings: routes, shared state, lifespan."""
+"""Build the Starlette application from settings: routes, shared state, lifespan.
+
+Handlers read the shared state from ``app.state.proxy``. Under ``serve`` a
+:class:`proxy.reload.Runtime` owns it and replaces it on SIGHUP; without one (tests, embedding)
+the state is built here and lives as long as the app.
+"""
 
 from __future__ import annotations
 
@@ -6,11 +11,14 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
 
+from prometheus_client.exposition import choose_encoder
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from proxy.errors import FetchError
 from proxy.gate import PassThroughGate, TrustGate
@@ -19,10 +27,14 @@ from proxy.http.client_auth import Htpasswd
 from proxy.http.errors import oci_error_response
 from proxy.http.handlers import dispatch, token
 from proxy.http.state import BASIC_REALM, ProxyState
+from proxy.metrics import REGISTRY
 from proxy.routing import Router
 from proxy.settings import Settings, UpstreamSettings
 from proxy.upstream.auth import AuthLimits, UpstreamAuthenticator
 from proxy.upstream.client import UpstreamClient, make_http_client
+
+if TYPE_CHECKING:
+    from proxy.reload import RequestTracker, Runtime
 
 log = logging.getLogger("trustproxy.app")
 
@@ -86,6 +98,35 @@ async def readyz(request: Request) -> Response:
     return JSONResponse({"ready": ready, "upstreams": results}, status_code=200 if ready else 503)
 
 
+async def metrics(request: Request) -> Response:
+    """Prometheus exposition of the proxy's own registry (``proxy/metrics.py``).
+
+    The format follows the scraper's Accept, as prometheus_client's own handlers do:
+    OpenMetrics when asked for, the classic text format 0.0.4 otherwise.
+    """
+    encoder, content_type = choose_encoder(request.headers.get("accept", ""))
+    return Response(encoder(REGISTRY), headers={"Content-Type": content_type})
+
+
+class InFlightMiddleware:
+    """Tells the runtime which requests are running, so that a generation replaced by a
+    reload is closed only after the requests that may still use it have finished."""
+
+    def __init__(self, app: ASGIApp, tracker: RequestTracker) -> None:
+        self.app = app
+        self.tracker = tracker
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        epoch = self.tracker.enter()
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.tracker.exit(epoch)
+
+
 async def not_routed(request: Request, exc: Exception) -> Response:
     """Paths and methods outside the API still get an OCI error body, not plain text."""
     status = getattr(exc, "status_code", 404)
@@ -93,27 +134,41 @@ async def not_routed(request: Request, exc: Exception) -> Response:
     return oci_error_response(status, code, f"no such endpoint: {request.url.path[:200]}")
 
 
-def create_app(settings: Settings, *, gate: TrustGate | None = None) -> Starlette:
-    state = build_state(settings, gate)
+def create_app(
+    settings: Settings, *, gate: TrustGate | None = None, runtime: Runtime | None = None
+) -> Starlette:
+    """The app for ``settings``. With ``runtime`` (``serve``), the runtime supplies and
+    replaces the state and ``gate`` is ignored; its lifespan installs the SIGHUP reload."""
+    state = runtime.state if runtime is not None else build_state(settings, gate)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        if runtime is not None:
+            await runtime.start(app)
         try:
             yield
         finally:
-            await state.aclose()
+            if runtime is not None:
+                await runtime.aclose()
+            else:
+                await state.aclose()
 
+    routes = [
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/readyz", readyz, methods=["GET"]),
+        Route("/_trustproxy/token/{upstream}", token, methods=["GET"]),
+        Route("/v2", dispatch, methods=ALL_METHODS),
+        Route("/v2/{rest:path}", dispatch, methods=ALL_METHODS),
+    ]
+    if settings.server.metrics_enabled:
+        routes.append(Route("/metrics", metrics, methods=["GET"]))
     app = Starlette(
-        routes=[
-            Route("/healthz", healthz, methods=["GET"]),
-            Route("/readyz", readyz, methods=["GET"]),
-            Route("/_trustproxy/token/{upstream}", token, methods=["GET"]),
-            Route("/v2", dispatch, methods=ALL_METHODS),
-            Route("/v2/{rest:path}", dispatch, methods=ALL_METHODS),
-        ],
+        routes=routes,
         lifespan=lifespan,
         exception_handlers={404: not_routed, 405: not_routed},
     )
     app.state.proxy = state
+    if runtime is not None:
+        app.add_middleware(InFlightMiddleware, tracker=runtime.tracker)
     app.add_middleware(AccessLogMiddleware)
     return app

@@ -16,7 +16,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp
 
-from proxy.digests import verify_digest
+from proxy.digests import digest_of, verify_digest
 from proxy.errors import (
     NotSignedError,
     TrustproxyError,
@@ -24,11 +24,12 @@ from proxy.errors import (
     UpstreamContentError,
     UpstreamUnavailableError,
 )
-from proxy.gate import PassThrough, ServeDigest
+from proxy.gate import PassThrough, RequestContext, ServeDigest
 from proxy.http.errors import oci_error_response, response_for_exception
 from proxy.http.relay import error_body_for_client, relayed_headers, rewrite_link
 from proxy.http.state import ProxyState
 from proxy.http.streaming import UpstreamBodyResponse
+from proxy.metrics import UPSTREAM_ERRORS
 from proxy.reference import RepoPath, parse_repo_path
 from proxy.routing import Route
 from proxy.tag_pages import paginate, parse_page_query
@@ -41,8 +42,27 @@ MAX_UPSTREAM_PAGES = 1000
 READ_ONLY = "trustproxy is a read-only pull proxy: push and delete are not supported"
 PULL_METHODS = ("GET", "HEAD")
 
+# Every manifest media type the proxy knows. Asked for by digest, CNCF distribution 2.8.2
+# (Debian docker-registry, tried with testbed/registry.py) answers:
+# - OCI manifest / OCI index: 404 MANIFEST_UNKNOWN ("OCI manifest found, but accept header
+#   does not support OCI manifests") unless Accept names that exact type: by digest just as
+#   by tag, and an OCI-manifest Accept does not cover an OCI index;
+# - Docker schema2 manifest / manifest list: the stored bytes whatever the Accept (no
+#   schema1 conversion by digest; by tag without Accept schema2 is a 400 MANIFEST_INVALID,
+#   and a list asked for with only schema2 in Accept comes back as its amd64 child).
+# So a fetch of a signed digest offers all of them on top of the client's Accept: the
+# registry then returns the stored bytes, which are hashed here whatever it sends.
+MANIFEST_MEDIA_TYPES = (
+    "application/vnd.oci.image.manifest.v1+json",
+    "application/vnd.oci.image.index.v1+json",
+    "application/vnd.docker.distribution.manifest.v2+json",
+    "application/vnd.docker.distribution.manifest.list.v2+json",
+)
+
 
 def proxy_state(request: Request) -> ProxyState:
+    # Read once per request (in dispatch) and passed down: a SIGHUP reload swaps the
+    # state, and one request must not mix two generations.
     state: ProxyState = request.app.state.proxy
     return state
 
@@ -71,10 +91,10 @@ async def dispatch(request: Request) -> Response | ASGIApp:
         if repo_path.kind == "manifests":
             return await manifest(request, state, client, route, repo_path)
         if repo_path.kind == "blobs":
-            return await blob(request, client, route, repo_path)
+            return await blob(request, state, client, route, repo_path)
         if repo_path.kind == "tags":
             return await tags_list(request, state, client, route)
-        return await referrers(request, client, route, repo_path)
+        return await referrers(request, state, client, route, repo_path)
     except TrustproxyError as exc:
         request.state.error = str(exc)
         response = response_for_exception(exc, basic_realm=state.basic_realm)
@@ -121,12 +141,51 @@ async def base(request: Request, state: ProxyState) -> Response:
 async def manifest(
     request: Request, state: ProxyState, client: UpstreamClient, route: Route, rp: RepoPath
 ) -> Response:
+    ctx = request_context(request, state, client, route)
     if rp.is_digest:
+        await state.gate.decide_digest(route, rp.reference, ctx)
         return await manifest_by_digest(request, state, client, route, rp.reference)
-    decision = await state.gate.decide_tag(route, rp.reference)
+    decision = await state.gate.decide_tag(route, rp.reference, ctx)
     if isinstance(decision, PassThrough):
         return await manifest_unchecked(request, state, client, route, rp.reference)
-    return await manifest_signed(request, state, client, route, rp.reference, decision)
+    return await manifest_signed(request, state, client, route, rp.reference, decision, ctx)
+
+
+def request_context(
+    request: Request, state: ProxyState, client: UpstreamClient, route: Route
+) -> RequestContext:
+    """Who asked (for audit records), and a verified by-digest fetch for the gate."""
+
+    async def fetch_verified_manifest(digest: str) -> bytes | None:
+        headers = _signed_fetch_headers(request)
+        resp = await client.open(
+            "GET",
+            f"/v2/{route.upstream_name}/manifests/{digest}",
+            scope=route.scope,
+            client_headers=headers,
+            client_authorization=request.headers.get("authorization"),
+        )
+        if resp.status_code == 404:
+            await resp.aclose()
+            return None
+        if resp.status_code != 200:
+            await resp.aclose()
+            raise UpstreamUnavailableError(
+                client.name, f"answered HTTP {resp.status_code} for manifest {digest}"
+            )
+        limit = state.settings.limits.manifest_max_bytes
+        body = await client.read_bounded(resp, limit, "manifest")
+        verify_digest(body, digest, what=f"manifest {route.client_name}@{digest}")
+        return body
+
+    peer = request.client
+    return RequestContext(
+        client=peer.host if peer is not None else None,
+        user_agent=request.headers.get("user-agent"),
+        user=getattr(request.state, "user", None),
+        method=request.method,
+        fetch_verified_manifest=fetch_verified_manifest,
+    )
 
 
 async def manifest_unchecked(
@@ -162,6 +221,7 @@ async def manifest_signed(
     route: Route,
     tag: str,
     decision: ServeDigest,
+    ctx: RequestContext,
 ) -> Response:
     """Serve exactly the signed digest under the tag; HEAD is checked like GET.
 
@@ -169,7 +229,13 @@ async def manifest_signed(
     content), and the bytes relayed are hashed here: the upstream's Docker-Content-Digest
     header is not evidence of anything.
     """
-    resp = await _open(request, client, route, f"manifests/{decision.digest}", force_get=True)
+    resp = await client.open(
+        "GET",
+        f"/v2/{route.upstream_name}/manifests/{decision.digest}",
+        scope=route.scope,
+        client_headers=_signed_fetch_headers(request),
+        client_authorization=request.headers.get("authorization"),
+    )
     if resp.status_code == 404:
         await resp.aclose()
         raise NotSignedError(
@@ -179,10 +245,48 @@ async def manifest_signed(
     if resp.status_code != 200:
         return await relay_error(request, client, resp, state)
     body = await client.read_bounded(resp, state.settings.limits.manifest_max_bytes, "manifest")
-    verify_digest(
-        body, decision.digest, what=f"manifest {route.client_name}:{tag}", length=decision.length
-    )
+    what = f"manifest {route.client_name}:{tag}"
+    try:
+        verify_digest(body, decision.digest, what=what, length=decision.length)
+    except UpstreamContentError:
+        _report_mismatch(state, client, route, tag, decision, body, ctx)
+        raise
     return _manifest_response(request, resp.headers, body, decision.digest)
+
+
+def _report_mismatch(
+    state: ProxyState,
+    client: UpstreamClient,
+    route: Route,
+    tag: str,
+    decision: ServeDigest,
+    body: bytes,
+    ctx: RequestContext,
+) -> None:
+    """Signed digest, other bytes: a registry serving content it must not (or a trust
+    entry whose length is wrong). Someone has to look: alert, count, record."""
+    algorithm = decision.digest.partition(":")[0]
+    actual = digest_of(body, algorithm if algorithm in ("sha256", "sha512") else "sha256")
+    log.critical(
+        "upstream %s sent bytes that do not match the signed digest: %s:%s expected %s "
+        "(%s bytes), got %s (%d bytes)",
+        client.name,
+        route.gun,
+        tag,
+        decision.digest,
+        decision.length if decision.length is not None else "?",
+        actual,
+        len(body),
+        extra={
+            "gun": route.gun,
+            "tag": tag,
+            "expected_digest": decision.digest,
+            "actual_digest": actual,
+            "upstream": client.name,
+        },
+    )
+    UPSTREAM_ERRORS.labels(client.name, "mismatch").inc()
+    state.gate.report_mismatch(route, tag, decision.digest, actual, ctx)
 
 
 def _manifest_response(
@@ -199,7 +303,9 @@ def _manifest_response(
 # --------------------------------------------------------------------------- blobs
 
 
-async def blob(request: Request, client: UpstreamClient, route: Route, rp: RepoPath) -> ASGIApp:
+async def blob(
+    request: Request, state: ProxyState, client: UpstreamClient, route: Route, rp: RepoPath
+) -> ASGIApp:
     """Stream a blob in constant memory; Range honoured; storage redirects per config."""
     follow = client.settings.redirects == "follow"
     resp = await _open(
@@ -215,7 +321,7 @@ async def blob(request: Request, client: UpstreamClient, route: Route, rp: RepoP
             status_code=resp.status_code, headers={"Location": str(resp.url.join(location))}
         )
     if resp.status_code not in (200, 206, 304):  # 304: the client's If-None-Match held
-        return await relay_error(request, client, resp, proxy_state(request))
+        return await relay_error(request, client, resp, state)
     return UpstreamBodyResponse(
         resp,
         status_code=resp.status_code,
@@ -235,7 +341,9 @@ async def tags_list(
     tags = await _all_upstream_tags(request, state, client, route)
     if isinstance(tags, Response):
         return tags
-    visible = await state.gate.filter_tags(route, tags)
+    visible = await state.gate.filter_tags(
+        route, tags, request_context(request, state, client, route)
+    )
     page = paginate(visible, n=n, last=last, name=route.client_name)
     out = json.dumps({"name": route.client_name, "tags": page.tags}).encode()
     headers = {"Content-Type": "application/json", "Content-Length": str(len(out))}
@@ -301,13 +409,13 @@ async def catalog(request: Request, state: ProxyState) -> Response:
 
 
 async def referrers(
-    request: Request, client: UpstreamClient, route: Route, rp: RepoPath
+    request: Request, state: ProxyState, client: UpstreamClient, route: Route, rp: RepoPath
 ) -> ASGIApp:
     """``/v2/<name>/referrers/<digest>``: streamed as is (``artifactType`` filter forwarded)."""
     query = _query(request, ("artifactType",))
     resp = await _open(request, client, route, f"referrers/{rp.reference}", query=query)
     if resp.status_code != 200:
-        return await relay_error(request, client, resp, proxy_state(request))
+        return await relay_error(request, client, resp, state)
     return UpstreamBodyResponse(
         resp,
         status_code=200,
@@ -359,6 +467,15 @@ def forwardable_headers(request: Request, *, conditional: bool = True) -> dict[s
         if values:
             out[name] = ", ".join(values)
     return out
+
+
+def _signed_fetch_headers(request: Request) -> dict[str, str]:
+    """The client's Accept plus every manifest type we know (see MANIFEST_MEDIA_TYPES)."""
+    accept = [v.strip() for v in ", ".join(request.headers.getlist("accept")).split(",")]
+    offered = [v for v in accept if v]
+    names = {v.split(";", 1)[0].strip().lower() for v in offered}
+    offered.extend(t for t in MANIFEST_MEDIA_TYPES if t not in names)
+    return {"accept": ", ".join(offered)}
 
 
 def _query(request: Request, allowed: tuple[str, ...]) -> str:

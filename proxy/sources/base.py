@@ -10,14 +10,21 @@ Every trust source (Notary v1 now; Notation and Cosign later) implements
                                                      valid cached (the proxy answers 503)
                             raises TrustDataError    the trust data is bad (never trusted)
 
-A :class:`SigningRule` is what a policy configures per repository: the root of trust and
-which roles must sign. It carries no I/O and is hashable, so sources may key caches on it.
+A :class:`SigningRule` is what a policy configures per repository: the root of trust, which
+roles must sign, which may not disagree, and how long past expiry cached data may serve
+during an outage. It carries no I/O and is hashable, so sources may key caches on it.
+
+``NotSignedError`` subclasses say *why* in words users know (the enforcement layer shows
+``str(error)`` to clients): :class:`NotSignedByError`, :class:`TooFewSignaturesError`,
+:class:`SignersDisagreeError`. A source may also raise a plain ``NotSignedError``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection
-from dataclasses import dataclass
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass, field
+from datetime import timedelta
+from types import MappingProxyType
 from typing import Protocol
 
 from proxy.errors import NotSignedError, TrustDataError, TrustSourceUnavailableError
@@ -33,6 +40,7 @@ from proxy.trust import (
 
 __all__ = [
     "NoTrustDataError",
+    "NotSignedByError",
     "NotSignedError",
     "PinnedRootCerts",
     "PinnedRootKeys",
@@ -40,8 +48,11 @@ __all__ = [
     "RootCA",
     "RootOfTrust",
     "SignedTarget",
+    "SignersDisagreeError",
     "SigningRule",
+    "TooFewSignaturesError",
     "TrustDataError",
+    "TrustInfo",
     "TrustOnFirstUse",
     "TrustSource",
     "TrustSourceUnavailableError",
@@ -61,6 +72,57 @@ class NoTrustDataError(NotSignedError):
         super().__init__(f"{server} does not have trust data for {gun}")
 
 
+class NotSignedByError(NotSignedError):
+    """No acceptable role signs the tag: "tag v1 is not signed by targets/releases or
+    targets". ``roles`` are the roles that would have had to sign it."""
+
+    def __init__(self, tag: str, roles: tuple[str, ...], note: str = "") -> None:
+        self.tag = tag
+        self.roles = roles
+        text = f"tag {tag} is not signed by {' or '.join(roles)}"
+        super().__init__(f"{text} ({note})" if note else text)
+
+
+class TooFewSignaturesError(NotSignedError):
+    """A required role signs the tag, with fewer valid signatures than its threshold."""
+
+    def __init__(self, tag: str, role: str, valid: int, required: int) -> None:
+        self.tag = tag
+        self.role = role
+        self.valid = valid
+        self.required = required
+        super().__init__(
+            f"tag {tag} is signed by {role} with {valid} valid signature(s), {required} required"
+        )
+
+
+class SignersDisagreeError(NotSignedError):
+    """Signers sign the tag at different digests; never resolved by picking one.
+    ``claims`` are ``(role, digest)`` pairs in rule order."""
+
+    def __init__(self, tag: str, claims: tuple[tuple[str, str], ...]) -> None:
+        self.tag = tag
+        self.claims = claims
+        said = ", ".join(f"{role} signs {digest}" for role, digest in claims)
+        super().__init__(f"signers disagree on tag {tag}: {said}")
+
+
+@dataclass(frozen=True)
+class TrustInfo:
+    """What a source's last answer for a repository was based on (for audit records and
+    as a cache key: it changes whenever the trust data does)."""
+
+    #: metadata version per role (``{"root": 1, "timestamp": 7, "targets/releases": 3}``)
+    versions: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}))
+    #: served from cache past a failed refresh (possibly within ``expiry_grace``)
+    stale: bool = False
+
+    @property
+    def key(self) -> tuple[tuple[str, int], ...]:
+        """A hashable identity of the trust state."""
+        return tuple(sorted(self.versions.items()))
+
+
 @dataclass(frozen=True)
 class SigningRule:
     """How a repository's signatures are judged.
@@ -68,17 +130,28 @@ class SigningRule:
     ``root_of_trust`` has no default on purpose: trust on first use must be chosen, not
     fallen into. ``required_roles`` None means Docker's rule (``targets/releases``, else
     ``targets``); otherwise every listed role must sign the tag at one digest with at
-    least its ``min_signatures``. ``allow_expired_root_cert`` accepts a root whose leaf
-    certificate expired (sources log it on every use).
+    least its ``min_signatures``. ``optional_roles`` need not sign, but a tag one of them
+    signs at another digest (or length) than the answer is refused
+    (``SignersDisagreeError``). ``allow_expired_root_cert`` accepts a root whose leaf
+    certificate expired (sources log it on every use). ``expiry_grace``: when the trust
+    server cannot be reached, cached verified data may be used up to this long past its
+    expiry (zero: never past expiry); never when the server answers.
     """
 
     root_of_trust: RootOfTrust
     required_roles: tuple[RoleRequirement, ...] | None = None
     allow_expired_root_cert: bool = False
+    optional_roles: tuple[str, ...] = ()
+    expiry_grace: timedelta = timedelta(0)
 
     def __post_init__(self) -> None:
         if self.required_roles is not None and not self.required_roles:
             raise ValueError("required_roles must name at least one role (or be None)")
+        if self.expiry_grace < timedelta(0):
+            raise ValueError("expiry_grace must not be negative")
+        required = {r.name for r in self.required_roles or ()}
+        if required & set(self.optional_roles):
+            raise ValueError("a role cannot be both required and optional")
 
     @property
     def docker(self) -> bool:
@@ -114,6 +187,14 @@ class TrustSource(Protocol):
         """Every tag acceptable under ``rule``, by tag (for a filtered tag list).
 
         Raises: as :meth:`resolve`, except that an unsigned tag is simply absent.
+        """
+        ...
+
+    async def trust_info(self, gun: str, rule: SigningRule) -> TrustInfo:
+        """What :meth:`resolve` / :meth:`signed_tags` under ``rule`` answer from right now
+        (cheap right after either: no network when the state is cached).
+
+        Raises: as :meth:`resolve`.
         """
         ...
 

@@ -15,6 +15,7 @@ import certifi
 import httpx
 
 from proxy.errors import OversizeError, UpstreamUnavailableError
+from proxy.metrics import UPSTREAM_ERRORS
 from proxy.settings import LimitSettings, UpstreamSettings
 
 # Request headers a client may send that the registry needs to answer correctly. Accept
@@ -163,8 +164,10 @@ class UpstreamClient:
         try:
             return await self._http.send(request, stream=True)
         except httpx.TimeoutException as e:
+            UPSTREAM_ERRORS.labels(self.name, "timeout").inc()
             raise UpstreamUnavailableError(self.name, "timed out", timeout=True) from e
         except httpx.HTTPError as e:
+            UPSTREAM_ERRORS.labels(self.name, "unreachable").inc()
             raise UpstreamUnavailableError(self.name, _describe(e)) from e
 
     async def read_bounded(self, response: httpx.Response, limit: int, what: str) -> bytes:

@@ -50,6 +50,13 @@ def table_row(output: str, tag: str) -> str:
     return rows[0]
 
 
+def table_cells(output: str, tag: str) -> list[str]:
+    """The cells of ``tag``'s row: tag, notary says, registry has, via proxy, expected."""
+    cells = re.split(r" {2,}", table_row(output, tag).strip())
+    assert len(cells) == 5, cells
+    return cells
+
+
 def started_pids(output: str) -> dict[str, int]:
     """name → pid from the "stopping <name> (pid N)" lines of a demo that stopped itself."""
     return {m[0]: int(m[1]) for m in re.findall(r"stopping ([\w-]+) \(pid (\d+)\)", output)}
@@ -69,20 +76,44 @@ def test_up_no_wait_shows_tags_and_leaves_nothing_running(tmp_path: Path) -> Non
     )
     output = done.stdout + done.stderr
     assert done.returncode == 0, output
-    for tag in ("signed-1.0", "signed-2.0", "moved"):
-        assert "signed sha256:" in table_row(output, tag), output
-    assert "not signed" in table_row(output, "unsigned")
-    assert "404" in table_row(output, "unsigned")
-    # Until enforcement lands the demo says so; afterwards it checks what it shows.
-    assert (
-        "enforcement is not implemented yet: every tag passes through" in output
-        or "enforcement is on" in output
-    )
     assert "UNEXPECTED" not in output
-    # Tags through the proxy (once enforcement filters the list, `unsigned` is not among them).
+    assert "not implemented" not in output
+
+    # The policy: Docker's rule on <registry>/demo/* with the repository's root key pinned.
+    enforced = re.search(r"==> enforced by (\S+): (.*)", output)
+    assert enforced is not None, output
+    assert enforced.group(1).endswith("demo-policy.yaml")
+    assert "mode enforce" in enforced.group(2)
+    assert "Docker's rule (targets/releases, then targets)" in enforced.group(2)
+    assert re.search(r"root key [0-9a-f]{12} pinned", enforced.group(2)), output
+
+    # Signed tags: exactly the signed digest through the proxy, whatever the registry holds.
+    for tag in ("signed-1.0", "signed-2.0", "moved"):
+        _, notary, registry, proxy, expects = table_cells(output, tag)
+        signed = notary.removeprefix("signed ")
+        assert notary.startswith("signed sha256:"), output
+        assert proxy.startswith(f"{signed} (the signed digest"), output
+        assert expects == f"{signed} (signed)", output
+    _, notary, registry, proxy, _ = table_cells(output, "moved")
+    assert registry != notary.removeprefix("signed "), output  # the tag was re-pushed...
+    assert proxy.endswith("not the registry's)"), output  # ...and is served as signed
+    # Unsigned: 404 with the reason.
+    _, notary, _, proxy, expects = table_cells(output, "unsigned")
+    assert notary == "not signed"
+    assert proxy == "404 manifest unknown", output
+    assert expects == "404 (not signed)"
+    refusal = re.search(r"refused by the proxy: (.*)", output)
+    assert refusal is not None, output
+    assert "not signed" in refusal.group(1), output
+
+    # The tag list through the proxy shows signed tags only.
     listed = re.search(r"==> skopeo list-tags .*\n +(.*)\n", output)
     assert listed is not None, output
-    assert {"signed-1.0", "signed-2.0", "moved"} <= set(listed.group(1).split(", ")), output
+    assert set(listed.group(1).split(", ")) == {"signed-1.0", "signed-2.0", "moved"}, output
+    # The audit records of those requests.
+    audit = output[output.index("trustproxy's audit records") :]
+    assert re.search(r"manifest +unsigned +denied", audit), output
+    assert re.search(r"manifest +moved +served_signed +served sha256:", audit), output
     assert "skopeo inspect --tls-verify=false docker://127.0.0.1:" in output
 
     pids = started_pids(output)

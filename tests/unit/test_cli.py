@@ -149,6 +149,29 @@ def test_serve_with_bad_config_exits_1_before_serving(
     assert "upstreams: at least one upstream is required" in capsys.readouterr().err
 
 
+def test_serve_with_an_audit_file_it_cannot_open_exits_1(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import proxy.observability
+
+    # serve configures the process's logging; a test must not.
+    monkeypatch.setattr(proxy.observability, "configure_logging", lambda _settings: None)
+    (tmp_path / "audit.log").mkdir()  # a folder where the file should be
+    config = tmp_path / "trustproxy.yaml"
+    config.write_text(VALID + "audit: {sink: file, path: audit.log}\n")
+    assert main(["serve", "--config", str(config)]) == 1
+    assert "audit.path: cannot open" in capsys.readouterr().err
+
+
+def test_policy_commands_are_wired(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["policy", "--help"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    assert "check" in out
+    assert "explain" in out
+
+
 def test_python_dash_m_proxy_help() -> None:
     result = subprocess.run(
         [sys.executable, "-m", "proxy", "--help"],

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import re
 import warnings
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -21,7 +22,7 @@ import pytest
 from starlette.exceptions import StarletteDeprecationWarning
 
 from proxy.errors import NotSignedError, TrustSourceUnavailableError
-from proxy.gate import PassThrough, ServeDigest, TagDecision
+from proxy.gate import PassThrough, RequestContext, ServeDigest, TagDecision
 from proxy.http.app import create_app
 from proxy.routing import Route
 from proxy.settings import LimitSettings, ServerSettings, Settings, UpstreamSettings
@@ -32,7 +33,9 @@ with warnings.catch_warnings():
     from starlette.testclient import TestClient
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
+DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
 UPSTREAM_URL = "http://registry.test"
 REPO = "team/app"
 
@@ -153,20 +156,37 @@ class Gate:
         default_factory=lambda: PassThrough("tests: unchecked")
     )
     visible: Callable[[list[str]], list[str]] = list
+    digest_error: BaseException | None = None
     asked: list[str] = field(default_factory=list)
     filtered: list[list[str]] = field(default_factory=list)
+    digests: list[str] = field(default_factory=list)
+    contexts: list[RequestContext] = field(default_factory=list)
+    mismatches: list[tuple[str, str, str]] = field(default_factory=list)
 
-    async def decide_tag(self, route: Route, tag: str) -> TagDecision:
+    async def decide_tag(self, route: Route, tag: str, ctx: RequestContext) -> TagDecision:
         self.asked.append(f"{route.gun}:{tag}")
+        self.contexts.append(ctx)
         if isinstance(self.decision, BaseException):
             raise self.decision
         return self.decision
 
-    async def filter_tags(self, route: Route, tags: list[str]) -> list[str]:
+    async def decide_digest(self, route: Route, digest: str, ctx: RequestContext) -> None:
+        self.digests.append(f"{route.gun}@{digest}")
+        self.contexts.append(ctx)
+        if self.digest_error is not None:
+            raise self.digest_error
+
+    async def filter_tags(self, route: Route, tags: list[str], ctx: RequestContext) -> list[str]:
         self.filtered.append(list(tags))
+        self.contexts.append(ctx)
         if isinstance(self.decision, BaseException):
             raise self.decision
         return self.visible(tags)
+
+    def report_mismatch(
+        self, route: Route, tag: str, expected: str, actual: str, ctx: RequestContext
+    ) -> None:
+        self.mismatches.append((tag, expected, actual))
 
 
 def make_settings(**limits: Any) -> Settings:
@@ -346,16 +366,104 @@ def test_signed_tag_head_is_checked_like_get(registry: FakeRegistry) -> None:
 
 @pytest.mark.parametrize("method", ["GET", "HEAD"])
 def test_signed_digest_with_other_bytes_upstream_is_502(
-    registry: FakeRegistry, method: str
+    registry: FakeRegistry, method: str, caplog: pytest.LogCaptureFixture
 ) -> None:
+    from proxy.metrics import UPSTREAM_ERRORS
+
     registry.manifests[SIGNED_DIGEST] = UNSIGNED  # the registry lies about the digest
-    with proxy(registry, Gate(ServeDigest(SIGNED_DIGEST))) as tc:
+    gate = Gate(ServeDigest(SIGNED_DIGEST))
+    before = UPSTREAM_ERRORS.labels("internal", "mismatch")._value.get()
+    with (
+        caplog.at_level(logging.CRITICAL, logger="trustproxy.handlers"),
+        proxy(registry, gate) as tc,
+    ):
         r = tc.request(method, f"/v2/{REPO}/manifests/v1")
     assert r.status_code == 502
     assert UNSIGNED not in r.content
     assert r.headers.get("docker-content-digest") is None
     if method == "GET":
         assert error_of(r)["code"] == "UNAVAILABLE"
+    # An alert, a counted upstream error, and a decision record through the gate.
+    assert gate.mismatches == [("v1", SIGNED_DIGEST, sha256(UNSIGNED))]
+    assert UPSTREAM_ERRORS.labels("internal", "mismatch")._value.get() == before + 1
+    (alert,) = [rec for rec in caplog.records if rec.levelno == logging.CRITICAL]
+    for text in (f"registry.test/{REPO}", "v1", SIGNED_DIGEST, sha256(UNSIGNED), "internal"):
+        assert text in alert.getMessage()
+
+
+def test_signed_fetch_offers_every_manifest_type_and_the_clients_accept(
+    registry: FakeRegistry,
+) -> None:
+    gate = Gate(ServeDigest(SIGNED_DIGEST, len(SIGNED)))
+    with proxy(registry, gate) as tc:
+        r = tc.get(f"/v2/{REPO}/manifests/v1", headers={"Accept": "application/x-custom"})
+        plain = tc.get(f"/v2/{REPO}/manifests/v1")
+    assert r.status_code == plain.status_code == 200
+    first, second = (q.headers["accept"].split(", ") for q in registry.requests)
+    assert first[0] == "application/x-custom"
+    for media_type in (OCI_MANIFEST, OCI_INDEX, DOCKER_MANIFEST, DOCKER_LIST):
+        assert media_type in first
+        assert media_type in second
+    assert len(first) == len(set(first))
+
+
+def test_request_context_reaches_the_gate(registry: FakeRegistry) -> None:
+    gate = Gate(ServeDigest(SIGNED_DIGEST, len(SIGNED)))
+    with proxy(registry, gate) as tc:
+        tc.head(f"/v2/{REPO}/manifests/v1", headers={"User-Agent": "containerd/2.0"})
+    (ctx,) = gate.contexts
+    assert (ctx.client, ctx.user_agent, ctx.user, ctx.method) == (
+        "testclient", "containerd/2.0", None, "HEAD"
+    )  # fmt: skip
+    assert ctx.fetch_verified_manifest is not None
+
+
+# --------------------------------------------------------------------------- digest gate
+
+
+def test_pull_by_digest_asks_the_gate_first(registry: FakeRegistry) -> None:
+    gate = Gate(digest_error=NotSignedError(f"digest {SIGNED_DIGEST} is not signed"))
+    with proxy(registry, gate) as tc:
+        r = tc.get(f"/v2/{REPO}/manifests/{SIGNED_DIGEST}")
+        head = tc.head(f"/v2/{REPO}/manifests/{SIGNED_DIGEST}")
+    assert r.status_code == head.status_code == 404
+    assert error_of(r)["code"] == "MANIFEST_UNKNOWN"
+    assert error_of(r)["detail"] == {"reason": f"digest {SIGNED_DIGEST} is not signed"}
+    assert registry.requests == []
+    assert gate.digests == [f"registry.test/{REPO}@{SIGNED_DIGEST}"] * 2
+
+
+def test_blobs_are_not_gated(registry: FakeRegistry) -> None:
+    gate = Gate(NotSignedError("nothing is signed"), digest_error=NotSignedError("no"))
+    with proxy(registry, gate) as tc:
+        r = tc.get(f"/v2/{REPO}/blobs/{BLOB_DIGEST}")
+    assert r.status_code == 200
+    assert gate.asked == gate.digests == []
+
+
+def test_gate_fetch_verifies_and_offers_every_type(registry: FakeRegistry) -> None:
+    """The callback the gate gets: by digest, every manifest type, hash checked."""
+    import asyncio
+
+    got: dict[str, object] = {}
+
+    class Fetching(Gate):
+        async def decide_digest(self, route: Route, digest: str, ctx: RequestContext) -> None:
+            assert ctx.fetch_verified_manifest is not None
+            got["ok"] = await ctx.fetch_verified_manifest(SIGNED_DIGEST)
+            got["missing"] = await ctx.fetch_verified_manifest(sha256(b"nope"))
+            registry.manifests[BLOB_DIGEST] = b"other bytes"
+            try:
+                await ctx.fetch_verified_manifest(BLOB_DIGEST)
+            except Exception as e:  # the test looks at what was raised
+                got["bad"] = type(e).__name__
+            await asyncio.sleep(0)
+
+    with proxy(registry, Fetching()) as tc:
+        r = tc.get(f"/v2/{REPO}/manifests/{SIGNED_DIGEST}")
+    assert r.status_code == 200
+    assert got == {"ok": SIGNED, "missing": None, "bad": "UpstreamContentError"}
+    assert OCI_INDEX in registry.requests[0].headers["accept"]
 
 
 def test_signed_length_mismatch_is_502(registry: FakeRegistry) -> None:

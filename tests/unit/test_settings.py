@@ -13,6 +13,7 @@ import yaml
 from proxy.errors import ConfigError
 from proxy.settings import (
     ENV_PREFIX,
+    AuditSettings,
     ClientAuthSettings,
     CredentialSettings,
     KiB,
@@ -197,9 +198,41 @@ policy_file: policy.yaml
     assert s.policy_file == base / "policy.yaml"
 
 
+def test_audit_and_metrics(tmp_path: Path) -> None:
+    data = {
+        "server": {"metrics": False},
+        "upstreams": [{"name": "a", "url": "http://a"}],
+        "audit": {"sink": "file", "path": "logs/audit.log"},
+    }
+    (tmp_path / "logs").mkdir()
+    s = load_settings(write(tmp_path, data))
+    assert not s.server.metrics_enabled
+    # Relative to the config's folder; the file itself need not exist yet.
+    assert s.audit == AuditSettings(sink="file", path=tmp_path.resolve() / "logs/audit.log")
+    data["audit"] = {"sink": "off"}
+    assert load_settings(write(tmp_path, data)).audit == AuditSettings(sink="off")
+
+
+def test_audit_path_folder_not_checked_with_skip_file_checks(tmp_path: Path) -> None:
+    data = {"upstreams": [{"name": "a", "url": "http://a"}],
+            "audit": {"sink": "file", "path": "/var/log/nowhere/audit.log"}}  # fmt: skip
+    s = load_settings(write(tmp_path, data), check_files=False)
+    assert s.audit.path == Path("/var/log/nowhere/audit.log")
+
+
+def test_audit_by_environment(tmp_path: Path) -> None:
+    env = {f"{ENV_PREFIX}AUDIT__SINK": "file", f"{ENV_PREFIX}AUDIT__PATH": str(tmp_path / "a"),
+           f"{ENV_PREFIX}SERVER__METRICS": "false"}  # fmt: skip
+    s = load_settings(write(tmp_path, {"upstreams": [{"name": "a", "url": "http://a"}]}), env)
+    assert s.audit == AuditSettings(sink="file", path=tmp_path / "a")
+    assert not s.server.metrics_enabled
+
+
 def test_defaults_for_omitted_sections(tmp_path: Path) -> None:
     s = load_settings(write(tmp_path, {"upstreams": [{"name": "a", "url": "http://a"}]}))
     assert s.server == ServerSettings()
+    assert s.server.metrics_enabled
+    assert s.audit == AuditSettings(sink="stdout", path=None)
     assert s.trust.sources == ()
     assert s.policy_file is None
     assert s.warnings == ()
@@ -417,6 +450,16 @@ BAD: list[tuple[str, Mutation, str, str]] = [
     ("log-format", _set("logging", "format", value="xml"), "logging.format", "must be one of"),
     ("access-log-text", _set("logging", "access_log", value="yes please"),
      "logging.access_log", "true or false"),
+    ("metrics-text", _set("server", "metrics", value="on"), "server.metrics", "true or false"),
+    ("audit-sink", _set("audit", "sink", value="syslog"), "audit.sink", "must be one of"),
+    ("audit-file-no-path", _set("audit", "sink", value="file"), "audit.path", "is required"),
+    ("audit-path-without-file", _set("audit", value={"sink": "stdout", "path": "a.log"}),
+     "audit.path", "only goes with sink: file"),
+    ("audit-folder-missing", _set("audit", value={"sink": "file", "path": "nope/a.log"}),
+     "audit.path", "folder not found"),
+    ("audit-unknown-key", _set("audit", value={"sink": "off", "format": "json"}),
+     "audit.format", "unknown key"),
+    ("audit-list", _set("audit", value=["stdout"]), "audit", "must be a mapping"),
 ]  # fmt: skip
 
 
@@ -587,3 +630,22 @@ def test_env_appends_many_list_items_in_numeric_order(tmp_path: Path) -> None:
         env[f"TRUSTPROXY_UPSTREAMS__{i}__PREFIX"] = f"p{i}"
     s = load_settings(write(tmp_path, MINIMAL_YAML), env)
     assert [u.name for u in s.upstreams] == ["internal"] + [f"up{i}" for i in range(1, 12)]
+
+
+def test_trust_source_refresh_and_retry_intervals(tmp_path: Path) -> None:
+    env = {
+        "TRUSTPROXY_TRUST__SOURCES__NOTARY__REFRESH_INTERVAL": "2s",
+        "TRUSTPROXY_TRUST__SOURCES__NOTARY__RETRY_INTERVAL": "500ms",
+    }
+    (source,) = load_settings(write(tmp_path, MINIMAL_YAML), env).trust.sources
+    assert source.refresh_interval == 2.0
+    assert source.retry_interval == 0.5
+    (default,) = load_settings(write(tmp_path, MINIMAL_YAML), {}).trust.sources
+    assert default.refresh_interval == 60.0
+
+
+def test_trust_source_refresh_interval_must_be_a_duration(tmp_path: Path) -> None:
+    env = {"TRUSTPROXY_TRUST__SOURCES__NOTARY__REFRESH_INTERVAL": "soon"}
+    with pytest.raises(ConfigError) as err:
+        load_settings(write(tmp_path, MINIMAL_YAML), env)
+    assert err.value.path == "trust.sources.notary.refresh_interval"

@@ -13,11 +13,15 @@ kept in process for ``fresh_for``; after that the next request refreshes it::
                                  reused, not refetched: an unchanged repository costs a
                                  root probe and timestamp.json)
     refresh could not fetch   -> the last state, re-verified at "now" (so only while
-                                 unexpired), with a warning; nothing valid -> unavailable
+                                 unexpired), with a warning; failing that, and only
+                                 then, re-verified at "now - expiry_grace" (the rule's
+                                 grace past expiry); nothing valid -> unavailable
     root.json / timestamp.json 404 -> NoTrustDataError (the repository has no trust data)
 
 Concurrent requests for the same repository share one refresh. The clock is injected;
-the core never reads it.
+the core never reads it. Metrics: ``trustproxy_trust_cache_total`` counts each lookup once
+(``hit``: verified cache, ``miss``: a refresh ran, ``stale_served``: the refresh failed and
+cached data answered), ``trustproxy_trust_refresh_seconds`` times each network refresh.
 
 Every delegation is fetched, not only the ones the rule reads: one cached state then
 answers every rule (Docker's and required roles) and ``trust inspect``, and notary's
@@ -31,14 +35,23 @@ import asyncio
 import dataclasses
 import hashlib
 import logging
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from proxy.errors import NotSignedError, TrustDataError, TrustSourceUnavailableError
+from proxy.metrics import TRUST_CACHE, TRUST_REFRESH_SECONDS
 from proxy.settings import LimitSettings, TrustSourceSettings
-from proxy.sources.base import NoTrustDataError, SigningRule
+from proxy.sources.base import (
+    NoTrustDataError,
+    NotSignedByError,
+    SignersDisagreeError,
+    SigningRule,
+    TooFewSignaturesError,
+    TrustInfo,
+)
 from proxy.sources.notary.fetcher import NotaryFetcher
 from proxy.sources.store import StoreUnavailableError, TrustStateStore
 from proxy.trust import (
@@ -47,13 +60,14 @@ from proxy.trust import (
     MissingMetadataError,
     RootOfTrust,
     SignedTarget,
+    TargetFile,
     TrustedSet,
     TrustedState,
     resolve_docker,
     resolve_required_roles,
     signed_tags,
 )
-from proxy.trust.resolve import lookup
+from proxy.trust.resolve import DOCKER_ROLES, lookup
 from proxy.upstream.auth import UpstreamAuthenticator
 from proxy.upstream.client import make_http_client
 
@@ -63,6 +77,8 @@ __all__ = [
     "acceptable_tags",
     "decode_record",
     "encode_record",
+    "metadata_versions",
+    "resolve_under_rule",
 ]
 
 log = logging.getLogger(__name__)
@@ -126,9 +142,13 @@ class _Hot:
     refresh_at: datetime
     #: earliest expiry among the loaded roles: past it, the set must not be used
     expires: datetime
+    #: served after a failed refresh: may be used up to the key's grace past ``expires``
+    stale: bool = False
 
 
-_Key = tuple[str, RootOfTrust, bool]
+# The grace is part of the key: a rule without grace must never see what a rule with
+# grace accepted past expiry (and a shared refresh must not decide with another's grace).
+_Key = tuple[str, RootOfTrust, bool, timedelta]
 
 
 def _earliest_expiry(ts: TrustedSet) -> datetime:
@@ -172,7 +192,10 @@ class NotarySource:
     ) -> NotarySource:
         """A source for a configured notary-server: TLS with its CA, Bearer auth with its
         credentials, the configured timeouts, and ``metadata_max_bytes`` per role file."""
-        opts = options or NotarySourceOptions()
+        opts = options or NotarySourceOptions(
+            fresh_for=timedelta(seconds=settings.refresh_interval),
+            retry_after=timedelta(seconds=settings.retry_interval),
+        )
         core = opts.limits
         cap = limits.metadata_max_bytes
         opts = dataclasses.replace(
@@ -220,14 +243,19 @@ class NotarySource:
     async def resolve(self, gun: str, tag: str, rule: SigningRule) -> SignedTarget:
         """See :meth:`proxy.sources.base.TrustSource.resolve`."""
         ts = await self.load(gun, rule)
-        if rule.required_roles is None:
-            return resolve_docker(ts, tag)
-        return resolve_required_roles(ts, tag, rule.required_roles)
+        return resolve_under_rule(ts, tag, rule)
 
     async def signed_tags(self, gun: str, rule: SigningRule) -> dict[str, SignedTarget]:
         """See :meth:`proxy.sources.base.TrustSource.signed_tags`."""
         ts = await self.load(gun, rule)
         return acceptable_tags(ts, rule)
+
+    async def trust_info(self, gun: str, rule: SigningRule) -> TrustInfo:
+        """See :meth:`proxy.sources.base.TrustSource.trust_info`."""
+        ts = await self._load(gun, rule, count=False)
+        hot = self._hot.get(self._key(gun, rule))
+        stale = hot is not None and hot.ts is ts and hot.stale
+        return TrustInfo(versions=metadata_versions(ts), stale=stale)
 
     # --- loading -----------------------------------------------------------------------------
 
@@ -240,10 +268,19 @@ class NotarySource:
             TrustSourceUnavailableError: could not fetch and nothing valid is cached.
             TrustDataError: the fetched trust data failed verification.
         """
-        key: _Key = (gun, rule.root_of_trust, rule.allow_expired_root_cert)
+        return await self._load(gun, rule, count=True)
+
+    @staticmethod
+    def _key(gun: str, rule: SigningRule) -> _Key:
+        return (gun, rule.root_of_trust, rule.allow_expired_root_cert, rule.expiry_grace)
+
+    async def _load(self, gun: str, rule: SigningRule, *, count: bool) -> TrustedSet:
+        key = self._key(gun, rule)
         hot = self._hot.get(key)
-        if hot is not None and self._usable(hot, self._clock()):
+        if hot is not None and self._usable(hot, self._clock(), rule.expiry_grace):
             self._hot.move_to_end(key)
+            if count and hot.ts is not None:
+                TRUST_CACHE.labels(self.name, "stale_served" if hot.stale else "hit").inc()
             return self._answer(hot, gun)
         task = self._inflight.get(key)
         if task is None:
@@ -260,8 +297,12 @@ class NotarySource:
             task.exception()  # retrieved: every waiter may have been cancelled
 
     @staticmethod
-    def _usable(hot: _Hot, now: datetime) -> bool:
-        return now < hot.refresh_at and now <= hot.expires
+    def _usable(hot: _Hot, now: datetime, grace: timedelta) -> bool:
+        if now >= hot.refresh_at:
+            return False
+        # Past expiry only for data served after a failed refresh, and only within grace:
+        # a fresh entry that expires is refreshed first (the grace is for outages).
+        return now <= hot.expires or (hot.stale and now <= hot.expires + grace)
 
     def _answer(self, hot: _Hot, gun: str) -> TrustedSet:
         if hot.error is not None:
@@ -301,36 +342,57 @@ class NotarySource:
                 log.warning("trust source %s: %s: stored state refused: %s", self.name, gun, e)
             else:
                 if ts is not None:
+                    TRUST_CACHE.labels(self.name, "hit").inc()
                     self._remember(key, self._hot_for(ts, refresh_at=record[0] + opts.fresh_for))
                     return self._answer(self._hot[key], gun)
 
         try:
-            ts = await self._refresh(gun, rule, now, state)
+            ts = await self._timed_refresh(gun, rule, now, state)
         except NoTrustDataError as e:
+            TRUST_CACHE.labels(self.name, "miss").inc()
             self._remember(key, _Hot(None, e, now + opts.fresh_for, now + opts.fresh_for))
             raise
         except TrustSourceUnavailableError as e:
-            stale = self._stale(gun, rule, now, previous, state)
-            if stale is None:
+            found = self._stale(gun, rule, now, previous, state)
+            if found is None:
+                TRUST_CACHE.labels(self.name, "miss").inc()
                 self._remember_failure(key, e, now)
                 raise
-            log.warning(
-                "trust source %s: %s: refresh failed, serving verified cached trust data "
-                "until it expires (%s): %s",
-                self.name,
-                gun,
-                _earliest_expiry(stale).isoformat(),
-                e,
-            )
-            self._remember(key, self._hot_for(stale, refresh_at=now + opts.retry_after))
+            stale, past_expiry = found
+            expires = _earliest_expiry(stale)
+            if past_expiry:
+                log.warning(
+                    "trust source %s: %s: refresh failed, serving verified cached trust data "
+                    "that expired at %s, within expiry_grace (%s, until %s): %s",
+                    self.name,
+                    gun,
+                    expires.isoformat(),
+                    rule.expiry_grace,
+                    (expires + rule.expiry_grace).isoformat(),
+                    e,
+                )
+            else:
+                log.warning(
+                    "trust source %s: %s: refresh failed, serving verified cached trust data "
+                    "until it expires (%s): %s",
+                    self.name,
+                    gun,
+                    expires.isoformat(),
+                    e,
+                )
+            TRUST_CACHE.labels(self.name, "stale_served").inc()
+            hot = self._hot_for(stale, refresh_at=now + opts.retry_after)
+            self._remember(key, dataclasses.replace(hot, stale=True))
             return self._answer(self._hot[key], gun)
         except TrustDataError as e:
             # Bad data is never served; remember the refusal briefly so a burst of requests
             # does not refetch it once each.
+            TRUST_CACHE.labels(self.name, "miss").inc()
             log.warning("trust source %s: %s: trust data refused: %s", self.name, gun, e)
             self._remember_failure(key, e, now)
             raise
 
+        TRUST_CACHE.labels(self.name, "miss").inc()
         await self._save_record(gun, ts, now)
         self._remember(key, self._hot_for(ts, refresh_at=now + opts.fresh_for))
         return self._answer(self._hot[key], gun)
@@ -350,22 +412,54 @@ class NotarySource:
         now: datetime,
         previous: _Hot | None,
         stored: TrustedState | None,
-    ) -> TrustedSet | None:
-        """The last known state that still verifies at ``now`` (so: unexpired), or None."""
+    ) -> tuple[TrustedSet, bool] | None:
+        """The last known state that still verifies at ``now`` (so: unexpired), else one
+        that verifies at ``now - expiry_grace`` (expired less than the grace ago); with
+        whether it is past expiry. None when neither exists.
+
+        Only called when the trust server could not be reached: the grace never applies
+        to an answer the server gave (a server that serves expired data is refused).
+        """
         candidates: list[TrustedState] = []
         if previous is not None and previous.ts is not None:
             candidates.append(previous.ts.state())
         if stored is not None:
             candidates.append(stored)
-        for state in candidates:
-            try:
-                ts = self._replay(state, gun, rule, now)
-            except TrustDataError as e:
-                log.info("trust source %s: %s: cached state unusable: %s", self.name, gun, e)
-                continue
-            if ts is not None:
-                return ts
+        times = [now]
+        if rule.expiry_grace > timedelta(0):
+            times.append(now - rule.expiry_grace)
+        for at in times:
+            for state in candidates:
+                try:
+                    ts = self._replay(state, gun, rule, at)
+                except TrustDataError as e:
+                    log.info("trust source %s: %s: cached state unusable: %s", self.name, gun, e)
+                    continue
+                if ts is not None:
+                    return ts, at != now
         return None
+
+    async def _timed_refresh(
+        self, gun: str, rule: SigningRule, now: datetime, state: TrustedState | None
+    ) -> TrustedSet:
+        started = time.perf_counter()
+        result = "error"
+        try:
+            ts = await self._refresh(gun, rule, now, state)
+            result = "ok"
+            return ts
+        except NoTrustDataError:
+            result = "no_trust_data"
+            raise
+        except TrustSourceUnavailableError:
+            result = "unavailable"
+            raise
+        except TrustDataError:
+            result = "bad_data"
+            raise
+        finally:
+            # perf_counter, not the injected clock: that one is the verification time.
+            TRUST_REFRESH_SECONDS.labels(self.name, result).observe(time.perf_counter() - started)
 
     def _replay(
         self, state: TrustedState, gun: str, rule: SigningRule, now: datetime
@@ -505,18 +599,104 @@ def _reusable(known: Mapping[str, bytes], role: str, filename: str) -> bytes | N
 
 def acceptable_tags(ts: TrustedSet, rule: SigningRule) -> dict[str, SignedTarget]:
     """Every tag of a loaded set acceptable under ``rule``, sorted by tag."""
+    out: dict[str, SignedTarget] = {}
     if rule.required_roles is None:
-        return signed_tags(ts)
+        for tag, target in signed_tags(ts).items():
+            try:
+                _check_optional(ts, tag, target, rule.optional_roles)
+            except NotSignedError:
+                continue
+            out[tag] = target
+        return out
     names: set[str] | None = None
     for req in rule.required_roles:
         md = ts.targets_role(req.name)
         tags = set(md.signed.targets) if md is not None else set()
         names = tags if names is None else names & tags
-    out: dict[str, SignedTarget] = {}
     for tag in sorted(names or ()):
         if all(lookup(ts, r.name, tag) is not None for r in rule.required_roles):
             try:
-                out[tag] = resolve_required_roles(ts, tag, rule.required_roles)
+                out[tag] = resolve_under_rule(ts, tag, rule)
             except NotSignedError:
                 continue
+    return out
+
+
+def resolve_under_rule(ts: TrustedSet, tag: str, rule: SigningRule) -> SignedTarget:
+    """Resolve ``tag`` under ``rule``, refusing with reasons users understand.
+
+    The reasons are worked out here; the answer still comes from the core's
+    ``resolve_docker`` / ``resolve_required_roles``, which check everything again.
+
+    Raises:
+        NotSignedByError: no acceptable role signs the tag (or a required role is missing
+            or invalid).
+        SignersDisagreeError: required roles disagree, or an optional role signs the tag
+            at another digest.
+        TooFewSignaturesError: a required role has fewer valid signatures than required.
+        NotSignedError: other refusals of the core (no sha256 hash).
+        RuntimeError: the set is not fully loaded (a caller bug).
+    """
+    if rule.required_roles is None:
+        if all(lookup(ts, role, tag) is None for role in DOCKER_ROLES):
+            raise NotSignedByError(tag, DOCKER_ROLES)
+        target = resolve_docker(ts, tag)
+    else:
+        claims: list[tuple[str, TargetFile]] = []
+        for req in rule.required_roles:
+            status = ts.status(req.name)
+            if status == "pending":
+                raise RuntimeError(f"{req.name} is declared but not loaded")
+            if status == "undeclared":
+                raise NotSignedByError(tag, (req.name,), "no such role in the trust data")
+            if status == "skipped":
+                raise NotSignedByError(tag, (req.name,), "the role's trust data is not valid")
+            tf = lookup(ts, req.name, tag)
+            if tf is None:
+                raise NotSignedByError(tag, (req.name,))
+            claims.append((req.name, tf))
+        first = claims[0][1]
+        if any(tf.digest != first.digest or tf.length != first.length for _, tf in claims):
+            raise _disagree(tag, [(r, tf.digest, tf.length) for r, tf in claims])
+        for req in rule.required_roles:
+            valid = len(ts.signers(req.name))
+            if valid < req.min_signatures:
+                raise TooFewSignaturesError(tag, req.name, valid, req.min_signatures)
+        target = resolve_required_roles(ts, tag, rule.required_roles)
+    _check_optional(ts, tag, target, rule.optional_roles)
+    return target
+
+
+def _disagree(tag: str, claims: list[tuple[str, str | None, int]]) -> SignersDisagreeError:
+    # Lengths only when the digests alone look alike (the entries differ in length).
+    same_digest = len({d for _, d, _ in claims}) == 1
+    shown = tuple(
+        (role, f"{d or 'no sha256'} ({n} bytes)" if same_digest else d or "no sha256")
+        for role, d, n in claims
+    )
+    return SignersDisagreeError(tag, shown)
+
+
+def _check_optional(
+    ts: TrustedSet, tag: str, target: SignedTarget, optional: tuple[str, ...]
+) -> None:
+    """An optional signer that signs ``tag`` elsewhere makes it refused: signers that
+    disagree are never resolved by picking one (policy model). A role that is absent,
+    invalid or silent on the tag says nothing."""
+    for role in optional:
+        tf = lookup(ts, role, tag)
+        if tf is not None and (tf.digest != target.digest or tf.length != target.length):
+            raise _disagree(
+                tag, [(target.role, target.digest, target.length), (role, tf.digest, tf.length)]
+            )
+
+
+def metadata_versions(ts: TrustedSet) -> dict[str, int]:
+    """Version of every loaded role, for audit records and cache keys."""
+    out = {"root": ts.root.version}
+    for role, md in (("timestamp", ts.timestamp), ("snapshot", ts.snapshot),
+                     ("targets", ts.targets)):  # fmt: skip
+        if md is not None:
+            out[role] = md.version
+    out.update((name, md.version) for name, md in ts.delegated.items())
     return out

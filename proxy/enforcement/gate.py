@@ -1,0 +1,445 @@
+"""The enforcing gate: policy rule + trust source answer → what the client gets.
+
+Every public method works in three steps::
+
+    rule  = match_rule(policy, gun)                 no rule: refused (fail closed)
+    ev    = Evaluation(finding, reason, target)     what the rule and the source say
+    v     = decide(mode, ev.finding, ev.reason)     THE decision: outcome + action, by mode
+    record(Decision(...)); return / raise per v.action
+
+``decide`` is the one place where the mode (enforce / audit / off) changes anything; the
+evaluation never looks at the mode (except to skip the source entirely under ``off``), and
+exceptions from the source are turned into findings before the mode is applied (style
+habit 9). Reasons are worded for users, and reach them in the 404's ``detail.reason``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Literal
+
+from proxy.decisions import Decision, DecisionRecorder, Outcome
+from proxy.enforcement.digest_allowlist import DigestAllowlist
+from proxy.errors import (
+    BadDataError,
+    FetchError,
+    NotSignedError,
+    TrustDataError,
+    TrustproxyError,
+    TrustSourceUnavailableError,
+)
+from proxy.gate import PassThrough, RequestContext, ServeDigest, TagDecision
+from proxy.policy.model import Mode, Policy, RepositoryRule
+from proxy.routing import Route
+from proxy.sources.base import (
+    NoTrustDataError,
+    SignedTarget,
+    SigningRule,
+    TrustInfo,
+    TrustSource,
+)
+from proxy.trust import RoleRequirement
+
+__all__ = [
+    "Action",
+    "EnforcingGate",
+    "Evaluation",
+    "Finding",
+    "MatchRule",
+    "TagAllowed",
+    "Verdict",
+    "decide",
+    "signing_rule_for",
+]
+
+log = logging.getLogger("trustproxy.enforcement")
+
+MatchRule = Callable[[Policy, str], RepositoryRule | None]
+TagAllowed = Callable[[RepositoryRule, str], bool]
+Clock = Callable[[], datetime]
+DecisionKind = Literal["manifest", "digest", "tags"]
+
+#: What the rule and the trust source say, before the mode is applied.
+#: ``allowed``: the policy lets it through unchecked (``digests: allow``).
+Finding = Literal["signed", "allowed", "refused", "unavailable", "bad_trust_data"]
+#: What the caller does: serve the verified answer, pass the upstream's through, refuse
+#: (404 with the reason), or fail with the evaluation's error (503; 502 for the upstream).
+Action = Literal["serve_signed", "pass_through", "refuse", "fail"]
+
+
+@dataclass(frozen=True)
+class Verdict:
+    outcome: Outcome
+    action: Action
+    reason: str
+
+
+def decide(mode: Mode | None, finding: Finding, reason: str) -> Verdict:
+    """THE decision: map a finding to an outcome and an action under ``mode``.
+
+    ``mode`` None means no rule matched: treated as ``enforce`` (fail closed).
+    """
+    if mode == "off":
+        return Verdict("passed_through", "pass_through", f"policy mode off: {reason}")
+    if finding == "signed":
+        return Verdict("served_signed", "serve_signed", reason)
+    if finding == "allowed":
+        return Verdict("passed_through", "pass_through", reason)
+    if mode == "audit":
+        # Audit serves what enforce would serve where it can; otherwise the upstream's
+        # answer, and the record says enforce would not have served it.
+        return Verdict("audit_would_deny", "pass_through", reason)
+    if finding == "refused":
+        return Verdict("denied", "refuse", reason)
+    if finding == "unavailable":
+        return Verdict("unavailable", "fail", reason)
+    return Verdict("bad_trust_data", "fail", reason)
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    finding: Finding
+    reason: str
+    target: SignedTarget | None = None
+    #: what enforce raises for ``unavailable`` / ``bad_trust_data``
+    error: TrustproxyError | None = None
+    info: TrustInfo | None = None
+    #: tag lists: the tags a client may see (enforce), when the source answered
+    visible: list[str] = field(default_factory=list)
+
+
+def signing_rule_for(rule: RepositoryRule) -> SigningRule:
+    """The source-neutral signing rule of a policy rule.
+
+    No required signer: Docker's rule (``targets/releases``, else ``targets``), with any
+    optional signers still able to veto by disagreeing.
+
+    Raises:
+        ValueError: the rule has no root of trust (the loader refuses such rules).
+    """
+    if rule.root_of_trust is None:
+        raise ValueError(f"policy rule {rule.pattern!r} has no root_of_trust")
+    required = tuple(RoleRequirement(s.role, s.threshold) for s in rule.signers if s.required)
+    optional = tuple(s.role for s in rule.signers if not s.required)
+    return SigningRule(
+        rule.root_of_trust,
+        required_roles=required or None,
+        allow_expired_root_cert=rule.allow_expired_root_cert,
+        optional_roles=optional,
+        expiry_grace=rule.expiry_grace,
+    )
+
+
+def _default_match_rule(policy: Policy, repository: str) -> RepositoryRule | None:
+    from proxy.policy.matcher import match_rule
+
+    return match_rule(policy, repository)
+
+
+def _default_tag_allowed(rule: RepositoryRule, tag: str) -> bool:
+    from proxy.policy.matcher import tag_allowed
+
+    return tag_allowed(rule, tag)
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def rfc3339(t: datetime) -> str:
+    return t.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+class EnforcingGate:
+    """A :class:`~proxy.gate.TrustGate` that enforces a :class:`Policy`.
+
+    ``sources`` by ``trust.sources`` name; ``match_rule`` / ``tag_allowed`` default to
+    ``proxy.policy.matcher`` (tests inject their own); ``clock`` stamps the records.
+    """
+
+    def __init__(
+        self,
+        policy: Policy,
+        sources: Mapping[str, TrustSource],
+        recorder: DecisionRecorder,
+        *,
+        match_rule: MatchRule | None = None,
+        tag_allowed: TagAllowed | None = None,
+        clock: Clock = utc_now,
+        allowlist: DigestAllowlist | None = None,
+    ) -> None:
+        self.policy = policy
+        self.sources = dict(sources)
+        self.recorder = recorder
+        self._match_rule = match_rule or _default_match_rule
+        self._tag_allowed = tag_allowed or _default_tag_allowed
+        self._clock = clock
+        self.allowlist = allowlist or DigestAllowlist()
+        # Policy rules are few and immutable: one SigningRule each, so sources' caches
+        # keyed on it stay hot.
+        self._signing_rules: dict[RepositoryRule, SigningRule] = {}
+
+    # --- the TrustGate interface -------------------------------------------------------
+
+    async def decide_tag(self, route: Route, tag: str, ctx: RequestContext) -> TagDecision:
+        gun = route.gun
+        rule = self._match_rule(self.policy, gun)
+        if rule is None:
+            ev = Evaluation("refused", f"no policy rule matches {gun}")
+        elif rule.mode == "off":
+            ev = Evaluation("allowed", "not checked")
+        else:
+            ev = await self._evaluate_tag(gun, tag, rule)
+        v = decide(rule.mode if rule else None, ev.finding, ev.reason)
+        self._record("manifest", gun, tag, rule, v, ev, ctx)
+        if v.action == "serve_signed" and ev.target is not None:
+            t = ev.target
+            return ServeDigest(t.digest, t.length, signers=(*t.roles, *t.key_ids))
+        if v.action == "pass_through":
+            return PassThrough(v.reason)
+        raise self._error(v, ev)
+
+    async def decide_digest(self, route: Route, digest: str, ctx: RequestContext) -> None:
+        gun = route.gun
+        rule = self._match_rule(self.policy, gun)
+        if rule is None:
+            ev = Evaluation("refused", f"no policy rule matches {gun}")
+        elif rule.mode == "off":
+            ev = Evaluation("allowed", "not checked")
+        elif rule.digests == "allow":
+            # Docker's behaviour: an explicit digest always works (the client pinned the
+            # content; the bytes are still checked against the digest by the handler).
+            ev = Evaluation("allowed", "pulls by digest are allowed (digests: allow)")
+        else:
+            ev = await self._evaluate_digest(gun, digest, rule, ctx)
+        v = decide(rule.mode if rule else None, ev.finding, ev.reason)
+        self._record("digest", gun, digest, rule, v, ev, ctx)
+        if v.action in ("serve_signed", "pass_through"):
+            return None
+        raise self._error(v, ev)
+
+    async def filter_tags(self, route: Route, tags: list[str], ctx: RequestContext) -> list[str]:
+        gun = route.gun
+        rule = self._match_rule(self.policy, gun)
+        if rule is None:
+            ev = Evaluation("refused", f"no policy rule matches {gun}")
+        elif rule.mode == "off":
+            ev = Evaluation("allowed", "not checked", visible=list(tags))
+        else:
+            ev = await self._evaluate_tags(gun, tags, rule)
+        v = decide(rule.mode if rule else None, ev.finding, ev.reason)
+        self._record("tags", gun, "", rule, v, ev, ctx)
+        if v.action == "pass_through":
+            return tags
+        if v.action == "fail":
+            raise self._error(v, ev)
+        # A refused list is not an error page: the client sees the tags it may pull (none,
+        # for a repository without trust data or without a rule), pagination intact.
+        return ev.visible
+
+    def report_mismatch(
+        self, route: Route, tag: str, expected: str, actual: str, ctx: RequestContext
+    ) -> None:
+        try:
+            rule = self._match_rule(self.policy, route.gun)
+        except Exception:  # must not raise: the handler is already answering 502
+            rule = None
+        reason = f"upstream sent bytes with digest {actual} for tag {tag}, signed at {expected}"
+        self._emit(
+            Decision(
+                time=rfc3339(self._clock()),
+                kind="manifest",
+                outcome="upstream_mismatch",
+                repository=route.gun,
+                reference=tag,
+                reason=reason,
+                rule=rule.pattern if rule else None,
+                mode=rule.mode if rule else None,
+                client=ctx.client,
+                user_agent=ctx.user_agent,
+                user=ctx.user,
+                method=ctx.method,
+            )
+        )
+
+    # --- evaluations: what rule + source say (no mode here) ----------------------------
+
+    def _signing_rule(self, rule: RepositoryRule) -> SigningRule:
+        srule = self._signing_rules.get(rule)
+        if srule is None:
+            srule = self._signing_rules[rule] = signing_rule_for(rule)
+        return srule
+
+    def _source(self, rule: RepositoryRule) -> tuple[TrustSource, SigningRule] | Evaluation:
+        """The rule's source and signing rule, or an ``unavailable`` evaluation (a
+        misconfiguration the loader should have caught: fail closed, loudly)."""
+        name = rule.source
+        if name is None and len(self.sources) == 1:
+            name = next(iter(self.sources))  # one configured source: the obvious one
+        source = self.sources.get(name) if name is not None else None
+        problem = None
+        if source is None:
+            problem = (
+                f"policy rule {rule.pattern!r} names no trust source"
+                if name is None
+                else f"trust source {name!r} is not configured"
+            )
+        elif rule.root_of_trust is None:
+            problem = f"policy rule {rule.pattern!r} has no root_of_trust"
+        if problem is not None or source is None:
+            log.error("enforcement: %s: refusing its repositories", problem)
+            err = TrustSourceUnavailableError(name or "none", problem or "not configured")
+            return Evaluation("unavailable", str(err), error=err)
+        return source, self._signing_rule(rule)
+
+    def _pattern_refusal(self, rule: RepositoryRule, tag: str) -> str | None:
+        if not rule.tag_patterns or self._tag_allowed(rule, tag):
+            return None
+        if len(rule.tag_patterns) == 1:
+            return f"tag {tag} does not match allowed pattern {rule.tag_patterns[0]}"
+        return f"tag {tag} does not match allowed patterns {', '.join(rule.tag_patterns)}"
+
+    @staticmethod
+    def _failure(gun: str, e: TrustproxyError) -> Evaluation:
+        """A source's refusal or failure as a finding (never a decision)."""
+        if isinstance(e, NoTrustDataError):
+            return Evaluation("refused", f"no trust data for {gun}")
+        if isinstance(e, NotSignedError):
+            return Evaluation("refused", e.reason)
+        if isinstance(e, TrustSourceUnavailableError):
+            return Evaluation("unavailable", str(e), error=e)
+        if isinstance(e, TrustDataError):
+            return Evaluation("bad_trust_data", f"trust data for {gun} is not valid: {e}", error=e)
+        # The gate's own fetches (signed index children): upstream failures fail closed.
+        return Evaluation("unavailable", str(e), error=e)
+
+    async def _evaluate_tag(self, gun: str, tag: str, rule: RepositoryRule) -> Evaluation:
+        # The pattern first: it is cheap and needs no trust data.
+        if (why := self._pattern_refusal(rule, tag)) is not None:
+            return Evaluation("refused", why)
+        found = self._source(rule)
+        if isinstance(found, Evaluation):
+            return found
+        source, srule = found
+        try:
+            target = await source.resolve(gun, tag, srule)
+            info = await source.trust_info(gun, srule)
+        except (NotSignedError, TrustSourceUnavailableError, TrustDataError) as e:
+            ev = self._failure(gun, e)
+            if ev.finding == "refused" and not isinstance(e, NoTrustDataError):
+                # Which trust data refused it belongs in the audit record too.
+                ev = Evaluation(ev.finding, ev.reason, info=await _info(source, gun, srule))
+            return ev
+        reason = f"tag {tag} is signed by {', '.join(target.roles) or target.role}"
+        return Evaluation("signed", reason, target=target, info=info)
+
+    async def _evaluate_tags(self, gun: str, tags: list[str], rule: RepositoryRule) -> Evaluation:
+        found = self._source(rule)
+        if isinstance(found, Evaluation):
+            return found
+        source, srule = found
+        try:
+            # One call per listing, not one per tag: the source answers from one state.
+            signed = await source.signed_tags(gun, srule)
+            info = await source.trust_info(gun, srule)
+        except (NotSignedError, TrustSourceUnavailableError, TrustDataError) as e:
+            return self._failure(gun, e)
+        visible = [t for t in tags if t in signed and self._pattern_refusal(rule, t) is None]
+        hidden = len(tags) - len(visible)
+        if hidden:
+            reason = f"{hidden} of {len(tags)} tags are not signed or not allowed"
+            return Evaluation("refused", reason, info=info, visible=visible)
+        return Evaluation("signed", f"all {len(tags)} tags are signed", info=info, visible=visible)
+
+    async def _evaluate_digest(
+        self, gun: str, digest: str, rule: RepositoryRule, ctx: RequestContext
+    ) -> Evaluation:
+        found = self._source(rule)
+        if isinstance(found, Evaluation):
+            return found
+        source, srule = found
+        try:
+            signed = await source.signed_tags(gun, srule)
+            info = await source.trust_info(gun, srule)
+            acceptable = {
+                t.digest for tag, t in signed.items() if self._pattern_refusal(rule, tag) is None
+            }
+            key = (gun, srule, rule.tag_patterns, info.key)
+            answer = await self.allowlist.check(
+                key, acceptable, digest, ctx.fetch_verified_manifest
+            )
+        except (NotSignedError, TrustSourceUnavailableError, TrustDataError) as e:
+            return self._failure(gun, e)
+        except (FetchError, BadDataError) as e:  # the upstream, fetching a signed index
+            return self._failure(gun, e)
+        if answer.allowed:
+            return Evaluation("signed", answer.reason, info=info)
+        return Evaluation("refused", f"digest {digest} is not signed for {gun}{answer.reason}")
+
+    # --- records -----------------------------------------------------------------------
+
+    @staticmethod
+    def _error(v: Verdict, ev: Evaluation) -> TrustproxyError:
+        if v.action == "refuse":
+            return NotSignedError(v.reason)
+        if ev.error is not None:
+            return ev.error
+        return TrustSourceUnavailableError("none", v.reason)  # pragma: no cover - defensive
+
+    def _record(
+        self,
+        kind: DecisionKind,
+        gun: str,
+        reference: str,
+        rule: RepositoryRule | None,
+        v: Verdict,
+        ev: Evaluation,
+        ctx: RequestContext,
+    ) -> None:
+        t = ev.target
+        self._emit(
+            Decision(
+                time=rfc3339(self._clock()),
+                kind=kind,
+                outcome=v.outcome,
+                repository=gun,
+                reference=reference,
+                reason=v.reason,
+                rule=rule.pattern if rule else None,
+                mode=rule.mode if rule else None,
+                served_digest=_served_digest(kind, reference, v, t),
+                roles=t.roles if t is not None else (),
+                key_ids=t.key_ids if t is not None else (),
+                metadata_versions=dict(ev.info.versions) if ev.info is not None else {},
+                client=ctx.client,
+                user_agent=ctx.user_agent,
+                user=ctx.user,
+                method=ctx.method,
+            )
+        )
+
+    def _emit(self, decision: Decision) -> None:
+        try:
+            self.recorder.record(decision)
+        except Exception:  # a recorder must not raise; if it does, the answer still stands
+            log.exception("decision recorder failed")
+
+
+def _served_digest(
+    kind: DecisionKind, reference: str, v: Verdict, target: SignedTarget | None
+) -> str | None:
+    if v.action == "serve_signed" and target is not None:
+        return target.digest
+    if kind == "digest" and v.action in ("serve_signed", "pass_through"):
+        return reference  # the handler serves exactly these bytes or nothing
+    return None  # refused, or the upstream's answer under a tag (not known here)
+
+
+async def _info(source: TrustSource, gun: str, rule: SigningRule) -> TrustInfo | None:
+    try:
+        return await source.trust_info(gun, rule)
+    except TrustproxyError:
+        return None

@@ -1,0 +1,141 @@
+"""Say in words which rule applies to a repository and what it requires (pure).
+
+``trustproxy policy explain`` prints these lines; they are also what an operator reads to
+understand a refusal, so each line says what happens, not only what is configured.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from proxy.policy.matcher import matcher_for, tag_allowed
+from proxy.policy.model import Policy, RepositoryRule
+from proxy.trust import PinnedRootCerts, PinnedRootKeys, RootCA, RootOfTrust, TrustOnFirstUse
+
+__all__ = ["NO_RULE", "describe_root", "explain", "format_grace", "root_kind"]
+
+NO_RULE = "no rule matches: refused (fail closed)"
+
+_MODES = {
+    "enforce": "enforce: only tags signed as below are served, at their signed digest; "
+    "anything else is refused (404)",
+    "audit": "audit: signed tags are served at their signed digest; what enforce would "
+    "refuse is served unchecked and logged",
+    "off": "off: served unchecked (no signature is looked at)",
+}
+_DIGESTS = {
+    "allow": "allow: pulls by digest are served unchecked (Docker's behaviour: a digest "
+    "names its content)",
+    "signed": "signed: pulls by digest are served only for signed digests (and manifests "
+    "listed in a signed index)",
+}
+DOCKER_RULE = "Docker's rule: targets/releases, then targets"
+
+
+def explain(policy: Policy, repository: str, tag: str | None) -> list[str]:
+    """Human-readable lines: the rule that matches ``repository`` (``<registry>/<repo>``)
+    and what it requires of ``tag`` (None: of any tag). Raises ValueError only for a policy
+    built in code with an invalid pattern."""
+    matcher = matcher_for(policy)
+    matching = matcher.matching(repository)
+    lines = [f"repository: {repository}" + (f", tag {tag}" if tag is not None else "")]
+    if not matching:
+        lines.append(NO_RULE)
+        return lines
+    rule, shadowed = matching[0], matching[1:]
+    where = rule.path or "(built in code)"
+    if policy.source_file is not None:
+        where += f" in {policy.source_file}"
+    lines.append(f"rule: {rule.pattern!r} ({where})")
+    if shadowed:
+        others = ", ".join(repr(r.pattern) for r in shadowed)
+        lines.append(f"  also matches, less specific (not applied): {others}")
+    lines.append(f"mode: {_MODES[rule.mode]}")
+    if not rule.enforced:
+        if tag is not None:
+            lines.append(
+                f"tag {tag}: served unchecked (mode off checks nothing, tag patterns included)"
+            )
+        return lines
+    lines.append(f"source: {rule.source or '(not named: the config must define exactly one)'}")
+    root = describe_root(rule.root_of_trust) if rule.root_of_trust else "(none: refused)"
+    lines.append(f"root of trust: {root}")
+    if rule.allow_expired_root_cert:
+        lines.append(
+            "  allowExpiredRootCert: a root whose certificate expired is accepted "
+            "(unsafe, logged on every use)"
+        )
+    lines.extend(_signer_lines(rule))
+    lines.append(_tag_line(rule, tag))
+    lines.append(f"digests: {_DIGESTS[rule.digests]}")
+    lines.append(f"expiry grace: {_grace_line(rule.expiry_grace)}")
+    return lines
+
+
+def describe_root(root: RootOfTrust) -> str:
+    """One line naming the kind of root of trust and its IDs."""
+    if isinstance(root, PinnedRootKeys):
+        return f"pinned root keys: {', '.join(sorted(root.key_ids))}"
+    if isinstance(root, PinnedRootCerts):
+        return f"pinned root certificates: {', '.join(sorted(root.cert_ids))}"
+    if isinstance(root, RootCA):
+        subjects = "; ".join(ca.subject.rfc4514_string() or "(empty subject)" for ca in root.cas)
+        return f"root certificate must chain to a CA: {subjects}"
+    if isinstance(root, TrustOnFirstUse):
+        return (
+            "trust on first use (NOT pinned: the first root seen is trusted; for trying things out)"
+        )
+    raise RuntimeError(f"unknown root of trust {root!r}")
+
+
+def root_kind(root: RootOfTrust) -> str:
+    """A short name for the kind of root of trust (for one-line summaries)."""
+    if isinstance(root, PinnedRootKeys):
+        return "pinned root keys"
+    if isinstance(root, PinnedRootCerts):
+        return "pinned root certificates"
+    if isinstance(root, RootCA):
+        return "root CA"
+    return "trust on first use"
+
+
+def _signer_lines(rule: RepositoryRule) -> list[str]:
+    if not rule.signers:
+        return [f"signers: {DOCKER_RULE}"]
+    out = [
+        "signers: every required signer signs the tag at one digest (an optional signer "
+        "that signs another digest makes the tag refused):"
+    ]
+    for s in rule.signers:
+        keys = "1 valid key" if s.threshold == 1 else f">= {s.threshold} distinct valid keys"
+        out.append(f"  {s.role}: {'required' if s.required else 'optional'}, {keys}")
+    return out
+
+
+def _tag_line(rule: RepositoryRule, tag: str | None) -> str:
+    patterns = ", ".join(rule.tag_patterns) if rule.tag_patterns else "any tag"
+    line = f"tags allowed: {patterns}"
+    if tag is not None:
+        if tag_allowed(rule, tag):
+            line += f" (tag {tag} matches)"
+        else:
+            line += f" (tag {tag} does NOT match: refused whatever its signatures)"
+    return line
+
+
+def format_grace(grace: timedelta) -> str:
+    """``15d``, ``12h``, ``90s``: the largest unit that divides the grace exactly."""
+    seconds = int(grace.total_seconds())
+    for unit, size in (("w", 7 * 86400), ("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds and seconds % size == 0:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
+def _grace_line(grace: timedelta) -> str:
+    if not grace:
+        return "none: expired trust data is never served"
+    return (
+        f"{format_grace(grace)}: when the trust server cannot be reached, cached "
+        "verified data is served up to this long past its expiry"
+    )
