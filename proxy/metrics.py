@@ -2,12 +2,13 @@
 
 Names are a public contract (dashboards and alerts use them). Instrumented where the event
 happens: the access-log middleware (requests), the decision recorder (decisions), trust
-sources (refresh latency, cache hits), the upstream client (upstream errors).
+sources (refresh latency, cache hits), the upstream client (upstream errors), the shared
+trust-state store (up, errors).
 """
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
@@ -40,5 +41,19 @@ UPSTREAM_ERRORS = Counter(
     "trustproxy_upstream_errors_total",
     "Upstream failures, by upstream and kind (unreachable, timeout, bad_status, mismatch).",
     ["upstream", "kind"],
+    registry=REGISTRY,
+)
+STORE_UP = Gauge(
+    "trustproxy_store_up",
+    "Whether the shared trust-state store (Redis) answers: 1 up, 0 down (serving from "
+    "per-process state meanwhile).",
+    ["store"],
+    registry=REGISTRY,
+)
+STORE_ERRORS = Counter(
+    "trustproxy_store_errors_total",
+    "Failed shared trust-state store operations, by store and operation "
+    "(load, save, lock, unlock).",
+    ["store", "operation"],
     registry=REGISTRY,
 )

@@ -30,14 +30,21 @@ from typing import TYPE_CHECKING, Any, Protocol, TextIO
 
 from proxy.audit import AuditRecorder, build_recorder
 from proxy.decisions import DecisionRecorder
-from proxy.enforcement.build import FailClosedGate, StoreFactory, build_enforcement
+from proxy.enforcement.build import (
+    FailClosedGate,
+    StoreFactory,
+    build_enforcement,
+    redis_connection,
+    redis_store_factory,
+)
 from proxy.errors import ConfigError
 from proxy.gate import TrustGate
 from proxy.http.app import build_state
 from proxy.http.state import ProxyState
 from proxy.policy.loader import load_policy
 from proxy.policy.model import Policy
-from proxy.settings import Settings, TrustSourceSettings, load_settings
+from proxy.settings import CacheSettings, Settings, TrustSourceSettings, load_settings
+from proxy.sources.redis_store import RedisConnection
 from proxy.sources.store import MemoryTrustStateStore, TrustStateStore
 
 if TYPE_CHECKING:
@@ -166,23 +173,57 @@ class Builder:
     # Trust state outlives generations: a reload must not forget the versions seen (the
     # rollback floors) nor, under trust on first use, the roots pinned. A source whose
     # settings changed starts afresh: its state belongs to the server it came from.
-    _stores: dict[str, tuple[TrustSourceSettings, TrustStateStore]] = field(
+    # With Redis the state lives there (keyed by source name and URL); the process keeps
+    # one connection pool per cache settings, reused by every generation built with them.
+    _stores: dict[str, tuple[TrustSourceSettings, CacheSettings, TrustStateStore]] = field(
         default_factory=dict, init=False, repr=False
     )
+    _redis: dict[CacheSettings, RedisConnection] = field(
+        default_factory=dict, init=False, repr=False
+    )
+    _replaced: list[RedisConnection] = field(default_factory=list, init=False, repr=False)
 
     def store_factory(self, settings: Settings) -> StoreFactory:
         by_name = {s.name: s for s in settings.trust.sources}
+        cache = settings.cache
+        redis_stores: StoreFactory | None = None
+        if cache.redis_url is not None and settings.trust.sources:
+            redis_stores = redis_store_factory(settings, self._redis_for(cache))
 
         def store(name: str) -> TrustStateStore:
             source = by_name[name]
             kept = self._stores.get(name)
-            if kept is not None and kept[0] == source:
-                return kept[1]
-            new = MemoryTrustStateStore()
-            self._stores[name] = (source, new)
+            if kept is not None and kept[0] == source and kept[1] == cache:
+                return kept[2]
+            new = redis_stores(name) if redis_stores is not None else MemoryTrustStateStore()
+            self._stores[name] = (source, cache, new)
             return new
 
         return store
+
+    def _redis_for(self, cache: CacheSettings) -> RedisConnection:
+        conn = self._redis.get(cache)
+        if conn is not None:
+            return conn
+        # Other cache settings: the previous connection may still serve a generation that
+        # is draining; it leaves /readyz now and is closed at shutdown.
+        for old in self._redis.values():
+            old.retire()
+            self._replaced.append(old)
+        self._redis.clear()
+        conn = self._redis[cache] = redis_connection(cache)
+        return conn
+
+    async def aclose(self) -> None:
+        """Close the store connections (shutdown, after every generation is closed)."""
+        conns = [*self._redis.values(), *self._replaced]
+        self._redis.clear()
+        self._replaced.clear()
+        for conn in conns:
+            try:
+                await conn.aclose()
+            except Exception:
+                log.exception("closing the trust state store failed")
 
     def read_policy(self, settings: Settings) -> Policy | None:
         """The policy ``settings`` name, or None without ``policy_file``. Raises ConfigError
@@ -358,6 +399,12 @@ class Runtime:
 
     def _swap(self, new: Generation) -> None:
         old = self.current
+        # Verified manifests stay valid across a reload as long as every upstream name
+        # still means the same registry (the cache is keyed by upstream name).
+        if old.settings.upstreams == new.settings.upstreams and (
+            old.settings.limits.manifest_cache_bytes == new.settings.limits.manifest_cache_bytes
+        ):
+            new.state.manifest_cache = old.state.manifest_cache
         # No await between these lines: a request entering now sees the new state.
         ended = self.tracker.advance()
         self.current = new
@@ -409,4 +456,5 @@ class Runtime:
                 await task
         for gen in [*self._retiring, self.current]:
             await self._close(gen)
+        await self.builder.aclose()
         await asyncio.to_thread(self.current.recorder.close)

@@ -116,10 +116,16 @@ class TrustSourceSettings:
     ca_file: Path | None = None
     credentials: CredentialSettings = field(default_factory=CredentialSettings)
     # How long verified trust data is used before a request refreshes it: the longest a
-    # revocation (`notary remove` + publish) takes to reach clients.
-    refresh_interval: float = 60.0
+    # revocation (`notary remove` + publish) takes to reach clients. None: use
+    # ``cache.refresh_seconds`` (see :meth:`fresh_for`).
+    refresh_interval: float | None = None
     # After a failed refresh (outage, bad data), how long before the next attempt.
     retry_interval: float = 10.0
+
+    def fresh_for(self, cache: CacheSettings) -> float:
+        """Seconds between timestamp re-checks: this source's own ``refresh_interval`` when
+        set, else ``cache.refresh_seconds``."""
+        return self.refresh_interval if self.refresh_interval is not None else cache.refresh_seconds
 
 
 @dataclass(frozen=True)
@@ -129,7 +135,17 @@ class TrustSettings:
 
 @dataclass(frozen=True)
 class CacheSettings:
+    """Where trust state lives (``cache:``): in process, or shared by replicas in Redis."""
+
     redis_url: str | None = None  # None: in-process memory (one replica only)
+    # A repository's timestamp is re-checked at most this often: the longest a revoked tag
+    # stays visible (a trust source's own refresh_interval overrides it).
+    refresh_seconds: float = 30.0
+    key_prefix: str = "trustproxy:"
+    # Cross-replica refresh lock: a crashed holder blocks the others at most this long.
+    lock_timeout: float = 30.0
+    # Socket timeouts: a slow Redis must not stall requests (it is treated as down).
+    redis_timeout: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -143,6 +159,8 @@ class LimitSettings:
     read_timeout: float = 30.0
     max_redirects: int = 5
     max_connections: int = 200  # per upstream
+    # Verified manifests by digest kept in memory (proxy/manifest_cache.py); 0 disables.
+    manifest_cache_bytes: int = 64 * MiB
 
 
 @dataclass(frozen=True)
@@ -588,12 +606,62 @@ def _parse_trust(sec: _Section, warnings: list[str]) -> TrustSettings:
             auth = s.section("auth")
             creds = _credentials(auth)
             auth.finish()
-            refresh = s.value("refresh_interval", _duration, TrustSourceSettings.refresh_interval)
+            refresh = s.value("refresh_interval", _duration, None)
             retry = s.value("retry_interval", _duration, TrustSourceSettings.retry_interval)
             s.finish()
             sources.append(TrustSourceSettings(str(name), typ, url, ca_file, creds, refresh, retry))
     sec.finish()
     return TrustSettings(sources=tuple(sources))
+
+
+_REDIS_SCHEMES = ("redis", "rediss", "unix")
+
+
+def _redis_url(v: Any, path: str) -> str:
+    url = _str(v, path).strip()
+    scheme = _scheme(url)
+    if scheme.startswith("redis+sentinel") or scheme == "sentinel":
+        # redis-py has no Sentinel URL form (Sentinel needs a list of sentinels and a
+        # service name): accepting one would silently talk to the wrong server.
+        raise ConfigError(
+            path,
+            "Redis Sentinel URLs are not supported (redis-py has no sentinel URL form); "
+            "point redis_url at the current master through a stable name (e.g. a "
+            "Sentinel-aware proxy or a Kubernetes service) instead",
+        )
+    if scheme not in _REDIS_SCHEMES:
+        raise ConfigError(path, f"not a redis URL (redis://, rediss:// or unix://): {url!r}")
+    try:
+        host = urlsplit(url).hostname
+    except ValueError as e:
+        raise ConfigError(path, f"not a redis URL: {url!r} ({e})") from e
+    if scheme != "unix" and not host:
+        raise ConfigError(path, f"not a redis URL (no host): {url!r}")
+    return url
+
+
+def _parse_cache(sec: _Section) -> CacheSettings:
+    d = CacheSettings()
+    if sec.get("redis_cluster") is not None:
+        # Cluster mode would spread a repository's state and its lock over shards with
+        # other failover semantics; not supported (yet): say so rather than "unknown key".
+        raise ConfigError(
+            sec.sub("redis_cluster"),
+            "Redis Cluster is not supported; use a standalone Redis (or a primary with "
+            "replicas behind one address)",
+        )
+    prefix = sec.value("key_prefix", _str, d.key_prefix)
+    if not prefix or any(c.isspace() for c in prefix):
+        raise ConfigError(sec.sub("key_prefix"), "must be non-empty, without spaces")
+    cache = CacheSettings(
+        redis_url=sec.value("redis_url", _redis_url, None),
+        refresh_seconds=sec.value("refresh_seconds", _duration, d.refresh_seconds),
+        key_prefix=prefix,
+        lock_timeout=sec.value("lock_timeout", _duration, d.lock_timeout),
+        redis_timeout=sec.value("redis_timeout", _duration, d.redis_timeout),
+    )
+    sec.finish()
+    return cache
 
 
 def _parse_limits(sec: _Section) -> LimitSettings:
@@ -608,9 +676,17 @@ def _parse_limits(sec: _Section) -> LimitSettings:
         read_timeout=sec.value("read_timeout", _duration, d.read_timeout),
         max_redirects=sec.value("max_redirects", _count, d.max_redirects),
         max_connections=sec.value("max_connections", _count, d.max_connections),
+        manifest_cache_bytes=sec.value(
+            "manifest_cache_bytes", _size_or_zero, d.manifest_cache_bytes
+        ),
     )
     sec.finish()
     return limits
+
+
+def _size_or_zero(v: Any, path: str) -> int:
+    # limits.manifest_cache_bytes: 0 means "no cache", every other size as _size reads it.
+    return 0 if v == 0 and not isinstance(v, bool) else _size(v, path)
 
 
 def _parse_logging(sec: _Section) -> LoggingSettings:
@@ -652,11 +728,7 @@ def parse_settings(
     server = _parse_server(top.section("server"))
     upstreams = _parse_upstreams(top.get("upstreams"), base_dir, check_files)
     trust = _parse_trust(top.section("trust"), warnings)
-    cache_sec = top.section("cache")
-    redis_url = cache_sec.value("redis_url", _str, None)
-    if redis_url is not None and _scheme(redis_url) not in ("redis", "rediss", "unix"):
-        raise ConfigError(cache_sec.sub("redis_url"), f"not a redis:// URL: {redis_url!r}")
-    cache_sec.finish()
+    cache = _parse_cache(top.section("cache"))
     passthrough = [u.name for u in upstreams if u.auth.mode == "passthrough"]
     if server.client_auth.htpasswd_file is not None and passthrough:
         # Both would use the client's Authorization header; it cannot mean two things.
@@ -676,7 +748,7 @@ def parse_settings(
         server=server,
         upstreams=upstreams,
         trust=trust,
-        cache=CacheSettings(redis_url=redis_url),
+        cache=cache,
         limits=limits,
         logging=logging,
         audit=audit,

@@ -7,6 +7,9 @@
     ...
     await enforcement.aclose()                 # closes the trust sources' connections
 
+With ``cache.redis_url`` the sources keep their trust state in Redis (one connection pool
+per process, shared by every source, each under its own key namespace), else in memory.
+
 A configured policy that cannot be loaded at startup is :class:`FailClosedGate`: every
 manifest, digest and tag-list decision is a 503 naming the reason, until a reload fixes it.
 A trust source that cannot be built (its ``ca_file`` is missing, say) becomes an
@@ -33,9 +36,10 @@ from proxy.errors import FetchError, TrustSourceUnavailableError
 from proxy.gate import PassThroughGate, RequestContext, TagDecision, TrustGate
 from proxy.policy.model import Policy
 from proxy.routing import Route
-from proxy.settings import Settings
+from proxy.settings import CacheSettings, Settings
 from proxy.sources.base import SignedTarget, SigningRule, TrustInfo, TrustSource
-from proxy.sources.notary import NotarySource
+from proxy.sources.notary import NotarySource, NotarySourceOptions
+from proxy.sources.redis_store import RedisConnection, source_namespace
 from proxy.sources.store import MemoryTrustStateStore, TrustStateStore
 
 __all__ = [
@@ -50,6 +54,30 @@ __all__ = [
 log = logging.getLogger("trustproxy.enforcement")
 
 StoreFactory = Callable[[str], TrustStateStore]
+
+
+def redis_connection(cache: CacheSettings) -> RedisConnection:
+    """The process's connection to ``cache.redis_url`` (the caller closes it)."""
+    if cache.redis_url is None:
+        raise RuntimeError("no cache.redis_url")
+    return RedisConnection(cache.redis_url, timeout=cache.redis_timeout)
+
+
+def redis_store_factory(settings: Settings, connection: RedisConnection) -> StoreFactory:
+    """Stores on one shared connection, one key namespace per trust source."""
+    by_name = {s.name: s for s in settings.trust.sources}
+    cache = settings.cache
+
+    def store(name: str) -> TrustStateStore:
+        src = by_name[name]
+        return connection.store(
+            source_namespace(name, src.url),
+            key_prefix=cache.key_prefix,
+            max_bytes=NotarySourceOptions.state_max_bytes,
+            lock_timeout=cache.lock_timeout,
+        )
+
+    return store
 
 
 class PolicyUnavailableError(TrustSourceUnavailableError):
@@ -139,6 +167,8 @@ class Enforcement:
 
     gate: TrustGate
     sources: Mapping[str, TrustSource] = field(default_factory=dict)
+    #: store connections built here (not passed in through ``store_factory``)
+    connections: list[RedisConnection] = field(default_factory=list)
 
     async def aclose(self) -> None:
         for name, source in self.sources.items():
@@ -146,6 +176,11 @@ class Enforcement:
                 await source.aclose()
             except Exception:  # close the others anyway
                 log.exception("closing trust source %s failed", name)
+        for conn in self.connections:
+            try:
+                await conn.aclose()
+            except Exception:
+                log.exception("closing the trust state store failed")
 
 
 def build_enforcement(
@@ -161,19 +196,27 @@ def build_enforcement(
     """The gate for ``settings`` + ``policy``: PassThroughGate without a policy, else an
     EnforcingGate over one source per ``trust.sources`` entry.
 
-    ``store_factory(source_name)`` gives each source its state store (default: one
+    ``store_factory(source_name)`` gives each source its state store (default: with
+    ``cache.redis_url`` a store on one Redis connection owned by the result, else one
     in-memory store each; stores are keyed by GUN, so sources never share one).
     ``match_rule`` / ``tag_allowed`` default to ``proxy.policy.matcher``.
     Never raises for a source that cannot be built: it answers 503 instead (logged).
     """
     if policy is None:
         return Enforcement(PassThroughGate())
-    make_store = store_factory or (lambda _name: MemoryTrustStateStore())
+    connections: list[RedisConnection] = []
+    make_store = store_factory
+    if make_store is None:
+        if settings.cache.redis_url is not None and settings.trust.sources:
+            connections.append(redis_connection(settings.cache))
+            make_store = redis_store_factory(settings, connections[0])
+        else:
+            make_store = lambda _name: MemoryTrustStateStore()  # noqa: E731
     sources: dict[str, TrustSource] = {}
     for src in settings.trust.sources:
         try:
             sources[src.name] = NotarySource.from_settings(
-                src, settings.limits, make_store(src.name), clock=clock
+                src, settings.limits, make_store(src.name), clock=clock, cache=settings.cache
             )
         except (OSError, ValueError) as e:  # ssl: CA file missing or not PEM
             log.error(
@@ -188,7 +231,7 @@ def build_enforcement(
     gate = EnforcingGate(
         policy, sources, recorder, match_rule=match_rule, tag_allowed=tag_allowed, clock=clock
     )
-    return Enforcement(gate, sources)
+    return Enforcement(gate, sources, connections)
 
 
 def policy_unavailable(reason: str, *, recorder: DecisionRecorder | None = None) -> Enforcement:

@@ -30,6 +30,7 @@ from proxy.http.state import BASIC_REALM, ProxyState
 from proxy.metrics import REGISTRY
 from proxy.routing import Router
 from proxy.settings import Settings, UpstreamSettings
+from proxy.sources.redis_store import store_status
 from proxy.upstream.auth import AuthLimits, UpstreamAuthenticator
 from proxy.upstream.client import UpstreamClient, make_http_client
 
@@ -81,7 +82,12 @@ async def healthz(request: Request) -> Response:
 
 
 async def readyz(request: Request) -> Response:
-    """Every upstream answers ``/v2/`` (any status below 500; 401 means it is there)."""
+    """Every upstream answers ``/v2/`` (any status below 500; 401 means it is there).
+
+    The body also says whether the shared trust-state store is up (``trust_store``:
+    ``memory``, ``up`` or ``down``), but Redis down does not make the replica unready: it
+    keeps deciding correctly from its per-process trust state, and a 503 here would make a
+    load balancer drain every replica at once during a Redis outage."""
     state: ProxyState = request.app.state.proxy
     results: dict[str, str] = {}
     ready = True
@@ -95,7 +101,8 @@ async def readyz(request: Request) -> Response:
             ok = False
             results[name] = str(e)
         ready = ready and ok
-    return JSONResponse({"ready": ready, "upstreams": results}, status_code=200 if ready else 503)
+    body = {"ready": ready, "upstreams": results, **store_status()}
+    return JSONResponse(body, status_code=200 if ready else 503)
 
 
 async def metrics(request: Request) -> Response:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 import httpx
@@ -29,6 +30,7 @@ from proxy.http.errors import oci_error_response, response_for_exception
 from proxy.http.relay import error_body_for_client, relayed_headers, rewrite_link
 from proxy.http.state import ProxyState
 from proxy.http.streaming import UpstreamBodyResponse
+from proxy.manifest_cache import CachedManifest
 from proxy.metrics import UPSTREAM_ERRORS
 from proxy.reference import RepoPath, parse_repo_path
 from proxy.routing import Route
@@ -157,6 +159,15 @@ def request_context(
     """Who asked (for audit records), and a verified by-digest fetch for the gate."""
 
     async def fetch_verified_manifest(digest: str) -> bytes | None:
+        # No passthrough check on a hit here: these bytes only inform the gate (the
+        # children of a signed index, which DigestAllowlist keeps for every client anyway)
+        # and never reach the client; what it is then served goes through
+        # manifest_by_digest, which asks the upstream on the client's behalf.
+        cached = state.manifest_cache.get(client.name, route.upstream_name, digest)
+        if cached is not None:
+            log.debug("manifest cache hit for the gate: %s %s@%s",
+                      client.name, route.upstream_name, digest)  # fmt: skip
+            return cached.body
         headers = _signed_fetch_headers(request)
         resp = await client.open(
             "GET",
@@ -176,6 +187,7 @@ def request_context(
         limit = state.settings.limits.manifest_max_bytes
         body = await client.read_bounded(resp, limit, "manifest")
         verify_digest(body, digest, what=f"manifest {route.client_name}@{digest}")
+        _remember(state, client, route, digest, body, resp.headers)
         return body
 
     peer = request.client
@@ -206,12 +218,29 @@ async def manifest_by_digest(
     request: Request, state: ProxyState, client: UpstreamClient, route: Route, digest: str
 ) -> Response:
     """Content-addressed: the bytes must hash to the digest asked for, or nothing is served."""
-    resp = await _open(request, client, route, f"manifests/{digest}", force_get=True)
-    if resp.status_code != 200:
-        return await relay_error(request, client, resp, state)
-    body = await client.read_bounded(resp, state.settings.limits.manifest_max_bytes, "manifest")
+    # The registry negotiates by Accept even by digest (an OCI manifest is a 404 unless
+    # Accept names its type: see MANIFEST_MEDIA_TYPES), so a cached entry stands in for the
+    # upstream only where the client names its type; otherwise the upstream answers.
+    cached = await _cached_manifest(
+        request, state, client, route, digest,
+        accept=forwardable_headers(request, conditional=False),
+        accepted=_accepted_types(request),
+    )  # fmt: skip
+    headers: Mapping[str, str]
+    if cached is not None:
+        body, headers = cached.body, cached.header_map
+    else:
+        resp = await _open(request, client, route, f"manifests/{digest}", force_get=True)
+        if resp.status_code != 200:
+            return await relay_error(request, client, resp, state)
+        limit = state.settings.limits.manifest_max_bytes
+        body = await client.read_bounded(resp, limit, "manifest")
+        headers = resp.headers
+    # A hit is checked like fresh bytes (style habit 2): same errors, same answer.
     verify_digest(body, digest, what=f"manifest {route.client_name}@{digest}")
-    return _manifest_response(request, resp.headers, body, digest)
+    if cached is None:
+        _remember(state, client, route, digest, body, headers)
+    return _manifest_response(request, headers, body, digest)
 
 
 async def manifest_signed(
@@ -228,30 +257,101 @@ async def manifest_signed(
     The upstream is asked by digest, never by tag (the tag may have moved to unsigned
     content), and the bytes relayed are hashed here: the upstream's Docker-Content-Digest
     header is not evidence of anything.
+
+    A cached copy of the signed digest (verified when it was fetched) is served without
+    asking the upstream for the bytes, whatever the client's Accept: the fetch offers every
+    manifest type, so the upstream answers with the stored bytes whatever the client sent.
     """
-    resp = await client.open(
-        "GET",
-        f"/v2/{route.upstream_name}/manifests/{decision.digest}",
-        scope=route.scope,
-        client_headers=_signed_fetch_headers(request),
-        client_authorization=request.headers.get("authorization"),
-    )
-    if resp.status_code == 404:
-        await resp.aclose()
-        raise NotSignedError(
-            f"tag {tag!r} is signed at {decision.digest}, which upstream {client.name} "
-            "does not have"
+    accept = _signed_fetch_headers(request)
+    cached = await _cached_manifest(request, state, client, route, decision.digest, accept=accept)
+    headers: Mapping[str, str]
+    if cached is not None:
+        body, headers = cached.body, cached.header_map
+    else:
+        resp = await client.open(
+            "GET",
+            f"/v2/{route.upstream_name}/manifests/{decision.digest}",
+            scope=route.scope,
+            client_headers=accept,
+            client_authorization=request.headers.get("authorization"),
         )
-    if resp.status_code != 200:
-        return await relay_error(request, client, resp, state)
-    body = await client.read_bounded(resp, state.settings.limits.manifest_max_bytes, "manifest")
+        if resp.status_code == 404:
+            await resp.aclose()
+            raise NotSignedError(
+                f"tag {tag!r} is signed at {decision.digest}, which upstream {client.name} "
+                "does not have"
+            )
+        if resp.status_code != 200:
+            return await relay_error(request, client, resp, state)
+        limit = state.settings.limits.manifest_max_bytes
+        body = await client.read_bounded(resp, limit, "manifest")
+        headers = resp.headers
     what = f"manifest {route.client_name}:{tag}"
     try:
+        # On a hit too: the signed length comes from the trust data of this request.
         verify_digest(body, decision.digest, what=what, length=decision.length)
     except UpstreamContentError:
         _report_mismatch(state, client, route, tag, decision, body, ctx)
         raise
-    return _manifest_response(request, resp.headers, body, decision.digest)
+    if cached is None:
+        _remember(state, client, route, decision.digest, body, headers)
+    return _manifest_response(request, headers, body, decision.digest)
+
+
+async def _cached_manifest(
+    request: Request,
+    state: ProxyState,
+    client: UpstreamClient,
+    route: Route,
+    digest: str,
+    *,
+    accept: Mapping[str, str],
+    accepted: frozenset[str] | None = None,
+) -> CachedManifest | None:
+    """The cached manifest under ``digest`` if this client may be served it; None means a
+    miss, and the caller fetches as if there were no cache.
+
+    ``accepted``: the media types the client named, when the entry's type must be one of
+    them; ``accept``: the Accept header of the upstream request the caller would send.
+    """
+    cached = state.manifest_cache.get(client.name, route.upstream_name, digest)
+    if cached is None:
+        return None
+    if accepted is not None and _media_type_name(cached.media_type or "") not in accepted:
+        return None
+    if client.settings.auth.mode == "passthrough":
+        # The upstream decides who may pull what, per client: it must say yes to this
+        # client, for this repository and digest, before cached bytes are shared with it.
+        # HEAD proves that without the body. Anything but 200 is a miss, so the client
+        # gets exactly what it gets without a cache (the 401 and its challenge, a 404...).
+        resp = await client.open(
+            "HEAD",
+            f"/v2/{route.upstream_name}/manifests/{digest}",
+            scope=route.scope,
+            client_headers=accept,
+            client_authorization=request.headers.get("authorization"),
+        )
+        await resp.aclose()
+        if resp.status_code != 200:
+            log.debug("manifest cache: upstream %s answered HEAD %s@%s with %d, fetching",
+                      client.name, route.upstream_name, digest, resp.status_code)  # fmt: skip
+            return None
+    log.debug("manifest cache hit: %s %s@%s", client.name, route.upstream_name, digest)
+    return cached
+
+
+def _remember(
+    state: ProxyState,
+    client: UpstreamClient,
+    route: Route,
+    digest: str,
+    body: bytes,
+    upstream_headers: Mapping[str, str],
+) -> None:
+    """Cache a manifest whose bytes were just verified against ``digest``."""
+    headers = relayed_headers(upstream_headers)
+    headers.pop("content-length", None)  # the body's own length is set when serving
+    state.manifest_cache.put(client.name, route.upstream_name, digest, body, headers)
 
 
 def _report_mismatch(
@@ -290,7 +390,7 @@ def _report_mismatch(
 
 
 def _manifest_response(
-    request: Request, upstream_headers: httpx.Headers, body: bytes, digest: str
+    request: Request, upstream_headers: Mapping[str, str], body: bytes, digest: str
 ) -> Response:
     headers = relayed_headers(upstream_headers, body_length=len(body))
     headers["docker-content-digest"] = digest  # the digest we computed, not the upstream's
@@ -471,11 +571,24 @@ def forwardable_headers(request: Request, *, conditional: bool = True) -> dict[s
 
 def _signed_fetch_headers(request: Request) -> dict[str, str]:
     """The client's Accept plus every manifest type we know (see MANIFEST_MEDIA_TYPES)."""
-    accept = [v.strip() for v in ", ".join(request.headers.getlist("accept")).split(",")]
-    offered = [v for v in accept if v]
-    names = {v.split(";", 1)[0].strip().lower() for v in offered}
+    offered = _accept_values(request)
+    names = {_media_type_name(v) for v in offered}
     offered.extend(t for t in MANIFEST_MEDIA_TYPES if t not in names)
     return {"accept": ", ".join(offered)}
+
+
+def _accept_values(request: Request) -> list[str]:
+    accept = [v.strip() for v in ", ".join(request.headers.getlist("accept")).split(",")]
+    return [v for v in accept if v]
+
+
+def _accepted_types(request: Request) -> frozenset[str]:
+    """The media types the client's Accept names (without parameters, lower case)."""
+    return frozenset(_media_type_name(v) for v in _accept_values(request))
+
+
+def _media_type_name(value: str) -> str:
+    return value.split(";", 1)[0].strip().lower()
 
 
 def _query(request: Request, allowed: tuple[str, ...]) -> str:

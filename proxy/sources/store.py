@@ -1,9 +1,14 @@
-"""Where trust state lives between refreshes: a small interface, in-memory for now.
+"""Where trust state lives between refreshes: a small interface, in memory or in Redis.
 
 A store holds opaque bytes per repository (GUN). What comes back is **untrusted**: the
 source bounds its size and re-verifies it like freshly downloaded metadata, so a poisoned
-store can only cause a refusal or a refetch (python-tuf ``_load_timestamp``). A shared
-store (Redis, in the "shared trust state" issue) implements the same two methods.
+store can only cause a refusal or a refetch (python-tuf ``_load_timestamp``). The shared
+store (:mod:`proxy.sources.redis_store`) implements the same two methods.
+
+Rollback memory must survive races between writers (replicas): ``save`` takes a
+``generation`` (the source passes the timestamp version) and never replaces a state of a
+higher generation, so a replica that refreshed earlier cannot lower the floors another one
+saved.
 """
 
 from __future__ import annotations
@@ -33,8 +38,10 @@ class TrustStateStore(Protocol):
         """
         ...
 
-    async def save(self, gun: str, data: bytes) -> None:
-        """Replace what is stored for ``gun``.
+    async def save(self, gun: str, data: bytes, *, generation: int | None = None) -> None:
+        """Replace what is stored for ``gun``, unless it holds a higher ``generation``
+        (compare-and-set: equal generations replace, so a newer fetch time is kept).
+        ``generation=None`` replaces unconditionally.
 
         Raises:
             StoreUnavailableError: the store cannot be reached.
@@ -53,6 +60,7 @@ class MemoryTrustStateStore:
             raise ValueError("max_entries must be >= 1")
         self.max_entries = max_entries
         self._data: OrderedDict[str, bytes] = OrderedDict()
+        self._generations: dict[str, int] = {}
 
     def __len__(self) -> int:
         return len(self._data)
@@ -63,8 +71,16 @@ class MemoryTrustStateStore:
             self._data.move_to_end(gun)
         return data
 
-    async def save(self, gun: str, data: bytes) -> None:
+    async def save(self, gun: str, data: bytes, *, generation: int | None = None) -> None:
+        if generation is not None:
+            kept = self._generations.get(gun)
+            if kept is not None and kept > generation and gun in self._data:
+                return
+            self._generations[gun] = generation
+        else:
+            self._generations.pop(gun, None)
         self._data[gun] = data
         self._data.move_to_end(gun)
         while len(self._data) > self.max_entries:
-            self._data.popitem(last=False)
+            old, _ = self._data.popitem(last=False)
+            self._generations.pop(old, None)

@@ -395,7 +395,8 @@ def test_signed_fetch_offers_every_manifest_type_and_the_clients_accept(
     registry: FakeRegistry,
 ) -> None:
     gate = Gate(ServeDigest(SIGNED_DIGEST, len(SIGNED)))
-    with proxy(registry, gate) as tc:
+    # Without the manifest cache: the second pull must reach the upstream to be looked at.
+    with proxy(registry, gate, manifest_cache_bytes=0) as tc:
         r = tc.get(f"/v2/{REPO}/manifests/v1", headers={"Accept": "application/x-custom"})
         plain = tc.get(f"/v2/{REPO}/manifests/v1")
     assert r.status_code == plain.status_code == 200
@@ -705,3 +706,257 @@ def test_paths_outside_the_api_get_oci_errors(
         r = tc.request(method, path)
     assert r.status_code == status
     error_of(r)
+
+
+# --------------------------------------------------------------------------- manifest cache
+
+
+def _manifest_requests(registry: FakeRegistry) -> list[tuple[str, str]]:
+    return [(q.method, q.url.path) for q in registry.requests if "/manifests/" in q.url.path]
+
+
+def _same_response(a: httpx.Response, b: httpx.Response) -> None:
+    assert a.status_code == b.status_code
+    assert a.content == b.content
+    assert dict(a.headers) == dict(b.headers)
+
+
+@pytest.mark.parametrize("method", ["GET", "HEAD"])
+def test_warm_signed_tag_needs_no_upstream_request(registry: FakeRegistry, method: str) -> None:
+    gate = Gate(ServeDigest(SIGNED_DIGEST, len(SIGNED)))
+    with proxy(registry, gate) as tc:
+        cold = tc.request(method, f"/v2/{REPO}/manifests/v1")
+        warm = tc.request(method, f"/v2/{REPO}/manifests/v1")
+        other = tc.request("HEAD" if method == "GET" else "GET", f"/v2/{REPO}/manifests/v1")
+    assert cold.status_code == warm.status_code == other.status_code == 200
+    assert registry.paths() == [f"/v2/{REPO}/manifests/{SIGNED_DIGEST}"]  # the cold one only
+    assert gate.asked == [f"registry.test/{REPO}:v1"] * 3  # the gate still decides every pull
+
+
+@pytest.mark.parametrize("method", ["GET", "HEAD"])
+@pytest.mark.parametrize(
+    "accept", [None, "application/x-custom", OCI_MANIFEST], ids=["no-accept", "other", "oci"]
+)
+def test_signed_tag_hit_answers_exactly_like_the_miss(
+    registry: FakeRegistry, method: str, accept: str | None
+) -> None:
+    gate = Gate(ServeDigest(SIGNED_DIGEST, len(SIGNED)))
+    headers = {"Accept": accept} if accept else {}
+    with proxy(registry, gate) as tc:
+        miss = tc.request(method, f"/v2/{REPO}/manifests/v1", headers=headers)
+        hit = tc.request(method, f"/v2/{REPO}/manifests/v1", headers=headers)
+    assert len(registry.requests) == 1
+    assert miss.status_code == 200
+    _same_response(miss, hit)
+    assert hit.headers["content-type"] == OCI_MANIFEST
+    assert "x-internal" not in hit.headers
+
+
+def test_digest_hit_answers_exactly_like_the_miss(registry: FakeRegistry) -> None:
+    with proxy(registry) as tc:
+        miss = tc.get(f"/v2/{REPO}/manifests/{SIGNED_DIGEST}", headers={"Accept": OCI_MANIFEST})
+        hit = tc.get(f"/v2/{REPO}/manifests/{SIGNED_DIGEST}", headers={"Accept": OCI_MANIFEST})
+        head = tc.head(f"/v2/{REPO}/manifests/{SIGNED_DIGEST}", headers={"Accept": OCI_MANIFEST})
+    assert len(registry.requests) == 1
+    assert miss.content == SIGNED
+    _same_response(miss, hit)
+    assert head.status_code == 200
+    assert head.content == b""
+    assert head.headers["content-length"] == str(len(SIGNED))
+
+
+def test_signed_tag_and_digest_pulls_share_entries(registry: FakeRegistry) -> None:
+    gate = Gate(ServeDigest(SIGNED_DIGEST, len(SIGNED)))
+    with proxy(registry, gate) as tc:
+        by_tag = tc.get(f"/v2/{REPO}/manifests/v1")
+        by_digest = tc.get(
+            f"/v2/{REPO}/manifests/{SIGNED_DIGEST}", headers={"Accept": OCI_MANIFEST}
+        )
+    assert by_tag.content == by_digest.content == SIGNED
+    assert len(registry.requests) == 1
+
+
+@pytest.mark.parametrize(
+    "accept",
+    [None, "*/*", DOCKER_MANIFEST, f"{DOCKER_MANIFEST}, {OCI_INDEX}"],
+    ids=["none", "wildcard", "other-type", "other-types"],
+)
+def test_digest_hit_needs_an_accept_naming_the_cached_type(
+    registry: FakeRegistry, accept: str | None
+) -> None:
+    """The registry answers an OCI manifest by digest only to an Accept naming its type;
+    where the client's does not, the upstream is asked, as without a cache."""
+    headers = {"Accept": accept} if accept is not None else {}
+    with proxy(registry) as tc:
+        tc.get(f"/v2/{REPO}/manifests/{SIGNED_DIGEST}", headers={"Accept": OCI_MANIFEST})
+        tc.get(f"/v2/{REPO}/manifests/{SIGNED_DIGEST}", headers=headers)
+        named = tc.get(f"/v2/{REPO}/manifests/{SIGNED_DIGEST}",
+                       headers={"Accept": f"{DOCKER_MANIFEST}, {OCI_MANIFEST};q=0.5"})  # fmt: skip
+    assert named.status_code == 200
+    assert len(registry.requests) == 2  # the warm-up and the one without OCI in Accept
+
+
+def test_repositories_do_not_share_entries(registry: FakeRegistry) -> None:
+    with proxy(registry) as tc:
+        warm = tc.get(f"/v2/{REPO}/manifests/{SIGNED_DIGEST}", headers={"Accept": OCI_MANIFEST})
+        other = tc.get(
+            f"/v2/team/other/manifests/{SIGNED_DIGEST}", headers={"Accept": OCI_MANIFEST}
+        )
+    assert warm.status_code == 200
+    assert other.status_code == 404  # what the registry says about team/other
+    assert error_of(other)["code"] == "NAME_UNKNOWN"
+    assert registry.paths()[-1] == f"/v2/team/other/manifests/{SIGNED_DIGEST}"
+
+
+@pytest.mark.parametrize("method", ["GET", "HEAD"])
+def test_bytes_that_do_not_match_are_never_cached(registry: FakeRegistry, method: str) -> None:
+    registry.manifests[SIGNED_DIGEST] = UNSIGNED
+    gate = Gate(ServeDigest(SIGNED_DIGEST))
+    with proxy(registry, gate) as tc:
+        lied = tc.request(method, f"/v2/{REPO}/manifests/v1")
+        by_digest = tc.get(f"/v2/{REPO}/manifests/{SIGNED_DIGEST}",
+                           headers={"Accept": OCI_MANIFEST})  # fmt: skip
+        app: Any = tc.app
+        assert len(app.state.proxy.manifest_cache) == 0
+        registry.manifests[SIGNED_DIGEST] = SIGNED  # the registry is repaired
+        repaired = tc.request(method, f"/v2/{REPO}/manifests/v1")
+    assert lied.status_code == by_digest.status_code == 502
+    assert repaired.status_code == 200
+    assert len(registry.requests) == 3  # every one went upstream
+
+
+def test_signed_length_is_checked_on_a_hit_too(registry: FakeRegistry) -> None:
+    gate = Gate(ServeDigest(SIGNED_DIGEST, len(SIGNED)))
+    with proxy(registry, gate) as tc:
+        assert tc.get(f"/v2/{REPO}/manifests/v1").status_code == 200
+        gate.decision = ServeDigest(SIGNED_DIGEST, len(SIGNED) + 1)  # other trust data
+        r = tc.get(f"/v2/{REPO}/manifests/v1")
+    assert r.status_code == 502
+    assert SIGNED not in r.content
+    assert len(registry.requests) == 1
+    assert gate.mismatches == [("v1", SIGNED_DIGEST, SIGNED_DIGEST)]
+
+
+def test_disabled_cache_asks_the_upstream_every_time(registry: FakeRegistry) -> None:
+    gate = Gate(ServeDigest(SIGNED_DIGEST, len(SIGNED)))
+    with proxy(registry, gate, manifest_cache_bytes=0) as tc:
+        for _ in range(3):
+            assert tc.get(f"/v2/{REPO}/manifests/v1").status_code == 200
+    assert len(registry.requests) == 3
+
+
+def test_gate_fetch_uses_the_cache(registry: FakeRegistry) -> None:
+    """The verified-fetch callback (signed indexes under ``digests: signed``) reads and
+    fills the same cache as the pulls."""
+    got: list[bytes | None] = []
+
+    class Fetching(Gate):
+        async def decide_digest(self, route: Route, digest: str, ctx: RequestContext) -> None:
+            assert ctx.fetch_verified_manifest is not None
+            got.append(await ctx.fetch_verified_manifest(SIGNED_DIGEST))
+
+    gate = Fetching(ServeDigest(SIGNED_DIGEST, len(SIGNED)))
+    with proxy(registry, gate) as tc:
+        tc.get(f"/v2/{REPO}/manifests/{SIGNED_DIGEST}", headers={"Accept": OCI_MANIFEST})
+        assert _manifest_requests(registry) == [("GET", f"/v2/{REPO}/manifests/{SIGNED_DIGEST}")]
+        # The callback's fetch filled the cache: the pull itself was a hit.
+        tc.get(f"/v2/{REPO}/manifests/{SIGNED_DIGEST}", headers={"Accept": OCI_MANIFEST})
+        tc.get(f"/v2/{REPO}/manifests/v1")
+    assert got == [SIGNED, SIGNED]
+    assert len(registry.requests) == 1
+
+
+# -- passthrough: the upstream says who may have what, before cached bytes are shared
+
+GOOD = "Bearer good-token"
+CHALLENGE = (f'Bearer realm="{UPSTREAM_URL}/token",service="registry.test",'
+             f'scope="repository:{REPO}:pull"')  # fmt: skip
+
+
+@dataclass
+class Authorising:
+    """Only ``GOOD`` may pull; everyone else gets 401 and the challenge."""
+
+    registry: FakeRegistry
+    seen: list[tuple[str, str | None]] = field(default_factory=list)
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        self.seen.append((request.method, request.headers.get("authorization")))
+        if request.headers.get("authorization") != GOOD:
+            body = {"errors": [{"code": "UNAUTHORIZED", "message": "authentication required",
+                                "detail": None}]}  # fmt: skip
+            return respond(401, json_body=body, headers={"WWW-Authenticate": CHALLENGE})
+        return self.registry(request)
+
+
+@contextmanager
+def passthrough_proxy(
+    registry: FakeRegistry, gate: Gate
+) -> Iterator[tuple[TestClient, Authorising]]:
+    from proxy.settings import UpstreamAuthSettings
+
+    up = UpstreamSettings(name="internal", url=UPSTREAM_URL, registry="registry.test",
+                          auth=UpstreamAuthSettings(mode="passthrough"))  # fmt: skip
+    app = create_app(Settings(server=ServerSettings(), upstreams=(up,)), gate=gate)
+    upstream = Authorising(registry)
+    app.state.proxy.clients["internal"]._http = httpx.AsyncClient(
+        transport=httpx.MockTransport(upstream)
+    )
+    with TestClient(app) as tc:
+        yield tc, upstream
+
+
+@pytest.mark.parametrize("path", ["v1", SIGNED_DIGEST], ids=["signed-tag", "digest"])
+def test_passthrough_cached_manifest_is_not_served_to_a_client_upstream_refuses(
+    registry: FakeRegistry, path: str
+) -> None:
+    gate = Gate(ServeDigest(SIGNED_DIGEST, len(SIGNED)))
+    url = f"/v2/{REPO}/manifests/{path}"
+    accept = {"Accept": OCI_MANIFEST}
+    with passthrough_proxy(registry, gate) as (tc, upstream):
+        warm = tc.get(url, headers={**accept, "Authorization": GOOD})
+        upstream.seen.clear()
+        for auth in (None, "Bearer stolen"):
+            headers = {**accept, "Authorization": auth} if auth else accept
+            refused = tc.get(url, headers=headers)
+            assert refused.status_code == 401
+            assert SIGNED not in refused.content
+            assert error_of(refused)["code"] == "UNAUTHORIZED"  # the upstream's own body
+            # The challenge is relayed, its realm pointing at the proxy's token relay.
+            challenge = refused.headers["www-authenticate"]
+            assert challenge.startswith("Bearer ")
+            assert "/_trustproxy/token/internal" in challenge
+    assert warm.status_code == 200
+    # A HEAD with the client's credentials, then, refused, the uncached GET: whose 401 the
+    # client gets, exactly as without a cache.
+    assert upstream.seen == [("HEAD", None), ("GET", None),
+                             ("HEAD", "Bearer stolen"), ("GET", "Bearer stolen")]  # fmt: skip
+
+
+@pytest.mark.parametrize("path", ["v1", SIGNED_DIGEST], ids=["signed-tag", "digest"])
+def test_passthrough_cached_manifest_is_served_after_the_upstream_says_yes(
+    registry: FakeRegistry, path: str
+) -> None:
+    gate = Gate(ServeDigest(SIGNED_DIGEST, len(SIGNED)))
+    url = f"/v2/{REPO}/manifests/{path}"
+    headers = {"Accept": OCI_MANIFEST, "Authorization": GOOD}
+    with passthrough_proxy(registry, gate) as (tc, upstream):
+        miss = tc.get(url, headers=headers)
+        hit = tc.get(url, headers=headers)
+    _same_response(miss, hit)
+    assert hit.content == SIGNED
+    assert upstream.seen == [("GET", GOOD), ("HEAD", GOOD)]  # HEAD: no bytes fetched again
+    assert registry.requests[-1].url.path == f"/v2/{REPO}/manifests/{SIGNED_DIGEST}"
+
+
+def test_passthrough_head_404_on_a_hit_is_what_the_miss_says(registry: FakeRegistry) -> None:
+    """Gone upstream (or never in this repository for this client): the uncached answer."""
+    gate = Gate(ServeDigest(SIGNED_DIGEST, len(SIGNED)))
+    headers = {"Accept": OCI_MANIFEST, "Authorization": GOOD}
+    with passthrough_proxy(registry, gate) as (tc, upstream):
+        assert tc.get(f"/v2/{REPO}/manifests/v1", headers=headers).status_code == 200
+        del registry.manifests[SIGNED_DIGEST]
+        r = tc.get(f"/v2/{REPO}/manifests/v1", headers=headers)
+    assert r.status_code == 404
+    assert SIGNED_DIGEST in error_of(r)["detail"]["reason"]
+    assert upstream.seen == [("GET", GOOD), ("HEAD", GOOD), ("GET", GOOD)]

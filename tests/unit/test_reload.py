@@ -207,6 +207,20 @@ async def test_trust_state_stores_survive_a_reload_unless_the_source_changed(
         assert bed.fakes.built[2].stores["notary"] is not first.stores["notary"]
 
 
+async def test_the_manifest_cache_survives_a_reload_unless_upstreams_changed(
+    tmp_path: Path,
+) -> None:
+    async with running(tmp_path) as bed:
+        cache = bed.runtime.current.state.manifest_cache
+        assert await bed.runtime.reload()  # same upstreams: verified entries stay valid
+        assert bed.runtime.current.state.manifest_cache is cache
+        data = config(tmp_path)
+        data["upstreams"][0]["url"] = "http://elsewhere.test"
+        bed.write(data)
+        assert await bed.runtime.reload()  # "internal" now names another registry
+        assert bed.runtime.current.state.manifest_cache is not cache
+
+
 async def test_a_broken_config_keeps_the_old_one_and_says_why(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -14,6 +14,7 @@ from proxy.errors import ConfigError
 from proxy.settings import (
     ENV_PREFIX,
     AuditSettings,
+    CacheSettings,
     ClientAuthSettings,
     CredentialSettings,
     KiB,
@@ -641,7 +642,56 @@ def test_trust_source_refresh_and_retry_intervals(tmp_path: Path) -> None:
     assert source.refresh_interval == 2.0
     assert source.retry_interval == 0.5
     (default,) = load_settings(write(tmp_path, MINIMAL_YAML), {}).trust.sources
-    assert default.refresh_interval == 60.0
+    assert default.refresh_interval is None  # cache.refresh_seconds applies
+    assert default.fresh_for(CacheSettings()) == 30.0
+    assert default.fresh_for(CacheSettings(refresh_seconds=5.0)) == 5.0
+    assert source.fresh_for(CacheSettings(refresh_seconds=5.0)) == 2.0  # the source's own wins
+
+
+def test_cache_settings(tmp_path: Path) -> None:
+    env = {
+        "TRUSTPROXY_CACHE__REDIS_URL": "rediss://:pw@redis.internal:6380/2",
+        "TRUSTPROXY_CACHE__REFRESH_SECONDS": "10s",
+        "TRUSTPROXY_CACHE__KEY_PREFIX": "tp-prod:",
+        "TRUSTPROXY_CACHE__LOCK_TIMEOUT": "5s",
+        "TRUSTPROXY_CACHE__REDIS_TIMEOUT": "250ms",
+    }
+    cache = load_settings(write(tmp_path, MINIMAL_YAML), env).cache
+    assert cache == CacheSettings(
+        redis_url="rediss://:pw@redis.internal:6380/2",
+        refresh_seconds=10.0,
+        key_prefix="tp-prod:",
+        lock_timeout=5.0,
+        redis_timeout=0.25,
+    )
+    assert load_settings(write(tmp_path, MINIMAL_YAML), {}).cache == CacheSettings()
+    unix = {"TRUSTPROXY_CACHE__REDIS_URL": "unix:///run/redis.sock?db=1"}
+    assert load_settings(write(tmp_path, MINIMAL_YAML), unix).cache.redis_url == (
+        "unix:///run/redis.sock?db=1"
+    )
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("redis_url", "redis+sentinel://s1:26379/mymaster", "Sentinel URLs are not supported"),
+        ("redis_url", "redis://", "no host"),
+        ("redis_cluster", "true", "Redis Cluster is not supported"),
+        ("key_prefix", "''", "non-empty"),
+        ("refresh_seconds", "0", "greater than zero"),
+        ("lock_timeout", "soon", "not a duration"),
+        ("redis_timeout", "-1", "greater than zero"),
+        ("unknown_key", "1", "unknown key"),
+    ],
+    ids=["sentinel", "no-host", "cluster", "empty-prefix", "zero-refresh", "bad-lock",
+         "negative-timeout", "unknown"],
+)  # fmt: skip
+def test_bad_cache_settings(tmp_path: Path, key: str, value: str, message: str) -> None:
+    env = {f"TRUSTPROXY_CACHE__{key.upper()}": value}
+    with pytest.raises(ConfigError) as err:
+        load_settings(write(tmp_path, MINIMAL_YAML), env)
+    assert err.value.path == f"cache.{key}"
+    assert message in str(err.value)
 
 
 def test_trust_source_refresh_interval_must_be_a_duration(tmp_path: Path) -> None:

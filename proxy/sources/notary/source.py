@@ -18,7 +18,13 @@ kept in process for ``fresh_for``; after that the next request refreshes it::
                                  grace past expiry); nothing valid -> unavailable
     root.json / timestamp.json 404 -> NoTrustDataError (the repository has no trust data)
 
-Concurrent requests for the same repository share one refresh. The clock is injected;
+Concurrent requests for the same repository share one refresh; with a store that offers a
+:class:`~proxy.sources.flight.ReplicaLock` (Redis), replicas also take turns: one refreshes,
+the others wait for the state it saves (re-verified) instead of fetching it again. The warm
+path (a hot set still fresh) touches neither the store nor a signature: it is a dictionary
+lookup and a tag resolution. The refresh starts from the higher of the stored state and the
+hot one (by timestamp version), so a store that lost or lowered its state (Redis down,
+flushed, restarted) never lowers the rollback floors this process saw. The clock is injected;
 the core never reads it. Metrics: ``trustproxy_trust_cache_total`` counts each lookup once
 (``hit``: verified cache, ``miss``: a refresh ran, ``stale_served``: the refresh failed and
 cached data answered), ``trustproxy_trust_refresh_seconds`` times each network refresh.
@@ -32,6 +38,7 @@ bounds the rest).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import hashlib
 import logging
@@ -43,7 +50,7 @@ from datetime import UTC, datetime, timedelta
 
 from proxy.errors import NotSignedError, TrustDataError, TrustSourceUnavailableError
 from proxy.metrics import TRUST_CACHE, TRUST_REFRESH_SECONDS
-from proxy.settings import LimitSettings, TrustSourceSettings
+from proxy.settings import CacheSettings, LimitSettings, TrustSourceSettings
 from proxy.sources.base import (
     NoTrustDataError,
     NotSignedByError,
@@ -52,6 +59,7 @@ from proxy.sources.base import (
     TooFewSignaturesError,
     TrustInfo,
 )
+from proxy.sources.flight import ReplicaLock
 from proxy.sources.notary.fetcher import NotaryFetcher
 from proxy.sources.store import StoreUnavailableError, TrustStateStore
 from proxy.trust import (
@@ -79,6 +87,7 @@ __all__ = [
     "encode_record",
     "metadata_versions",
     "resolve_under_rule",
+    "state_generation",
 ]
 
 log = logging.getLogger(__name__)
@@ -106,6 +115,8 @@ class NotarySourceOptions:
     state_max_bytes: int = 64 * 1024 * 1024
     #: size and count limits of the verification core (byte limits also cap fetches)
     limits: Limits = field(default_factory=Limits)
+    #: while another replica holds the refresh lock, how often to look for its result
+    flight_poll: timedelta = timedelta(milliseconds=75)
 
 
 def encode_record(state: TrustedState, fetched_at: datetime) -> bytes:
@@ -144,6 +155,9 @@ class _Hot:
     expires: datetime
     #: served after a failed refresh: may be used up to the key's grace past ``expires``
     stale: bool = False
+    #: the last verified set, kept through failures: its versions stay rollback floors
+    #: even when the store lost them (Redis down or flushed)
+    last: TrustedSet | None = None
 
 
 # The grace is part of the key: a rule without grace must never see what a rule with
@@ -172,9 +186,12 @@ class NotarySource:
         *,
         clock: Clock = utc_now,
         options: NotarySourceOptions | None = None,
+        flight: ReplicaLock | None = None,
     ) -> None:
         self._fetcher = fetcher
         self._store = store
+        # A shared store that can lock (Redis) makes replicas take turns refreshing.
+        self._flight = flight if flight is not None else _lock_of(store)
         self._clock = clock
         self.options = options or NotarySourceOptions()
         self._hot: OrderedDict[_Key, _Hot] = OrderedDict()
@@ -189,11 +206,13 @@ class NotarySource:
         *,
         clock: Clock = utc_now,
         options: NotarySourceOptions | None = None,
+        cache: CacheSettings | None = None,
     ) -> NotarySource:
         """A source for a configured notary-server: TLS with its CA, Bearer auth with its
-        credentials, the configured timeouts, and ``metadata_max_bytes`` per role file."""
+        credentials, the configured timeouts, and ``metadata_max_bytes`` per role file.
+        Freshness is the source's ``refresh_interval``, else ``cache.refresh_seconds``."""
         opts = options or NotarySourceOptions(
-            fresh_for=timedelta(seconds=settings.refresh_interval),
+            fresh_for=timedelta(seconds=settings.fresh_for(cache or CacheSettings())),
             retry_after=timedelta(seconds=settings.retry_interval),
         )
         core = opts.limits
@@ -328,29 +347,123 @@ class NotarySource:
 
     async def _update(self, key: _Key, gun: str, rule: SigningRule) -> TrustedSet:
         now = self._clock()
-        opts = self.options
         previous = self._hot.get(key)
         record = await self._load_record(gun)
-        state = record[1] if record is not None else None
-
-        if record is not None and now - opts.fresh_for < record[0] <= now:
-            # Fresh enough in the store (another replica, or before a restart): re-verify
-            # every byte, as if downloaded. A refused state is logged and refetched.
-            try:
-                ts = self._replay(record[1], gun, rule, now)
-            except TrustDataError as e:
-                log.warning("trust source %s: %s: stored state refused: %s", self.name, gun, e)
-            else:
-                if ts is not None:
-                    TRUST_CACHE.labels(self.name, "hit").inc()
-                    self._remember(key, self._hot_for(ts, refresh_at=record[0] + opts.fresh_for))
-                    return self._answer(self._hot[key], gun)
-
+        if (ts := self._from_store(key, gun, rule, record, now)) is not None:
+            return ts
+        token: str | None = None
+        if self._flight is not None:
+            token, record, ts = await self._take_turn(key, gun, rule, record)
+            if ts is not None:
+                return ts
+            now = self._clock()  # waiting for the lock took time
         try:
-            ts = await self._timed_refresh(gun, rule, now, state)
+            return await self._network_update(key, gun, rule, now, previous, record)
+        finally:
+            if token is not None and self._flight is not None:
+                try:
+                    await self._flight.release(gun, token)
+                except StoreUnavailableError as e:  # it expires by itself
+                    log.debug("trust source %s: %s: lock not released: %s", self.name, gun, e)
+
+    def _from_store(
+        self,
+        key: _Key,
+        gun: str,
+        rule: SigningRule,
+        record: tuple[datetime, TrustedState] | None,
+        now: datetime,
+    ) -> TrustedSet | None:
+        """The stored state when it is fresh enough and verifies, remembered as hot."""
+        opts = self.options
+        if record is None or not now - opts.fresh_for < record[0] <= now:
+            return None
+        # Fresh enough in the store (another replica, or before a restart): re-verify
+        # every byte, as if downloaded. A refused state is logged and refetched.
+        try:
+            ts = self._replay(record[1], gun, rule, now)
+        except TrustDataError as e:
+            log.warning("trust source %s: %s: stored state refused: %s", self.name, gun, e)
+            return None
+        if ts is None:
+            return None
+        TRUST_CACHE.labels(self.name, "hit").inc()
+        self._remember(key, self._hot_for(ts, refresh_at=record[0] + opts.fresh_for))
+        return self._answer(self._hot[key], gun)
+
+    async def _take_turn(
+        self,
+        key: _Key,
+        gun: str,
+        rule: SigningRule,
+        record: tuple[datetime, TrustedState] | None,
+    ) -> tuple[str | None, tuple[datetime, TrustedState] | None, TrustedSet | None]:
+        """Cross-replica single flight: (our lock token or None, the latest record, a set
+        another replica refreshed meanwhile, verified here, or None)."""
+        lock = self._flight
+        if lock is None:  # pragma: no cover - checked by the caller
+            return None, record, None
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + lock.lock_timeout
+        seen = record[0] if record is not None else None
+        first = True
+        while True:
+            if not first:
+                await asyncio.sleep(self.options.flight_poll.total_seconds())
+                latest = await self._load_record(gun)
+                if latest is not None and (seen is None or latest[0] > seen):
+                    ts = self._from_store(key, gun, rule, latest, self._clock())
+                    if ts is not None:
+                        return None, latest, ts
+                    record = latest
+            first = False
+            try:
+                token = await lock.acquire(gun)
+            except StoreUnavailableError:
+                return None, record, None  # no lock without Redis: refresh ourselves
+            if token is not None:
+                # Another replica may have saved between our load and the lock: look again.
+                latest = await self._load_record(gun)
+                ts = self._from_store(key, gun, rule, latest, self._clock())
+                if ts is not None:
+                    with contextlib.suppress(StoreUnavailableError):  # expires by itself
+                        await lock.release(gun, token)
+                    return None, latest, ts
+                return token, latest if latest is not None else record, None
+            if loop.time() >= deadline:
+                # The holder neither saved nor released, and its lock did not expire (a
+                # clock or lock_timeout mismatch between replicas): do not wait forever.
+                log.warning(
+                    "trust source %s: %s: another replica holds the refresh lock for over "
+                    "%.0fs; refreshing anyway",
+                    self.name,
+                    gun,
+                    lock.lock_timeout,
+                )
+                return None, record, None
+
+    async def _network_update(
+        self,
+        key: _Key,
+        gun: str,
+        rule: SigningRule,
+        now: datetime,
+        previous: _Hot | None,
+        record: tuple[datetime, TrustedState] | None,
+    ) -> TrustedSet:
+        opts = self.options
+        state = record[1] if record is not None else None
+        # Floors from the higher of the stored and the hot state: a store that is down,
+        # flushed or behind must not make this process forget versions it has seen.
+        last = _last_verified(previous)
+        hot_state = last.state() if last is not None else None
+        base, fallback = _order_by_generation(state, hot_state)
+        try:
+            ts = await self._timed_refresh(gun, rule, now, base, fallback)
         except NoTrustDataError as e:
             TRUST_CACHE.labels(self.name, "miss").inc()
-            self._remember(key, _Hot(None, e, now + opts.fresh_for, now + opts.fresh_for))
+            until = now + opts.fresh_for
+            self._remember(key, _Hot(None, e, until, until, last=_last_verified(previous)))
             raise
         except TrustSourceUnavailableError as e:
             found = self._stale(gun, rule, now, previous, state)
@@ -399,7 +512,8 @@ class NotarySource:
 
     def _remember_failure(self, key: _Key, error: Exception, now: datetime) -> None:
         until = now + self.options.retry_after
-        self._remember(key, _Hot(None, error, until, until))
+        last = _last_verified(self._hot.get(key))
+        self._remember(key, _Hot(None, error, until, until, last=last))
 
     @staticmethod
     def _hot_for(ts: TrustedSet, *, refresh_at: datetime) -> _Hot:
@@ -440,12 +554,17 @@ class NotarySource:
         return None
 
     async def _timed_refresh(
-        self, gun: str, rule: SigningRule, now: datetime, state: TrustedState | None
+        self,
+        gun: str,
+        rule: SigningRule,
+        now: datetime,
+        state: TrustedState | None,
+        fallback: TrustedState | None = None,
     ) -> TrustedSet:
         started = time.perf_counter()
         result = "error"
         try:
-            ts = await self._refresh(gun, rule, now, state)
+            ts = await self._refresh(gun, rule, now, state, fallback)
             result = "ok"
             return ts
         except NoTrustDataError:
@@ -486,7 +605,8 @@ class NotarySource:
         try:
             data = await self._store.load(gun)
         except StoreUnavailableError as e:
-            log.warning("trust source %s: %s: state store unavailable: %s", self.name, gun, e)
+            # The store's health logs an outage once; per request this is only a miss.
+            log.debug("trust source %s: %s: state store unavailable: %s", self.name, gun, e)
             return None
         if data is None:
             return None
@@ -497,10 +617,13 @@ class NotarySource:
             return None
 
     async def _save_record(self, gun: str, ts: TrustedSet, now: datetime) -> None:
+        state = ts.state()
         try:
-            await self._store.save(gun, encode_record(ts.state(), now))
+            await self._store.save(
+                gun, encode_record(state, now), generation=state_generation(state)
+            )
         except StoreUnavailableError as e:
-            log.warning("trust source %s: %s: state not saved: %s", self.name, gun, e)
+            log.debug("trust source %s: %s: state not saved: %s", self.name, gun, e)
 
     # --- the refresh walk (mirrors proxy.trust.refresh over the async fetcher) --------------
 
@@ -510,15 +633,23 @@ class NotarySource:
         )
 
     async def _refresh(
-        self, gun: str, rule: SigningRule, now: datetime, state: TrustedState | None
+        self,
+        gun: str,
+        rule: SigningRule,
+        now: datetime,
+        state: TrustedState | None,
+        fallback: TrustedState | None = None,
     ) -> TrustedSet:
         limits = self.options.limits
         ts: TrustedSet | None = None
-        if state is not None:
+        for candidate in (state, fallback):
+            if candidate is None or ts is not None:
+                continue
+            state = candidate
             try:
                 # The stored root and version floors: a server that rolls back is refused.
                 ts = TrustedSet.from_state(
-                    state,
+                    candidate,
                     gun=gun,
                     root_of_trust=rule.root_of_trust,
                     reference_time=now,
@@ -588,6 +719,39 @@ class NotarySource:
                 gun,
             )
         return ts
+
+
+def state_generation(state: TrustedState) -> int:
+    """The store's compare-and-set generation of a state: its timestamp version.
+
+    Every change to a Notary repository (new targets, delegation, key rotation: the root's
+    hash is listed in the snapshot) publishes a new snapshot, hence a new timestamp with a
+    higher version, and the timestamp floor is what rollback protection checks first; so
+    a higher timestamp version means a state at least as new in every role. Fetch times
+    would not do: replicas' clocks differ and an older fetch can finish later.
+    """
+    return state.versions.get("timestamp", 0)
+
+
+def _order_by_generation(
+    a: TrustedState | None, b: TrustedState | None
+) -> tuple[TrustedState | None, TrustedState | None]:
+    """(higher, other) by generation; ``a`` wins ties (the stored state: newer fetch)."""
+    if a is None:
+        return b, None
+    if b is None or state_generation(a) >= state_generation(b):
+        return a, b
+    return b, a
+
+
+def _last_verified(hot: _Hot | None) -> TrustedSet | None:
+    if hot is None:
+        return None
+    return hot.ts if hot.ts is not None else hot.last
+
+
+def _lock_of(store: TrustStateStore) -> ReplicaLock | None:
+    return store if isinstance(store, ReplicaLock) else None
 
 
 def _reusable(known: Mapping[str, bytes], role: str, filename: str) -> bytes | None:

@@ -1,0 +1,130 @@
+"""The manifest cache against a real docker-registry and trustproxy as a real process.
+
+Pulls by digest go through the cache without trust data: a warm manifest is still served
+when the registry is gone, a cold one is not. In passthrough mode a real token-auth
+registry decides, per client and repository, whether cached bytes may be shared.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from testbed import images
+from testbed.processes import Server
+from testbed.proxy_server import start_proxy, upstream_config
+from testbed.registry import start_registry
+from testbed.token_server import TokenServer, start_token_registry
+from tests.conftest import requires
+
+pytestmark = pytest.mark.integration
+
+REPO = "team/app"
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+ACCEPT = {"Accept": OCI_MANIFEST}
+
+
+def sha256(data: bytes) -> str:
+    return f"sha256:{hashlib.sha256(data).hexdigest()}"
+
+
+def _manifest(base: str, digest: str, **headers: str) -> httpx.Response:
+    return httpx.get(f"{base}/v2/{REPO}/manifests/{digest}", headers={**ACCEPT, **headers})
+
+
+def test_warm_manifest_is_served_without_the_registry(tmp_path: Path) -> None:
+    requires("docker-registry")
+    registry = start_registry(tmp_path / "registry")
+    proxy: Server | None = None
+    try:
+        with httpx.Client(base_url=registry.extra["url"], timeout=30) as c:
+            warm = images.single_image("cache-warm")
+            cold = images.single_image("cache-cold")
+            images.push_image(c, REPO, warm, "warm")
+            images.push_image(c, REPO, cold, "cold")
+        config = {"upstreams": [upstream_config("internal", registry.extra["url"])],
+                  "limits": {"manifest_cache_bytes": "1MiB"}}  # fmt: skip
+        proxy = start_proxy(tmp_path / "proxy", config)
+        base = proxy.extra["url"]
+
+        first = _manifest(base, warm.digest)
+        assert first.status_code == 200, first.text
+        assert first.content == warm.manifest
+
+        registry.stop()  # from here on, only the cache can answer
+
+        again = _manifest(base, warm.digest)
+        assert again.status_code == 200
+        assert again.content == warm.manifest
+        assert again.headers["docker-content-digest"] == warm.digest == sha256(again.content)
+        for name in ("content-type", "content-length", "docker-content-digest", "etag"):
+            assert again.headers[name] == first.headers[name]
+        head = httpx.head(f"{base}/v2/{REPO}/manifests/{warm.digest}", headers=ACCEPT)
+        assert head.status_code == 200
+        assert head.headers["content-length"] == str(len(warm.manifest))
+
+        # Never pulled: the registry would have to answer, and it cannot.
+        assert _manifest(base, cold.digest).status_code == 502
+        # Tags are not content-addressed: without enforcement they always go upstream.
+        assert httpx.get(f"{base}/v2/{REPO}/manifests/warm", headers=ACCEPT).status_code == 502
+        # Another repository does not get team/app's copy.
+        other = httpx.get(f"{base}/v2/team/other/manifests/{warm.digest}", headers=ACCEPT)
+        assert other.status_code == 502
+    finally:
+        if proxy is not None:
+            proxy.stop()
+        registry.stop()
+
+
+@pytest.fixture
+def token_registry(tmp_path: Path) -> Iterator[tuple[Server, TokenServer, str]]:
+    requires("docker-registry")
+    tokens = TokenServer(users={"bob": "bob-secret"}, cert_dir=tmp_path / "certs")
+    try:
+        registry = start_token_registry(tokens, work_dir=tmp_path / "registry", log_dir=tmp_path)
+        try:
+            push = {"Authorization": f"Bearer {tokens.token([f'repository:{REPO}:pull,push'])}"}
+            with httpx.Client(base_url=registry.extra["url"], headers=push, timeout=30) as c:
+                digest = images.push_image(c, REPO, images.single_image("cache-auth"), "v1")
+            yield registry, tokens, digest
+        finally:
+            registry.stop()
+    finally:
+        tokens.stop()
+
+
+def test_passthrough_cached_manifest_needs_the_registrys_yes(
+    token_registry: tuple[Server, TokenServer, str], tmp_path: Path
+) -> None:
+    registry, tokens, digest = token_registry
+    config = {"upstreams": [upstream_config("private", registry.extra["url"],
+                                            auth={"mode": "passthrough"})]}  # fmt: skip
+    proxy = start_proxy(tmp_path / "proxy", config)
+    try:
+        base = proxy.extra["url"]
+        allowed = f"Bearer {tokens.token([f'repository:{REPO}:pull'], user='bob')}"
+        elsewhere = f"Bearer {tokens.token(['repository:team/other:pull'], user='eve')}"
+
+        warm = _manifest(base, digest, Authorization=allowed)
+        assert warm.status_code == 200, warm.text
+        assert sha256(warm.content) == digest
+
+        # Cached now, but neither an anonymous client nor one whose token is for another
+        # repository gets it: the registry's 401 and challenge reach them, as uncached.
+        for who in ({}, {"Authorization": elsewhere}):
+            refused = _manifest(base, digest, **who)
+            assert refused.status_code == 401, refused.text
+            assert warm.content not in refused.content
+            assert refused.json()["errors"][0]["code"] == "UNAUTHORIZED"
+            assert "/_trustproxy/token/private" in refused.headers["www-authenticate"]
+
+        # The registry says yes to this one (a real HEAD, with the OCI Accept it needs).
+        again = _manifest(base, digest, Authorization=allowed)
+        assert again.status_code == 200
+        assert again.content == warm.content
+    finally:
+        proxy.stop()
