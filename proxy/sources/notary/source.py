@@ -66,6 +66,7 @@ from proxy.trust import (
     Limits,
     MetadataFormatError,
     MissingMetadataError,
+    RollbackError,
     RootOfTrust,
     SignedTarget,
     TargetFile,
@@ -163,6 +164,7 @@ class _Hot:
 # The grace is part of the key: a rule without grace must never see what a rule with
 # grace accepted past expiry (and a shared refresh must not decide with another's grace).
 _Key = tuple[str, RootOfTrust, bool, timedelta]
+_TOP_LEVEL_ROLES = frozenset({"root", "timestamp", "snapshot", "targets"})
 
 
 def _earliest_expiry(ts: TrustedSet) -> datetime:
@@ -583,7 +585,20 @@ class NotarySource:
     def _replay(
         self, state: TrustedState, gun: str, rule: SigningRule, now: datetime
     ) -> TrustedSet | None:
-        """Re-verify a whole stored state at ``now``; None when it lacks top-level roles."""
+        """Re-verify a whole stored state at ``now``; None when it lacks top-level roles.
+
+        Raises RollbackError when the state is older than what this process has already
+        verified for ``gun``: a stored record is untrusted input, and replaying an older
+        (validly signed) record must not roll a replica back to a revoked tag.
+        """
+        for role, seen in self._floors(gun).items():
+            stored = state.versions.get(role, 0)
+            if stored < seen:
+                raise RollbackError(
+                    f"stored state has version {stored}, this process already trusts {seen}",
+                    role=role,
+                    field="version",
+                )
         ts = TrustedSet.from_state(
             state,
             gun=gun,
@@ -600,6 +615,18 @@ class NotarySource:
             if role in state.metadata:
                 raise err
         return ts if ts.targets is not None else None
+
+    def _floors(self, gun: str) -> dict[str, int]:
+        """The highest top-level versions this process has verified for ``gun``, under any
+        rule. Delegations are left out: a delegation may be removed legitimately."""
+        floors: dict[str, int] = {}
+        for key, hot in self._hot.items():
+            if key[0] != gun or (ts := _last_verified(hot)) is None:
+                continue
+            for role, version in ts.state().versions.items():
+                if role in _TOP_LEVEL_ROLES and version > floors.get(role, 0):
+                    floors[role] = version
+        return floors
 
     async def _load_record(self, gun: str) -> tuple[datetime, TrustedState] | None:
         try:

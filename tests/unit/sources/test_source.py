@@ -537,3 +537,29 @@ async def test_hot_entry_is_not_used_past_expiry() -> None:
         assert "timestamp.json" in server.names
     finally:
         await source.aclose()
+
+
+async def test_an_older_record_put_back_in_the_store_does_not_roll_back() -> None:
+    """A store writer puts back an older, genuine record dated now: this process has seen
+    newer versions, so it refuses the record and refreshes instead of serving v1's view."""
+    server = SimServer()
+    repo = server.add(repo_with_roles())
+    clock = Clock()
+    store = MemoryTrustStateStore()
+    source = make_source(server, clock=clock, store=store)
+    try:
+        assert (await source.resolve(GUN, "v1", TOFU)).digest == digest(M2)
+        old_record = await store.load(GUN)
+        assert old_record is not None
+        repo.add_target("v1", M3, role="targets/releases")  # re-point v1
+        repo.publish()
+        clock.advance(seconds=61)
+        assert (await source.resolve(GUN, "v1", TOFU)).digest == digest(M3)
+        _, old_state = decode_record(old_record, max_bytes=1 << 26)
+        clock.advance(seconds=61)  # the hot entry is due for a refresh...
+        await store.save(GUN, encode_record(old_state, clock()))  # ...and v1 looks fresh
+        server.reset()
+        assert (await source.resolve(GUN, "v1", TOFU)).digest == digest(M3)
+        assert "timestamp.json" in server.names  # refreshed from the server, not replayed
+    finally:
+        await source.aclose()
