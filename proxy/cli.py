@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from proxy import doctor
 from proxy.errors import ConfigError
 from proxy.policy.cli_commands import register as register_policy_commands
 from proxy.settings import ENV_PREFIX, LimitSettings, Settings, TrustSourceSettings, load_settings
@@ -74,6 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
     config.set_defaults(handler=lambda _a: _help(config))
     _add_trust_parser(sub)
     register_policy_commands(sub)
+    doc = sub.add_parser("doctor", help=doctor.HELP, description=doctor.DESCRIPTION)
+    doctor.add_arguments(doc)
+    doc.set_defaults(handler=doctor.cmd_doctor)
     return parser
 
 

@@ -1,0 +1,1046 @@
+"""``trustproxy doctor``: run on a client host, say whether the proxy can be bypassed.
+
+Enforcement holds only if clients cannot reach the upstream registry themselves: Docker's
+``registry-mirrors`` and containerd/podman mirrors fall back to the upstream on *any* error
+from the proxy (an unsigned tag's 404 included). So the doctor checks, from where it runs:
+
+- the proxy: ``GET /v2/`` answers (status, TLS verified), ``/healthz``, ``/readyz``, and
+  optionally ``HEAD`` of a signed image's manifest (status and ``Docker-Content-Digest``);
+- each upstream: a TCP connect and ``GET /v2/``; **any** HTTP answer means a client here can
+  pull from it directly, i.e. the proxy can be bypassed;
+- the client configuration files it finds (``/etc/docker/daemon.json``,
+  ``/etc/containerd/certs.d/*/hosts.toml``, ``/etc/containers/registries.conf``): mirror
+  setups that fall back are flagged.
+
+Exit 0 only if the proxy answers AND no upstream is directly reachable (and the image, when
+given, is served); 1 otherwise; 2 for usage errors. Reads are bounded, nothing secret is
+printed (URLs lose their user:password part; headers from config files are never shown).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import socket
+import ssl
+import sys
+import tomllib
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlencode, urlsplit
+
+import httpx
+
+from proxy.reference import DIGEST_RE, NAME_RE, TAG_RE
+
+DEFAULT_UPSTREAM = "https://registry-1.docker.io"
+DEFAULT_TIMEOUT = 5.0
+MAX_BODY_BYTES = 64 * 1024  # error bodies, /readyz, tokens
+MAX_FILE_BYTES = 1024 * 1024  # one client config file
+MAX_FILES = 100  # hosts.toml folders, registries.conf.d drop-ins
+EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
+
+MANIFEST_ACCEPT = ", ".join(
+    (
+        "application/vnd.oci.image.index.v1+json",
+        "application/vnd.oci.image.manifest.v1+json",
+        "application/vnd.docker.distribution.manifest.list.v2+json",
+        "application/vnd.docker.distribution.manifest.v2+json",
+    )
+)
+
+# Docker Hub serves from more names than registry-1.docker.io; blocking that one is enough
+# to stop manifest pulls, the others are listed so a firewall rule can be complete.
+HUB_HOSTS = (
+    "registry-1.docker.io",
+    "index.docker.io",
+    "auth.docker.io",
+    "production.cloudflare.docker.com",
+)
+
+Status = Literal["pass", "fail", "warn", "info"]
+Group = Literal["proxy", "upstream", "client-config"]
+MARKS: dict[Status, str] = {"pass": "✓", "fail": "✗", "warn": "!", "info": "·"}
+GROUP_TITLES: dict[Group, str] = {
+    "proxy": "Proxy (must answer)",
+    "upstream": "Upstream registries (must NOT be reachable from here)",
+    "client-config": "Client configuration on this host",
+}
+
+TcpConnect = Callable[[str, int, float], Awaitable[None]]
+
+HELP = "on a client host: does the proxy answer, and can it be bypassed?"
+DESCRIPTION = (
+    "Run on a client host (a node, a build machine). Checks that the proxy answers "
+    "(GET /v2/, TLS, /healthz, /readyz; with --image, HEAD of a signed image's manifest) and "
+    "that each upstream registry is NOT directly reachable: any HTTP answer from it means "
+    "clients here can pull around the proxy (registry-mirrors and containerd/podman mirrors "
+    "fall back to it on any error). Also reports what the dockerd, containerd and "
+    "podman/CRI-O config files here do with the proxy. Exit 0 only if the proxy answers and "
+    "no upstream is reachable (and --image is served); 1 otherwise; 2 for usage errors. "
+    "See docs/clients.md."
+)
+
+
+class UsageError(Exception):
+    """A bad option (exit 2)."""
+
+
+@dataclass
+class Check:
+    group: Group
+    name: str
+    status: Status
+    summary: str
+    details: list[str] = field(default_factory=list)
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Options:
+    proxy: str  # scheme://host[:port]
+    upstreams: tuple[str, ...] = (DEFAULT_UPSTREAM,)
+    ca_file: Path | None = None
+    client_cert: Path | None = None
+    client_key: Path | None = None
+    creds: tuple[str, str] | None = None  # never printed
+    image: tuple[str, str] | None = None  # (name on the proxy, tag or digest)
+    timeout: float = DEFAULT_TIMEOUT
+    host_root: Path | None = Path("/")  # None: do not read client config files
+
+
+@dataclass
+class Report:
+    options: Options
+    checks: list[Check]
+
+    @property
+    def ok(self) -> bool:
+        return not any(c.status == "fail" for c in self.checks)
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_OK if self.ok else EXIT_FAIL
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok,
+            "exit_code": self.exit_code,
+            "proxy": self.options.proxy,
+            "upstreams": list(self.options.upstreams),
+            "checks": [asdict(c) for c in self.checks],
+        }
+
+
+# --------------------------------------------------------------------------- arguments
+
+
+def normalise_url(text: str, what: str) -> str:
+    """``scheme://host[:port]`` (no path, no credentials) or UsageError."""
+    try:
+        parts = urlsplit(text.strip())
+        port = parts.port
+    except ValueError as e:
+        raise UsageError(f"{what}: not a URL: {text!r} ({e})") from e
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise UsageError(f"{what}: expected http(s)://host[:port], not {text!r}")
+    if parts.username is not None or parts.password is not None:
+        raise UsageError(f"{what}: no user:password in the URL (use --creds-file)")
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        raise UsageError(f"{what}: expected http(s)://host[:port] without a path: {text!r}")
+    host = parts.hostname.lower()
+    host = f"[{host}]" if ":" in host else host
+    return f"{parts.scheme}://{host}" + (f":{port}" if port is not None else "")
+
+
+def parse_image(ref: str, proxy: str) -> tuple[str, str]:
+    """``[PROXYHOST[:PORT]/]NAME[:TAG|@DIGEST]`` -> (name on the proxy, reference).
+
+    The image is fetched through the proxy, so a registry part must be the proxy's own.
+    """
+    rest, reference = ref.strip(), "latest"
+    if "@" in rest:
+        rest, reference = rest.split("@", 1)
+        if not DIGEST_RE.match(reference):
+            raise UsageError(f"--image: not a sha256/sha512 digest: {reference!r}")
+    else:
+        slash, colon = rest.rfind("/"), rest.rfind(":")
+        if colon > slash:
+            rest, reference = rest[:colon], rest[colon + 1 :]
+            if not TAG_RE.match(reference):
+                raise UsageError(f"--image: not a tag: {reference!r}")
+    first, sep, path = rest.partition("/")
+    if sep and ("." in first or ":" in first or first == "localhost"):
+        if hostport(first) != hostport(proxy):
+            raise UsageError(
+                f"--image: {first} is not the proxy ({urlsplit(proxy).netloc}): name the "
+                "image as clients pull it through the proxy, e.g. library/alpine:3.20"
+            )
+        rest = path
+    if not NAME_RE.match(rest):
+        raise UsageError(f"--image: not a repository name: {rest!r}")
+    return rest, reference
+
+
+def read_creds(path: Path) -> tuple[str, str]:
+    try:
+        with path.open("rb") as f:
+            data = f.read(4097)
+    except OSError as e:
+        raise UsageError(f"--creds-file {path}: cannot read: {e.strerror or e}") from e
+    text = data[:4096].decode("utf-8", "replace").strip()
+    user, sep, password = text.partition(":")
+    if not sep or not user or "\n" in text:
+        raise UsageError(f"--creds-file {path}: expected one line USER:PASSWORD")
+    return user, password
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--proxy",
+        required=True,
+        metavar="URL",
+        help="the proxy as clients reach it, e.g. https://proxy.example.com:8443",
+    )
+    p.add_argument(
+        "--upstream",
+        action="append",
+        default=None,
+        metavar="URL",
+        help="a registry that must NOT be reachable from here (repeatable); "
+        f"default: {DEFAULT_UPSTREAM}",
+    )
+    p.add_argument(
+        "--ca-file",
+        type=Path,
+        metavar="FILE",
+        help="CA certificate(s) for the proxy's TLS (added to the public ones)",
+    )
+    p.add_argument(
+        "--client-cert",
+        type=Path,
+        metavar="FILE",
+        help="client certificate for a proxy that requires mTLS (with --client-key)",
+    )
+    p.add_argument("--client-key", type=Path, metavar="FILE", help="its private key")
+    p.add_argument(
+        "--creds-file",
+        type=Path,
+        metavar="FILE",
+        help="a file with one line USER:PASSWORD for a proxy with client auth (never printed)",
+    )
+    p.add_argument(
+        "--image",
+        metavar="REF",
+        help="a signed image through the proxy, e.g. library/alpine:3.20: HEAD its "
+        "manifest, report status and Docker-Content-Digest",
+    )
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=DEFAULT_TIMEOUT,
+        metavar="SECONDS",
+        help=f"per check (default {DEFAULT_TIMEOUT:g})",
+    )
+    p.add_argument(
+        "--host-root",
+        type=Path,
+        default=Path("/"),
+        metavar="DIR",
+        help="read client config files under DIR (e.g. /host in a pod that mounts "
+        "the node's /); default /",
+    )
+    p.add_argument(
+        "--no-client-config",
+        action="store_true",
+        help="do not read dockerd/containerd/podman config files",
+    )
+    p.add_argument("--json", action="store_true", help="one JSON object, for scripts")
+
+
+def options_from_args(args: argparse.Namespace) -> Options:
+    proxy = normalise_url(args.proxy, "--proxy")
+    upstreams = tuple(normalise_url(u, "--upstream") for u in (args.upstream or [DEFAULT_UPSTREAM]))
+    if (args.client_cert is None) != (args.client_key is None):
+        raise UsageError("--client-cert and --client-key go together")
+    if not args.timeout > 0:
+        raise UsageError("--timeout must be greater than zero")
+    return Options(
+        proxy=proxy,
+        upstreams=upstreams,
+        ca_file=args.ca_file,
+        client_cert=args.client_cert,
+        client_key=args.client_key,
+        creds=read_creds(args.creds_file) if args.creds_file is not None else None,
+        image=parse_image(args.image, proxy) if args.image else None,
+        timeout=args.timeout,
+        host_root=None if args.no_client_config else args.host_root,
+    )
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    try:
+        options = options_from_args(args)
+        verify = proxy_ssl_context(options)
+    except UsageError as e:
+        print(f"trustproxy doctor: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    report = asyncio.run(run_checks(options, verify=verify))
+    if args.json:
+        print(json.dumps(report.to_json(), indent=2, ensure_ascii=False))
+    else:
+        print(format_report(report), end="")
+    return report.exit_code
+
+
+def proxy_ssl_context(options: Options) -> ssl.SSLContext:
+    from proxy.upstream.client import ssl_context
+
+    try:
+        ctx = ssl_context(str(options.ca_file) if options.ca_file else None)
+        if options.client_cert is not None and options.client_key is not None:
+            ctx.load_cert_chain(options.client_cert, options.client_key)
+    except (OSError, ssl.SSLError) as e:
+        raise UsageError(f"TLS files: {e}") from e
+    return ctx
+
+
+# --------------------------------------------------------------------------- running
+
+
+async def run_checks(
+    options: Options,
+    *,
+    verify: ssl.SSLContext | bool = True,
+    transport: httpx.AsyncBaseTransport | None = None,
+    tcp_connect: TcpConnect | None = None,
+) -> Report:
+    """Every check, concurrently. ``transport``/``tcp_connect`` replace the network in tests."""
+    connect = tcp_connect or _tcp_connect
+    timeout = httpx.Timeout(options.timeout)
+    proxy_client = httpx.AsyncClient(
+        verify=verify, timeout=timeout, trust_env=False, follow_redirects=False, transport=transport
+    )
+    # Only reachability is probed upstream: an answer with a certificate this host does not
+    # trust still means a client that trusts it (or skips TLS checks) gets through.
+    probe_client = httpx.AsyncClient(
+        verify=False,  # noqa: S501 - a reachability probe, see above
+        timeout=timeout,
+        trust_env=False,
+        follow_redirects=False,
+        transport=transport,
+    )
+    async with proxy_client, probe_client:
+        proxy_checks, upstream_checks = await asyncio.gather(
+            _proxy_checks(proxy_client, options),
+            asyncio.gather(
+                *(
+                    _check_upstream(probe_client, url, connect, options.timeout)
+                    for url in options.upstreams
+                )
+            ),
+        )
+    checks = [*proxy_checks, *upstream_checks]
+    if options.host_root is not None:
+        checks.extend(client_config_checks(options.host_root, options.proxy))
+    return Report(options, checks)
+
+
+async def _tcp_connect(host: str, port: int, seconds: float) -> None:
+    _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), seconds)
+    writer.close()
+    with contextlib.suppress(OSError):
+        await writer.wait_closed()
+
+
+async def _get_bounded(
+    client: httpx.AsyncClient, method: str, url: str, headers: dict[str, str] | None = None
+) -> tuple[httpx.Response, bytes]:
+    async with client.stream(method, url, headers=headers) as response:
+        body = bytearray()
+        async for chunk in response.aiter_bytes():
+            body += chunk
+            if len(body) > MAX_BODY_BYTES:
+                del body[MAX_BODY_BYTES:]
+                break
+        return response, bytes(body)
+
+
+def _describe_error(e: Exception, timeout: float) -> tuple[str, bool]:
+    """A short reason for a failed request, and whether TLS was the problem."""
+    if isinstance(e, httpx.TimeoutException):
+        return f"no answer within {timeout:g}s", False
+    cause: BaseException | None = e
+    while cause is not None:
+        if isinstance(cause, ssl.SSLError):
+            reason = getattr(cause, "verify_message", None) or cause.reason or str(cause)
+            return f"TLS: {reason}", True
+        cause = cause.__cause__ or cause.__context__
+    text = str(e).strip()
+    return (f"{type(e).__name__}: {text}" if text else type(e).__name__), False
+
+
+def _auth_schemes(response: httpx.Response) -> list[str]:
+    from proxy.upstream.challenge import parse_www_authenticate
+
+    header = response.headers.get("www-authenticate", "")
+    try:
+        return [c.scheme for c in parse_www_authenticate(header)] if header else []
+    except ValueError:
+        return ["(unparsable WWW-Authenticate)"]
+
+
+async def _authorization(
+    client: httpx.AsyncClient, response: httpx.Response, options: Options, scope: str | None
+) -> str | None:
+    """An Authorization header answering a 401 (Basic, or a Bearer token from the realm).
+
+    Credentials go only to the proxy itself: a realm on another origin is asked anonymously.
+    """
+    from proxy.upstream.auth import basic_header
+    from proxy.upstream.challenge import parse_www_authenticate
+
+    try:
+        challenges = parse_www_authenticate(response.headers.get("www-authenticate", ""))
+    except ValueError:
+        return None
+    for ch in challenges:
+        if ch.is_scheme("basic") and options.creds is not None:
+            return basic_header(*options.creds)
+        if ch.is_scheme("bearer") and ch.realm:
+            params = {k: v for k, v in (("service", ch.service), ("scope", scope)) if v}
+            realm = ch.realm + ("&" if "?" in ch.realm else "?") + urlencode(params)
+            if urlsplit(realm).scheme not in ("http", "https"):
+                return None
+            headers = {}
+            if options.creds is not None and hostport(realm) == hostport(options.proxy):
+                headers["Authorization"] = basic_header(*options.creds)
+            try:
+                token_response, body = await _get_bounded(client, "GET", realm, headers)
+                token = json.loads(body) if token_response.status_code == 200 else {}
+            except (httpx.HTTPError, ValueError):
+                return None
+            value = (
+                (token.get("token") or token.get("access_token"))
+                if isinstance(token, dict)
+                else None
+            )
+            return f"Bearer {value}" if isinstance(value, str) and value else None
+    return None
+
+
+async def _proxy_checks(client: httpx.AsyncClient, options: Options) -> list[Check]:
+    base = options.proxy
+    checks: list[Check] = []
+    scheme = urlsplit(base).scheme
+    v2 = Check("proxy", "proxy /v2/", "fail", "")
+    checks.append(v2)
+    try:
+        response, _ = await _get_bounded(client, "GET", f"{base}/v2/")
+        if response.status_code == 401 and options.creds is not None:
+            auth = await _authorization(client, response, options, None)
+            if auth:
+                response, _ = await _get_bounded(
+                    client, "GET", f"{base}/v2/", {"Authorization": auth}
+                )
+    except httpx.HTTPError as e:
+        reason, tls = _describe_error(e, options.timeout)
+        v2.summary = f"GET {base}/v2/: {reason}"
+        v2.data = {"error": reason, "tls_error": tls}
+        if tls:
+            v2.details.append(
+                "install the proxy's CA for this check with --ca-file, and for "
+                "the clients as docs/clients.md shows"
+            )
+        else:
+            v2.details.append(
+                "the proxy does not answer from here: check its address, port, DNS and firewall"
+            )
+    else:
+        status = response.status_code
+        tls_text = "TLS verified" if scheme == "https" else "plain HTTP"
+        v2.data = {
+            "status": status,
+            "tls": scheme == "https",
+            "api_version": response.headers.get("docker-distribution-api-version"),
+        }
+        if status < 500:
+            v2.status = "pass"
+            v2.summary = f"GET {base}/v2/ → {status} ({tls_text})"
+            if status == 401:
+                schemes = _auth_schemes(response)
+                v2.data["auth"] = schemes
+                v2.details.append(
+                    f"the proxy requires authentication ({', '.join(schemes) or '?'}): clients "
+                    "need credentials for it"
+                    + ("" if options.creds else " (--creds-file to test them)")
+                )
+        else:
+            v2.summary = f"GET {base}/v2/ → {status}: the proxy answers with a server error"
+        if scheme == "http":
+            checks.append(
+                Check(
+                    "proxy",
+                    "proxy TLS",
+                    "warn",
+                    "plain HTTP: clients must list the proxy as insecure "
+                    "(insecure-registries, --tls-verify=false): for tests only",
+                )
+            )
+    checks.append(await _health_check(client, base, "/healthz", options.timeout))
+    checks.append(await _health_check(client, base, "/readyz", options.timeout))
+    if options.image is not None:
+        checks.append(await _image_check(client, options))
+    return checks
+
+
+async def _health_check(client: httpx.AsyncClient, base: str, path: str, seconds: float) -> Check:
+    check = Check("proxy", f"proxy {path}", "warn", "")
+    try:
+        response, body = await _get_bounded(client, "GET", base + path)
+    except httpx.HTTPError as e:
+        check.summary = f"GET {path}: {_describe_error(e, seconds)[0]}"
+        return check
+    check.data = {"status": response.status_code}
+    check.summary = f"GET {path} → {response.status_code}"
+    if response.status_code == 200:
+        check.status = "pass"
+    if path == "/readyz":
+        try:
+            doc = json.loads(body)
+        except ValueError:
+            doc = None
+        if isinstance(doc, dict):
+            ups = doc.get("upstreams")
+            if isinstance(ups, dict):
+                check.data["upstreams"] = {str(k): str(v)[:200] for k, v in ups.items()}
+                bad = [f"{k}: {v}" for k, v in check.data["upstreams"].items() if v != "ok"]
+                if bad:
+                    check.details.append("the proxy cannot reach: " + "; ".join(bad))
+            store = doc.get("trust_store")
+            if isinstance(store, str):
+                check.data["trust_store"] = store
+                check.summary += f" (trust store: {store})"
+    return check
+
+
+async def _image_check(client: httpx.AsyncClient, options: Options) -> Check:
+    assert options.image is not None
+    name, reference = options.image
+    url = f"{options.proxy}/v2/{name}/manifests/{reference}"
+    check = Check("proxy", "image", "fail", "", data={"image": f"{name}:{reference}"})
+    headers = {"Accept": MANIFEST_ACCEPT}
+    try:
+        response, _ = await _get_bounded(client, "HEAD", url, headers)
+        if response.status_code == 401:
+            auth = await _authorization(client, response, options, f"repository:{name}:pull")
+            if auth:
+                headers["Authorization"] = auth
+                response, _ = await _get_bounded(client, "HEAD", url, headers)
+        status = response.status_code
+        body = b""
+        if status != 200:  # HEAD has no body: GET once for the error message (why refused)
+            response, body = await _get_bounded(client, "GET", url, headers)
+    except httpx.HTTPError as e:
+        check.summary = (
+            f"HEAD /v2/{name}/manifests/{reference}: {_describe_error(e, options.timeout)[0]}"
+        )
+        return check
+    digest = response.headers.get("docker-content-digest")
+    check.data.update(status=status, digest=digest, media_type=response.headers.get("content-type"))
+    check.summary = f"HEAD /v2/{name}/manifests/{reference} → {status}"
+    if status == 200:
+        check.status = "pass"
+        check.summary += f", Docker-Content-Digest: {digest or '(none)'}"
+    else:
+        message = _oci_error(body)
+        if message:
+            check.data["error"] = message
+            check.details.append(f"the proxy says: {message}")
+        if status == 404:
+            check.details.append(
+                "404 for a tag means: not signed under the policy, refused by "
+                "allow.paths, or no trust data (trustproxy policy explain / "
+                "trust inspect say which)"
+            )
+    return check
+
+
+def _oci_error(body: bytes) -> str | None:
+    try:
+        doc = json.loads(body)
+        first = doc["errors"][0]
+        return f"{first.get('code', '?')}: {str(first.get('message', ''))[:300]}"
+    except (ValueError, KeyError, IndexError, TypeError, AttributeError):
+        return None
+
+
+async def _check_upstream(
+    client: httpx.AsyncClient, url: str, connect: TcpConnect, seconds: float
+) -> Check:
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    check = Check("upstream", url, "pass", "", data={"host": host, "port": port})
+    try:
+        await connect(host, port, seconds)
+    except socket.gaierror:
+        check.summary = f"{url}: not reachable: {host} does not resolve here"
+        check.data["reachable"] = False
+        check.details.append(
+            "blocked by name resolution only: a client with another resolver, "
+            "an /etc/hosts entry or the IP address may still get through; "
+            "block the egress too"
+        )
+        return check
+    except (TimeoutError, OSError) as e:
+        reason = (
+            "timed out (filtered)"
+            if isinstance(e, TimeoutError)
+            else (e.strerror or type(e).__name__)
+        )
+        check.summary = f"{url}: not reachable: TCP connect to {host}:{port}: {reason}"
+        check.data["reachable"] = False
+        return check
+    try:
+        response, _ = await _get_bounded(client, "GET", f"{url}/v2/")
+    except httpx.HTTPError as e:
+        reason = _describe_error(e, seconds)[0]
+        check.status = "warn"
+        check.summary = f"{url}: TCP port {port} is open, but no registry answer ({reason})"
+        check.data["reachable"] = False
+        check.data["tcp_open"] = True
+        check.details.append(
+            "something between here and the registry interferes above TCP; "
+            "registry clients cannot pull from it now, but blocking the "
+            "port is the robust fix"
+        )
+        return check
+    check.status = "fail"
+    check.data.update(reachable=True, status=response.status_code)
+    check.summary = (
+        f"{url}: REACHABLE (GET /v2/ → {response.status_code}): the proxy can be bypassed"
+    )
+    check.details.extend(_bypass_help(host, port))
+    return check
+
+
+def _bypass_help(host: str, port: int) -> list[str]:
+    lines = [
+        "any client on this host (dockerd, containerd, podman, CRI-O, skopeo, kubelet) can pull "
+        f"from {host} directly; registry-mirrors and containerd/podman mirrors fall back to it "
+        "on ANY error from the proxy, so an unsigned tag refused by the proxy (404) is pulled "
+        "from here instead",
+        f"to enforce: block egress from this host to {host}:{port} (firewall, egress proxy, "
+        "Kubernetes NetworkPolicy / cloud egress rules for the nodes), or make sure every "
+        "client names the proxy itself (docs/clients.md)",
+    ]
+    if host in HUB_HOSTS or host.endswith(".docker.io"):
+        lines.append(
+            "Docker Hub: block " + ", ".join(HUB_HOSTS) + " (blocking "
+            "registry-1.docker.io alone already stops manifest pulls)"
+        )
+    return lines
+
+
+def _tty_safe(text: str) -> str:
+    return "".join(c if c.isprintable() else "?" for c in text)
+
+
+def format_report(report: Report) -> str:
+    lines = [f"trustproxy doctor: proxy {report.options.proxy}, from {socket.gethostname()}"]
+    for group, title in GROUP_TITLES.items():
+        checks = [c for c in report.checks if c.group == group]
+        if not checks:
+            continue
+        lines += ["", title]
+        for c in checks:
+            lines.append(f"  {MARKS[c.status]} {_tty_safe(c.summary)}")
+            lines.extend(f"      {_tty_safe(d)}" for d in c.details)
+    proxy_ok = any(c.name == "proxy /v2/" and c.status == "pass" for c in report.checks)
+    reachable = [c.name for c in report.checks if c.group == "upstream" and c.status == "fail"]
+    lines.append("")
+    if report.ok:
+        lines.append("OK: the proxy answers and no upstream is directly reachable from here.")
+    else:
+        why = []
+        if not proxy_ok:
+            why.append("the proxy does not answer")
+        if reachable:
+            why.append(f"{', '.join(reachable)} reachable directly: the proxy can be bypassed")
+        if any(c.name == "image" and c.status == "fail" for c in report.checks):
+            why.append("the image is not served")
+        lines.append("FAIL: " + "; ".join(why) + ".")
+    return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------- client config files
+
+
+def hostport(text: str) -> str:
+    """``host:port`` of a URL or a registries.conf location (``host[:port][/path]``), with the
+    default port of the scheme (https when there is none), lower case."""
+    t = text.strip()
+    if "://" not in t:
+        t = "https://" + t
+    try:
+        parts = urlsplit(t)
+        port = parts.port
+    except ValueError:
+        return t.lower()
+    host = (parts.hostname or "").lower()
+    host = f"[{host}]" if ":" in host else host
+    return f"{host}:{port or (80 if parts.scheme == 'http' else 443)}"
+
+
+def safe_url(text: str) -> str:
+    """A URL or location for printing: without user:password, bounded, printable."""
+    t = _tty_safe(str(text).strip()[:300])
+    scheme, sep, rest = t.rpartition("://")
+    netloc, slash, path = rest.partition("/")
+    netloc = netloc.rpartition("@")[2]
+    return f"{scheme}{sep}{netloc}{slash}{path}"
+
+
+def _read(path: Path) -> tuple[bytes | None, str | None]:
+    try:
+        with path.open("rb") as f:
+            data = f.read(MAX_FILE_BYTES + 1)
+    except OSError as e:
+        return None, f"cannot read: {e.strerror or e}"
+    if len(data) > MAX_FILE_BYTES:
+        return None, f"larger than {MAX_FILE_BYTES} bytes: not read"
+    return data, None
+
+
+def _display(root: Path, path: Path) -> str:
+    return "/" + str(path.relative_to(root)) if root != Path("/") else str(path)
+
+
+def client_config_checks(root: Path, proxy: str) -> list[Check]:
+    """What the client config files under ``root`` do with the proxy (informational)."""
+    proxy_hp = hostport(proxy)
+    checks: list[Check] = []
+    checks.extend(_docker_checks(root, proxy_hp))
+    checks.extend(_containerd_checks(root, proxy_hp))
+    checks.extend(_containers_checks(root, proxy_hp))
+    if not checks:
+        checks.append(
+            Check(
+                "client-config",
+                "none",
+                "info",
+                "no dockerd, containerd or podman/CRI-O config files found",
+            )
+        )
+    return checks
+
+
+def _docker_checks(root: Path, proxy_hp: str) -> list[Check]:
+    path = root / "etc/docker/daemon.json"
+    if not path.is_file():
+        return []
+    name = _display(root, path)
+    data, error = _read(path)
+    doc: Any = None
+    if data is not None:
+        try:
+            doc = json.loads(data)
+        except ValueError as e:
+            error = f"not valid JSON ({e})"
+    if error is not None or not isinstance(doc, dict):
+        return [Check("client-config", name, "warn", f"{name}: {error or 'not a JSON object'}")]
+    checks: list[Check] = []
+    mirrors = [m for m in doc.get("registry-mirrors") or [] if isinstance(m, str)]
+    for m in mirrors:
+        if hostport(m) == proxy_hp:
+            checks.append(
+                Check(
+                    "client-config",
+                    name,
+                    "warn",
+                    f"{name}: registry-mirrors has the proxy ({safe_url(m)})",
+                    [
+                        "dockerd falls back to Docker Hub on ANY error from a mirror (an unsigned "
+                        "tag's 404 included): this enforces nothing unless egress to Docker Hub is "
+                        "blocked; or pull <proxy>/library/alpine:3.20 by the proxy's name"
+                    ],
+                    {"mirror": safe_url(m), "is_proxy": True},
+                )
+            )
+        else:
+            checks.append(
+                Check(
+                    "client-config",
+                    name,
+                    "warn",
+                    f"{name}: registry-mirrors has {safe_url(m)}, not the proxy: "
+                    "Hub images pulled through it are not checked",
+                    data={"mirror": safe_url(m), "is_proxy": False},
+                )
+            )
+    if not mirrors:
+        checks.append(
+            Check(
+                "client-config",
+                name,
+                "info",
+                f"{name}: no registry-mirrors: Hub images go to Docker Hub unless "
+                "clients name the proxy",
+            )
+        )
+    insecure = [r for r in doc.get("insecure-registries") or [] if isinstance(r, str)]
+    if any(hostport(r) == proxy_hp or hostport("http://" + r) == proxy_hp for r in insecure):
+        checks.append(
+            Check(
+                "client-config",
+                name,
+                "warn",
+                f"{name}: the proxy is in insecure-registries: its TLS is not "
+                "verified (tests only)",
+            )
+        )
+    ca = root / "etc/docker/certs.d" / proxy_hp.removesuffix(":443") / "ca.crt"
+    if ca.is_file():
+        checks.append(
+            Check(
+                "client-config",
+                "docker ca",
+                "info",
+                f"{_display(root, ca)}: the proxy's CA for dockerd is installed",
+            )
+        )
+    return checks
+
+
+def _containerd_checks(root: Path, proxy_hp: str) -> list[Check]:
+    checks: list[Check] = []
+    config = root / "etc/containerd/config.toml"
+    if config.is_file():
+        name = _display(root, config)
+        data, error = _read(config)
+        doc: Any = None
+        if data is not None:
+            try:
+                doc = tomllib.loads(data.decode("utf-8", "replace"))
+            except tomllib.TOMLDecodeError as e:
+                error = f"not valid TOML ({e})"
+        if error is not None:
+            checks.append(Check("client-config", name, "warn", f"{name}: {error}"))
+        else:
+            paths = list(_find_key(doc, "config_path"))
+            summary = (
+                f"{name}: registry config_path = {', '.join(map(str, paths))}"
+                if paths
+                else f"{name}: no registry config_path: containerd 1.x (CRI) then ignores "
+                "certs.d/*/hosts.toml; containerd 2.x defaults to "
+                "/etc/containerd/certs.d:/etc/docker/certs.d"
+            )
+            checks.append(
+                Check(
+                    "client-config",
+                    name,
+                    "info",
+                    summary,
+                    data={"config_path": [str(p) for p in paths]},
+                )
+            )
+    certs_d = root / "etc/containerd/certs.d"
+    if not certs_d.is_dir():
+        return checks
+    try:
+        folders = sorted(p for p in certs_d.iterdir() if (p / "hosts.toml").is_file())[:MAX_FILES]
+    except OSError:
+        folders = []
+    for folder in folders:
+        checks.append(_hosts_toml_check(root, folder / "hosts.toml", folder.name, proxy_hp))
+    return checks
+
+
+def _find_key(node: Any, key: str, depth: int = 0) -> Iterable[Any]:
+    if depth > 8 or not isinstance(node, dict):
+        return
+    for k, v in node.items():
+        if k == key:
+            yield v
+        else:
+            yield from _find_key(v, key, depth + 1)
+
+
+def _hosts_toml_check(root: Path, path: Path, namespace: str, proxy_hp: str) -> Check:
+    name = _display(root, path)
+    data, error = _read(path)
+    doc: Any = None
+    if data is not None:
+        try:
+            doc = tomllib.loads(data.decode("utf-8", "replace"))
+        except tomllib.TOMLDecodeError as e:
+            error = f"not valid TOML ({e})"
+    if error is not None or not isinstance(doc, dict):
+        return Check("client-config", name, "warn", f"{name}: {error}")
+    # Without `server` containerd uses only the [host] entries: no upstream to fall back to.
+    # Without either it uses the namespace's registry itself.
+    default = "https://registry-1.docker.io" if namespace == "docker.io" else f"https://{namespace}"
+    server = doc.get("server") if isinstance(doc.get("server"), str) else None
+    hosts_table: dict[str, Any] = doc["host"] if isinstance(doc.get("host"), dict) else {}
+    hosts = [str(h) for h in hosts_table]
+    if server is None and not hosts:
+        server = default
+    server_is_proxy = server is not None and hostport(server) == proxy_hp
+    fallback = server if server is not None and not server_is_proxy else None
+    proxy_hosts = [h for h in hosts if hostport(h) == proxy_hp]
+    others = [h for h in hosts if hostport(h) != proxy_hp]
+    data_out = {
+        "namespace": namespace,
+        "server": safe_url(server) if server else None,
+        "hosts": [safe_url(h) for h in hosts],
+    }
+    label = f"{name} ({namespace})"
+    if not server_is_proxy and not proxy_hosts:
+        where = safe_url(server) if server else ", ".join(map(safe_url, hosts))
+        return Check("client-config", name, "info",
+                     f"{label}: does not use the proxy ({where})", data=data_out)  # fmt: skip
+    if fallback is not None:
+        return Check(
+            "client-config",
+            name,
+            "warn",
+            f"{label}: the proxy is a mirror host; containerd falls back to "
+            f"{safe_url(fallback)} (server) on any error: not enforcing unless egress "
+            "to it is blocked",
+            ["make the proxy the `server` and remove the fallback host entries (docs/clients.md)"],
+            data_out,
+        )
+    if others:
+        return Check(
+            "client-config",
+            name,
+            "warn",
+            f"{label}: the proxy is used, but {', '.join(map(safe_url, others))} "
+            "are tried too: what they serve is not checked",
+            data=data_out,
+        )
+    how = "server is the proxy, no other hosts" if server_is_proxy else (
+        "only the proxy as host, no server")  # fmt: skip
+    return Check("client-config", name, "pass",
+                 f"{label}: {how}: enforcing (no fallback)", data=data_out)  # fmt: skip
+
+
+def _containers_checks(root: Path, proxy_hp: str) -> list[Check]:
+    files = []
+    main = root / "etc/containers/registries.conf"
+    if main.is_file():
+        files.append(main)
+    dropins = root / "etc/containers/registries.conf.d"
+    if dropins.is_dir():
+        with contextlib.suppress(OSError):
+            files.extend(sorted(p for p in dropins.glob("*.conf") if p.is_file())[:MAX_FILES])
+    return [c for f in files for c in _registries_conf_checks(root, f, proxy_hp)]
+
+
+def _registries_conf_checks(root: Path, path: Path, proxy_hp: str) -> list[Check]:
+    name = _display(root, path)
+    data, error = _read(path)
+    doc: Any = None
+    if data is not None:
+        try:
+            doc = tomllib.loads(data.decode("utf-8", "replace"))
+        except tomllib.TOMLDecodeError as e:
+            error = f"not valid TOML ({e})"
+    if error is not None or not isinstance(doc, dict):
+        return [Check("client-config", name, "warn", f"{name}: {error}")]
+    if "registries" in doc:
+        return [
+            Check(
+                "client-config",
+                name,
+                "info",
+                f"{name}: v1 format ([registries.*]): not analysed; use [[registry]]",
+            )
+        ]
+    checks: list[Check] = []
+    entries: list[Any] = doc["registry"] if isinstance(doc.get("registry"), list) else []
+    for entry in entries[:MAX_FILES]:
+        if not isinstance(entry, dict):
+            continue
+        location = str(entry.get("location") or "")
+        prefix = str(entry.get("prefix") or location)
+        mirrors = [
+            str(m.get("location"))
+            for m in entry.get("mirror") or []
+            if isinstance(m, dict) and m.get("location")
+        ]
+        data_out = {
+            "prefix": safe_url(prefix),
+            "location": safe_url(location),
+            "mirrors": [safe_url(m) for m in mirrors],
+            "blocked": bool(entry.get("blocked")),
+        }
+        label = f"{name} [{safe_url(prefix)}]"
+        if entry.get("blocked"):
+            checks.append(
+                Check(
+                    "client-config",
+                    name,
+                    "info",
+                    f"{label}: blocked: pulls of {safe_url(prefix)} are refused",
+                    data=data_out,
+                )
+            )
+        elif location and hostport(location) == proxy_hp:
+            others = [m for m in mirrors if hostport(m) != proxy_hp]
+            if others:
+                checks.append(
+                    Check(
+                        "client-config",
+                        name,
+                        "warn",
+                        f"{label}: location is the proxy, but mirrors "
+                        f"{', '.join(map(safe_url, others))} are tried first: "
+                        "what they serve is not checked",
+                        data=data_out,
+                    )
+                )
+            else:
+                checks.append(
+                    Check(
+                        "client-config",
+                        name,
+                        "pass",
+                        f"{label}: location is the proxy (replaces the registry, "
+                        "no fallback): enforcing",
+                        data=data_out,
+                    )
+                )
+        elif any(hostport(m) == proxy_hp for m in mirrors):
+            checks.append(
+                Check(
+                    "client-config",
+                    name,
+                    "warn",
+                    f"{label}: the proxy is a mirror; podman/CRI-O fall back to "
+                    f"{safe_url(location or prefix)} on any error: not enforcing "
+                    "unless egress to it is blocked",
+                    ["set location to the proxy instead (docs/clients.md)"],
+                    data_out,
+                )
+            )
+        elif mirrors:
+            checks.append(
+                Check(
+                    "client-config",
+                    name,
+                    "info",
+                    f"{label}: mirrors {', '.join(map(safe_url, mirrors))}, not the proxy",
+                    data=data_out,
+                )
+            )
+    if not checks:
+        checks.append(
+            Check("client-config", name, "info", f"{name}: no [[registry]] entry uses the proxy")
+        )
+    return checks

@@ -1,0 +1,1 @@
+"""Shipping checks: the Dockerfile and the Helm chart (lint, render, schema, assertions)."""
