@@ -5,14 +5,15 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: help setup system-deps venv lint typecheck check test test-unit test-integration demo demo-down bench clean
+.PHONY: help setup system-deps venv lint typecheck check test test-unit test-integration demo demo-down bench bench-quick clean
 
 help:
 	@echo "make demo        set up everything, start registry + notary + trustproxy, show what clients see"
 	@echo "make demo-down   stop everything make demo started"
 	@echo "make test        set up everything and run ruff, mypy (strict) and pytest"
 	@echo "make test-unit   only the unit tests (no real servers)"
-	@echo "make bench       run the benchmarks in loadtest/"
+	@echo "make bench       benchmarks against the registry and nginx (about 10 minutes)"
+	@echo "make bench-quick the same, about a minute"
 
 system-deps:
 	@bash scripts/install-system-deps.sh
@@ -50,8 +51,21 @@ demo: setup
 demo-down: venv
 	$(BIN)/python -m testbed.demo down
 
-bench: setup
+BENCH_STAMP := $(VENV)/.installed-bench
+
+$(BENCH_STAMP): $(STAMP)
+	@$(BIN)/python -m pip install -q -e '.[dev,bench]'
+	@touch $(BENCH_STAMP)
+
+# The benchmark suite: the real stack plus nginx as the "do nothing" baseline (see
+# docs/performance.md). Results: loadtest/results/<date>.json and docs/performance/latest.*
+bench: setup $(BENCH_STAMP)
+	@bash scripts/install-bench-deps.sh
 	$(BIN)/python -m loadtest
+
+bench-quick: setup $(BENCH_STAMP)
+	@bash scripts/install-bench-deps.sh
+	$(BIN)/python -m loadtest --quick
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .demo

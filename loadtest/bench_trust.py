@@ -53,13 +53,10 @@ def median_ms(fn: Callable[[], object], runs: int) -> tuple[float, float]:
     return statistics.median(times), min(times)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--tags", type=int, default=10_000)
-    parser.add_argument("--runs", type=int, default=7)
-    args = parser.parse_args()
-
-    repo = build_repo(args.tags)
+def benchmarks(tags: int) -> tuple[Callable[[], object], list[tuple[str, Callable[[], object]]]]:
+    """The same-run baseline (``json.loads`` of the targets file) and the timed operations,
+    by name, on a repository with ``tags`` tags (also used by ``python -m loadtest``)."""
+    repo = build_repo(tags)
     raw_targets = repo.current["targets"]
     root = repo.root_bytes(1)
 
@@ -103,14 +100,24 @@ def main() -> None:
     # Baseline, measured in the same run: what merely reading the targets file costs any
     # JSON consumer. Verification is reported as a multiple of it, which stays comparable
     # across machines where absolute milliseconds do not.
-    baseline, _ = median_ms(lambda: json.loads(raw_targets), args.runs)
-    rows = [
-        (f"parse + verify targets ({args.tags} tags, {len(raw_targets)} B)", verify_targets),
+    rows: list[tuple[str, Callable[[], object]]] = [
+        (f"parse + verify targets ({tags} tags, {len(raw_targets)} B)", verify_targets),
         ("cold refresh root(1->2) -> ts -> snapshot -> targets -> releases", cold),
         (f"restore from state ({len(state_bytes)} B, re-verifies all)", restore),
-        ("resolve_docker (one tag)", lambda: resolve_docker(warm, f"v{args.tags // 2}")),
+        ("resolve_docker (one tag)", lambda: resolve_docker(warm, f"v{tags // 2}")),
         ("signed_tags (all tags)", lambda: signed_tags(warm)),
     ]
+    return (lambda: json.loads(raw_targets)), rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--tags", type=int, default=10_000)
+    parser.add_argument("--runs", type=int, default=7)
+    args = parser.parse_args()
+
+    baseline_fn, rows = benchmarks(args.tags)
+    baseline, _ = median_ms(baseline_fn, args.runs)
     print(f"trust core benchmark: {args.runs} runs, median (min) in ms, and x baseline")
     print(f"  {'baseline: json.loads of the targets file':<70} {baseline:9.2f}")
     for name, fn in rows:

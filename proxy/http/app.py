@@ -27,6 +27,7 @@ from proxy.http.client_auth import Htpasswd
 from proxy.http.errors import oci_error_response
 from proxy.http.handlers import dispatch, token
 from proxy.http.state import BASIC_REALM, ProxyState
+from proxy.http.streaming import tune_allocator
 from proxy.metrics import REGISTRY
 from proxy.routing import Router
 from proxy.settings import Settings, UpstreamSettings
@@ -150,6 +151,7 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        tune_allocator()  # blob relay buffers: see proxy/http/streaming.py
         if runtime is not None:
             await runtime.start(app)
         try:

@@ -7,6 +7,7 @@ except for relaying the upstream's own.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import Mapping
@@ -28,7 +29,7 @@ from proxy.errors import (
 from proxy.gate import PassThrough, RequestContext, ServeDigest
 from proxy.http.errors import oci_error_response, response_for_exception
 from proxy.http.relay import error_body_for_client, relayed_headers, rewrite_link
-from proxy.http.state import ProxyState
+from proxy.http.state import ProxyState, SignedFetch
 from proxy.http.streaming import UpstreamBodyResponse
 from proxy.manifest_cache import CachedManifest
 from proxy.metrics import UPSTREAM_ERRORS
@@ -268,24 +269,15 @@ async def manifest_signed(
     if cached is not None:
         body, headers = cached.body, cached.header_map
     else:
-        resp = await client.open(
-            "GET",
-            f"/v2/{route.upstream_name}/manifests/{decision.digest}",
-            scope=route.scope,
-            client_headers=accept,
-            client_authorization=request.headers.get("authorization"),
-        )
-        if resp.status_code == 404:
-            await resp.aclose()
+        fetched = await _shared_signed_fetch(request, state, client, route, decision.digest, accept)
+        if isinstance(fetched, Response):
+            return fetched
+        if fetched.status == 404:
             raise NotSignedError(
                 f"tag {tag!r} is signed at {decision.digest}, which upstream {client.name} "
                 "does not have"
             )
-        if resp.status_code != 200:
-            return await relay_error(request, client, resp, state)
-        limit = state.settings.limits.manifest_max_bytes
-        body = await client.read_bounded(resp, limit, "manifest")
-        headers = resp.headers
+        body, headers = fetched.body, fetched.headers
     what = f"manifest {route.client_name}:{tag}"
     try:
         # On a hit too: the signed length comes from the trust data of this request.
@@ -296,6 +288,65 @@ async def manifest_signed(
     if cached is None:
         _remember(state, client, route, decision.digest, body, headers)
     return _manifest_response(request, headers, body, decision.digest)
+
+
+async def _shared_signed_fetch(
+    request: Request,
+    state: ProxyState,
+    client: UpstreamClient,
+    route: Route,
+    digest: str,
+    accept: Mapping[str, str],
+) -> SignedFetch | Response:
+    """Fetch a signed manifest by digest, one upstream request for concurrent callers.
+
+    Followers get the leader's bytes, which they verify against their own trust data like
+    any fetched bytes. Passthrough is excluded: each client's own credentials must decide.
+    Non-200 answers other than 404 are relayed by the leader only; followers that see one
+    fetch for themselves.
+    """
+    key = (client.name, route.upstream_name, digest)
+    shared = client.settings.auth.mode != "passthrough"
+    if shared and (pending := state.manifest_fetches.get(key)) is not None:
+        result = await asyncio.shield(pending)
+        if result.status in (200, 404):
+            return result
+    leader: asyncio.Future[SignedFetch] | None = None
+    if shared and key not in state.manifest_fetches:
+        leader = asyncio.get_running_loop().create_future()
+        state.manifest_fetches[key] = leader
+    try:
+        resp = await client.open(
+            "GET",
+            f"/v2/{route.upstream_name}/manifests/{digest}",
+            scope=route.scope,
+            client_headers=accept,
+            client_authorization=request.headers.get("authorization"),
+        )
+        if resp.status_code == 404:
+            await resp.aclose()
+            result = SignedFetch(404, b"", {})
+        elif resp.status_code != 200:
+            if leader is not None:
+                leader.set_result(SignedFetch(resp.status_code, b"", {}))
+            return await relay_error(request, client, resp, state)
+        else:
+            limit = state.settings.limits.manifest_max_bytes
+            body = await client.read_bounded(resp, limit, "manifest")
+            result = SignedFetch(200, body, dict(resp.headers))
+        if leader is not None:
+            leader.set_result(result)
+        return result
+    except BaseException as e:
+        if leader is not None and not leader.done():
+            # Followers fail the same way (e.g. upstream unreachable); retrieve the
+            # exception here so that an unawaited future does not warn.
+            leader.set_exception(e if isinstance(e, Exception) else RuntimeError("cancelled"))
+            leader.exception()
+        raise
+    finally:
+        if leader is not None and state.manifest_fetches.get(key) is leader:
+            del state.manifest_fetches[key]
 
 
 async def _cached_manifest(

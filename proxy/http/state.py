@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 
 from proxy.gate import TrustGate
@@ -15,6 +16,15 @@ from proxy.upstream.client import UpstreamClient
 BASIC_REALM = "trustproxy"
 
 
+@dataclass(frozen=True)
+class SignedFetch:
+    """The upstream's answer to a signed-manifest fetch, shared by concurrent requests."""
+
+    status: int
+    body: bytes
+    headers: dict[str, str]
+
+
 @dataclass
 class ProxyState:
     settings: Settings
@@ -25,11 +35,15 @@ class ProxyState:
     basic_realm: str | None = field(default=None)
 
     token_relay: TokenRelay = field(init=False)
-    # Per generation: a SIGHUP reload starts with an empty cache (proxy/reload.py builds
-    # a new state). Entries are content-addressed and verified, so a reload could hand the
-    # cache on to the next generation, but only where an upstream name still means the same
-    # registry: the key holds the upstream's name, not its URL or auth mode.
+    # Handed on to the next generation by a SIGHUP reload when the upstreams are unchanged
+    # (proxy/reload.py): entries are content-addressed and verified, keyed by upstream name.
     manifest_cache: ManifestCache = field(init=False)
+    # Signed-manifest fetches in flight, by (upstream, repository, digest): a burst of cold
+    # requests for one new tag makes one upstream fetch, not one per request (which queued
+    # a thousand requests on the connection pool until they timed out).
+    manifest_fetches: dict[tuple[str, str, str], asyncio.Future[SignedFetch]] = field(
+        init=False, default_factory=dict
+    )
 
     def __post_init__(self) -> None:
         self.token_relay = TokenRelay(self.router)

@@ -12,6 +12,7 @@ from typing import Protocol
 from urllib.parse import urljoin, urlsplit
 
 import certifi
+import httpcore
 import httpx
 
 from proxy.errors import OversizeError, UpstreamUnavailableError
@@ -24,6 +25,27 @@ from proxy.settings import LimitSettings, UpstreamSettings
 FORWARDED_REQUEST_HEADERS = ("accept", "range", "if-none-match", "if-modified-since", "if-range")
 
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
+
+#: Largest read from an upstream socket. httpcore reads 64 KiB at a time; the event loop
+#: hands over up to 256000 bytes per socket read (uvloop; 256 KiB for asyncio), which anyio
+#: then cuts into 64 KiB slices, copying the rest each time. Reading up to what the loop
+#: delivers makes one body chunk per socket read: 4x fewer trips through httpx, httpcore,
+#: h11 and the ASGI send chain, no re-slicing, and measured ~1.3x blob throughput and
+#: ~20% less peak RSS under 50 concurrent streams (docs/performance-notes.md). Memory
+#: stays bounded: a read returns at most one loop chunk, and read_bounded checks the size
+#: after each one.
+UPSTREAM_READ_BYTES = 1024 * 1024
+
+
+def _set_read_size(size: int) -> None:
+    """httpcore has no per-client setting for this, only the class attribute (the same for
+    every httpcore client in the process: ours all want it)."""
+    conn = getattr(httpcore, "AsyncHTTP11Connection", None)
+    if conn is not None and getattr(conn, "READ_NUM_BYTES", 0) < size:
+        conn.READ_NUM_BYTES = size
+
+
+_set_read_size(UPSTREAM_READ_BYTES)
 
 
 class Authenticator(Protocol):
@@ -59,7 +81,9 @@ def make_http_client(
             connect=limits.connect_timeout,
             read=limits.read_timeout,
             write=limits.read_timeout,
-            pool=limits.connect_timeout,
+            # Waiting for a free pooled connection is queueing behind busy requests, not a
+            # dead upstream: give it the read timeout, not the connect timeout.
+            pool=limits.read_timeout,
         ),
         limits=httpx.Limits(
             max_connections=limits.max_connections or None,

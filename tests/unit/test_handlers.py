@@ -960,3 +960,39 @@ def test_passthrough_head_404_on_a_hit_is_what_the_miss_says(registry: FakeRegis
     assert r.status_code == 404
     assert SIGNED_DIGEST in error_of(r)["detail"]["reason"]
     assert upstream.seen == [("GET", GOOD), ("HEAD", GOOD), ("GET", GOOD)]
+
+
+@pytest.mark.parametrize("outcome", ["ok", "unreachable"])
+def test_a_burst_of_cold_requests_for_one_signed_tag_makes_one_upstream_fetch(
+    outcome: str,
+) -> None:
+    """200 concurrent first pulls of a newly signed tag share one upstream fetch (they used
+    to queue on the connection pool until they timed out); a failure reaches them all."""
+    import asyncio as _asyncio
+
+    fetches: list[str] = []
+
+    async def slow_registry(request: httpx.Request) -> httpx.Response:
+        fetches.append(request.url.path)
+        await _asyncio.sleep(0.05)
+        if outcome == "unreachable":
+            raise httpx.ConnectError("refused", request=request)
+        return httpx.Response(200, stream=Body([SIGNED]), headers={"Content-Type": OCI_MANIFEST})
+
+    app = create_app(make_settings(), gate=Gate(ServeDigest(SIGNED_DIGEST, len(SIGNED))))
+    for client in app.state.proxy.clients.values():
+        client._http = httpx.AsyncClient(transport=httpx.MockTransport(slow_registry))
+
+    async def burst() -> list[httpx.Response]:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://proxy") as c:
+            return await _asyncio.gather(*(c.get(f"/v2/{REPO}/manifests/v1") for _ in range(200)))
+
+    responses = _asyncio.run(burst())
+    assert fetches == [f"/v2/{REPO}/manifests/{SIGNED_DIGEST}"]
+    if outcome == "ok":
+        assert {r.status_code for r in responses} == {200}
+        assert all(r.content == SIGNED for r in responses)
+    else:
+        assert {r.status_code for r in responses} == {502}
+    assert app.state.proxy.manifest_fetches == {}

@@ -148,3 +148,34 @@ async def test_upstream_errors_are_counted(exc: httpx.HTTPError, kind: str) -> N
         await client.open("GET", "/v2/", scope=None)
     await client.aclose()
     assert upstream_errors("internal", kind) - before == 1
+
+
+@pytest.mark.anyio
+async def test_request_counter_children_are_reused_and_still_count() -> None:
+    from proxy.http.access_log import _request_counter
+
+    assert _request_counter("GET", "health", "2xx") is _request_counter("GET", "health", "2xx")
+    before = requests_count("GET", "health", "2xx")
+    await get(settings(), "/healthz")
+    await get(settings(), "/healthz")
+    assert requests_count("GET", "health", "2xx") - before == 2
+
+
+def test_json_formatter_timestamp_follows_the_clock() -> None:
+    import json
+    import logging
+
+    from proxy.observability import JsonFormatter
+
+    formatter = JsonFormatter()
+
+    def ts(created: float) -> str:
+        record = logging.LogRecord("x", logging.INFO, "", 0, "m", (), None)
+        record.created, record.msecs = created, (created % 1) * 1000
+        line: str = json.loads(formatter.format(record))["ts"]
+        return line
+
+    assert ts(0.5) == "1970-01-01T00:00:00.500Z"
+    assert ts(0.75) == "1970-01-01T00:00:00.750Z"  # same second: cached part reused
+    assert ts(86_401.25) == "1970-01-02T00:00:01.250Z"
+    assert ts(0.25) == "1970-01-01T00:00:00.250Z"  # back in time too (clock steps)

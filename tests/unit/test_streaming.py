@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import platform
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from typing import Any
 
@@ -9,7 +11,7 @@ import anyio
 import httpx
 import pytest
 
-from proxy.http.streaming import UpstreamBodyResponse
+from proxy.http.streaming import UpstreamBodyResponse, tune_allocator
 
 Message = dict[str, Any]
 
@@ -178,3 +180,10 @@ async def test_outer_cancellation_still_closes() -> None:
         await make_response(stream)({"type": "http", "state": {}}, client.receive, client.send)
     assert client.body == b"x"
     assert stream.closed == 1
+
+
+def test_tune_allocator_is_idempotent_and_applies_on_glibc() -> None:
+    first = tune_allocator()
+    assert tune_allocator() is first
+    if sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc":
+        assert first is True

@@ -563,3 +563,53 @@ async def test_an_older_record_put_back_in_the_store_does_not_roll_back() -> Non
         assert "timestamp.json" in server.names  # refreshed from the server, not replayed
     finally:
         await source.aclose()
+
+
+async def test_trust_info_is_built_once_per_verified_set_and_follows_refreshes() -> None:
+    """The warm path asks for trust_info on every request: the same read-only answer
+    until the hot entry is replaced, then the new set's versions (and the stale flag)."""
+    server = SimServer()
+    repo = server.add(repo_with_roles())
+    clock = Clock()
+    source = make_source(server, clock=clock)
+    try:
+        first = await source.trust_info(GUN, TOFU)
+        assert await source.trust_info(GUN, TOFU) is first
+        assert first.stale is False
+        with pytest.raises(TypeError):
+            first.versions["timestamp"] = 0  # type: ignore[index]  # shared: read-only
+        repo.add_target("v2", M3, role="targets/releases")
+        repo.publish()
+        clock.advance(seconds=61)
+        second = await source.trust_info(GUN, TOFU)
+        assert second is not first
+        assert second.versions["timestamp"] > first.versions["timestamp"]
+        server.down = lambda r: httpx.ConnectError("refused", request=r)
+        clock.advance(seconds=61)
+        stale = await source.trust_info(GUN, TOFU)
+        assert stale.stale is True
+        assert dict(stale.versions) == dict(second.versions)
+    finally:
+        await source.aclose()
+
+
+async def test_signed_tags_is_computed_once_per_verified_set_and_rule() -> None:
+    server = SimServer()
+    repo = server.add(repo_with_roles())
+    clock = Clock()
+    source = make_source(server, clock=clock)
+    qa_rule = SigningRule(TrustOnFirstUse(), required_roles=(RoleRequirement("targets/qa"),))
+    try:
+        first = await source.signed_tags(GUN, TOFU)
+        assert set(first) == {"v1", "owner-only"}
+        assert first["v1"].digest == digest(M2)  # releases wins
+        first.clear()  # each caller gets its own copy: the cached answer is untouched
+        again = await source.signed_tags(GUN, TOFU)
+        assert set(again) == {"v1", "owner-only"}
+        assert set(await source.signed_tags(GUN, qa_rule)) == {"qa-build"}  # per rule
+        repo.add_target("v2", M3, role="targets/releases")
+        repo.publish()
+        clock.advance(seconds=61)  # refreshed set, new answer
+        assert set(await source.signed_tags(GUN, TOFU)) == {"v1", "v2", "owner-only"}
+    finally:
+        await source.aclose()

@@ -1,0 +1,328 @@
+"""The results file rendered for people: a Markdown report and a PNG chart (matplotlib)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+MiB = 1024 * 1024
+TARGETS = ("registry", "nginx", "trustproxy")
+COLOURS = {"registry": "#7f7f7f", "nginx": "#1f77b4", "trustproxy": "#d62728"}
+
+
+def _fmt(value: float, unit: str) -> str:
+    if unit == "×":
+        return f"{value:.2f}×"
+    if unit == "ms":
+        return f"{value:.1f} ms"
+    if unit == "MiB":
+        return f"{value:.0f} MiB"
+    if unit == "%":
+        return f"{value:.1f} %"
+    return f"{value:g}"
+
+
+def _range(summary: dict[str, float], digits: int = 0) -> str:
+    return (
+        f"{summary['median']:.{digits}f} ({summary['min']:.{digits}f}–{summary['max']:.{digits}f})"
+    )
+
+
+def _short(name: str) -> str:
+    """``snapshot.<sha256>.json`` -> ``snapshot``, ``3.root.json`` -> ``3.root``."""
+    return re.sub(r"\.[0-9a-f]{64}", "", name).removesuffix(".json")
+
+
+def targets_table(results: dict[str, Any]) -> list[str]:
+    """The headline: every target with what was measured and whether it is met."""
+    lines = ["| What | Measured | Target | Met |", "|---|---:|---:|:---:|"]
+    for t in results["targets"]:
+        limit = _fmt(t["limit"], t["unit"])
+        op = {">=": "≥", "<=": "≤"}[t["op"]]
+        met = "yes" if t["met"] else "**no**"
+        lines.append(f"| {t['label']} | {_fmt(t['measured'], t['unit'])} | {op} {limit} | {met} |")
+    return lines
+
+
+def summary_section(results: dict[str, Any], report_link: str, chart_link: str) -> str:
+    """What ``docs/performance.md`` shows between its results markers."""
+    mach, src = results["machine"], results["source"]
+    changes = src["proxy_changes"]
+    tree = "" if not changes else f" + uncommitted changes in `proxy/` ({len(changes)} files)"
+    lines = [
+        f"Full run of {results['started']} on {mach['nproc']} CPUs ({mach['cpu_model']}), "
+        f"Python {mach['python']}, commit `{src['commit'][:12]}`{tree}. "
+        f"Details, every section and the CPU table: [{report_link}]({report_link}).",
+        "",
+        *targets_table(results),
+        "",
+        f"![benchmark chart]({chart_link})",
+    ]
+    return "\n".join(lines)
+
+
+def update_between_markers(path: Path, body: str) -> bool:
+    """Replace what lies between ``<!-- bench:results:start -->`` and ``...:end -->`` in
+    ``path``; False (nothing written) when the file or a marker is missing."""
+    start, end = "<!-- bench:results:start -->", "<!-- bench:results:end -->"
+    try:
+        text = path.read_text()
+    except OSError:
+        return False
+    if start not in text or end not in text:
+        return False
+    head, rest = text.split(start, 1)
+    _, tail = rest.split(end, 1)
+    path.write_text(f"{head}{start}\n{body}\n{end}{tail}")
+    return True
+
+
+def markdown(results: dict[str, Any], chart_name: str | None = None) -> str:
+    m, bs, bc = results["manifests"], results["blob_single"], results["blob_concurrent"]
+    cold, core, sf, cpu = (
+        results["cold"],
+        results["trust_core"],
+        results["single_flight"],
+        results["cpu"],
+    )
+    mach, src, plan = results["machine"], results["source"], results["plan"]
+    out: list[str] = []
+    w = out.append
+    w(f"# Benchmark results ({results['mode']} run, {results['started']})")
+    w("")
+    w(
+        f"Machine: {mach['nproc']} CPUs ({mach['cpu_model'] or 'unknown model'}), "
+        f"{mach['memory_gib']} GiB, Linux {mach['kernel']}, Python {mach['python']} "
+        f"({mach['event_loop']}); {mach['tools']['nginx']}, {mach['tools']['wrk'].split(' [')[0]}, "
+        f"hey, curl. Everything on loopback, on the same cores as the load generators."
+    )
+    changes = src["proxy_changes"]
+    tree = (
+        "clean `proxy/`"
+        if not changes
+        else f"`proxy/` with uncommitted changes ({len(changes)} files, diff "
+        f"{src['proxy_diff_lines']} lines, sha256 {src['proxy_diff_sha256']})"
+    )
+    w(f"Code measured: commit `{src['commit'][:12]}` ({src['commit_subject']}), {tree}.")
+    w(f"Run time: {results['duration_s']:.0f} s.")
+    w("")
+    w("## Targets (ratios against baselines measured in the same run)")
+    w("")
+    out.extend(targets_table(results))
+    w("")
+    if chart_name:
+        w(f"![benchmark chart]({chart_name})")
+        w("")
+    w(
+        f"## Warm manifest GET by tag ({m['connections']} connections, wrk, "
+        f"{m['reps']} × {m['seconds_per_run']:g} s per target, interleaved)"
+    )
+    w("")
+    w(
+        "Median (min–max) over the repetitions; CPU = the serving process's CPU seconds per "
+        "1,000 requests, and the registry's CPU in the same runs (trustproxy answers a warm "
+        "tag from its verified manifest cache: near zero means it did not ask the registry)."
+    )
+    w("")
+    w(
+        "| Target | req/s | × registry | p50 ms | p99 ms | CPU s / 1k req "
+        "| registry CPU s / 1k req | errors |"
+    )
+    w("|---|---:|---:|---:|---:|---:|---:|---:|")
+    reg_rps = m["targets"]["registry"]["rps"]["median"]
+    for name in TARGETS:
+        t = m["targets"][name]
+        w(
+            f"| {name} | {_range(t['rps'])} | {t['rps']['median'] / reg_rps:.2f}× | "
+            f"{_range(t['p50_ms'], 2)} | {_range(t['p99_ms'], 2)} | "
+            f"{t['cpu_s_per_1k_requests']:.3f} | "
+            f"{t['registry_cpu_s_per_1k_requests']:.3f} | {t['errors']} |"
+        )
+    w("")
+    w(
+        f"Added latency vs the registry: trustproxy p50 {m['trustproxy_added_p50_ms']:+.2f} ms, "
+        f"p99 {m['trustproxy_added_p99_ms']:+.2f} ms; nginx p99 {m['nginx_added_p99_ms']:+.2f} ms."
+    )
+    w("")
+    w(
+        f"## Blobs (curl, {bs['blob_bytes'] // MiB} MiB × {bs['reps']} single stream; "
+        f"{bc['streams']} × {bc['blob_bytes'] // MiB} MiB concurrent × {bc['reps']})"
+    )
+    w("")
+    w(
+        "| Target | 1 stream MB/s | × nginx | CPU s/GB | "
+        f"{bc['streams']} streams MB/s | × nginx | CPU s/GB | RSS idle → peak MiB |"
+    )
+    w("|---|---:|---:|---:|---:|---:|---:|---:|")
+    ngx_s = bs["targets"]["nginx"]["mb_per_s"]["median"]
+    ngx_c = bc["targets"]["nginx"]["mb_per_s"]["median"]
+    for name in TARGETS:
+        s, c = bs["targets"][name], bc["targets"][name]
+        w(
+            f"| {name} | {_range(s['mb_per_s'])} | {s['mb_per_s']['median'] / ngx_s:.2f}× | "
+            f"{s['cpu_s_per_gb']:.2f} | {_range(c['mb_per_s'])} | "
+            f"{c['mb_per_s']['median'] / ngx_c:.2f}× | {c['cpu_s_per_gb']:.2f} | "
+            f"{c['rss_idle_mib']:.0f} → {c['rss_peak_mib']:.0f} |"
+        )
+    w("")
+    w(
+        "MB = 10⁶ bytes. RSS: the serving process tree (nginx: master + workers), sampled every "
+        "20 ms during the concurrent runs."
+    )
+    w("")
+    w(f"## Cold tag resolution ({cold['reps']} new repositories, median (min–max))")
+    w("")
+    w("| | ms |")
+    w("|---|---:|")
+    w(
+        f"| trustproxy: first GET of `v1` in a repository it never saw | "
+        f"{_range(cold['trustproxy_ms'], 1)} |"
+    )
+    w(f"| raw: the same GETs back to back on warm connections | {_range(cold['raw_ms'], 1)} |")
+    w(f"| trustproxy: the next GET (warm) | {_range(cold['warm_after_ms'], 2)} |")
+    w("")
+    w(
+        f"Ratio {cold['trustproxy_vs_raw']:.2f}×. Raw GETs: notary "
+        f"{', '.join('`' + _short(f) + '`' for f in cold['files'])} "
+        "(root, the next-root probe, timestamp, snapshot, targets, delegations), then the "
+        "manifest by digest from the registry."
+    )
+    w("")
+    w("## Trust core (in process)")
+    w("")
+    w("| Operation | median ms (min–max) |")
+    w("|---|---:|")
+    w(f"| baseline: `json.loads` of the targets file | {_range(core['json_loads_ms'], 1)} |")
+    for op in core["operations"]:
+        w(f"| {op['name']} | {_range(op['ms'], 1)} |")
+    w("")
+    w(f"## Single flight ({sf['requests']:,} concurrent cold requests, hey)")
+    w("")
+    statuses = ", ".join(f"{k}: {v}" for k, v in sf["statuses"].items())
+    w(
+        f"Answers: {statuses}; errors {sf['errors']}; p50 {sf['p50_ms']:.0f} ms, "
+        f"p99 {sf['p99_ms']:.0f} ms. Notary fetches: {sf['notary_fetches']} for "
+        f"{sf['distinct_files']} files (max {sf['max_fetches_per_file']} per file)."
+    )
+    w("")
+    w("## CPU")
+    w("")
+    w("| Process | CPU s per GB streamed | CPU s per 1,000 manifests |")
+    w("|---|---:|---:|")
+    for name in ("trustproxy", "nginx", "registry"):
+        w(
+            f"| {name} | {cpu[name]['cpu_s_per_gb_streamed']:.2f} | "
+            f"{cpu[name]['cpu_s_per_1k_manifests']:.3f} |"
+        )
+    w("")
+    w(
+        "(registry: its own CPU when it is hit directly.) Plan: "
+        + ", ".join(f"{k}={v}" for k, v in plan.items() if k != "mode")
+        + "."
+    )
+    w("")
+    return "\n".join(out)
+
+
+def chart(results: dict[str, Any], path: Path) -> None:
+    """Six panels: manifest throughput and latency, blob throughput (1 and N streams), cold
+    resolution, and every target as "measured relative to the limit" (≥ 1 means met)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    m, bs, bc, cold = (
+        results["manifests"],
+        results["blob_single"],
+        results["blob_concurrent"],
+        results["cold"],
+    )
+    fig, axes = plt.subplots(2, 3, figsize=(15, 8.5))
+    colours = [COLOURS[n] for n in TARGETS]
+
+    def bars(ax: Any, section: dict[str, Any], key: str, title: str, ylabel: str) -> None:
+        values = [section["targets"][n][key]["median"] for n in TARGETS]
+        ax.bar(TARGETS, values, color=colours)
+        for i, n in enumerate(TARGETS):
+            points = [r[key] for r in section["targets"][n]["runs"]]
+            ax.scatter([i] * len(points), points, color="black", s=8, zorder=3)
+        for i, v in enumerate(values):
+            ax.annotate(f"{v:,.0f}", (i, v), ha="center", va="bottom", fontsize=9)
+        ax.set_title(title, fontsize=10)
+        ax.set_ylabel(ylabel)
+
+    bars(axes[0][0], m, "rps", f"warm manifest GET by tag, {m['connections']} clients", "req/s")
+
+    ax = axes[0][1]
+    x = range(len(TARGETS))
+    p50 = [m["targets"][n]["p50_ms"]["median"] for n in TARGETS]
+    p99 = [m["targets"][n]["p99_ms"]["median"] for n in TARGETS]
+    ax.bar([i - 0.2 for i in x], p50, width=0.4, label="p50", color=colours, alpha=0.55)
+    ax.bar([i + 0.2 for i in x], p99, width=0.4, label="p99", color=colours)
+    ax.set_xticks(list(x), TARGETS)
+    ax.set_title("manifest latency (light: p50, dark: p99)", fontsize=10)
+    ax.set_ylabel("ms")
+
+    bars(axes[0][2], bs, "mb_per_s", f"1 stream, {bs['blob_bytes'] // MiB} MiB blob", "MB/s")
+    bars(
+        axes[1][0],
+        bc,
+        "mb_per_s",
+        f"{bc['streams']} streams × {bc['blob_bytes'] // MiB} MiB (aggregate)",
+        "MB/s",
+    )
+
+    ax = axes[1][1]
+    labels = ["raw GETs", "trustproxy cold", "trustproxy warm"]
+    values = [
+        cold["raw_ms"]["median"],
+        cold["trustproxy_ms"]["median"],
+        cold["warm_after_ms"]["median"],
+    ]
+    ax.bar(labels, values, color=[COLOURS["registry"], COLOURS["trustproxy"], "#ff9896"])
+    for i, v in enumerate(values):
+        ax.annotate(f"{v:.1f}", (i, v), ha="center", va="bottom", fontsize=9)
+    ax.set_title("tag resolution in a new repository", fontsize=10)
+    ax.set_ylabel("ms")
+
+    ax = axes[1][2]
+    names: list[str] = []
+    scores: list[float] = []
+    met: list[bool] = []
+    texts: list[str] = []
+    for t in results["targets"]:
+        measured, limit = float(t["measured"]), float(t["limit"])
+        if t["op"] == ">=":
+            score = measured / limit if limit else 0.0
+        elif t["unit"] == "ms" and t["key"] == "manifest_added_p99_ms":
+            score = limit / max(measured, 0.01) if measured > 0 else 10.0
+        else:
+            score = limit / measured if measured > 0 else 10.0
+        names.append(t["key"].replace("_", " "))
+        scores.append(max(min(score, 10.0), 0.02))
+        met.append(bool(t["met"]))
+        texts.append(_fmt(measured, t["unit"]))
+    ax.barh(names, scores, color=["#2ca02c" if ok else "#d62728" for ok in met])
+    for i, (score, text) in enumerate(zip(scores, texts, strict=True)):
+        ax.annotate(text, (score, i), xytext=(3, 0), textcoords="offset points",
+                    va="center", fontsize=8)  # fmt: skip
+    ax.axvline(1.0, color="black", linewidth=1)
+    ax.set_xscale("log")
+    ax.set_xlim(0.02, 40)
+    ax.invert_yaxis()
+    ax.tick_params(axis="y", labelsize=8)
+    ax.set_title("targets: headroom (≥ 1 = met, log scale)", fontsize=10)
+
+    src = results["source"]
+    fig.suptitle(
+        f"trustproxy benchmark ({results['mode']}, {results['started']}, "
+        f"{results['machine']['nproc']} CPUs, commit {src['commit'][:10]}"
+        f"{' + local changes' if src['proxy_changes'] else ''})",
+        fontsize=12,
+    )
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
