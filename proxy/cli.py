@@ -270,31 +270,14 @@ def _add_trust_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
 
 
 def parse_image(ref: str) -> tuple[str, str | None]:
-    """``registry/repo[:tag]`` -> (GUN, tag). Docker's normalisation: no registry means
-    Docker Hub (``docker.io``), a one-component Hub name gets ``library/``."""
-    from proxy.reference import NAME_RE, TAG_RE
+    """``registry/repo[:tag]`` -> (GUN, tag), see ``proxy.reference.parse_image_ref``."""
+    from proxy.errors import ClientRequestError
+    from proxy.reference import parse_image_ref
 
-    if "@" in ref:
-        raise _UsageError("inspect takes a tag, not a digest")
-    name, tag = ref, None
-    slash = ref.rfind("/")
-    colon = ref.rfind(":")
-    if colon > slash:
-        name, tag = ref[:colon], ref[colon + 1 :]
-        if not TAG_RE.match(tag):
-            raise _UsageError(f"invalid tag {tag!r}")
-    first, _, rest = name.partition("/")
-    if rest and ("." in first or ":" in first or first == "localhost"):
-        registry, repo = first, rest
-    else:
-        registry, repo = "docker.io", name
-    if registry in ("index.docker.io", "registry-1.docker.io"):
-        registry = "docker.io"
-    if registry == "docker.io" and "/" not in repo:
-        repo = f"library/{repo}"
-    if not NAME_RE.match(repo):
-        raise _UsageError(f"invalid repository name {repo!r}")
-    return f"{registry}/{repo}", tag
+    try:
+        return parse_image_ref(ref)
+    except ClientRequestError as e:
+        raise _UsageError(f"inspect: {e}") from e
 
 
 def _signing_rule(args: argparse.Namespace) -> tuple[SigningRule, bool]:

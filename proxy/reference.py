@@ -86,3 +86,36 @@ def validate_digest(digest: str) -> None:
     """Raises InvalidDigestError unless ``digest`` is a sha256 or sha512 digest."""
     if not DIGEST_RE.match(digest):
         raise InvalidDigestError(f"invalid or unsupported digest: {digest[:300]!r}")
+
+
+DOCKER_HUB_ALIASES = ("index.docker.io", "registry-1.docker.io")
+
+
+def parse_image_ref(ref: str) -> tuple[str, str | None]:
+    """``[registry/]repo[:tag]`` -> (``<registry>/<repo>``, tag or None): an image reference
+    as users type it, with Docker's normalisation. A first segment with a dot, a port or
+    ``localhost`` is a registry (lower-cased); otherwise the image is on Docker Hub
+    (``docker.io``), where a one-segment name is an official image under ``library/``.
+
+    Raises InvalidReferenceError (a digest, or a bad tag) or InvalidNameError.
+    """
+    if "@" in ref:
+        raise InvalidReferenceError("give a tag, not a digest")
+    name, tag = ref, None
+    slash, colon = ref.rfind("/"), ref.rfind(":")
+    if colon > slash:
+        name, tag = ref[:colon], ref[colon + 1 :]
+        if not TAG_RE.match(tag):
+            raise InvalidReferenceError(f"invalid tag {tag!r}")
+    first, _, rest = name.partition("/")
+    if rest and ("." in first or ":" in first or first == "localhost"):
+        registry, repo = first.lower(), rest
+    else:
+        registry, repo = "docker.io", name
+    if registry in DOCKER_HUB_ALIASES:
+        registry = "docker.io"
+    if registry == "docker.io" and "/" not in repo:
+        repo = f"library/{repo}"
+    if not NAME_RE.match(repo):
+        raise InvalidNameError(f"invalid repository name {repo!r}")
+    return f"{registry}/{repo}", tag

@@ -12,13 +12,13 @@ import sys
 from collections.abc import Collection
 from pathlib import Path
 
-from proxy.errors import ConfigError
+from proxy import reference
+from proxy.errors import ClientRequestError, ConfigError
 from proxy.policy.explain import explain as explain_lines
 from proxy.policy.explain import format_grace, root_kind
 from proxy.policy.loader import load_policy
 from proxy.policy.matcher import compile_pattern, matcher_for, tag_allowed
 from proxy.policy.model import Policy, RepositoryRule
-from proxy.reference import NAME_RE, TAG_RE
 from proxy.settings import Settings, load_settings
 
 __all__ = ["cmd_policy_check", "cmd_policy_explain", "parse_image_ref", "register"]
@@ -207,30 +207,16 @@ def _registry_warnings(policy: Policy, settings: Settings) -> list[str]:
 def parse_image_ref(ref: str) -> tuple[str, str | None]:
     """``[registry/]repo[:tag]`` -> (``<registry>/<repo>``, tag). Raises ValueError.
 
-    Docker's normalisation: a first segment with a dot, a port or ``localhost`` is a
-    registry; otherwise the image is on Docker Hub (``docker.io``), and a one-segment Hub
-    name is an official image under ``library/``.
+    The grammar and Docker's normalisation live in ``proxy.reference.parse_image_ref``.
     """
-    if "@" in ref:
-        raise ValueError("give a tag, not a digest (digest pulls follow the rule's 'digests')")
-    name, tag = ref, None
-    slash, colon = ref.rfind("/"), ref.rfind(":")
-    if colon > slash:
-        name, tag = ref[:colon], ref[colon + 1 :]
-        if not TAG_RE.match(tag):
-            raise ValueError(f"invalid tag {tag!r}")
-    first, _, rest = name.partition("/")
-    if rest and ("." in first or ":" in first or first == "localhost"):
-        registry, repo = first.lower(), rest
-    else:
-        registry, repo = "docker.io", name
-    if registry in ("index.docker.io", "registry-1.docker.io"):
-        registry = "docker.io"
-    if registry == "docker.io" and "/" not in repo:
-        repo = f"library/{repo}"
-    if not NAME_RE.match(repo):
-        raise ValueError(f"invalid repository name {repo!r}")
-    return f"{registry}/{repo}", tag
+    try:
+        return reference.parse_image_ref(ref)
+    except ClientRequestError as e:
+        if "@" in ref:
+            raise ValueError(
+                "give a tag, not a digest (digest pulls follow the rule's 'digests')"
+            ) from e
+        raise ValueError(str(e)) from e
 
 
 def cmd_policy_explain(args: argparse.Namespace) -> int:
