@@ -871,7 +871,8 @@ def _find_key(node: Any, key: str, depth: int = 0) -> Iterable[Any]:
             yield from _find_key(v, key, depth + 1)
 
 
-def _hosts_toml_check(root: Path, path: Path, namespace: str, proxy_hp: str) -> Check:
+def _read_toml(root: Path, path: Path) -> tuple[str, dict[str, Any] | None, str | None]:
+    """(display name, the TOML document or None, why not) for a client config file."""
     name = _display(root, path)
     data, error = _read(path)
     doc: Any = None
@@ -881,6 +882,13 @@ def _hosts_toml_check(root: Path, path: Path, namespace: str, proxy_hp: str) -> 
         except tomllib.TOMLDecodeError as e:
             error = f"not valid TOML ({e})"
     if error is not None or not isinstance(doc, dict):
+        return name, None, error or "not a TOML table"
+    return name, doc, None
+
+
+def _hosts_toml_check(root: Path, path: Path, namespace: str, proxy_hp: str) -> Check:
+    name, doc, error = _read_toml(root, path)
+    if doc is None:
         return Check("client-config", name, "warn", f"{name}: {error}")
     # Without `server` containerd uses only the [host] entries: no upstream to fall back to.
     # Without either it uses the namespace's registry itself.
@@ -943,15 +951,8 @@ def _containers_checks(root: Path, proxy_hp: str) -> list[Check]:
 
 
 def _registries_conf_checks(root: Path, path: Path, proxy_hp: str) -> list[Check]:
-    name = _display(root, path)
-    data, error = _read(path)
-    doc: Any = None
-    if data is not None:
-        try:
-            doc = tomllib.loads(data.decode("utf-8", "replace"))
-        except tomllib.TOMLDecodeError as e:
-            error = f"not valid TOML ({e})"
-    if error is not None or not isinstance(doc, dict):
+    name, doc, error = _read_toml(root, path)
+    if doc is None:
         return [Check("client-config", name, "warn", f"{name}: {error}")]
     if "registries" in doc:
         return [
