@@ -447,7 +447,7 @@ async def _proxy_checks(client: httpx.AsyncClient, options: Options) -> list[Che
                 response, _ = await _get_bounded(
                     client, "GET", f"{base}/v2/", {"Authorization": auth}
                 )
-    except httpx.HTTPError as e:
+    except (httpx.HTTPError, httpx.InvalidURL) as e:  # InvalidURL: a 3xx to "javascript:x"
         reason, tls = _describe_error(e, options.timeout)
         v2.summary = f"GET {base}/v2/: {reason}"
         v2.data = {"error": reason, "tls_error": tls}
@@ -502,7 +502,7 @@ async def _health_check(client: httpx.AsyncClient, base: str, path: str, seconds
     check = Check("proxy", f"proxy {path}", "warn", "")
     try:
         response, body = await _get_bounded(client, "GET", base + path)
-    except httpx.HTTPError as e:
+    except (httpx.HTTPError, httpx.InvalidURL) as e:  # InvalidURL: a 3xx to "javascript:x"
         check.summary = f"GET {path}: {_describe_error(e, seconds)[0]}"
         return check
     check.data = {"status": response.status_code}
@@ -545,7 +545,7 @@ async def _image_check(client: httpx.AsyncClient, options: Options) -> Check:
         body = b""
         if status != 200:  # HEAD has no body: GET once for the error message (why refused)
             response, body = await _get_bounded(client, "GET", url, headers)
-    except httpx.HTTPError as e:
+    except (httpx.HTTPError, httpx.InvalidURL) as e:  # InvalidURL: a 3xx to "javascript:x"
         check.summary = (
             f"HEAD /v2/{name}/manifests/{reference}: {_describe_error(e, options.timeout)[0]}"
         )
@@ -608,7 +608,7 @@ async def _check_upstream(
         return check
     try:
         response, _ = await _get_bounded(client, "GET", f"{url}/v2/")
-    except httpx.HTTPError as e:
+    except (httpx.HTTPError, httpx.InvalidURL) as e:  # InvalidURL: a 3xx to "javascript:x"
         reason = _describe_error(e, seconds)[0]
         check.status = "warn"
         check.summary = f"{url}: TCP port {port} is open, but no registry answer ({reason})"

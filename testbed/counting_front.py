@@ -11,6 +11,8 @@ notary bed's CA, so the proxy's trust source keeps ``ca_file: <bed CA>`` and onl
 Tampering: :meth:`CountingFront.override` makes the front answer chosen files of one GUN
 with chosen bytes (e.g. an older ``timestamp.json`` and the snapshot and targets it names,
 captured with :meth:`CountingFront.capture`): a trust server that rolls a repository back.
+:class:`testbed.hostile_notary.HostileNotary` builds on it: HTTP-level misbehaviour and
+repositories served from a simulator (``_answer`` and ``_relay`` are its hooks).
 """
 
 from __future__ import annotations
@@ -180,30 +182,50 @@ class CountingFront:
         return client
 
     def _relay(self, handler: BaseHTTPRequestHandler) -> None:
-        path = handler.path.split("?", 1)[0]
-        found = _TUF_PATH.match(path)
-        gun = unquote(found.group("gun")) if found else None
-        name = unquote(found.group("name")) if found else path
+        gun, name = split_path(handler.path)
+        status, body, ctype, tampered = self._answer(handler, gun, name)
+        self._record(gun, name, status, tampered)
+        send(handler, status, body, ctype)
+
+    def _answer(
+        self, handler: BaseHTTPRequestHandler, gun: str | None, name: str
+    ) -> tuple[int, bytes, str, bool]:
+        """(status, body, content type, tampered): an override, else the notary-server's
+        answer (a subclass may answer other GUNs itself)."""
         with self._lock:
             fake = self._overrides.get((gun, name)) if gun is not None else None
         if fake is not None:
-            status, body, ctype = 200, fake, "application/json"
-        else:
-            headers = {k: v for k, v in handler.headers.items() if k.lower() in {"accept"}}
-            headers["accept-encoding"] = "identity"
-            try:
-                r = self._client().get(handler.path, headers=headers)
-                status, body = r.status_code, r.content
-                ctype = r.headers.get("content-type", "application/json")
-            except httpx.HTTPError as e:
-                status, body, ctype = 502, f"front: {e!r}".encode(), "text/plain"
+            return 200, fake, "application/json", True
+        headers = {k: v for k, v in handler.headers.items() if k.lower() in {"accept"}}
+        headers["accept-encoding"] = "identity"
+        try:
+            r = self._client().get(handler.path, headers=headers)
+        except httpx.HTTPError as e:
+            return 502, f"front: {e!r}".encode(), "text/plain", False
+        return r.status_code, r.content, r.headers.get("content-type", "application/json"), False
+
+    def _record(self, gun: str | None, name: str, status: int, tampered: bool) -> None:
         with self._lock:
-            self._fetches.append(Fetch(time.monotonic(), gun, name, status, fake is not None))
-        handler.send_response(status)
-        handler.send_header("Content-Type", ctype)
-        handler.send_header("Content-Length", str(len(body)))
-        handler.end_headers()
-        handler.wfile.write(body)
+            self._fetches.append(Fetch(time.monotonic(), gun, name, status, tampered))
+
+
+def split_path(path: str) -> tuple[str | None, str]:
+    """(GUN, file name) of a ``/v2/<gun>/_trust/tuf/<name>`` request path; (None, path)
+    for anything else."""
+    path = path.split("?", 1)[0]
+    found = _TUF_PATH.match(path)
+    if found is None:
+        return None, path
+    return unquote(found.group("gun")), unquote(found.group("name"))
+
+
+def send(handler: BaseHTTPRequestHandler, status: int, body: bytes, ctype: str) -> None:
+    """A plain answer with Content-Length."""
+    handler.send_response(status)
+    handler.send_header("Content-Type", ctype)
+    handler.send_header("Content-Length", str(len(body)))
+    handler.end_headers()
+    handler.wfile.write(body)
 
 
 def consistent_name(role: str, entry: Mapping[str, Any]) -> str:

@@ -17,7 +17,10 @@ How a caller (the I/O shell) drives it, per repository (GUN)::
         for p in pending:                                         # "targets/releases.<hex>.json"
             try:
                 ts.update_delegated_targets(fetch(p.filename), p.name, p.parent)
+            except RollbackError: raise                          # never skipped
             except TrustDataError: ...                           # skipped: log, go on
+    if state is not None:
+        check_withheld(ts, state)             # a delegation we had, withheld now: refuse
     store(ts.state().to_bytes())
     signed = resolve_docker(ts, tag)          # or resolve_required_roles(ts, tag, reqs)
 
@@ -59,7 +62,7 @@ from proxy.trust.metadata import (
     parse_targets,
     parse_timestamp,
 )
-from proxy.trust.refresh import Fetch, MissingMetadataError, refresh
+from proxy.trust.refresh import Fetch, MissingMetadataError, check_withheld, refresh
 from proxy.trust.resolve import (
     RoleRequirement,
     SignedTarget,
@@ -112,6 +115,7 @@ __all__ = [
     "TrustedSet",
     "TrustedState",
     "UnsupportedKeyError",
+    "check_withheld",
     "compute_key_id",
     "consistent_filename",
     "encode_canonical",

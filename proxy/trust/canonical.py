@@ -27,7 +27,8 @@ def encode_canonical(value: object, *, role: str = "") -> bytes:
 
     Raises:
         MetadataFormatError: the value holds a float, an integer beyond 2**53, a non-string
-            key, a string that is not valid Unicode, or a non-JSON type.
+            key, a string that is not valid Unicode, or is nested too deeply to encode.
+        TypeError: a value that is not JSON (a caller bug).
     """
     slow = _needs_slow_path(value, role)
     try:
@@ -40,6 +41,8 @@ def encode_canonical(value: object, *, role: str = "") -> bytes:
         )
     except UnicodeEncodeError as e:  # lone surrogate from a \ud8xx escape
         raise MetadataFormatError("string is not valid Unicode", role=role) from e
+    except RecursionError as e:
+        raise _too_deep(role) from e
 
 
 def encode_parsed(value: object, source: bytes, *, role: str = "") -> bytes:
@@ -59,8 +62,18 @@ def encode_parsed(value: object, source: bytes, *, role: str = "") -> bytes:
         return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode(
             "utf-8"
         )
+    except RecursionError as e:
+        raise _too_deep(role) from e
     except (UnicodeEncodeError, TypeError, ValueError) as e:  # pragma: no cover - defensive
         raise MetadataFormatError(f"cannot encode canonically: {e}", role=role) from e
+
+
+def _too_deep(role: str) -> MetadataFormatError:
+    # The parser (json.loads, C) stops at Python's recursion limit minus the caller's stack;
+    # the encoders recurse too (the slow path twice per level), so a document the parser
+    # just accepted can still be too deep to encode. Untrusted bytes must not turn into a
+    # RecursionError (a 500) whatever the stack depth: they are malformed metadata.
+    return MetadataFormatError("nested too deeply to encode canonically", role=role)
 
 
 def _needs_slow_path(value: object, role: str) -> bool:

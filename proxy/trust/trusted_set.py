@@ -14,7 +14,11 @@ and checks follow the notary client (see ``shared/notes/notary-v1-format.md``):
 4. ``update_targets``: bytes match snapshot ``meta.targets``; targets role; version; expiry.
 5. ``update_delegated_targets``: bytes match snapshot ``meta[<role>]``; keys and threshold
    from the *parent's* ``delegations``; version; expiry. A delegation that fails is recorded
-   in ``skipped`` (notary skips it) and the error is raised for the caller to log.
+   in ``skipped`` (notary skips it) and the error is raised for the caller to log, except
+   that a ``RollbackError`` must end the refresh: the role is still declared and its floor
+   comes from a version we verified (floors of undeclared roles are dropped, and
+   notary-server refuses a lower version), so only a server rolling it back serves it.
+   Skipping it would let ``targets`` answer for the tags the delegation re-signed.
 
 Errors of top-level roles are fatal: the caller must not use the set for resolution then.
 Calling methods out of order is a caller bug and raises ``RuntimeError``.

@@ -12,7 +12,10 @@ Outcomes, translated here once so the source sees only our exception tree:
   (:class:`~proxy.upstream.auth.UpstreamAuthenticator`, scope ``repository:<gun>:pull``);
 * network error, TLS error, timeout, any other status, auth failure →
   :class:`~proxy.errors.TrustSourceUnavailableError`;
-* more than ``max_bytes`` → :class:`~proxy.trust.OversizeMetadataError` (bad data).
+* more than ``max_bytes`` → :class:`~proxy.trust.OversizeMetadataError` (bad data);
+* a ``Content-Encoding`` other than identity (we ask for identity: hashes are over the
+  bytes as served, and decoding would inflate before counting) →
+  :class:`~proxy.trust.MetadataFormatError` (bad data), the body unread.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from proxy.errors import (
     UnauthorizedError,
     UpstreamUnavailableError,
 )
-from proxy.trust import OversizeMetadataError
+from proxy.trust import MetadataFormatError, OversizeMetadataError
 from proxy.upstream.auth import UpstreamAuthenticator
 
 __all__ = ["NotaryFetcher", "role_of"]
@@ -91,6 +94,7 @@ class NotaryFetcher:
             TrustSourceUnavailableError: unreachable, TLS failure, timeout, HTTP status other
                 than 200/404, or the server's auth refused us.
             OversizeMetadataError: the body is longer than ``max_bytes``.
+            MetadataFormatError: the body is content-encoded (gzip, ...).
         """
         try:
             async with asyncio.timeout(self._deadline):
@@ -139,6 +143,10 @@ class NotaryFetcher:
         except httpx.HTTPError as e:
             # ConnectError covers refused connections and TLS verification failures.
             raise self._unavailable(f"{name}: unreachable ({type(e).__name__}: {e})") from e
+        except httpx.InvalidURL as e:
+            # httpx parses a 3xx's Location even though redirects are not followed, and a
+            # Location like "javascript:x" raises InvalidURL, which is not an HTTPError.
+            raise self._unavailable(f"{name}: redirect to an invalid URL") from e
 
     async def _authorize(self, challenge: str, scope: str, rejected: str | None) -> str:
         if self._auth is None:  # pragma: no cover - checked by the caller
@@ -151,6 +159,16 @@ class NotaryFetcher:
 
     async def _read_bounded(self, response: httpx.Response, name: str, max_bytes: int) -> bytes:
         role = role_of(name)
+        encoding = response.headers.get("content-encoding", "").strip().lower()
+        if encoding not in ("", "identity"):
+            # We asked for identity. httpx would inflate gzip/deflate a network chunk at a
+            # time with no bound of its own: one 64 KiB chunk of a deflate bomb becomes
+            # ~64 MiB in memory before the limit below can count it. Refused unread.
+            raise MetadataFormatError(
+                f"{name} is served with Content-Encoding {encoding[:32]!r}; "
+                "only identity was accepted",
+                role=role,
+            )
         declared = response.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > max_bytes:
             raise OversizeMetadataError(
@@ -160,7 +178,7 @@ class NotaryFetcher:
         size = 0
         async for chunk in response.aiter_bytes():
             size += len(chunk)
-            if size > max_bytes:  # counted after decoding: a compressed bomb is bounded too
+            if size > max_bytes:  # counted as it arrives: an endless body is cut here
                 raise OversizeMetadataError(f"{name} exceeds {max_bytes} bytes", role=role)
             chunks.append(chunk)
         return b"".join(chunks)

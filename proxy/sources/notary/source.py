@@ -11,8 +11,13 @@ kept in process for ``fresh_for``; after that the next request refreshes it::
                                  targets, every delegation by consistent name
                                  (bytes we hold whose hash the parent announces are
                                  reused, not refetched: an unchanged repository costs a
-                                 root probe and timestamp.json)
-    refresh could not fetch   -> the last state, re-verified at "now" (so only while
+                                 root probe and timestamp.json); the whole walk within
+                                 ``refresh_deadline``; an invalid delegation is skipped
+                                 (notary), unless it is rolled back or withheld (one the
+                                 stored state verified, still declared as then): that
+                                 ends the refresh (``proxy.trust.refresh``)
+    refresh could not fetch   -> (unreachable, timed out, past the refresh deadline)
+                                 the last state, re-verified at "now" (so only while
                                  unexpired), with a warning; failing that, and only
                                  then, re-verified at "now - expiry_grace" (the rule's
                                  grace past expiry); nothing valid -> unavailable
@@ -45,6 +50,7 @@ import logging
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from types import MappingProxyType
@@ -75,6 +81,7 @@ from proxy.trust import (
     TargetFile,
     TrustedSet,
     TrustedState,
+    check_withheld,
     resolve_docker,
     resolve_required_roles,
     signed_tags,
@@ -121,6 +128,10 @@ class NotarySourceOptions:
     limits: Limits = field(default_factory=Limits)
     #: while another replica holds the refresh lock, how often to look for its result
     flight_poll: timedelta = timedelta(milliseconds=75)
+    #: bound on one whole refresh, every file it fetches included (None: only the
+    #: fetcher's per-file deadline). Without it a server that sends each file just inside
+    #: the per-file deadline holds a cold request for (files) x (deadline).
+    refresh_deadline: timedelta | None = None
 
 
 def encode_record(state: TrustedState, fetched_at: datetime) -> bytes:
@@ -172,6 +183,8 @@ class _Hot:
 # The grace is part of the key: a rule without grace must never see what a rule with
 # grace accepted past expiry (and a shared refresh must not decide with another's grace).
 _Key = tuple[str, RootOfTrust, bool, timedelta]
+#: files asked for by the refresh running in this task (for the refresh deadline's message)
+_ASKED: ContextVar[list[str] | None] = ContextVar("trustproxy_notary_asked", default=None)
 _TOP_LEVEL_ROLES = frozenset({"root", "timestamp", "snapshot", "targets"})
 
 
@@ -221,10 +234,15 @@ class NotarySource:
     ) -> NotarySource:
         """A source for a configured notary-server: TLS with its CA, Bearer auth with its
         credentials, the configured timeouts, and ``metadata_max_bytes`` per role file.
-        Freshness is the source's ``refresh_interval``, else ``cache.refresh_seconds``."""
+        Freshness is the source's ``refresh_interval``, else ``cache.refresh_seconds``.
+        One fetch, and one whole refresh, may take ``connect_timeout + 2 x read_timeout``."""
+        # One whole fetch (request + body) may take connect + 2 x read; a whole refresh
+        # gets the same bound (a healthy server answers each file in milliseconds).
+        deadline = limits.connect_timeout + 2 * limits.read_timeout
         opts = options or NotarySourceOptions(
             fresh_for=timedelta(seconds=settings.fresh_for(cache or CacheSettings())),
             retry_after=timedelta(seconds=settings.retry_interval),
+            refresh_deadline=timedelta(seconds=deadline),
         )
         core = opts.limits
         cap = limits.metadata_max_bytes
@@ -246,13 +264,7 @@ class NotarySource:
             username=creds.username if creds.present else None,
             password=creds.password if creds.present else None,
         )
-        fetcher = NotaryFetcher(
-            settings.name,
-            settings.url,
-            http,
-            auth=auth,
-            deadline=limits.connect_timeout + 2 * limits.read_timeout,
-        )
+        fetcher = NotaryFetcher(settings.name, settings.url, http, auth=auth, deadline=deadline)
         return cls(fetcher, store, clock=clock, options=opts)
 
     @property
@@ -492,10 +504,16 @@ class NotarySource:
             ts = await self._timed_refresh(gun, rule, now, base, fallback)
         except NoTrustDataError as e:
             TRUST_CACHE.labels(self.name, "miss").inc()
-            until = now + opts.fresh_for
+            until = self._clock() + opts.fresh_for
             self._remember(key, _Hot(None, e, until, until, last=_last_verified(previous)))
             raise
         except TrustSourceUnavailableError as e:
+            # A failure is remembered from when it was known, not from when the refresh
+            # started: a refresh that timed out took the whole deadline, and an entry dated
+            # from its start would already be due, so every request (and the gate's second
+            # look, trust_info) would wait the deadline again. The cache is checked at that
+            # time too: it may have expired while we waited.
+            now = self._clock()
             found = self._stale(gun, rule, now, previous, state)
             if found is None:
                 TRUST_CACHE.labels(self.name, "miss").inc()
@@ -532,12 +550,14 @@ class NotarySource:
             # does not refetch it once each.
             TRUST_CACHE.labels(self.name, "miss").inc()
             log.warning("trust source %s: %s: trust data refused: %s", self.name, gun, e)
-            self._remember_failure(key, e, now)
+            self._remember_failure(key, e, self._clock())
             raise
 
         TRUST_CACHE.labels(self.name, "miss").inc()
         await self._save_record(gun, ts, now)
-        self._remember(key, self._hot_for(ts, refresh_at=now + opts.fresh_for))
+        # Fresh for fresh_for from when the refresh ended (see the failures above): a slow
+        # but successful refresh must not leave an entry that is due at once.
+        self._remember(key, self._hot_for(ts, refresh_at=self._clock() + opts.fresh_for))
         return self._answer(self._hot[key], gun)
 
     def _remember_failure(self, key: _Key, error: Exception, now: datetime) -> None:
@@ -594,7 +614,7 @@ class NotarySource:
         started = time.perf_counter()
         result = "error"
         try:
-            ts = await self._refresh(gun, rule, now, state, fallback)
+            ts = await self._bounded_refresh(gun, rule, now, state, fallback)
             result = "ok"
             return ts
         except NoTrustDataError:
@@ -609,6 +629,37 @@ class NotarySource:
         finally:
             # perf_counter, not the injected clock: that one is the verification time.
             TRUST_REFRESH_SECONDS.labels(self.name, result).observe(time.perf_counter() - started)
+
+    async def _bounded_refresh(
+        self,
+        gun: str,
+        rule: SigningRule,
+        now: datetime,
+        state: TrustedState | None,
+        fallback: TrustedState | None,
+    ) -> TrustedSet:
+        """:meth:`_refresh` within ``options.refresh_deadline``; past it, the server counts
+        as unreachable (the verified cache may answer, as in an outage)."""
+        limit = self.options.refresh_deadline
+        if limit is None:
+            return await self._refresh(gun, rule, now, state, fallback)
+        deadline = asyncio.timeout(limit.total_seconds())
+        asked = _ASKED.set([])  # file names, for the message: which one was still coming
+        try:
+            async with deadline:
+                return await self._refresh(gun, rule, now, state, fallback)
+        except TimeoutError as e:
+            if not deadline.expired():
+                raise
+            names = _ASKED.get() or ["nothing"]
+            raise TrustSourceUnavailableError(
+                self.name,
+                f"refresh of {gun} took longer than {limit.total_seconds():g}s: the trust "
+                f"server is too slow (waiting for {names[-1]}, {len(names) - 1} file(s) "
+                "received before it)",
+            ) from e
+        finally:
+            _ASKED.reset(asked)
 
     def _replay(
         self, state: TrustedState, gun: str, rule: SigningRule, now: datetime
@@ -683,6 +734,8 @@ class NotarySource:
     # --- the refresh walk (mirrors proxy.trust.refresh over the async fetcher) --------------
 
     async def _fetch(self, gun: str, name: str, role: str) -> bytes | None:
+        if (asked := _ASKED.get()) is not None:
+            asked.append(name)
         return await self._fetcher.fetch(
             gun, name, max_bytes=self.options.limits.max_bytes_for(role)
         )
@@ -763,9 +816,18 @@ class NotarySource:
                     continue
                 try:
                     ts.update_delegated_targets(raw, p.name, p.parent)
+                except RollbackError:
+                    # Older than a version of this (still declared) role that we verified:
+                    # the server is rolling it back. Skipping it, as notary does with an
+                    # invalid delegation, would hand its tags to targets (releases wins).
+                    raise
                 except TrustDataError as e:
                     # notary skips an invalid delegation; resolution then ignores it
                     log.warning("trust source %s: %s: skipped: %s", self.name, gun, e)
+        if state is not None:
+            # ... unless we had verified it and it is still declared as then: a server
+            # withholding it must not hand its tags to the parent (proxy.trust.refresh).
+            check_withheld(ts, state)
         if ts.expired_root_cert_used:
             log.warning(
                 "trust source %s: %s: root certificate expired; accepted because "

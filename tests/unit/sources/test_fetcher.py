@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import zlib
+from collections.abc import AsyncIterator
 
 import httpx
 import pytest
 
 from proxy.errors import TrustSourceUnavailableError
 from proxy.sources.notary import NotaryFetcher, role_of
-from proxy.trust import OversizeMetadataError
+from proxy.trust import MetadataFormatError, OversizeMetadataError
 from proxy.upstream.auth import UpstreamAuthenticator
 from tests.simulators.notary_repo import NotaryRepository
 from tests.unit.sources.sim import GUN, URL, SimServer
@@ -77,6 +79,19 @@ async def test_other_status_is_unavailable(status: int) -> None:
     assert ei.value.source == "notary"
 
 
+@pytest.mark.parametrize("location", ["javascript:alert(1)", "mailto:x@example.com", "http://[::1"])
+async def test_redirect_to_an_invalid_url_is_unavailable(location: str) -> None:
+    def answer(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(302, headers={"location": location})
+
+    f = NotaryFetcher("notary", URL, httpx.AsyncClient(transport=httpx.MockTransport(answer)))
+    try:
+        with pytest.raises(TrustSourceUnavailableError, match=r"timestamp\.json"):
+            await f.fetch(GUN, "timestamp.json", max_bytes=1024)
+    finally:
+        await f.aclose()
+
+
 @pytest.mark.parametrize(
     "exc",
     [
@@ -117,6 +132,57 @@ async def test_declared_length_over_limit_is_refused_before_reading() -> None:
         with pytest.raises(OversizeMetadataError, match="announces"):
             await f.fetch(GUN, "timestamp.json", max_bytes=size - 1)
         assert await f.fetch(GUN, "timestamp.json", max_bytes=size) is not None
+    finally:
+        await f.aclose()
+
+
+def _deflate_bomb(inflated: int) -> bytes:
+    c = zlib.compressobj(9, zlib.DEFLATED, zlib.MAX_WBITS | 16)
+    parts = [c.compress(bytes(1 << 20)) for _ in range(inflated >> 20)]
+    return b"".join([*parts, c.flush()])
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "deflate", "br", "GZIP, identity"])
+async def test_content_encoding_is_refused_unread(encoding: str) -> None:
+    """Found by the hostile trust server suite: httpx inflated a gzip body one network
+    chunk at a time with no bound, so a 64 KiB timestamp limit let ~140 MiB be allocated
+    by one fetch. We send ``Accept-Encoding: identity``; an encoded answer is bad data."""
+    bomb = _deflate_bomb(16 << 20)
+    pulled: list[int] = []
+
+    async def body() -> AsyncIterator[bytes]:
+        for at in range(0, len(bomb), 65536):
+            pulled.append(at)
+            yield bomb[at : at + 65536]
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, headers={"content-encoding": encoding}, content=body())
+
+    http = httpx.AsyncClient(transport=httpx.MockTransport(handler))
+    f = NotaryFetcher("notary", URL, http, deadline=5)
+    try:
+        with pytest.raises(MetadataFormatError, match="Content-Encoding") as ei:
+            await f.fetch(GUN, "timestamp.json", max_bytes=65536)
+    finally:
+        await f.aclose()
+    assert ei.value.role == "timestamp"
+    assert not isinstance(ei.value, OversizeMetadataError)
+    assert pulled == []  # refused on the headers: not one byte inflated
+
+
+@pytest.mark.parametrize("encoding", ["identity", " Identity "])
+async def test_identity_encoding_is_read(encoding: str) -> None:
+    server = SimServer()
+    repo = server.add(NotaryRepository(GUN))
+    honest = repo.fetch("timestamp.json")
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, headers={"content-encoding": encoding}, content=honest)
+
+    http = httpx.AsyncClient(transport=httpx.MockTransport(handler))
+    f = NotaryFetcher("notary", URL, http, deadline=5)
+    try:
+        assert await f.fetch(GUN, "timestamp.json", max_bytes=65536) == honest
     finally:
         await f.aclose()
 

@@ -6,7 +6,10 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+import json
 import logging
+import re
+from collections.abc import Callable
 from datetime import timedelta
 
 import httpx
@@ -14,7 +17,12 @@ import pytest
 
 from proxy.errors import NotSignedError, TrustSourceUnavailableError
 from proxy.sources import MemoryTrustStateStore, NoTrustDataError, SigningRule
-from proxy.sources.notary import NotarySourceOptions, decode_record, encode_record
+from proxy.sources.notary import (
+    NotarySource,
+    NotarySourceOptions,
+    decode_record,
+    encode_record,
+)
 from proxy.trust import (
     MissingMetadataError,
     PinnedRootKeys,
@@ -26,7 +34,7 @@ from proxy.trust import (
     TrustedState,
     TrustOnFirstUse,
 )
-from tests.simulators.notary_repo import NotaryRepository, generate_key
+from tests.simulators.notary_repo import NotaryRepository, generate_key, meta_for
 from tests.unit.sources.sim import GUN, Clock, SimServer, make_source
 
 pytestmark = pytest.mark.anyio
@@ -331,6 +339,117 @@ async def test_outage_with_nothing_cached_is_unavailable() -> None:
         await source.aclose()
 
 
+def _slow_timeout(clock: Clock, seconds: float) -> Callable[[httpx.Request], Exception]:
+    """A fetch that takes ``seconds`` of the source's clock, then times out."""
+
+    def fail(request: httpx.Request) -> Exception:
+        clock.advance(seconds=seconds)
+        return httpx.ReadTimeout("slow", request=request)
+
+    return fail
+
+
+async def test_a_slow_failure_is_remembered_from_when_it_ended() -> None:
+    """Found by the hostile trust server suite: a refresh that timed out dated its failure
+    (and the stale entry) from when it started, so with a deadline longer than
+    retry_after every request, and the gate's trust_info after resolve, waited the
+    deadline again."""
+    server = SimServer()
+    server.add(repo_with_roles())
+    clock = Clock()
+    source = make_source(server, clock=clock)
+    slow = _slow_timeout(clock, 30)  # deadline 30 s > retry_after 10 s
+    try:
+        # Cold: the refusal is remembered for retry_after from the failure.
+        server.faults["root.json"] = slow
+        with pytest.raises(TrustSourceUnavailableError):
+            await source.resolve(GUN, "v1", TOFU)
+        server.reset()
+        clock.advance(seconds=5)
+        with pytest.raises(TrustSourceUnavailableError):
+            await source.resolve(GUN, "v1", TOFU)
+        assert server.requests == []
+        # Warm: the cached answer is served, and keeps being served, without a refetch.
+        del server.faults["root.json"]
+        clock.advance(seconds=6)
+        assert (await source.resolve(GUN, "v1", TOFU)).digest == digest(M2)
+        server.faults["timestamp.json"] = slow
+        clock.advance(seconds=61)
+        assert (await source.resolve(GUN, "v1", TOFU)).digest == digest(M2)
+        assert (await source.trust_info(GUN, TOFU)).stale
+        server.reset()
+        clock.advance(seconds=5)
+        assert (await source.resolve(GUN, "v1", TOFU)).digest == digest(M2)
+        assert server.requests == []
+    finally:
+        await source.aclose()
+
+
+async def test_a_slow_refresh_is_fresh_from_when_it_ended() -> None:
+    """Found with the hostile trust server suite: a successful refresh that took longer
+    than fresh_for left an entry already due, so the gate's trust_info (right after
+    resolve) and every later request refreshed again."""
+    server = SimServer()
+    repo = server.add(repo_with_roles())
+    clock = Clock()
+    source = make_source(server, clock=clock)  # fresh_for 60 s
+    real = repo.fetch
+
+    def slow_fetch(name: str) -> bytes | None:
+        if name == "timestamp.json":
+            clock.advance(seconds=90)  # a server that took 90 s, and answered
+        return real(name)
+
+    repo.fetch = slow_fetch  # type: ignore[method-assign,assignment]
+    try:
+        assert (await source.resolve(GUN, "v1", TOFU)).digest == digest(M2)
+        n = len(server.requests)
+        await source.trust_info(GUN, TOFU)
+        clock.advance(seconds=30)
+        assert (await source.resolve(GUN, "v1", TOFU)).digest == digest(M2)
+        assert len(server.requests) == n  # no second refresh
+    finally:
+        await source.aclose()
+
+
+class _SlowServer(SimServer):
+    async def __call__(self, request: httpx.Request) -> httpx.Response:
+        await asyncio.sleep(0.06)  # a cold refresh fetches 7 files: 0.42 s in all
+        return await super().__call__(request)
+
+
+async def test_refresh_deadline_bounds_the_whole_walk() -> None:
+    """Each file inside the fetcher's deadline, the refresh as a whole past its own: the
+    server counts as unreachable (cold: unavailable; warm: the verified cache)."""
+    server = _SlowServer()
+    server.add(repo_with_roles())
+    clock = Clock()
+    options = NotarySourceOptions(refresh_deadline=timedelta(seconds=0.15))
+    source = make_source(server, clock=clock, options=options, deadline=5.0)
+    try:
+        with pytest.raises(TrustSourceUnavailableError, match=r"took longer than 0\.15s") as ei:
+            await source.resolve(GUN, "v1", TOFU)
+        # names the file that was still coming (timestamp.json, unless the host is slow)
+        assert re.search(r"waiting for \S+\.json, [0-9] file\(s\) received", str(ei.value))
+    finally:
+        await source.aclose()
+    fast = SimServer(repos=server.repos)
+    source = make_source(fast, clock=clock, options=options)
+    try:
+        assert (await source.resolve(GUN, "v1", TOFU)).digest == digest(M2)
+    finally:
+        await source.aclose()
+
+
+def test_from_settings_bounds_a_refresh_like_one_fetch() -> None:
+    from proxy.settings import LimitSettings, TrustSourceSettings
+
+    limits = LimitSettings(connect_timeout=2.0, read_timeout=5.0)
+    settings = TrustSourceSettings(name="notary", type="notary", url="https://notary.example")
+    source = NotarySource.from_settings(settings, limits, MemoryTrustStateStore())
+    assert source.options.refresh_deadline == timedelta(seconds=12)  # connect + 2 x read
+
+
 async def test_concurrent_requests_share_one_refresh() -> None:
     server = SimServer(gate=asyncio.Event())
     server.add(repo_with_roles())
@@ -479,6 +598,73 @@ async def test_invalid_delegation_is_skipped_not_fatal() -> None:
         assert (got.digest, got.role) == (digest(M1), "targets")  # releases ignored
     finally:
         await source.aclose()
+
+
+async def test_rolled_back_delegation_ends_the_refresh() -> None:
+    """Found by the hostile trust server suite: a server holding the snapshot key announced
+    an older targets/releases; it was skipped like an invalid one, so ``targets`` answered
+    v1 with the digest releases had replaced."""
+    server = SimServer()
+    repo = server.add(repo_with_roles())
+    old_releases = repo.current["targets/releases"]
+    repo.add_target("v1", M3, role="targets/releases")  # releases re-points v1
+    repo.publish()
+    clock = Clock()
+    source = make_source(server, clock=clock)
+    try:
+        assert (await source.resolve(GUN, "v1", TOFU)).digest == digest(M3)
+        snap = json.loads(repo.current["snapshot"])["signed"]
+        snap["meta"]["targets/releases"] = meta_for(old_releases)
+        snap["version"] += 1
+        repo._store("snapshot", repo.sign("snapshot", snap))
+        repo.versions["snapshot"] = snap["version"]
+        repo.publish_timestamp()
+        clock.advance(seconds=61)
+        with pytest.raises(RollbackError) as info:
+            await source.resolve(GUN, "v1", TOFU)  # never targets' M1
+        assert info.value.role == "targets/releases"
+        clock.advance(seconds=11)
+        with pytest.raises(RollbackError):
+            await source.signed_tags(GUN, TOFU)
+    finally:
+        await source.aclose()
+
+
+async def test_withheld_delegation_ends_the_refresh_once_verified() -> None:
+    """Found by the hostile trust server suite: a server holding the snapshot key dropped
+    targets/releases from a new snapshot; skipped, it let targets answer v1 (M1) instead
+    of releases (M2). Refused once releases has been verified (the stored state holds it,
+    so a restarted proxy refuses too); a first contact keeps notary's skip."""
+    server = SimServer()
+    repo = server.add(repo_with_roles())
+    clock = Clock()
+    store = MemoryTrustStateStore()
+    source = make_source(server, clock=clock, store=store)
+    try:
+        assert (await source.resolve(GUN, "v1", TOFU)).digest == digest(M2)
+        snap = json.loads(repo.current["snapshot"])["signed"]
+        del snap["meta"]["targets/releases"]
+        snap["version"] += 1
+        repo._store("snapshot", repo.sign("snapshot", snap))
+        repo.versions["snapshot"] = snap["version"]
+        repo.publish_timestamp()
+        clock.advance(seconds=61)
+        with pytest.raises(MissingMetadataError, match="withholding") as info:
+            await source.resolve(GUN, "v1", TOFU)
+        assert info.value.role == "targets/releases"
+    finally:
+        await source.aclose()
+    restarted = make_source(server, clock=clock, store=store)
+    try:
+        with pytest.raises(MissingMetadataError, match="withholding"):
+            await restarted.resolve(GUN, "v1", TOFU)
+    finally:
+        await restarted.aclose()
+    first_contact = make_source(server, clock=clock)
+    try:
+        assert (await first_contact.resolve(GUN, "v1", TOFU)).digest == digest(M1)
+    finally:
+        await first_contact.aclose()
 
 
 async def test_missing_delegation_file_is_skipped() -> None:

@@ -16,6 +16,7 @@ from proxy.trust import (
     HashMismatchError,
     KeyIdMismatchError,
     Limits,
+    MissingMetadataError,
     OversizeMetadataError,
     PinnedRootKeys,
     RollbackError,
@@ -34,6 +35,7 @@ from proxy.trust.roots import leaf_problem
 from tests.simulators.notary_repo import (
     NotaryRepository,
     SimKey,
+    envelope,
     generate_key,
     make_ca,
     meta_for,
@@ -116,14 +118,107 @@ def test_rollback_targets_and_delegation(role: str) -> None:
     first = _trusted(repo)
     _forge(repo, **{role.replace("/", "__"): old})
     ts = _again(repo, first)
-    if role == "targets":
-        with pytest.raises(RollbackError) as info:
-            refresh(ts, repo.fetch)
-        assert info.value.role == "targets"
-    else:
-        (err,) = refresh(ts, repo.fetch)  # a bad delegation is skipped, not fatal
-        assert isinstance(err, RollbackError)
-        assert ts.status(role) == "skipped"
+    # Fatal for a delegation too: skipped, its tags would fall to targets (releases wins).
+    with pytest.raises(RollbackError) as info:
+        refresh(ts, repo.fetch)
+    assert info.value.role == role
+
+
+def test_invalid_delegation_is_still_skipped() -> None:
+    """Only a rollback ends the refresh; other delegation failures stay notary's skip."""
+    repo = _repo()
+    repo.signing_keys["targets/releases"] = [generate_key()]
+    repo.touch("targets/releases")
+    repo.publish()
+    ts = sim_set(repo)
+    (err,) = refresh(ts, repo.fetch)
+    assert isinstance(err, ThresholdError)
+    assert resolve_docker(ts, "v1").role == "targets"
+
+
+def _withhold_releases(repo: NotaryRepository, how: str) -> None:
+    """What a server holding the snapshot key can do to targets/releases."""
+    name = "targets/releases"
+    if how == "unlisted":
+        snap = json.loads(repo.current["snapshot"])["signed"]
+        del snap["meta"][name]
+        snap["version"] += 10
+        raw = repo.sign("snapshot", snap)
+        repo._store("snapshot", raw)
+        repo.versions["snapshot"] = snap["version"]
+        repo.publish_timestamp()
+    elif how == "not served":
+        del repo.files[f"{name}.{hashlib.sha256(repo.current[name]).hexdigest()}.json"]
+    elif how == "re-signed by a stranger":
+        body = json.loads(repo.current[name])["signed"]
+        body["version"] += 1
+        body["targets"]["v1"] = meta_for(b"manifest-evil")
+        _forge(repo, targets__releases=envelope(body, [generate_key()]))
+    else:  # "garbage"
+        _forge(repo, targets__releases=b"<html>maintenance</html>")
+
+
+WITHHELD = ["unlisted", "not served", "re-signed by a stranger", "garbage"]
+
+
+@pytest.mark.parametrize("how", WITHHELD)
+def test_withheld_delegation_is_refused_when_verified_before(how: str) -> None:
+    repo = _repo()
+    repo.add_target("v1", b"manifest-v1-new", role="targets/releases")  # releases re-points
+    repo.publish()
+    first = _trusted(repo)
+    assert resolve_docker(first, "v1").role == "targets/releases"
+    _withhold_releases(repo, how)
+    ts = _again(repo, first)
+    with pytest.raises(MissingMetadataError, match="withholding") as info:
+        refresh(ts, repo.fetch, previous=first.state())
+    assert info.value.role == "targets/releases"
+
+
+@pytest.mark.parametrize("how", WITHHELD)
+def test_withheld_delegation_at_first_contact_is_notarys_skip(how: str) -> None:
+    """Nothing verified before: nothing to compare with, so notary's rule (skip)."""
+    repo = _repo()
+    _withhold_releases(repo, how)
+    ts = sim_set(repo)
+    refresh(ts, repo.fetch)
+    assert ts.status("targets/releases") == "skipped"
+    assert resolve_docker(ts, "v1").role == "targets"
+
+
+def test_publisher_changes_stay_notarys_skip() -> None:
+    """A revoked key (the declaration changes), a lapsed delegation (its own expiry) or a
+    removed one (undeclared) after we verified it: skipped, not refused."""
+    repo = _repo()
+    first = _trusted(repo)
+    (old,) = repo.delegations["targets/releases"].keys
+    repo.delegations["targets/releases"].keys.append(generate_key())
+    repo.remove_delegation_key("targets/releases", old)
+    repo.signing_keys["targets/releases"] = [old]
+    repo.touch("targets/releases")
+    repo.publish()
+    revoked = _again(repo, first)
+    (err,) = refresh(revoked, repo.fetch, previous=first.state())
+    assert isinstance(err, ThresholdError)
+
+    repo = _repo()
+    first = _trusted(repo)
+    repo.expires["targets/releases"] = SIM_TIME - timedelta(hours=1)
+    repo.touch("targets/releases")
+    repo.publish()
+    lapsed = _again(repo, first)
+    (err,) = refresh(lapsed, repo.fetch, previous=first.state())
+    assert isinstance(err, ExpiredError)
+    assert resolve_docker(lapsed, "v1").role == "targets"
+
+    repo = _repo()
+    first = _trusted(repo)
+    del repo.delegations["targets/releases"]
+    repo.touch("targets")
+    repo.publish()
+    removed = _again(repo, first)
+    assert refresh(removed, repo.fetch, previous=first.state()) == []
+    assert removed.status("targets/releases") == "undeclared"
 
 
 def test_rollback_root() -> None:

@@ -1,10 +1,12 @@
 from __future__ import annotations
 
 import json
+import sys
+from collections.abc import Callable
 
 import pytest
 
-from proxy.trust.canonical import encode_canonical
+from proxy.trust.canonical import encode_canonical, encode_parsed
 from proxy.trust.errors import MetadataFormatError
 
 
@@ -62,3 +64,31 @@ def test_matches_json_dumps_without_control_characters() -> None:
 def test_slow_path_all_types() -> None:
     doc = {"k\t": [1, True, False, None, {"b": "c\\"}, -3], "a": "x"}
     assert encode_canonical(doc) == b'{"a":"x","k\t":[1,true,false,null,{"b":"c\\\\"},-3]}'
+
+
+def _at_stack_depth(frames: int, call: Callable[[], object]) -> object:
+    """``call()`` with ``frames`` more frames on the stack (the proxy calls the encoder
+    from deep inside uvicorn, Starlette and asyncio)."""
+    return call() if frames == 0 else _at_stack_depth(frames - 1, call)
+
+
+@pytest.mark.parametrize("frames", [0, 200, 500])
+@pytest.mark.parametrize("control", [False, True], ids=["fast-path", "slow-path"])
+def test_too_deep_to_encode_is_malformed_not_a_crash(frames: int, control: bool) -> None:
+    # Deeper than any encoder can recurse at any of these stack depths (the slow path
+    # spends two frames a level): never a RecursionError, which the proxy answers with 500.
+    deep: object = "\n" if control else "x"
+    for _ in range(sys.getrecursionlimit()):
+        deep = [deep]
+    with pytest.raises(MetadataFormatError, match="nested too deeply") as info:
+        _at_stack_depth(frames, lambda: encode_canonical({"d": deep}, role="timestamp"))
+    assert info.value.role == "timestamp"
+
+
+@pytest.mark.parametrize("frames", [0, 200, 500])
+def test_encode_parsed_too_deep_is_malformed(frames: int) -> None:
+    deep: object = 1
+    for _ in range(sys.getrecursionlimit()):
+        deep = [deep]
+    with pytest.raises(MetadataFormatError, match="nested too deeply"):
+        _at_stack_depth(frames, lambda: encode_parsed({"d": deep}, b"{}", role="targets"))

@@ -281,6 +281,27 @@ def test_not_json(raw: bytes) -> None:
     assert info.value.role == "timestamp"
 
 
+def _deep_timestamp(levels: int) -> bytes:
+    # An escaped string sends canonical encoding down its recursive (slow) path.
+    inner = b"[" * levels + b"]" * levels
+    return b'{"signed":{"_type":"Timestamp","e":"a\\nb","deep":' + inner + b'},"signatures":[]}'
+
+
+def _at_stack_depth(frames: int, call: Callable[[], object]) -> object:
+    return call() if frames == 0 else _at_stack_depth(frames - 1, call)
+
+
+@pytest.mark.parametrize("levels", [300, 500, 800, 950, 5000])
+@pytest.mark.parametrize("frames", [0, 150, 400])
+def test_deep_nesting_is_malformed_at_any_stack_depth(levels: int, frames: int) -> None:
+    """Found by the hostile trust server suite: 500 levels inside ``signed`` with one escaped
+    string parsed fine, then the canonical encoder hit the recursion limit (a 500)."""
+    raw = _deep_timestamp(levels)
+    with pytest.raises(MetadataFormatError) as info:
+        _at_stack_depth(frames, lambda: parse_timestamp(raw, max_bytes=1 << 20))
+    assert info.value.role == "timestamp"
+
+
 def test_oversize_is_refused_before_parsing() -> None:
     raw = REPO.current["targets"]
     with pytest.raises(OversizeMetadataError):
