@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import ssl
 import sys
@@ -123,6 +124,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from proxy.http.app import create_app
+    from proxy.http.server_protocol import guarded_protocol
     from proxy.reload import Builder, Runtime
 
     builder = Builder(stdout=sys.stdout)
@@ -146,7 +148,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
         ssl_ca_certs=str(client_ca) if client_ca else None,
         ssl_cert_reqs=ssl.CERT_REQUIRED if client_ca else ssl.CERT_NONE,
         loop="auto",  # uvloop where installed
-        http="auto",  # httptools where installed
+        # httptools where installed (as http="auto"), with the request-head limits uvicorn
+        # lacks: a timeout and a size (see proxy/http/server_protocol.py).
+        http=guarded_protocol(
+            header_timeout=server.header_timeout, max_header_bytes=server.max_header_bytes
+        ),
+        h11_max_incomplete_event_size=server.max_header_bytes,  # where h11 is used
+        timeout_keep_alive=math.ceil(server.keep_alive_timeout),  # uvicorn takes whole seconds
         log_config=None,  # logging is ours (JSON lines)
         access_log=False,  # our access line carries upstream, bytes and duration
         server_header=False,

@@ -25,9 +25,11 @@ MAX_NAME_LENGTH = 255  # distribution's limit for a repository name
 Kind = Literal["manifests", "blobs", "tags", "referrers", "uploads"]
 
 # uploads first: "/v2/<name>/blobs/uploads" (no slash) is the upload endpoint, not a blob
-# whose digest is "uploads".
+# whose digest is "uploads". At most one segment after it (the session, as distribution's
+# route): with any number, "/v2/a/blobs/uploads/manifests/v1" was an upload to "a" instead
+# of a manifest of the repository "a/blobs/uploads" (found by tests/hardening fuzzing).
 _PATH_RE = re.compile(
-    r"^/v2/(?P<name>.+?)/(?:(?P<uploads>blobs/uploads(?:/.*)?)"
+    r"^/v2/(?P<name>.+?)/(?:(?P<uploads>blobs/uploads(?:/[^/]*)?)"
     r"|(?P<kind>manifests|blobs|referrers)/(?P<ref>[^/]+)|(?P<tags>tags/list))\Z"
 )
 

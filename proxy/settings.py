@@ -29,6 +29,7 @@ from urllib.parse import urlsplit
 import yaml
 
 from proxy.errors import ConfigError
+from proxy.upstream.redirects import HostPattern, default_redirect_hosts
 
 ENV_PREFIX = "TRUSTPROXY_"
 
@@ -61,6 +62,12 @@ class ServerSettings:
     tls_key_file: Path | None = None
     client_auth: ClientAuthSettings = field(default_factory=ClientAuthSettings)
     metrics_enabled: bool = True  # GET /metrics (Prometheus) on the proxy's own listener
+    # Client connections (proxy/http/server_protocol.py): with no request in progress, a
+    # complete request head within header_timeout seconds and max_header_bytes (slowloris,
+    # huge headers); idle keep-alive connections are closed after keep_alive_timeout.
+    header_timeout: float = 30.0
+    max_header_bytes: int = 64 * KiB
+    keep_alive_timeout: float = 5.0  # uvicorn's default
 
     @property
     def tls(self) -> bool:
@@ -106,6 +113,24 @@ class UpstreamSettings:
     ca_file: Path | None = None
     auth: UpstreamAuthSettings = field(default_factory=UpstreamAuthSettings)
     redirects: RedirectMode = "follow"  # blob 3xx from the registry: follow here or relay
+    # Where a followed redirect may lead besides the upstream's own origin (host, host:port,
+    # *.domain, *: proxy/upstream/redirects.py). None: the documented storage hosts of a
+    # known registry (Docker Hub), else none (see :attr:`allowed_redirect_hosts`).
+    redirect_hosts: tuple[str, ...] | None = None
+    # Follow https -> http redirects (signed storage URLs readable on the wire). Unsafe:
+    # named so, and logged on every such hop.
+    insecure_redirect_to_http: bool = False
+    # Hash whole blobs on the way through and cut one that does not match its digest before
+    # its last chunk (clients verify too; this keeps a complete bad blob from ever leaving
+    # the proxy). Costs ~0.6 CPU s/GB (sha256): off for raw throughput.
+    verify_blobs: bool = True
+
+    @property
+    def allowed_redirect_hosts(self) -> tuple[str, ...]:
+        """``redirect_hosts``, or the default for this upstream's URL when not set."""
+        if self.redirect_hosts is not None:
+            return self.redirect_hosts
+        return default_redirect_hosts(self.url)
 
 
 @dataclass(frozen=True)
@@ -159,8 +184,22 @@ class LimitSettings:
     read_timeout: float = 30.0
     max_redirects: int = 5
     max_connections: int = 200  # per upstream
+    # The whole upstream exchange, from sending the request to the last byte of a size-
+    # bounded body (manifest, tag list, token, error body), and to the response headers of
+    # every request (blobs too). read_timeout is per socket read: a registry that trickles a
+    # byte every few seconds never trips it. None: twice read_timeout.
+    request_timeout: float | None = None
+    # A streamed body (blob, referrers) that averages fewer bytes per second than this,
+    # counting only the time spent waiting for the upstream, after read_timeout of grace, is
+    # cut (slowloris). 0: off.
+    min_upstream_rate: int = 1 * KiB
     # Verified manifests by digest kept in memory (proxy/manifest_cache.py); 0 disables.
     manifest_cache_bytes: int = 64 * MiB
+
+    @property
+    def request_deadline(self) -> float:
+        """Seconds an upstream exchange may take in all (``request_timeout`` or its default)."""
+        return self.request_timeout if self.request_timeout is not None else 2 * self.read_timeout
 
 
 @dataclass(frozen=True)
@@ -519,6 +558,10 @@ def _parse_server(sec: _Section) -> ServerSettings:
     if client_ca is not None and cert is None:
         raise ConfigError(ca.sub("client_ca_file"), "mTLS needs server.tls_cert_file/key_file")
     metrics = sec.value("metrics", _bool, True)
+    d = ServerSettings()
+    header_timeout = sec.value("header_timeout", _duration, d.header_timeout)
+    max_header_bytes = sec.value("max_header_bytes", _size, d.max_header_bytes)
+    keep_alive_timeout = sec.value("keep_alive_timeout", _duration, d.keep_alive_timeout)
     sec.finish()
     return ServerSettings(
         host=host,
@@ -527,6 +570,9 @@ def _parse_server(sec: _Section) -> ServerSettings:
         tls_key_file=key,
         client_auth=ClientAuthSettings(htpasswd_file=htpasswd, client_ca_file=client_ca),
         metrics_enabled=metrics,
+        header_timeout=header_timeout,
+        max_header_bytes=max_header_bytes,
+        keep_alive_timeout=keep_alive_timeout,
     )
 
 
@@ -553,6 +599,9 @@ def _parse_upstream(sec: _Section) -> UpstreamSettings:
     if mode != "basic" and creds.present:
         raise ConfigError(auth_sec.sub("mode"), "credentials are set: use mode basic")
     redirects = cast(RedirectMode, sec.value("redirects", _choice("follow", "relay"), "follow"))
+    redirect_hosts = sec.value("redirect_hosts", _host_patterns, None)
+    insecure_http = sec.value("insecure_redirect_to_http", _bool, False)
+    verify_blobs = sec.value("verify_blobs", _bool, True)
     sec.finish()
     return UpstreamSettings(
         name=name,
@@ -562,7 +611,25 @@ def _parse_upstream(sec: _Section) -> UpstreamSettings:
         ca_file=ca_file,
         auth=UpstreamAuthSettings(mode=mode, credentials=creds),
         redirects=redirects,
+        redirect_hosts=redirect_hosts,
+        insecure_redirect_to_http=insecure_http,
+        verify_blobs=verify_blobs,
     )
+
+
+def _host_patterns(v: Any, path: str) -> tuple[str, ...]:
+    """``redirect_hosts``: a list of host patterns (proxy/upstream/redirects.py HostPattern)."""
+    if not isinstance(v, list):
+        raise ConfigError(path, f"must be a list of host patterns, not {_kind(v)}")
+    out: list[str] = []
+    for i, item in enumerate(v):
+        text = _str(item, f"{path}[{i}]").strip().lower()
+        try:
+            HostPattern.parse(text)
+        except ValueError as e:
+            raise ConfigError(f"{path}[{i}]", f"{e}: {text!r}") from e
+        out.append(text)
+    return tuple(out)
 
 
 def _parse_upstreams(raw: Any, base_dir: Path, check_files: bool) -> tuple[UpstreamSettings, ...]:
@@ -676,6 +743,8 @@ def _parse_limits(sec: _Section) -> LimitSettings:
         read_timeout=sec.value("read_timeout", _duration, d.read_timeout),
         max_redirects=sec.value("max_redirects", _count, d.max_redirects),
         max_connections=sec.value("max_connections", _count, d.max_connections),
+        request_timeout=sec.value("request_timeout", _duration, d.request_timeout),
+        min_upstream_rate=sec.value("min_upstream_rate", _size_or_zero, d.min_upstream_rate),
         manifest_cache_bytes=sec.value(
             "manifest_cache_bytes", _size_or_zero, d.manifest_cache_bytes
         ),
@@ -685,7 +754,8 @@ def _parse_limits(sec: _Section) -> LimitSettings:
 
 
 def _size_or_zero(v: Any, path: str) -> int:
-    # limits.manifest_cache_bytes: 0 means "no cache", every other size as _size reads it.
+    # manifest_cache_bytes (no cache), min_upstream_rate (no check): 0 means off; every
+    # other size as _size reads it.
     return 0 if v == 0 and not isinstance(v, bool) else _size(v, path)
 
 

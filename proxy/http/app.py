@@ -139,7 +139,8 @@ async def not_routed(request: Request, exc: Exception) -> Response:
     """Paths and methods outside the API still get an OCI error body, not plain text."""
     status = getattr(exc, "status_code", 404)
     code = "UNSUPPORTED" if status == 405 else "NOT_FOUND"
-    return oci_error_response(status, code, f"no such endpoint: {request.url.path[:200]}")
+    path: str = request.scope["path"]  # as routed (request.url.path drops tabs, see dispatch)
+    return oci_error_response(status, code, f"no such endpoint: {path[:200]}")
 
 
 def create_app(
@@ -176,6 +177,9 @@ def create_app(
         lifespan=lifespan,
         exception_handlers={404: not_routed, 405: not_routed},
     )
+    # No 307 from "/healthz/" to "/healthz": Starlette builds that Location from the
+    # client's Host header, and a path that is no endpoint gets an OCI 404 like any other.
+    app.router.redirect_slashes = False
     app.state.proxy = state
     if runtime is not None:
         app.add_middleware(InFlightMiddleware, tracker=runtime.tracker)

@@ -27,6 +27,7 @@ from proxy.errors import (
     UpstreamUnavailableError,
 )
 from proxy.gate import PassThrough, RequestContext, ServeDigest
+from proxy.http.client_input import check_forwarded_headers
 from proxy.http.errors import oci_error_response, response_for_exception
 from proxy.http.relay import error_body_for_client, relayed_headers, rewrite_link
 from proxy.http.state import ProxyState, SignedFetch
@@ -37,6 +38,7 @@ from proxy.reference import RepoPath, parse_repo_path
 from proxy.routing import Route
 from proxy.tag_pages import paginate, parse_page_query
 from proxy.upstream.client import FORWARDED_REQUEST_HEADERS, REDIRECT_STATUSES, UpstreamClient
+from proxy.upstream.redirects import resolve_location
 
 log = logging.getLogger("trustproxy.handlers")
 
@@ -78,7 +80,11 @@ async def dispatch(request: Request) -> Response | ASGIApp:
             raise UnsupportedError(READ_ONLY)
         if state.client_auth is not None:
             request.state.user = state.client_auth.check(request.headers.get("authorization"))
-        path = request.url.path
+        check_forwarded_headers(request.scope["headers"])
+        # The path as the server decoded it, which is also what routed the request here.
+        # Not request.url.path: that goes through urlsplit, which silently drops tabs and
+        # line breaks, so /v2/team/ap%09p/... would be served (and decided) as team/app.
+        path: str = request.scope["path"]
         if path in ("/v2", "/v2/"):
             return await base(request, state)
         if path == "/v2/_catalog":
@@ -212,7 +218,13 @@ async def manifest_unchecked(
         await resp.aclose()
         return Response(status_code=200, headers=relayed_headers(resp.headers))
     body = await client.read_bounded(resp, state.settings.limits.manifest_max_bytes, "manifest")
-    return Response(body, headers=relayed_headers(resp.headers, body_length=len(body)))
+    headers = relayed_headers(resp.headers, body_length=len(body))
+    # Even unenforced, the digest header says what these bytes are, not what upstream claims.
+    claimed = headers.get("docker-content-digest", "")
+    headers["docker-content-digest"] = digest_of(
+        body, "sha512" if claimed.startswith("sha512:") else "sha256"
+    )
+    return Response(body, headers=headers)
 
 
 async def manifest_by_digest(
@@ -468,16 +480,30 @@ async def blob(
         if not location:
             raise UpstreamContentError(f"upstream {client.name} redirected without a Location")
         # Relaying is safe for integrity: blobs are content-addressed and clients verify them.
-        return Response(
-            status_code=resp.status_code, headers={"Location": str(resp.url.join(location))}
-        )
+        # Where it leads is the client's business (it fetches it, not the proxy), but only
+        # http(s): a malformed Location is a 502, never a 500.
+        target = resolve_location(resp.url, location)
+        if target.scheme not in ("http", "https"):
+            raise UpstreamContentError(f"upstream {client.name} redirected to a non-http URL")
+        return Response(status_code=resp.status_code, headers={"Location": str(target)})
     if resp.status_code not in (200, 206, 304):  # 304: the client's If-None-Match held
         return await relay_error(request, client, resp, state)
+    headers = relayed_headers(resp.headers)
+    if "docker-content-digest" in headers:
+        headers["docker-content-digest"] = rp.reference  # what was asked for, not the claim
+    send_body = request.method != "HEAD" and resp.status_code != 304
+    # A whole blob is hashed on the way through (a Range answer cannot be on its own).
+    verify = client.settings.verify_blobs and send_body and resp.status_code == 200
+    limits = state.settings.limits
     return UpstreamBodyResponse(
         resp,
         status_code=resp.status_code,
-        headers=relayed_headers(resp.headers),
-        send_body=request.method != "HEAD" and resp.status_code != 304,
+        headers=headers,
+        send_body=send_body,
+        expected_digest=rp.reference if verify else None,
+        min_rate=limits.min_upstream_rate,
+        grace=limits.read_timeout,
+        upstream_name=client.name,
     )
 
 
@@ -567,11 +593,15 @@ async def referrers(
     resp = await _open(request, client, route, f"referrers/{rp.reference}", query=query)
     if resp.status_code != 200:
         return await relay_error(request, client, resp, state)
+    limits = state.settings.limits
     return UpstreamBodyResponse(
         resp,
         status_code=200,
         headers=relayed_headers(resp.headers),
         send_body=request.method != "HEAD",
+        min_rate=limits.min_upstream_rate,
+        grace=limits.read_timeout,
+        upstream_name=client.name,
     )
 
 
@@ -614,9 +644,11 @@ def forwardable_headers(request: Request, *, conditional: bool = True) -> dict[s
     names = FORWARDED_REQUEST_HEADERS if conditional else ("accept",)
     out: dict[str, str] = {}
     for name in names:
-        values = request.headers.getlist(name)
-        if values:
-            out[name] = ", ".join(values)
+        # Empty lines dropped and values trimmed: joined, they made ", " or "a, ", which h11
+        # refuses to send (a field value has no leading or trailing whitespace): a 502.
+        values = [v.strip(" \t") for v in request.headers.getlist(name)]
+        if any(values):
+            out[name] = ", ".join(v for v in values if v)
     return out
 
 

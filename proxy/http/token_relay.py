@@ -19,11 +19,14 @@ from starlette.responses import Response
 
 from proxy.errors import (
     BadDataError,
+    ClientRequestError,
     TrustproxyError,
     UnknownRepositoryError,
     UnsupportedError,
 )
+from proxy.http.client_input import check_forwarded_headers
 from proxy.http.errors import response_for_exception
+from proxy.reference import validate_name
 from proxy.routing import Router
 from proxy.settings import UpstreamSettings
 from proxy.upstream.challenge import (
@@ -65,11 +68,15 @@ class TokenRelay:
         """``GET /_trustproxy/token/<upstream>``: fetch the client's token upstream."""
         try:
             up = client.settings
+            check_forwarded_headers(request.scope["headers"])  # Authorization goes upstream
             if up.auth.mode != "passthrough":
                 raise UnsupportedError(f"upstream {up.name} does not use passthrough auth")
             service = self._services.get(up.name) or await self._discover(client)
 
             def to_upstream(name: str) -> str:
+                # A token for a name no /v2 request can use is not worth asking for, and the
+                # token service must not see names outside the grammar (``..``, spaces).
+                validate_name(name)
                 route = self._router.route(name)
                 if route.upstream.name != up.name:
                     raise UnknownRepositoryError(f"{name!r} is not served by {up.name}")
@@ -79,7 +86,11 @@ class TokenRelay:
             if service.service:
                 params.append(("service", service.service))
             for scope in request.query_params.getlist("scope"):
-                mapped = rewrite_client_scope(scope, repo_map=to_upstream)
+                try:
+                    mapped = rewrite_client_scope(scope, repo_map=to_upstream)
+                except BadDataError as e:
+                    # The client's scope, not the upstream's data: a 400, not a 502.
+                    raise ClientRequestError(str(e)) from e
                 if mapped:
                     params.append(("scope", mapped))
             for key in ("account", "client_id", "offline_token"):

@@ -26,6 +26,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import anyio
 import httpx
 
 from proxy.errors import (
@@ -74,6 +75,10 @@ class AuthLimits:
     # reach the registry in time.
     expiry_skew: float = 10.0
     max_cached_scopes: int = 1024
+    # The whole token exchange (headers and body): httpx's read timeout is per socket read,
+    # and a token server trickling its answer would otherwise hold every request waiting
+    # for the token.
+    request_timeout: float = 60.0
 
 
 def basic_header(username: str, password: str) -> str:
@@ -284,6 +289,16 @@ class UpstreamAuthenticator:
     async def _get_bounded(
         self, url: httpx.URL, params: list[tuple[str, str]], headers: dict[str, str]
     ) -> bytes:
+        try:
+            with anyio.fail_after(self._limits.request_timeout):
+                return await self._get_bounded_unlimited(url, params, headers)
+        except TimeoutError as e:
+            where = f"token server {url.host}"
+            raise UpstreamUnavailableError(self.upstream, f"{where} timed out", timeout=True) from e
+
+    async def _get_bounded_unlimited(
+        self, url: httpx.URL, params: list[tuple[str, str]], headers: dict[str, str]
+    ) -> bytes:
         where = f"token server {url.host}"
         limit = self._limits.max_token_response_bytes
         # Merge, not replace: a realm may carry its own query (build_request(params=)
@@ -295,7 +310,9 @@ class UpstreamAuthenticator:
             response = await self._client.send(request, stream=True)
         except httpx.TimeoutException as e:
             raise UpstreamUnavailableError(self.upstream, f"{where} timed out", timeout=True) from e
-        except httpx.HTTPError as e:
+        except (httpx.HTTPError, httpx.InvalidURL) as e:
+            # InvalidURL: httpx parses a 3xx's Location even when not following it, and
+            # "javascript:x" raises that (no HTTPError): still the token server's fault.
             raise UpstreamUnavailableError(
                 self.upstream, f"{where} unreachable ({type(e).__name__})"
             ) from e
@@ -327,7 +344,8 @@ class UpstreamAuthenticator:
                 self.upstream, f"{where} failed while reading ({type(e).__name__})"
             ) from e
         finally:
-            await response.aclose()
+            with anyio.CancelScope(shield=True):
+                await response.aclose()
 
     def _parse_token_response(self, body: bytes) -> tuple[str, float]:
         def bad(message: str) -> BadDataError:

@@ -215,18 +215,29 @@ def test_upstream_down_is_502_naming_upstream(tmp_path: Path) -> None:
         server.stop()
 
 
-@pytest.mark.parametrize("mode", ["follow", "relay"])
+@pytest.mark.parametrize("mode", ["follow", "follow-unlisted", "relay"])
 def test_blob_redirects(registry: RegistryBed, tmp_path: Path, mode: str) -> None:
+    # The storage here is the registry on loopback: followed only because redirect_hosts
+    # names it exactly (loopback is never reached otherwise: that is the SSRF guard).
     redirector = Redirector(registry.url).start()
     blob = registry.blobs[0]
+    options: dict[str, Any] = {"redirects": "relay" if mode == "relay" else "follow"}
+    if mode == "follow":
+        options["redirect_hosts"] = [registry.host]
     server = start_proxy(
-        tmp_path, {"upstreams": [upstream_config("storage", redirector.url, redirects=mode)]}
+        tmp_path, {"upstreams": [upstream_config("storage", redirector.url, **options)]}
     )
     try:
         r = httpx.get(f"{server.extra['url']}/v2/{REPO}/blobs/{blob.digest}")
         if mode == "follow":
             assert r.status_code == 200
             assert r.content == blob.data
+        elif mode == "follow-unlisted":
+            assert r.status_code == 502, r.text
+            error = oci_error(r)
+            assert error["code"] == "UNAVAILABLE"
+            assert error["detail"] == {"upstream": "storage"}
+            assert f"redirect to {registry.host}: not in redirect_hosts" in str(error["message"])
         else:
             assert r.status_code == 307
             assert r.headers["location"] == f"{registry.url}/v2/{REPO}/blobs/{blob.digest}"

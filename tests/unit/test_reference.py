@@ -118,10 +118,12 @@ def test_error_messages_truncate_huge_input() -> None:
         ("/v2/x/manifests/y/manifests/v1", RepoPath("x/manifests/y", "manifests", "v1")),
         ("/v2/tags/list/tags/list", RepoPath("tags/list", "tags")),
         (f"/v2/blobs/blobs/{SHA256}", RepoPath("blobs", "blobs", SHA256)),
+        # ... the upload endpoint's words too: one session segment at most, as distribution.
+        ("/v2/a/blobs/uploads/manifests/v1", RepoPath("a/blobs/uploads", "manifests", "v1")),
     ],
     ids=["tag", "digest", "blob-nested", "tags", "referrers", "uploads-slash",
          "uploads-no-slash", "upload-session", "name-with-manifests", "name-tags-list",
-         "name-blobs"],
+         "name-blobs", "name-blobs-uploads"],
 )  # fmt: skip
 def test_parse_repo_path(path: str, expected: RepoPath) -> None:
     parsed = parse_repo_path(path)

@@ -433,6 +433,31 @@ BAD: list[tuple[str, Mutation, str, str]] = [
     ("prefix-double-slash", _up(prefix="a//b"), "upstreams[0].prefix", "not a repository path"),
     ("registry-bad", _up(registry="reg istry"), "upstreams[0].registry", "not a registry"),
     ("redirects-bad", _up(redirects="maybe"), "upstreams[0].redirects", "must be one of"),
+    ("redirect-hosts-string", _up(redirect_hosts="cdn.example"), "upstreams[0].redirect_hosts",
+     "must be a list"),
+    ("redirect-hosts-url", _up(redirect_hosts=["https://cdn.example"]),
+     "upstreams[0].redirect_hosts[0]", "no scheme or path"),
+    ("redirect-hosts-path", _up(redirect_hosts=["ok.example", "cdn.example/x"]),
+     "upstreams[0].redirect_hosts[1]", "no scheme or path"),
+    ("redirect-hosts-inner-star", _up(redirect_hosts=["cdn.*.example"]),
+     "upstreams[0].redirect_hosts[0]", "only allowed as"),
+    ("redirect-hosts-star-suffix", _up(redirect_hosts=["*."]),
+     "upstreams[0].redirect_hosts[0]", "wildcard"),
+    ("redirect-hosts-port", _up(redirect_hosts=["cdn.example:99999"]),
+     "upstreams[0].redirect_hosts[0]", "not a port"),
+    ("redirect-hosts-bare-v6", _up(redirect_hosts=["fd00::1"]),
+     "upstreams[0].redirect_hosts[0]", "in brackets"),
+    ("redirect-hosts-bad-v6", _up(redirect_hosts=["[fd00::zz]"]),
+     "upstreams[0].redirect_hosts[0]", "not an IPv6"),
+    ("redirect-hosts-mapping", _up(redirect_hosts=[{"host": "x"}]),
+     "upstreams[0].redirect_hosts[0]", "must be a string"),
+    ("insecure-redirect-word", _up(insecure_redirect_to_http="yes"),
+     "upstreams[0].insecure_redirect_to_http", "true or false"),
+    ("verify-blobs-word", _up(verify_blobs="off"), "upstreams[0].verify_blobs", "true or false"),
+    ("request-timeout-zero", _set("limits", "request_timeout", value=0),
+     "limits.request_timeout", "greater than zero"),
+    ("min-rate-word", _set("limits", "min_upstream_rate", value="fast"),
+     "limits.min_upstream_rate", "not a size"),
     ("sources-list", _set("trust", "sources", value=["notary"]), "trust.sources",
      "must be a mapping"),
     ("source-type", _set("trust", "sources", "notary", "type", value="cosign"),
@@ -699,3 +724,48 @@ def test_trust_source_refresh_interval_must_be_a_duration(tmp_path: Path) -> Non
     with pytest.raises(ConfigError) as err:
         load_settings(write(tmp_path, MINIMAL_YAML), env)
     assert err.value.path == "trust.sources.notary.refresh_interval"
+
+
+def test_redirect_settings(tmp_path: Path) -> None:
+    config = {
+        "upstreams": [
+            {"name": "hub", "url": "https://registry-1.docker.io"},
+            {"name": "corp", "url": "https://registry.corp.example", "prefix": "corp",
+             "redirect_hosts": ["Storage.Corp.Example", "*.blob.example:8443", "[fd00::1]:9000"],
+             "insecure_redirect_to_http": True},
+            {"name": "closed", "url": "https://registry-1.docker.io", "prefix": "closed",
+             "redirect_hosts": [], "verify_blobs": False},
+        ],
+        "limits": {"request_timeout": "45s", "min_upstream_rate": "4KiB"},
+    }  # fmt: skip
+    s = load_settings(write(tmp_path, config))
+    hub, corp, closed = s.upstreams
+    # Not set: the documented storage hosts of a known registry (Docker Hub's CDN).
+    assert hub.redirect_hosts is None
+    assert "production.cloudflare.docker.com" in hub.allowed_redirect_hosts
+    assert not hub.insecure_redirect_to_http
+    assert corp.allowed_redirect_hosts == (
+        "storage.corp.example", "*.blob.example:8443", "[fd00::1]:9000",
+    )  # fmt: skip
+    assert corp.insecure_redirect_to_http
+    assert closed.allowed_redirect_hosts == ()  # an empty list: same origin only, even for Hub
+    assert hub.verify_blobs  # the default
+    assert not closed.verify_blobs
+    assert s.limits.request_timeout == pytest.approx(45.0)
+    assert s.limits.request_deadline == pytest.approx(45.0)
+    assert s.limits.min_upstream_rate == 4 * KiB
+
+
+def test_redirect_and_deadline_defaults(tmp_path: Path) -> None:
+    s = load_settings(write(tmp_path, MINIMAL_YAML))
+    (up,) = s.upstreams
+    assert up.redirect_hosts is None
+    assert up.allowed_redirect_hosts == ()  # an unknown registry: its own origin only
+    assert s.limits.request_timeout is None
+    assert s.limits.request_deadline == pytest.approx(2 * s.limits.read_timeout)
+    assert s.limits.min_upstream_rate == KiB
+    env = {"TRUSTPROXY_LIMITS__MIN_UPSTREAM_RATE": "0",
+           "TRUSTPROXY_UPSTREAMS__0__REDIRECT_HOSTS__0": "cdn.example"}  # fmt: skip
+    s = load_settings(write(tmp_path, MINIMAL_YAML), env)
+    assert s.limits.min_upstream_rate == 0  # off
+    assert s.upstreams[0].allowed_redirect_hosts == ("cdn.example",)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import platform
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
@@ -12,6 +13,7 @@ import httpx
 import pytest
 
 from proxy.http.streaming import UpstreamBodyResponse, tune_allocator
+from proxy.metrics import REGISTRY as METRICS
 
 Message = dict[str, Any]
 
@@ -187,3 +189,125 @@ def test_tune_allocator_is_idempotent_and_applies_on_glibc() -> None:
     assert tune_allocator() is first
     if sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc":
         assert first is True
+
+
+# --------------------------------------------------------------------------- bad bodies
+
+BLOB_CHUNKS = [b"first chunk ", b"second chunk ", b"last chunk"]
+BLOB_DIGEST = "sha256:" + hashlib.sha256(b"".join(BLOB_CHUNKS)).hexdigest()
+
+
+def blob_response(
+    stream: httpx.AsyncByteStream, *, digest: str | None = BLOB_DIGEST, **kw: Any
+) -> UpstreamBodyResponse:
+    return UpstreamBodyResponse(
+        httpx.Response(200, stream=stream),
+        status_code=200,
+        headers={"Content-Length": str(sum(map(len, BLOB_CHUNKS)))},
+        expected_digest=digest,
+        upstream_name="internal",
+        **kw,
+    )
+
+
+def mismatches() -> float:
+    value = METRICS.get_sample_value(
+        "trustproxy_upstream_errors_total", {"upstream": "internal", "kind": "mismatch"}
+    )
+    return value or 0.0
+
+
+@pytest.mark.anyio
+async def test_a_blob_that_hashes_to_its_digest_is_relayed_whole() -> None:
+    stream = RecordingStream(list(BLOB_CHUNKS))
+    client = Client()
+    scope = await run(blob_response(stream), client)
+    assert client.body == b"".join(BLOB_CHUNKS)
+    assert client.complete
+    assert "upstream_broke" not in scope.get("state", {})
+    assert stream.closed == 1
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("algorithm", ["sha256", "sha512"])
+async def test_a_blob_that_does_not_hash_to_its_digest_loses_its_last_chunk(
+    algorithm: str,
+) -> None:
+    chunks = [*BLOB_CHUNKS[:-1], b"last chunX"]  # one byte off, same length
+    digest = f"{algorithm}:" + hashlib.new(algorithm, b"".join(BLOB_CHUNKS)).hexdigest()
+    before = mismatches()
+    stream = RecordingStream(chunks)
+    client = Client()
+    scope = await run(blob_response(stream, digest=digest), client)
+    assert client.body == b"".join(chunks[:-1])  # the true prefix, never the whole bad blob
+    assert not client.complete  # the connection is cut: the client sees a short body
+    assert scope["state"]["upstream_broke"] is True
+    assert scope["state"]["error"].startswith("upstream_digest_mismatch: ")
+    assert stream.closed == 1
+    assert mismatches() == before + 1
+
+
+@pytest.mark.anyio
+async def test_a_one_chunk_bad_blob_sends_nothing() -> None:
+    stream = RecordingStream([b"not the blob"])
+    client = Client()
+    await run(blob_response(stream), client)
+    assert client.body == b""
+    assert not client.complete
+
+
+@pytest.mark.anyio
+async def test_without_a_digest_bytes_are_not_held_back() -> None:
+    # Range answers and referrers: nothing to hash against; chunks go out as they come.
+    stream = RecordingStream([b"part"], after=hang)
+    client = Client(disconnect_after=1)
+    await run(blob_response(stream, digest=None), client)
+    assert client.body == b"part"
+    # An algorithm we cannot compute is no check at all (the caller validated the digest).
+    assert blob_response(RecordingStream([]), digest="md5:abc").expected_digest is None
+
+
+class SlowStream(httpx.AsyncByteStream):
+    """One byte every ``interval`` seconds, ``count`` times (a slowloris body)."""
+
+    def __init__(self, count: int, interval: float) -> None:
+        self.count = count
+        self.interval = interval
+        self.closed = 0
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        for _ in range(self.count):
+            await anyio.sleep(self.interval)
+            yield b"x"
+
+    async def aclose(self) -> None:
+        self.closed += 1
+
+
+@pytest.mark.anyio
+async def test_a_body_below_the_minimum_rate_is_cut_after_the_grace() -> None:
+    stream = SlowStream(count=1000, interval=0.02)  # 50 B/s
+    client = Client()
+    started = anyio.current_time()
+    scope = await run(blob_response(stream, digest=None, min_rate=1000, grace=0.2), client)
+    assert anyio.current_time() - started < 1.0  # not 1000 x 20 ms
+    assert 0 < len(client.body) < 50
+    assert not client.complete
+    assert scope["state"]["error"].startswith("upstream_too_slow: ")
+    assert stream.closed == 1
+
+
+@pytest.mark.anyio
+async def test_time_spent_sending_to_a_slow_client_is_not_the_upstreams() -> None:
+    class SlowClient(Client):
+        async def send(self, message: MutableMapping[str, Any]) -> None:
+            if message["type"] == "http.response.body" and message.get("body"):
+                await anyio.sleep(0.05)  # the client, not the upstream, is slow
+            await super().send(message)
+
+    chunks = [b"y" * 100 for _ in range(10)]
+    stream = RecordingStream(chunks)
+    client = SlowClient()
+    await run(blob_response(stream, digest=None, min_rate=1_000_000, grace=0.1), client)
+    assert client.body == b"".join(chunks)
+    assert client.complete

@@ -536,3 +536,35 @@ async def test_errors_while_reading_body(exc: Exception, match: str, is_timeout:
         await make(handler).authorize(BEARER, PULL_A)
     assert info.value.timeout is is_timeout
     assert stream.closed
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("location", ["javascript:alert(1)", "mailto:x@example.com"])
+async def test_a_token_server_redirecting_to_a_non_url_is_unavailable(location: str) -> None:
+    # httpx parses the Location of any 3xx and raises InvalidURL (no HTTPError) for these:
+    # that must stay the token server's failure, not become a 500.
+    async def redirecting(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(302, headers={"Location": location})
+
+    with pytest.raises(UpstreamUnavailableError, match="unreachable \\(InvalidURL\\)"):
+        await make(redirecting).authorize(BEARER, PULL_A)
+
+
+@pytest.mark.anyio
+async def test_a_token_server_trickling_its_answer_hits_the_deadline() -> None:
+    # Each part arrives well within any per-read timeout; the whole never ends.
+    class Trickle(httpx.AsyncByteStream):
+        async def __aiter__(self) -> AsyncIterator[bytes]:
+            while True:
+                await asyncio.sleep(0.02)
+                yield b" "
+
+    async def trickling(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, stream=Trickle())
+
+    auth = make(trickling, limits=AuthLimits(request_timeout=0.2))
+    started = asyncio.get_running_loop().time()
+    with pytest.raises(UpstreamUnavailableError, match="timed out") as info:
+        await auth.authorize(BEARER, PULL_A)
+    assert info.value.timeout
+    assert asyncio.get_running_loop().time() - started < 1.0

@@ -1,0 +1,138 @@
+"""Limits uvicorn lacks: how long, and how many bytes, a client may take to send a request.
+
+uvicorn (0.54, both its httptools and its h11 protocol) arms its keep-alive timer only after
+a response, and any byte received cancels it. A client that connects and sends nothing, or
+trickles a request head a byte at a time (slowloris), keeps its connection open forever,
+and enough of them exhaust the process's file descriptors. With httptools nothing bounds
+the request line and headers either: one 300 MiB header grew the process by 580 MiB and
+took minutes of CPU (measured; tests/hardening/test_fuzz_wire.py keeps the checks). h11 has
+``h11_max_incomplete_event_size`` for the size, but no timeout.
+
+The guard is a subclass of the protocol uvicorn would pick (``http="auto"``). It uses only
+what both implementations have (``connection_made``, ``data_received``,
+``connection_lost``, ``on_response_complete``, the current request ``cycle``), and never
+touches a request in progress (the app running, or a response streaming):
+
+* ``header_timeout``: a connection with no request in progress, just opened or since its
+  last response, must have a complete request head within this time; a client that sent
+  part of one gets a 408, a silent one is just closed (as nginx's client_header_timeout);
+* ``max_header_bytes``: how much it may send meanwhile; past that, 431 and close (Go's
+  ``MaxHeaderBytes``). Checked after each read, so a head costs at most this plus one read.
+
+Both answers are OCI error bodies, written straight to the socket (no request reached the
+app); the connection is closed after them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from proxy.http.errors import oci_error_body
+
+__all__ = ["guarded_protocol"]
+
+log = logging.getLogger("trustproxy.server")
+
+
+def _raw_response(status: int, reason: str, code: str, message: str) -> bytes:
+    body = oci_error_body(code, message)
+    head = (
+        f"HTTP/1.1 {status} {reason}\r\n"
+        "content-type: application/json\r\n"
+        f"content-length: {len(body)}\r\n"
+        "connection: close\r\n\r\n"
+    )
+    return head.encode("ascii") + body
+
+
+class _RequestHeadGuard(asyncio.Protocol):
+    """Mixin over a uvicorn HTTP protocol class (see :func:`guarded_protocol`)."""
+
+    header_timeout: float
+    max_header_bytes: int
+    # What the guard reads of uvicorn's protocols (both implementations have them).
+    transport: asyncio.Transport
+    loop: asyncio.AbstractEventLoop
+    cycle: Any  # RequestResponseCycle | None: the latest request parsed on this connection
+
+    _head_timer: asyncio.TimerHandle | None = None
+    _head_bytes = 0  # bytes received with no request in progress
+
+    def _in_progress(self) -> bool:
+        return self.cycle is not None and not self.cycle.response_complete
+
+    def _arm(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+        self._head_bytes = 0
+        self._head_timer = self.loop.call_later(self.header_timeout, self._head_timed_out)
+
+    def _disarm(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _refuse(self, status: int, reason: str, code: str, message: str) -> None:
+        self._disarm()
+        if not self.transport.is_closing():
+            self.transport.write(_raw_response(status, reason, code, message))
+            self.transport.close()
+
+    def _head_timed_out(self) -> None:
+        self._head_timer = None
+        if self._in_progress() or self.transport.is_closing():
+            return  # on_response_complete arms again when it ends
+        peer = self.transport.get_extra_info("peername")
+        if self._head_bytes == 0:
+            log.debug("closing a connection that sent no request", extra={"client": str(peer)})
+            self.transport.close()
+            return
+        log.warning("request head not complete in %ss: 408", self.header_timeout,
+                    extra={"client": str(peer)})  # fmt: skip
+        self._refuse(408, "Request Timeout", "UNAVAILABLE",
+                     f"request head not complete within {self.header_timeout:g}s")  # fmt: skip
+
+    # --- the protocol methods the guard extends -------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        self._arm()
+
+    def data_received(self, data: bytes) -> None:
+        idle, before = not self._in_progress(), self.cycle
+        super().data_received(data)
+        if self.cycle is not before:
+            self._head_bytes = 0  # a request started in this read: the rest is not counted
+        elif idle and not self._in_progress():
+            self._head_bytes += len(data)
+            if self._head_bytes > self.max_header_bytes and not self.transport.is_closing():
+                log.warning("request head larger than %d bytes: 431", self.max_header_bytes)
+                self._refuse(431, "Request Header Fields Too Large", "UNSUPPORTED",
+                             f"request head larger than {self.max_header_bytes} bytes")  # fmt: skip
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()  # type: ignore[misc]  # uvicorn's, not asyncio's
+        if not self.transport.is_closing() and not self._in_progress():
+            self._arm()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+
+def guarded_protocol(
+    *,
+    header_timeout: float,
+    max_header_bytes: int,
+    base: type[asyncio.Protocol] | None = None,
+) -> type[asyncio.Protocol]:
+    """``base`` (default: uvicorn's ``http="auto"`` choice, httptools where installed, else
+    h11) with the guard; pass it as ``uvicorn.Config(http=...)``."""
+    if base is None:
+        from uvicorn.protocols.http.auto import AutoHTTPProtocol
+
+        base = AutoHTTPProtocol
+    attrs = {"header_timeout": header_timeout, "max_header_bytes": max_header_bytes}
+    return type(f"Guarded{base.__name__}", (_RequestHeadGuard, base), attrs)
