@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: help setup system-deps venv lint typecheck check test test-unit test-integration demo demo-down bench bench-quick clean
+.PHONY: help setup system-deps venv lint typecheck check test test-unit test-integration demo demo-down bench bench-quick hardening clean
 
 help:
 	@echo "make demo        set up everything, start registry + notary + trustproxy, show what clients see"
@@ -14,6 +14,7 @@ help:
 	@echo "make test-unit   only the unit tests (no real servers)"
 	@echo "make bench       benchmarks against the registry and nginx (about 10 minutes)"
 	@echo "make bench-quick the same, about a minute"
+	@echo "make hardening   attack tests, faults under load, 20-minute soak -> docs/hardening.md (~30 min)"
 
 system-deps:
 	@bash scripts/install-system-deps.sh
@@ -66,6 +67,25 @@ bench: setup $(BENCH_STAMP)
 bench-quick: setup $(BENCH_STAMP)
 	@bash scripts/install-bench-deps.sh
 	$(BIN)/python -m loadtest --quick
+
+# Hardening (docs/hardening.md): the attack tests (hostile trust server and registry,
+# request fuzzing, faults) record what they tried in the attempts file; then faults under
+# load (wrk) and the soak run, and the report is written from all three. The report is
+# written even when something failed; the target fails then. PostgreSQL keeps
+# notary-server's data across the notary-server restart.
+HARDENING_RESULTS := loadtest/results/hardening
+
+hardening: setup $(BENCH_STAMP)
+	@bash scripts/install-bench-deps.sh
+	@bash scripts/install-hardening-deps.sh
+	@mkdir -p $(HARDENING_RESULTS)
+	@rm -f $(HARDENING_RESULTS)/attempts.jsonl
+	@status=0; \
+	HARDENING_RESULTS_FILE=$(HARDENING_RESULTS)/attempts.jsonl HARDENING_FUZZ_EXAMPLES=2000 \
+		$(BIN)/pytest -m hardening tests/hardening || status=$$?; \
+	$(BIN)/python -m loadtest.hardening --attempts $(HARDENING_RESULTS)/attempts.jsonl \
+		--via-make || status=$$?; \
+	exit $$status
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .demo

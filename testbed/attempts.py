@@ -6,7 +6,7 @@ Every hardening test that attacks the proxy records its attempts here::
     log.record("trust server", "rollback of timestamp", expected="refused", statuses=[503],
                unsigned_served=0)
 
-Records are appended as JSON lines to the file named by ``TRUSTPROXY_HARDENING_RESULTS``
+Records are appended as JSON lines to the file named by ``HARDENING_RESULTS_FILE``
 when it is set (``make hardening`` sets it and turns the lines into the report); without it
 they are only kept in memory, so ``make test`` writes nothing into the checkout.
 
@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-RESULTS_ENV = "TRUSTPROXY_HARDENING_RESULTS"
+RESULTS_ENV = "HARDENING_RESULTS_FILE"
 
 SURFACES = ("trust server", "registry", "client input", "faults", "soak")
 

@@ -7,8 +7,15 @@ targets and delegation keys in their own trust directories (see ``testbed.notary
     NotaryCli --HTTPS--> notary-server --gRPC, mutual TLS--> notary-signer
                          (memory storage)                    (memory storage)
 
-Both processes keep everything in memory: a stopped bed leaves nothing behind but its
-temporary directory (configs, certificates, logs).
+Both processes keep everything in memory by default: a stopped bed leaves nothing behind
+but its temporary directory (configs, certificates, logs). ``storage="postgres://..."``
+keeps the server's metadata in a PostgreSQL database instead (the caller runs it and
+creates notary's tables), so that the server can be killed and restarted on the same port
+(:meth:`NotaryBed.kill_server`, :meth:`NotaryBed.restart_server`) with every repository
+still there, as a production notary-server on MySQL or PostgreSQL is; the signer keeps
+running (and keeps the timestamp and snapshot keys in memory) meanwhile. (Debian's
+notary-server is built without the sqlite3 driver, and with memory storage a restarted
+server has no repository at all.)
 """
 
 from __future__ import annotations
@@ -95,6 +102,16 @@ class NotaryBed:
     def alive(self) -> bool:
         return self.signer.alive() and self.server.alive()
 
+    def kill_server(self) -> None:
+        """SIGKILL notary-server (a crash); the signer keeps running."""
+        self.server.kill()
+
+    def restart_server(self, *, timeout: float = 20.0) -> None:
+        """Start notary-server again on the same port and wait until it can sign (it must
+        have been started with a ``postgres://`` storage for the repositories to survive)."""
+        self.server.restart(wait_timeout=timeout)
+        self._wait_ready(timeout)
+
     def stop(self) -> None:
         """Stop the server first (it holds connections to the signer), then the signer."""
         try:
@@ -121,9 +138,13 @@ class NotaryBed:
         ca: CA | None = None,
         timeout: float = 20.0,
         log_level: str = "info",
+        storage: str = "memory",
     ) -> NotaryBed:
         """Generate TLS material and configs in ``directory``, start both servers, wait until
         notary-server answers and can reach the signer.
+
+        ``storage``: the server's metadata store, ``memory`` or a ``postgres://`` URL of a
+        database holding notary-server's tables (it survives a restart of the server).
 
         Raises NotaryBedError (with log tails) when a binary is missing or a server does not
         come up within ``timeout`` seconds.
@@ -132,6 +153,8 @@ class NotaryBed:
         server_bin = find_binary("notary-server")
         if signer_bin is None or server_bin is None:
             raise NotaryBedError("notary-signer / notary-server not found on PATH")
+        if storage != "memory" and not storage.startswith("postgres://"):
+            raise ValueError(f"storage must be memory or a postgres:// URL, not {storage!r}")
         directory.mkdir(parents=True, exist_ok=True)
         tls_dir = directory / "tls"
         ca = ca or make_ca(tls_dir, "notary-bed CA")
@@ -191,7 +214,7 @@ class NotaryBed:
                             "tls_client_key": str(server_client_tls.key),
                         },
                         "logging": {"level": log_level},
-                        "storage": {"backend": "memory"},
+                        "storage": _server_storage(storage),
                     },
                     indent=2,
                 )
@@ -238,6 +261,12 @@ class NotaryBed:
                         f"notary-server not ready after {timeout}s ({last})\n{self.log_tail()}"
                     )
                 time.sleep(0.05)
+
+
+def _server_storage(storage: str) -> dict[str, str]:
+    if storage.startswith("postgres://"):
+        return {"backend": "postgres", "db_url": storage}
+    return {"backend": "memory"}
 
 
 def fetch_metadata(

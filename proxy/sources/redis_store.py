@@ -36,6 +36,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import redis.asyncio as aioredis
 from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.retry import Retry
 
@@ -254,11 +255,27 @@ class RedisConnection:
                 result = await fn()
         except (RedisError, OSError, TimeoutError) as e:
             self.health.failed(operation, e)
+            if isinstance(e, RedisConnectionError | OSError):
+                await self._drop_idle_connections()
             raise StoreUnavailableError(
                 f"trust state store {self.health.label}: {operation} failed: {e}"
             ) from e
         self.health.succeeded()
         return result
+
+    async def _drop_idle_connections(self) -> None:
+        """The server closed a connection (it died or restarted): every idle pooled
+        connection went to that server too. Without this, each would fail once more after
+        Redis is back ("Connection closed by server"), marking the store down again and
+        leaving refresh locks to expire: seen with Redis killed and restarted under load
+        (loadtest/hardening). The next call connects afresh."""
+        pool = getattr(self.client, "connection_pool", None)
+        if pool is None:
+            return
+        try:
+            await pool.disconnect(inuse_connections=False)
+        except Exception as e:  # closing dead sockets may fail; they are gone either way
+            log.debug("trust state store %s: dropping idle connections: %s", self.health.label, e)
 
     def store(
         self, namespace: str = "", *, key_prefix: str = "trustproxy:", **kw: Any

@@ -14,5 +14,5 @@ from tests.integration.conftest import notary_bed, tls_ca  # noqa: F401  (shared
 
 @pytest.fixture(scope="session")
 def attempt_log() -> AttemptLog:
-    """One log for the session; appends to $TRUSTPROXY_HARDENING_RESULTS when set."""
+    """One log for the session; appends to $HARDENING_RESULTS_FILE when set."""
     return AttemptLog()
