@@ -59,6 +59,50 @@ def _attempt(raw: dict[str, Any]) -> attempts_mod.Attempt:
     )
 
 
+def _own_attempts(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """The run's own faults and soak as attempt records (not written to the tests' file:
+    it is theirs)."""
+    suffix = f" ({results['mode']} run)"
+    own = faults_mod.attempts_from(results["faults"], suffix=suffix) if results["faults"] else []
+    if results["soak"]:
+        own.append(soak_attempt(results["soak"]))
+    return own
+
+
+def _write_report(results: dict[str, Any], json_path: Path, docs_dir: Path | None) -> list[Path]:
+    """The Markdown page and its charts for ``results`` (saved at ``json_path``): into
+    ``docs_dir`` when given, docs/ for a full run, next to the JSON for a quick one."""
+    mode = results["mode"]
+    attempts = [_attempt(raw) for raw in (*results["attempts"], *_own_attempts(results))]
+    if docs_dir is not None:
+        page_dir, page_name, charts_dir = docs_dir, "hardening.md", docs_dir / "hardening"
+    elif mode == "full":
+        page_dir, page_name = REPO_ROOT / "docs", "hardening.md"
+        charts_dir = page_dir / "hardening"
+    else:
+        page_dir, page_name = json_path.parent, json_path.with_suffix(".md").name
+        charts_dir = json_path.with_suffix("")
+    written = []
+    faults_png = soak_png = None
+    if results["faults"]:
+        path = charts_dir / "faults.png"
+        report.faults_chart(results["faults"], path)
+        faults_png = path.relative_to(page_dir).as_posix()
+        written.append(path)
+    if results["soak"]:
+        path = charts_dir / "soak.png"
+        report.soak_chart(results["soak"], path)
+        soak_png = path.relative_to(page_dir).as_posix()
+        written.append(path)
+    page = page_dir / page_name
+    page.parent.mkdir(parents=True, exist_ok=True)
+    page.write_text(
+        report.markdown(results, attempts, faults_chart=faults_png, soak_chart=soak_png)
+    )
+    written.append(page)
+    return written
+
+
 def main(argv: list[str] | None = None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(
@@ -95,8 +139,20 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="keep the servers' configs and logs here (default: a temp dir)",
     )
+    parser.add_argument(
+        "--render",
+        type=Path,
+        default=None,
+        metavar="RESULTS_JSON",
+        help="run nothing: write the report again from the results of an earlier run",
+    )
     parser.add_argument("--via-make", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(args_list)
+    if args.render is not None:
+        earlier: dict[str, Any] = json.loads(args.render.read_text())
+        for path in _write_report(earlier, args.render, args.docs_dir):
+            print(f"wrote {_display(path)}")
+        return 0
 
     missing = missing_tools(NEEDED)
     if missing:
@@ -140,51 +196,16 @@ def main(argv: list[str] | None = None) -> int:
             results["soak"] = soak
             problems += soak_problems(soak)
     results["duration_s"] = round(time.perf_counter() - t0, 1)
-    attempts = attempts_mod.load(args.attempts)
-    results["attempts"] = [asdict(a) for a in attempts]
-    # This run's own faults and soak, next to what the tests recorded (not written to the
-    # tests' file: it is theirs).
-    own = (
-        faults_mod.attempts_from(results["faults"], suffix=f" ({mode} run)")
-        if results["faults"]
-        else []
-    )
-    if results["soak"]:
-        own.append(soak_attempt(results["soak"]))
-    recorded = results["attempts_recorded"] = len(attempts)
-    attempts = [*attempts, *(_attempt(raw) for raw in own)]
-
+    results["attempts"] = [asdict(a) for a in attempts_mod.load(args.attempts)]
+    results["attempts_recorded"] = len(results["attempts"])
     stamp = started.strftime("%Y-%m-%dT%H%M%SZ")
     suffix = "" if mode == "full" else f"-{mode}"
     args.results_dir.mkdir(parents=True, exist_ok=True)
     json_path = args.results_dir / f"hardening-{stamp}{suffix}.json"
     json_path.write_text(json.dumps(results, indent=1) + "\n")
-    if args.docs_dir is not None:
-        page_dir, page_name, charts_dir = args.docs_dir, "hardening.md", args.docs_dir / "hardening"
-    elif mode == "full":
-        page_dir, page_name = REPO_ROOT / "docs", "hardening.md"
-        charts_dir = page_dir / "hardening"
-    else:
-        page_dir, page_name = args.results_dir, f"hardening-{stamp}{suffix}.md"
-        charts_dir = args.results_dir / f"hardening-{stamp}{suffix}"
-    written = [json_path]
-    faults_png = soak_png = None
-    if results["faults"]:
-        path = charts_dir / "faults.png"
-        report.faults_chart(results["faults"], path)
-        faults_png = path.relative_to(page_dir).as_posix()
-        written.append(path)
-    if results["soak"]:
-        path = charts_dir / "soak.png"
-        report.soak_chart(results["soak"], path)
-        soak_png = path.relative_to(page_dir).as_posix()
-        written.append(path)
-    page = page_dir / page_name
-    page.parent.mkdir(parents=True, exist_ok=True)
-    page.write_text(
-        report.markdown(results, attempts, faults_chart=faults_png, soak_chart=soak_png)
-    )
-    written.append(page)
+    written = [json_path, *_write_report(results, json_path, args.docs_dir)]
+    recorded = results["attempts_recorded"]
+    own = len(_own_attempts(results))
 
     print()
     if results["faults"]:
@@ -203,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
                     f"MiB ({fl['rss_growth_mib']:+.1f}, bound {s['bound_mib']:g}), slope "
                     f"{fl['rss_slope_second_half_mib_per_h']:+.1f} MiB/h"
                 )
-    print(f"attempt records: {recorded} from {_display(args.attempts)}, {len(own)} from this run")
+    print(f"attempt records: {recorded} from {_display(args.attempts)}, {own} from this run")
     for p in problems:
         print(f"  NOT AS EXPECTED: {p}")
     for path in written:

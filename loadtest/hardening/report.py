@@ -439,7 +439,8 @@ def markdown(
         "The question every section answers: did any client get content that the honest trust "
         "data does not sign for the reference it asked for? Answers are hashed per response "
         "(the tests, the prober, the soak driver) and the proxies' audit records are "
-        "cross-checked.",
+        "cross-checked. What the suite found and what was changed because of it, and the "
+        "limits it leaves, are in [hardening-notes.md](hardening-notes.md) (written by hand).",
         "",
     ]
     lines += attempts_section(
