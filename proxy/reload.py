@@ -311,6 +311,10 @@ def restart_needed(old: Settings, new: Settings) -> list[str]:
         keys.append("server.client_auth.client_ca_file")
     if a.metrics_enabled != b.metrics_enabled:
         keys.append("server.metrics")
+    # The request-head guard and uvicorn's keep-alive are set when the server starts.
+    for key in ("header_timeout", "max_header_bytes", "keep_alive_timeout"):
+        if getattr(a, key) != getattr(b, key):
+            keys.append(f"server.{key}")
     if old.logging != new.logging:
         keys.append("logging")
     return keys

@@ -55,7 +55,10 @@ def build_upstream_client(settings: Settings, up: UpstreamSettings) -> UpstreamC
             username=creds.username,
             password=creds.password,
             clock=time.monotonic,
-            limits=AuthLimits(max_token_response_bytes=settings.limits.token_max_bytes),
+            limits=AuthLimits(
+                max_token_response_bytes=settings.limits.token_max_bytes,
+                request_timeout=settings.limits.request_deadline,
+            ),
             # An operator who configured a plain-http registry has accepted cleartext for
             # it; its token service on plain http is no worse.
             insecure_http_realm=up.url.startswith("http://"),

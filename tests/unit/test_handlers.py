@@ -1118,3 +1118,19 @@ def test_a_blob_that_does_not_match_its_digest_is_cut_unless_verification_is_off
         assert r.content == BLOB[:512]
     else:
         assert r.content == bad  # relayed as is: the client's own check catches it
+
+
+@pytest.mark.parametrize(("limits", "deadline"), [({}, 60.0), ({"request_timeout": 7.0}, 7.0)])
+def test_token_exchange_has_the_request_deadline(limits: dict[str, Any], deadline: float) -> None:
+    import asyncio
+
+    from proxy.http.app import build_upstream_client
+    from proxy.upstream.auth import UpstreamAuthenticator
+
+    settings = make_settings(**limits)
+    client = build_upstream_client(settings, settings.upstreams[0])
+    try:
+        assert isinstance(client._auth, UpstreamAuthenticator)
+        assert client._auth._limits.request_timeout == deadline
+    finally:
+        asyncio.run(client.aclose())

@@ -481,3 +481,14 @@ def test_generation_is_what_serve_starts_with(tmp_path: Path) -> None:
     assert first.state.settings is settings
     first.recorder.close()
     asyncio.run(first.aclose())
+
+
+def test_restart_needed_lists_the_request_head_limits(tmp_path: Path) -> None:
+    old = load_settings(write_config(tmp_path, config(tmp_path)))
+    limits = {"header_timeout": "7s", "max_header_bytes": "128KiB", "keep_alive_timeout": "9s"}
+    new = load_settings(write_config(tmp_path, config(tmp_path, server=limits)))
+    assert restart_needed(old, new) == [
+        "server.header_timeout",
+        "server.max_header_bytes",
+        "server.keep_alive_timeout",
+    ]
