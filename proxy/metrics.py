@@ -39,7 +39,9 @@ TRUST_CACHE = Counter(
 )
 UPSTREAM_ERRORS = Counter(
     "trustproxy_upstream_errors_total",
-    "Upstream failures, by upstream and kind (unreachable, timeout, bad_status, mismatch).",
+    "Upstream failures, by upstream and kind (unreachable, timeout, bad_response, "
+    "redirect_refused, mismatch: bytes not matching their digest, broken: a stream cut, "
+    "too_slow: under min_upstream_rate).",
     ["upstream", "kind"],
     registry=REGISTRY,
 )
