@@ -322,14 +322,10 @@ class RedirectPolicy:
     def check(self, source: httpx.URL, target: httpx.URL) -> Verdict:
         """May the proxy follow a redirect from ``source`` (the hop that answered 3xx) to
         ``target`` (already absolute)?"""
-        scheme = target.scheme
-        if scheme not in DEFAULT_PORTS:
-            return Verdict(False, f"scheme {scheme or '(none)'!r} is not http or https")
-        host = _host(target)
-        if not host:
-            return Verdict(False, "no host")
-        if target.userinfo:
-            return Verdict(False, "credentials in the URL")
+        refused = _unusable(target)
+        if refused is not None:
+            return refused
+        scheme, host = target.scheme, _host(target)
         if source.scheme == "https" and scheme == "http" and not self.allow_http_downgrade:
             return Verdict(False, "https to http downgrade (insecure_redirect_to_http is off)")
         port = _port(target)
@@ -357,14 +353,10 @@ class RedirectPolicy:
         a link-local, unspecified or multicast address (cloud metadata services: never a
         token service); internal token services on private addresses keep working.
         """
-        scheme = target.scheme
-        if scheme not in DEFAULT_PORTS:
-            return Verdict(False, f"scheme {scheme or '(none)'!r} is not http or https")
-        host = _host(target)
-        if not host:
-            return Verdict(False, "no host")
-        if target.userinfo:
-            return Verdict(False, "credentials in the URL")
+        refused = _unusable(target)
+        if refused is not None:
+            return refused
+        scheme, host = target.scheme, _host(target)
         if scheme == "http" and self.origin[0] == "https":
             return Verdict(False, "a plain http token service for an https registry")
         if host == self.origin[1] or any(
@@ -375,3 +367,14 @@ class RedirectPolicy:
         if kind is not None:
             return Verdict(False, f"{kind} (list it in redirect_hosts to allow)")
         return Verdict(True, vet_addresses=_literal_address(host) is None)
+
+
+def _unusable(target: httpx.URL) -> Verdict | None:
+    """The refusal every target gets, whoever asks: not http(s), no host, or userinfo."""
+    if target.scheme not in DEFAULT_PORTS:
+        return Verdict(False, f"scheme {target.scheme or '(none)'!r} is not http or https")
+    if not _host(target):
+        return Verdict(False, "no host")
+    if target.userinfo:
+        return Verdict(False, "credentials in the URL")
+    return None
