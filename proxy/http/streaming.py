@@ -168,7 +168,11 @@ class UpstreamBodyResponse:
         """Every body chunk but the final empty one; raises _Cut to leave it unfinished."""
         expected = self.expected_digest
         hasher = hashlib.new(expected.partition(":")[0]) if expected else None
-        held = b""  # with a digest to check, the newest chunk waits for the next one
+        # With a digest to check, the last byte received waits for the next chunk, and the
+        # blob's very last byte for the hash: a bad blob never arrives whole, at the cost
+        # of one byte per stream (a held chunk cost up to 1 MiB per stream, measured as
+        # ~50 MiB more RSS at 50 streams).
+        held = b""
         received = 0
         waited = 0.0  # seconds spent waiting for the upstream (not for the client)
         asked = time.monotonic()
@@ -191,10 +195,11 @@ class UpstreamBodyResponse:
                         # a worker thread per chunk was tried and cost more CPU (the
                         # hand-off) than the overlap saved on 2 CPUs.
                         hasher.update(chunk)
-                        if held:
-                            await send({"type": "http.response.body", "body": held,
+                        body = held + chunk[:-1]
+                        held = chunk[-1:]
+                        if body:
+                            await send({"type": "http.response.body", "body": body,
                                         "more_body": True})  # fmt: skip
-                        held = chunk
                 asked = time.monotonic()
         except httpx.HTTPError as e:
             self._count("broken")
@@ -209,7 +214,7 @@ class UpstreamBodyResponse:
                 raise _Cut(
                     "upstream_digest_mismatch",
                     f"upstream {self.upstream_name} sent a blob that hashes to {actual}, "
-                    f"not {expected} ({received} bytes): cut before its last {len(held)}",
+                    f"not {expected} ({received} bytes): cut before its last byte",
                 )
             if held:
                 await send({"type": "http.response.body", "body": held, "more_body": True})

@@ -110,8 +110,9 @@ REFRESH = 0.3  # trust.sources.notary.refresh_interval
 RETRY = 0.15  # trust.sources.notary.retry_interval
 CONNECT_TIMEOUT = 1.0  # limits.connect_timeout
 READ_TIMEOUT = 1.0  # limits.read_timeout (per read: a trickle below it never trips it)
-#: NotarySource.from_settings: one fetch, and one whole refresh, within connect + 2 x read
-DEADLINE = CONNECT_TIMEOUT + 2 * READ_TIMEOUT
+#: NotarySource.from_settings: one fetch, and one whole refresh, within limits.request_timeout
+#: (default: 2 x read)
+DEADLINE = 2 * READ_TIMEOUT
 TRICKLE_EVERY = 0.4  # seconds between writes of a trickle: below READ_TIMEOUT
 
 Mode = Literal["cold", "warm"]

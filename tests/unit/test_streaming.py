@@ -230,7 +230,7 @@ async def test_a_blob_that_hashes_to_its_digest_is_relayed_whole() -> None:
 
 @pytest.mark.anyio
 @pytest.mark.parametrize("algorithm", ["sha256", "sha512"])
-async def test_a_blob_that_does_not_hash_to_its_digest_loses_its_last_chunk(
+async def test_a_blob_that_does_not_hash_to_its_digest_loses_its_last_byte(
     algorithm: str,
 ) -> None:
     chunks = [*BLOB_CHUNKS[:-1], b"last chunX"]  # one byte off, same length
@@ -239,7 +239,7 @@ async def test_a_blob_that_does_not_hash_to_its_digest_loses_its_last_chunk(
     stream = RecordingStream(chunks)
     client = Client()
     scope = await run(blob_response(stream, digest=digest), client)
-    assert client.body == b"".join(chunks[:-1])  # the true prefix, never the whole bad blob
+    assert client.body == b"".join(chunks)[:-1]  # never the whole bad blob
     assert not client.complete  # the connection is cut: the client sees a short body
     assert scope["state"]["upstream_broke"] is True
     assert scope["state"]["error"].startswith("upstream_digest_mismatch: ")
@@ -248,12 +248,22 @@ async def test_a_blob_that_does_not_hash_to_its_digest_loses_its_last_chunk(
 
 
 @pytest.mark.anyio
-async def test_a_one_chunk_bad_blob_sends_nothing() -> None:
+async def test_a_one_chunk_bad_blob_is_cut_before_its_last_byte() -> None:
     stream = RecordingStream([b"not the blob"])
     client = Client()
     await run(blob_response(stream), client)
-    assert client.body == b""
+    assert client.body == b"not the blo"
     assert not client.complete
+
+
+@pytest.mark.anyio
+async def test_a_good_blob_in_one_byte_chunks_is_relayed_whole() -> None:
+    whole = b"".join(BLOB_CHUNKS)
+    stream = RecordingStream([whole[i : i + 1] for i in range(len(whole))])
+    client = Client()
+    await run(blob_response(stream), client)
+    assert client.body == whole
+    assert client.complete
 
 
 @pytest.mark.anyio

@@ -235,10 +235,11 @@ class NotarySource:
         """A source for a configured notary-server: TLS with its CA, Bearer auth with its
         credentials, the configured timeouts, and ``metadata_max_bytes`` per role file.
         Freshness is the source's ``refresh_interval``, else ``cache.refresh_seconds``.
-        One fetch, and one whole refresh, may take ``connect_timeout + 2 x read_timeout``."""
-        # One whole fetch (request + body) may take connect + 2 x read; a whole refresh
-        # gets the same bound (a healthy server answers each file in milliseconds).
-        deadline = limits.connect_timeout + 2 * limits.read_timeout
+        One fetch, and one whole refresh, may take ``limits.request_timeout`` (as any
+        upstream exchange; default twice ``read_timeout``)."""
+        # A whole refresh gets the bound of one fetch: a healthy server answers each file in
+        # milliseconds, and a slow one must not hold a cold request for files x deadline.
+        deadline = limits.request_deadline
         opts = options or NotarySourceOptions(
             fresh_for=timedelta(seconds=settings.fresh_for(cache or CacheSettings())),
             retry_after=timedelta(seconds=settings.retry_interval),

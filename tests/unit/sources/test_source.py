@@ -444,10 +444,14 @@ async def test_refresh_deadline_bounds_the_whole_walk() -> None:
 def test_from_settings_bounds_a_refresh_like_one_fetch() -> None:
     from proxy.settings import LimitSettings, TrustSourceSettings
 
-    limits = LimitSettings(connect_timeout=2.0, read_timeout=5.0)
     settings = TrustSourceSettings(name="notary", type="notary", url="https://notary.example")
-    source = NotarySource.from_settings(settings, limits, MemoryTrustStateStore())
-    assert source.options.refresh_deadline == timedelta(seconds=12)  # connect + 2 x read
+    for limits, seconds in (
+        (LimitSettings(connect_timeout=2.0, read_timeout=5.0), 10),  # default: 2 x read
+        (LimitSettings(read_timeout=5.0, request_timeout=7.0), 7),
+    ):
+        source = NotarySource.from_settings(settings, limits, MemoryTrustStateStore())
+        assert source.options.refresh_deadline == timedelta(seconds=seconds)
+        assert source._fetcher._deadline == seconds
 
 
 async def test_concurrent_requests_share_one_refresh() -> None:
