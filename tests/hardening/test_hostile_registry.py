@@ -653,7 +653,7 @@ def test_blob_bytes_not_matching_the_digest_are_cut(
     )
     record(attempt_log, f"blob bytes that do not hash to its digest ({which}: "
            f"{len(blob.data)} bytes)",
-           expected="cut before the last byte: never a complete bad blob",
+           expected="cut before the last chunk: never a complete bad blob",
            answers=answers, unsigned=unsigned, ok=ok,
            detail=f"{len(get.body)} of {len(blob.data)} bytes sent")  # fmt: skip
     assert ok, summary(answers)

@@ -230,7 +230,7 @@ async def test_a_blob_that_hashes_to_its_digest_is_relayed_whole() -> None:
 
 @pytest.mark.anyio
 @pytest.mark.parametrize("algorithm", ["sha256", "sha512"])
-async def test_a_blob_that_does_not_hash_to_its_digest_loses_its_last_byte(
+async def test_a_blob_that_does_not_hash_to_its_digest_loses_its_last_chunk(
     algorithm: str,
 ) -> None:
     chunks = [*BLOB_CHUNKS[:-1], b"last chunX"]  # one byte off, same length
@@ -239,7 +239,7 @@ async def test_a_blob_that_does_not_hash_to_its_digest_loses_its_last_byte(
     stream = RecordingStream(chunks)
     client = Client()
     scope = await run(blob_response(stream, digest=digest), client)
-    assert client.body == b"".join(chunks)[:-1]  # never the whole bad blob
+    assert client.body == b"".join(chunks[:-1])  # the true prefix, never the whole bad blob
     assert not client.complete  # the connection is cut: the client sees a short body
     assert scope["state"]["upstream_broke"] is True
     assert scope["state"]["error"].startswith("upstream_digest_mismatch: ")
@@ -248,12 +248,34 @@ async def test_a_blob_that_does_not_hash_to_its_digest_loses_its_last_byte(
 
 
 @pytest.mark.anyio
-async def test_a_one_chunk_bad_blob_is_cut_before_its_last_byte() -> None:
+async def test_a_one_chunk_bad_blob_sends_nothing() -> None:
     stream = RecordingStream([b"not the blob"])
     client = Client()
     await run(blob_response(stream), client)
-    assert client.body == b"not the blo"
+    assert client.body == b""
     assert not client.complete
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("declared", [True, False])
+async def test_with_a_declared_length_only_the_final_chunk_waits(declared: bool) -> None:
+    whole = b"".join(BLOB_CHUNKS)
+    headers = {"content-length": str(len(whole))} if declared else {}
+    stream = RecordingStream(BLOB_CHUNKS[:1], after=hang)  # the rest never comes
+    client = Client(disconnect_after=1)
+    upstream = httpx.Response(200, headers=headers, stream=stream)
+    response = UpstreamBodyResponse(
+        upstream, status_code=200, headers=headers, expected_digest=BLOB_DIGEST,
+        upstream_name="internal",
+    )  # fmt: skip
+    with anyio.fail_after(5):
+        if declared:
+            await run(response, client)  # the first chunk went out at once
+            assert client.body == BLOB_CHUNKS[0]
+        else:
+            with anyio.move_on_after(0.3):  # it waits for the next chunk, which never comes
+                await run(response, client)
+            assert client.body == b""
 
 
 @pytest.mark.anyio
