@@ -5,13 +5,15 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: help setup system-deps venv lint typecheck check test test-unit test-integration demo demo-down bench bench-quick hardening clean
+.PHONY: help lock test-latest setup system-deps venv lint typecheck check test test-unit test-integration demo demo-down bench bench-quick hardening clean
 
 help:
 	@echo "make demo        set up everything, start registry + notary + trustproxy, show what clients see"
 	@echo "make demo-down   stop everything make demo started"
 	@echo "make test        set up everything and run ruff, mypy (strict) and pytest"
 	@echo "make test-unit   only the unit tests (no real servers)"
+	@echo "make test-latest make test against the newest releases instead of the lock"
+	@echo "make lock        refresh requirements/*.txt (exact versions and hashes)"
 	@echo "make bench       benchmarks against the registry and nginx (about 10 minutes)"
 	@echo "make bench-quick the same, about a minute"
 	@echo "make hardening   attack tests, faults under load, 20-minute soak -> docs/hardening.md (~30 min)"
@@ -19,10 +21,23 @@ help:
 system-deps:
 	@bash scripts/install-system-deps.sh
 
-$(STAMP): pyproject.toml
+# Installs come from the lock (requirements/*.txt: exact versions and hashes), so a fresh
+# machine gets what the last `make lock` tested. `make test-latest` runs the same suite against
+# the newest releases the ranges in pyproject.toml allow, to see the next break before it lands.
+LOCK := requirements/dev.txt
+UV_VERSION := 0.13.9
+LOCK_FLAGS := --generate-hashes --python-version 3.11 --universal --quiet
+
+$(STAMP): pyproject.toml $(LOCK)
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	@$(BIN)/python -m pip install -q --upgrade pip
-	@$(BIN)/python -m pip install -q -e '.[dev]'
+ifeq ($(LATEST),1)
+	@$(BIN)/python -m pip install -q --upgrade pip setuptools wheel
+	@$(BIN)/python -m pip install -q --upgrade --upgrade-strategy eager -e '.[dev]'
+else
+	@$(BIN)/python -m pip install -q --require-hashes --no-deps -r $(LOCK)
+	@$(BIN)/python -m pip install -q --no-deps --no-build-isolation -e .
+	@$(BIN)/python -m pip check
+endif
 	@touch $(STAMP)
 
 venv: $(STAMP)
@@ -43,6 +58,23 @@ check: lint typecheck
 test: setup check
 	$(BIN)/pytest --cov=proxy --cov-branch --cov-report=term:skip-covered --cov-fail-under=88
 
+# The suite against the newest releases (a venv of its own, not the lock).
+test-latest:
+	$(MAKE) test VENV=.venv-latest LATEST=1
+
+# Refresh the lock deliberately: newest releases within pyproject.toml's ranges, with hashes.
+# Run `make test` afterwards and commit requirements/ with the result.
+lock:
+	@test -x .venv-lock/bin/uv || { $(PYTHON) -m venv .venv-lock && \
+		.venv-lock/bin/pip install -q uv==$(UV_VERSION); }
+	.venv-lock/bin/uv pip compile $(LOCK_FLAGS) --upgrade --extra speed pyproject.toml \
+		-o requirements/runtime.txt
+	.venv-lock/bin/uv pip compile $(LOCK_FLAGS) --upgrade --extra dev --extra speed \
+		pyproject.toml requirements/build.in -o requirements/dev.txt
+	.venv-lock/bin/uv pip compile $(LOCK_FLAGS) --upgrade --extra dev --extra speed \
+		--extra bench pyproject.toml requirements/build.in -c requirements/dev.txt \
+		-o requirements/bench.txt
+
 test-unit: venv
 	$(BIN)/pytest -m "not integration"
 
@@ -54,8 +86,8 @@ demo-down: venv
 
 BENCH_STAMP := $(VENV)/.installed-bench
 
-$(BENCH_STAMP): $(STAMP)
-	@$(BIN)/python -m pip install -q -e '.[dev,bench]'
+$(BENCH_STAMP): $(STAMP) requirements/bench.txt
+	@$(BIN)/python -m pip install -q --require-hashes --no-deps -r requirements/bench.txt
 	@touch $(BENCH_STAMP)
 
 # The benchmark suite: the real stack plus nginx as the "do nothing" baseline (see
@@ -88,4 +120,4 @@ hardening: setup $(BENCH_STAMP)
 	exit $$status
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .demo
+	rm -rf $(VENV) .venv-latest .venv-lock .mypy_cache .ruff_cache .pytest_cache .demo

@@ -38,7 +38,7 @@ import redis.asyncio as aioredis
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
-from redis.retry import Retry
+from redis.asyncio.retry import Retry
 
 from proxy.metrics import STORE_ERRORS, STORE_UP
 from proxy.sources.store import StoreUnavailableError

@@ -40,10 +40,17 @@ async def _serve(declare_length: bool) -> tuple[asyncio.Server, str]:
         head = b"HTTP/1.1 200 OK\r\n"
         head += f"Content-Length: {len(BODY)}\r\n".encode() if declare_length else b""
         writer.write(head + b"Connection: close\r\n\r\n")
-        for i in range(0, len(BODY), 300_000):
-            writer.write(BODY[i : i + 300_000])
-            await writer.drain()
-        writer.close()
+        try:
+            for i in range(0, len(BODY), 300_000):
+                writer.write(BODY[i : i + 300_000])
+                await writer.drain()
+        except (ConnectionResetError, BrokenPipeError):
+            # A bounded read closes the connection before the body ends: that is the behaviour
+            # under test, not a server error (left unhandled it surfaces as an error of the
+            # test that happens to run when the handler task is collected).
+            pass
+        finally:
+            writer.close()
 
     server = await asyncio.start_server(handle, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
