@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import copy
 import json
 from collections.abc import Callable
@@ -9,7 +10,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+from hypothesis import example, given
+from hypothesis import strategies as st
 
+from proxy.trust import metadata
 from proxy.trust.errors import (
     MetadataFormatError,
     OversizeMetadataError,
@@ -371,3 +375,56 @@ def test_parse_expires(text: str, expected: datetime) -> None:
 )
 def test_delegation_names(name: str, ok: bool) -> None:
     assert is_delegation_name(name) is ok
+
+
+# --- the fast path for target entries decides exactly as the checked path -----------------
+
+_B64_32 = base64.b64encode(b"\x01" * 32).decode()
+_B64_64 = base64.b64encode(b"\x02" * 64).decode()
+_json_leaf = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(2**60), max_value=2**60),
+    st.sampled_from([_B64_32, _B64_64, "", "!!", _B64_32 + "=", "AAAA"]),
+    st.text(max_size=8),
+)
+_hash_map = st.dictionaries(
+    st.sampled_from(["sha256", "sha512", "md5", "SHA256"]), _json_leaf, max_size=4
+)
+_entry = st.one_of(
+    _json_leaf,
+    st.lists(_json_leaf, max_size=3),
+    st.fixed_dictionaries(
+        {},
+        optional={
+            "length": _json_leaf,
+            "hashes": st.one_of(_hash_map, _json_leaf),
+            "custom": _json_leaf,
+        },
+    ),
+    st.dictionaries(st.text(max_size=3), _json_leaf, min_size=17, max_size=18),
+)
+
+
+@given(_entry)
+@example({"length": 5, "hashes": {"sha256": _B64_32}})
+@example({"length": True, "hashes": {"sha256": _B64_32}})
+@example({"length": 2**53 + 1, "hashes": {"sha256": _B64_32}})
+@example({"length": 1, "hashes": {"md5": _B64_32}})
+@example({"length": 1, "hashes": {"sha256": _B64_64}})
+@example({"length": 1, "hashes": {"sha512": _B64_64, "sha256": 7}})
+def test_fast_target_entry_matches_the_checked_path(entry: object) -> None:
+    fast = metadata._target_file_fast(entry)
+    try:
+        checked = metadata._target_file(entry, "targets", "v1")
+    except MetadataFormatError:
+        assert fast is None
+    else:
+        assert fast is None or (fast == checked and dict(fast.hashes) == dict(checked.hashes))
+
+
+def test_the_common_target_entry_takes_the_fast_path() -> None:
+    entry = {"length": 5, "hashes": {"sha256": _B64_32, "sha512": _B64_64}, "custom": None}
+    fast = metadata._target_file_fast(entry)
+    assert fast is not None
+    assert fast == metadata._target_file(entry, "targets", "v1")
