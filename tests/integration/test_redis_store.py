@@ -4,11 +4,15 @@ bounded reads, replicas sharing floors, the cross-replica refresh lock, outages.
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
+import json
 import logging
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
 from proxy.metrics import REGISTRY
 from proxy.sources import SigningRule
@@ -16,7 +20,7 @@ from proxy.sources.notary import NotarySource, NotarySourceOptions, decode_recor
 from proxy.sources.notary.source import state_generation
 from proxy.sources.redis_store import RedisConnection, RedisTrustStateStore, store_status
 from proxy.sources.store import StoreUnavailableError
-from proxy.trust import RollbackError, TrustOnFirstUse
+from proxy.trust import RollbackError, TrustedState, TrustOnFirstUse
 from testbed.redis_server import RedisServer, redis_binary
 from tests.simulators.notary_repo import NotaryRepository
 from tests.unit.sources.sim import GUN, Clock, SimServer, make_source
@@ -164,6 +168,43 @@ async def test_corrupted_stored_state_is_refetched_never_allowed(
         assert "timestamp.json" in server.names
     finally:
         await src.aclose()
+
+
+async def test_stored_root_with_a_malformed_certificate_is_refetched(
+    conn: RedisConnection,
+) -> None:
+    """A record whose root key frames a certificate with a broken subject (cryptography
+    parses it lazily): a refetch, not an exception out of the trust core (a 500)."""
+    server = SimServer()
+    server.add(repo())
+    clock = Clock()
+    store = conn.store("n:")
+    a = source(server, store, clock)
+    await a.resolve(GUN, "v1", TOFU)
+    await a.aclose()
+    saved = await store.load(GUN)
+    assert saved is not None
+    at, state = decode_record(saved, max_bytes=1 << 26)
+    root = json.loads(state.root)
+    for key in root["signed"]["keys"].values():
+        if key["keytype"].endswith("-x509"):
+            pem = base64.b64decode(key["keyval"]["public"])
+            cert = x509.load_pem_x509_certificate(pem)
+            der = bytearray(cert.public_bytes(serialization.Encoding.DER))
+            der[der.rfind(GUN.encode())] = 0xFF  # not UTF-8 in the subject's UTF8String
+            pem = b"-----BEGIN CERTIFICATE-----\n" + base64.encodebytes(bytes(der))
+            key["keyval"]["public"] = base64.b64encode(
+                pem + b"-----END CERTIFICATE-----\n"
+            ).decode()
+    broken = TrustedState(state.gun, json.dumps(root).encode(), state.versions, state.metadata)
+    await store.save(GUN, encode_record(broken, at), generation=None)
+    server.reset()
+    b = source(server, store, clock)
+    try:
+        assert (await b.resolve(GUN, "v1", TOFU)).digest == digest(M1)
+        assert "root.json" in server.names  # the stored root refused: first contact
+    finally:
+        await b.aclose()
 
 
 async def test_oversized_stored_state_is_a_miss(conn: RedisConnection) -> None:
