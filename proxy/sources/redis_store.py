@@ -16,10 +16,10 @@ Redis is untrusted storage: anyone who can write it may put back an older record
   for its signed timestamp before it uses a stored state).
 * Saves are a compare-and-set (``WATCH``/``MULTI``): a replica that fetched an older
   timestamp and saves late never lowers the rollback floors another replica saved. The
-  generation of what is stored is worked out by the caller's ``judge`` from the stored
-  bytes' signed data, not read from ``gen``: a planted ``gen=999999`` (or a forged record)
-  cannot freeze the store. No TTL is set: configure Redis with ``maxmemory-policy
-  noeviction`` (or a ``volatile-*`` policy) so it keeps them.
+  ``gen`` field is only a claim: one above the saver's generation is checked by the
+  caller's ``judge`` against the stored bytes' signed data, so a planted ``gen=999999``
+  (or a forged record) cannot freeze the store. No TTL is set: configure Redis with
+  ``maxmemory-policy noeviction`` (or a ``volatile-*`` policy) so it keeps them.
 * The lock only saves work. A lock that no replica of ours can have set (not one of our
   tokens, another type, no expiry, or an expiry longer than ``lock_timeout``) is dead: it is
   taken over at once instead of stalling every refresh for ``lock_timeout``.
@@ -407,7 +407,7 @@ class RedisTrustStateStore:
                     await pipe.watch(key)
                     kind = await pipe.type(key)
                     if generation is not None and kind == b"hash":
-                        current = await self._current_generation(pipe, key, judge)
+                        current = await self._current_generation(pipe, key, generation, judge)
                         if current is not None and current > generation:
                             await pipe.unwatch()  # type: ignore[no-untyped-call]
                             return False
@@ -422,13 +422,20 @@ class RedisTrustStateStore:
         log.warning("trust state store: %s: save gave up after %d conflicts", key, _SAVE_ATTEMPTS)
         return False
 
-    async def _current_generation(self, pipe: Any, key: str, judge: Judge | None) -> int | None:
-        if judge is None:
-            raw = await pipe.hget(key, "gen")
-            try:
-                return int(raw) if raw is not None else None
-            except ValueError:
-                return None  # not ours: replaced
+    async def _current_generation(
+        self, pipe: Any, key: str, generation: int, judge: Judge | None
+    ) -> int | None:
+        """The generation of what ``key`` holds, as far as it matters to a save of
+        ``generation``: the ``gen`` field is only a claim, and only a claim *above* ours
+        could make us keep what is stored, so only then are the bytes read and judged (a
+        claim at or below ours replaces them anyway: the common case costs no transfer)."""
+        raw = await pipe.hget(key, "gen")
+        try:
+            claimed = int(raw) if raw is not None else None
+        except ValueError:
+            return None  # not ours: replaced
+        if judge is None or claimed is None or claimed <= generation:
+            return claimed
         size = await pipe.hstrlen(key, "data")
         if not 0 < size <= self.max_bytes:
             return None  # nothing, or too large to judge: replaced
