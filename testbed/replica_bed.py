@@ -15,8 +15,10 @@ the record of a GUN is the key under the prefix holding a trust-state record for
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
-from collections.abc import Iterable, Mapping, Sequence
+import uuid
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -33,6 +35,7 @@ from testbed.enforcement_bed import (
     EnforcementBed,
     EnforcingProxy,
     proxy_config,
+    rule,
     upstream,
     write_policy,
 )
@@ -170,6 +173,22 @@ class ReplicaSet:
             else:
                 r.set(key, value, keepttl=True)
 
+    def lock_key(self, gun: str) -> bytes:
+        """The key of ``gun``'s cross-replica refresh lock: beside its record
+        (``proxy.sources.redis_store``: ``...state:<gun>`` / ``...lock:<gun>``)."""
+        key = self.record_key(gun)
+        if key is None:
+            raise RuntimeError(f"no record for {gun} yet: pull through a replica first")
+        head = key[: -len(gun.encode())]
+        if not head.endswith(b"state:"):
+            raise RuntimeError(f"unexpected key layout: {key!r}")
+        return head[: -len(b"state:")] + b"lock:" + gun.encode()
+
+    def set_field(self, key: bytes, name: bytes, value: bytes) -> None:
+        """Set one field of the record hash (``gen``, say) as a Redis writer could."""
+        with self.redis_client() as r:
+            r.hset(key, name, value)
+
     def replace_with_string(self, key: bytes, value: bytes) -> None:
         """Replace ``key`` by a plain string value (a key of the wrong type)."""
         with self.redis_client() as r:
@@ -218,6 +237,48 @@ def start_replica_set(
         replicas.stop()
         raise
     return replicas
+
+
+@contextlib.contextmanager
+def signed_replica_set(
+    workdir: Path,
+    registry_url: str,
+    notary: NotaryBed,
+    *,
+    label: str,
+    refresh_seconds: float,
+    cache_extra: Mapping[str, Any] | None = None,
+) -> Iterator[ReplicaSet]:
+    """Replicas ``a`` and ``b`` on their own redis-server and counting front, enforcing
+    ``<namespace>/*/app`` under the bed publisher's root key (``namespace``: ``label`` and a
+    random suffix, so test modules sharing the registry and notary share nothing else)."""
+    ns = f"{label}{uuid.uuid4().hex[:8]}"
+    bed = EnforcementBed.create(workdir / "bed", registry_url, notary, namespace=ns)
+    redis_server = RedisServer(workdir / "redis")
+    front = CountingFront(notary, workdir / "front")
+    started: ReplicaSet | None = None
+    try:
+        bed.trust("setup/app")  # the publisher's root key exists from here on
+        redis_server.start()
+        front.start()
+        started = start_replica_set(
+            workdir / "proxies",
+            bed,
+            notary,
+            redis_server,
+            front,
+            {bed.pattern("*/app"): rule(root_keys=[bed.root_key_id])},
+            key_prefix=f"tp-{ns}:",
+            refresh_seconds=refresh_seconds,
+            cache_extra=cache_extra,
+        )
+        yield started
+    finally:
+        if started is not None:
+            started.stop()
+        front.stop()
+        redis_server.stop()
+        bed.close()
 
 
 # -- load -------------------------------------------------------------------------------------

@@ -1,17 +1,21 @@
-"""Cross-replica single flight: at most one replica refreshes a repository at a time.
+"""Cross-replica single flight: at most one replica walks a repository's trust data at a time.
 
 Inside one process, concurrent misses for a repository already share one refresh task
 (:class:`~proxy.sources.notary.NotarySource`). Across replicas a store may also offer a
 lock (:class:`ReplicaLock`; the Redis store does, with ``SET key token NX PX timeout``):
 
     acquired          -> refresh from the network, save, release
-    held elsewhere    -> poll the store for the state the holder will save (re-verified
-                         like any stored state), or take the lock when it is released or
-                         expires (a crashed holder blocks the others at most lock_timeout)
+    held elsewhere    -> poll the store for the state the holder will save, then refresh
+                         from it (the signed timestamp is still fetched: a stored state
+                         is never freshness, only bytes to reuse), or take the lock when
+                         it is released or expires (a crashed holder blocks the others at
+                         most lock_timeout)
+    dead lock         -> a value no replica can have set (no expiry, a longer one than
+                         lock_timeout, not a token, another type): taken over at once
     store unavailable -> refresh without it (the per-process single flight still holds)
 
 The lock only saves work: correctness never depends on it (every state is verified, and
-the store's compare-and-set keeps the highest version whoever writes last).
+the store's compare-and-set keeps the highest verified version whoever writes last).
 """
 
 from __future__ import annotations

@@ -2,17 +2,27 @@
 
 Layout, per trust source (``<prefix>`` = ``cache.key_prefix`` + the source's namespace)::
 
-    <prefix>state:<gun>   hash  gen  = generation (the timestamp version the source passes)
+    <prefix>state:<gun>   hash  gen  = generation (the timestamp version the source passes;
+                                       informative only, see below)
                                 data = the source's record (fetch time + TrustedState bytes)
     <prefix>lock:<gun>    string  random token, PX lock_timeout (cross-replica single flight)
 
-Everything read back is untrusted: values larger than ``max_bytes`` are a miss without being
-transferred (checked by a script on the server), and the source re-verifies what it gets.
+Redis is untrusted storage: anyone who can write it may put back an older record, date it
+"now", change ``gen`` or plant a lock. So:
 
-Saves are a compare-and-set on ``gen`` in one Lua script (atomic on the server): a replica
-that fetched an older timestamp and saves late never lowers the rollback floors another
-replica saved. No TTL is set: the floors are the point; configure Redis with
-``maxmemory-policy noeviction`` (or a ``volatile-*`` policy) so it never evicts them.
+* Everything read back is untrusted: values larger than ``max_bytes`` are a miss without
+  being transferred (checked by a script on the server), and the source re-verifies what it
+  gets. Nothing read here stands in for freshness (the source always asks the trust server
+  for its signed timestamp before it uses a stored state).
+* Saves are a compare-and-set (``WATCH``/``MULTI``): a replica that fetched an older
+  timestamp and saves late never lowers the rollback floors another replica saved. The
+  ``gen`` field is only a claim: one above the saver's generation is checked by the
+  caller's ``judge`` against the stored bytes' signed data, so a planted ``gen=999999``
+  (or a forged record) cannot freeze the store. No TTL is set: configure Redis with
+  ``maxmemory-policy noeviction`` (or a ``volatile-*`` policy) so it keeps them.
+* The lock only saves work. A lock that no replica of ours can have set (not one of our
+  tokens, another type, no expiry, or an expiry longer than ``lock_timeout``) is dead: it is
+  taken over at once instead of stalling every refresh for ``lock_timeout``.
 
 Failures: every Redis error (connection, timeout, protocol) becomes
 :class:`~proxy.sources.store.StoreUnavailableError` here, at the boundary. A
@@ -38,10 +48,10 @@ import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, WatchError
 
 from proxy.metrics import STORE_ERRORS, STORE_UP
-from proxy.sources.store import StoreUnavailableError
+from proxy.sources.store import Judge, StoreUnavailableError
 
 __all__ = [
     "RedisConnection",
@@ -66,18 +76,26 @@ if n > tonumber(ARGV[1]) then return -1 end
 return redis.call('HGET', KEYS[1], 'data')
 """
 
-# Compare-and-set on the generation: never replace a higher one (equal replaces, so the
-# newer fetch time is kept). A non-numeric or missing gen is not ours: replaced.
-_SAVE = """
-local t = redis.call('TYPE', KEYS[1]).ok
-if t ~= 'none' and t ~= 'hash' then redis.call('DEL', KEYS[1]) end
-if ARGV[2] ~= '' and t == 'hash' then
-  local cur = tonumber(redis.call('HGET', KEYS[1], 'gen'))
-  if cur and cur > tonumber(ARGV[2]) then return 0 end
+# Take the lock, or take over a dead one. A live lock of ours is a 32-hex-digit token
+# with an expiry of at most lock_timeout (SET NX PX). Anything else under the key cannot be
+# a replica refreshing: garbage, another type, no expiry (it would stall every refresh
+# forever) or a longer expiry than any of ours. Returns 1 (taken), 2 (taken over), 0 (held).
+_ACQUIRE = """
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end
+if redis.call('TYPE', KEYS[1]).ok == 'string' then
+  local v = redis.call('GET', KEYS[1])
+  local ttl = redis.call('PTTL', KEYS[1])
+  if string.len(v) == 32 and string.find(v, '^[0-9a-f]+$') and ttl > 0
+     and ttl <= tonumber(ARGV[2]) then
+    return 0
+  end
 end
-redis.call('HSET', KEYS[1], 'gen', ARGV[2], 'data', ARGV[1])
-return 1
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 2
 """
+
+#: optimistic transactions retried this often when another replica saves at the same time
+_SAVE_ATTEMPTS = 5
 
 # Release only our own lock: after an expiry another replica may hold it.
 _UNLOCK = """
@@ -325,7 +343,7 @@ class RedisTrustStateStore:
         self.lock_timeout = lock_timeout
         client = self._conn.client
         self._load_script = client.register_script(_LOAD)
-        self._save_script = client.register_script(_SAVE)
+        self._acquire_script = client.register_script(_ACQUIRE)
         self._unlock_script = client.register_script(_UNLOCK)
 
     @property
@@ -360,23 +378,85 @@ class RedisTrustStateStore:
             raise StoreUnavailableError(f"unexpected reply type {type(result).__name__}")
         return result
 
-    async def save(self, gun: str, data: bytes, *, generation: int | None = None) -> None:
+    async def save(
+        self,
+        gun: str,
+        data: bytes,
+        *,
+        generation: int | None = None,
+        judge: Judge | None = None,
+    ) -> None:
+        """See :meth:`proxy.sources.store.TrustStateStore.save`. Without ``judge`` the
+        stored ``gen`` field is believed (for callers whose writers are all trusted)."""
         key = self.state_key(gun)
-        gen = "" if generation is None else str(int(generation))
         stored = await self._conn.call(
-            "save", lambda: self._save_script(keys=[key], args=[data, gen])
+            "save", lambda: self._save_checked(key, data, generation, judge)
         )
-        if stored == 0:
-            log.debug("trust state store: %s: kept a higher generation than %s", gun, gen)
+        if not stored:
+            log.debug("trust state store: %s: kept a higher generation than %s", gun, generation)
+
+    async def _save_checked(
+        self, key: str, data: bytes, generation: int | None, judge: Judge | None
+    ) -> bool:
+        """Compare-and-set under WATCH: read what is stored (bounded), judge it here, write
+        in MULTI/EXEC, which fails if another writer touched the key meanwhile."""
+        gen = "" if generation is None else str(int(generation))
+        for _ in range(_SAVE_ATTEMPTS):
+            async with self._conn.client.pipeline(transaction=True) as pipe:
+                try:
+                    await pipe.watch(key)
+                    kind = await pipe.type(key)
+                    if generation is not None and kind == b"hash":
+                        current = await self._current_generation(pipe, key, generation, judge)
+                        if current is not None and current > generation:
+                            await pipe.unwatch()  # type: ignore[no-untyped-call]
+                            return False
+                    pipe.multi()  # type: ignore[no-untyped-call]
+                    if kind not in (b"none", b"hash"):
+                        pipe.delete(key)
+                    pipe.hset(key, mapping={"gen": gen, "data": data})
+                    await pipe.execute()
+                    return True
+                except WatchError:
+                    continue  # another replica saved meanwhile: judge its state
+        log.warning("trust state store: %s: save gave up after %d conflicts", key, _SAVE_ATTEMPTS)
+        return False
+
+    async def _current_generation(
+        self, pipe: Any, key: str, generation: int, judge: Judge | None
+    ) -> int | None:
+        """The generation of what ``key`` holds, as far as it matters to a save of
+        ``generation``: the ``gen`` field is only a claim, and only a claim *above* ours
+        could make us keep what is stored, so only then are the bytes read and judged (a
+        claim at or below ours replaces them anyway: the common case costs no transfer)."""
+        raw = await pipe.hget(key, "gen")
+        try:
+            claimed = int(raw) if raw is not None else None
+        except ValueError:
+            return None  # not ours: replaced
+        if judge is None or claimed is None or claimed <= generation:
+            return claimed
+        size = await pipe.hstrlen(key, "data")
+        if not 0 < size <= self.max_bytes:
+            return None  # nothing, or too large to judge: replaced
+        current = await pipe.hget(key, "data")
+        return judge(current) if isinstance(current, bytes) else None
 
     async def acquire(self, gun: str) -> str | None:
         token = secrets.token_hex(16)
         ms = max(1, int(self.lock_timeout * 1000))
         key = self.lock_key(gun)
-        ok = await self._conn.call(
-            "lock", lambda: self._conn.client.set(key, token, nx=True, px=ms)
+        got = await self._conn.call(
+            "lock", lambda: self._acquire_script(keys=[key], args=[token, ms])
         )
-        return token if ok else None
+        if got == 2:
+            log.warning(
+                "trust state store: %s: took over a refresh lock that no replica can hold "
+                "(not a lock token, no expiry, or one longer than lock_timeout %.0fs)",
+                gun,
+                self.lock_timeout,
+            )
+        return token if got in (1, 2) else None
 
     async def release(self, gun: str, token: str) -> None:
         key = self.lock_key(gun)

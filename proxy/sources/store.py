@@ -8,17 +8,37 @@ store (:mod:`proxy.sources.redis_store`) implements the same two methods.
 Rollback memory must survive races between writers (replicas): ``save`` takes a
 ``generation`` (the source passes the timestamp version) and never replaces a state of a
 higher generation, so a replica that refreshed earlier cannot lower the floors another one
-saved.
+saved. In a shared store the generation of what is stored is untrusted too: the source
+passes a ``judge`` that derives it from the stored bytes' signed data, so a planted
+``gen=999999`` cannot freeze the store.
+
+A store never proves freshness: whoever can write it can put back an older, genuine state
+(dated "now"), so a state read back is a head start for a refresh (a root, version floors
+to refuse rollbacks with, bytes to reuse when the signed timestamp announces their hash),
+never a reason to skip the trust server. And because a store can be rolled back, the
+floors a process has verified itself are kept in :class:`RollbackFloors`, in process,
+apart from any evictable cache.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Callable, Mapping
 from typing import Protocol
 
 from proxy.errors import FetchError
 
-__all__ = ["MemoryTrustStateStore", "StoreUnavailableError", "TrustStateStore"]
+__all__ = [
+    "Judge",
+    "MemoryTrustStateStore",
+    "RollbackFloors",
+    "StoreUnavailableError",
+    "TrustStateStore",
+]
+
+#: The verified generation of stored bytes, or None when they do not verify (a state that
+#: is not genuine, or that cannot be checked any more, is replaced by any save).
+Judge = Callable[[bytes], int | None]
 
 
 class StoreUnavailableError(FetchError):
@@ -38,10 +58,19 @@ class TrustStateStore(Protocol):
         """
         ...
 
-    async def save(self, gun: str, data: bytes, *, generation: int | None = None) -> None:
+    async def save(
+        self,
+        gun: str,
+        data: bytes,
+        *,
+        generation: int | None = None,
+        judge: Judge | None = None,
+    ) -> None:
         """Replace what is stored for ``gun``, unless it holds a higher ``generation``
         (compare-and-set: equal generations replace, so a newer fetch time is kept).
-        ``generation=None`` replaces unconditionally.
+        ``generation=None`` replaces unconditionally. ``judge`` gives the generation of
+        the bytes currently stored (None: not genuine, replaced); a store that others can
+        write must use it rather than a generation it stored beside the bytes.
 
         Raises:
             StoreUnavailableError: the store cannot be reached.
@@ -71,7 +100,17 @@ class MemoryTrustStateStore:
             self._data.move_to_end(gun)
         return data
 
-    async def save(self, gun: str, data: bytes, *, generation: int | None = None) -> None:
+    async def save(
+        self,
+        gun: str,
+        data: bytes,
+        *,
+        generation: int | None = None,
+        judge: Judge | None = None,
+    ) -> None:
+        # Process memory is written by this process only: the generations it kept are its
+        # own, so ``judge`` (for stores others can write) is not needed here.
+        del judge
         if generation is not None:
             kept = self._generations.get(gun)
             if kept is not None and kept > generation and gun in self._data:
@@ -84,3 +123,38 @@ class MemoryTrustStateStore:
         while len(self._data) > self.max_entries:
             old, _ = self._data.popitem(last=False)
             self._generations.pop(old, None)
+
+
+class RollbackFloors:
+    """The highest top-level versions this process has verified, per repository.
+
+    Kept apart from the hot cache on purpose: that cache is evicted by requests for other
+    repositories (anyone can send those), and the shared store can be rolled back by
+    whoever writes it, so neither may be where a process remembers what it has seen. Only
+    verified sets raise a floor, so requests for unknown or unsigned repositories never
+    add entries; ``max_entries`` (least recently raised out) bounds memory at about 200
+    bytes an entry.
+    """
+
+    def __init__(self, max_entries: int = 65_536) -> None:
+        if max_entries < 1:
+            raise ValueError("max_entries must be >= 1")
+        self.max_entries = max_entries
+        self._floors: OrderedDict[str, dict[str, int]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._floors)
+
+    def get(self, gun: str) -> dict[str, int]:
+        """A copy of ``gun``'s floors (empty when never verified here)."""
+        return dict(self._floors.get(gun, {}))
+
+    def raise_to(self, gun: str, versions: Mapping[str, int]) -> None:
+        """Raise ``gun``'s floors to ``versions`` (never lowers one)."""
+        floors = self._floors.setdefault(gun, {})
+        for role, version in versions.items():
+            if version > floors.get(role, 0):
+                floors[role] = version
+        self._floors.move_to_end(gun)
+        while len(self._floors) > self.max_entries:
+            self._floors.popitem(last=False)

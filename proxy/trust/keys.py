@@ -178,10 +178,23 @@ def parse_key(
                 ) from e
             if len(certificates) > max_certificates:
                 raise MetadataFormatError("too many certificates", role=role, field=where)
-            pub = certificates[0].public_key()
-            spki = pub.public_bytes(
-                serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-            )
+            try:
+                # cryptography parses a certificate's fields lazily: bytes that frame as
+                # PEM but hold a bad subject or key raise ValueError on first access, which
+                # would escape as a 500 from wherever that is (root checks, chain checks).
+                # Touch every field the trust checks read, here, once.
+                for cert in certificates:
+                    _ = (cert.subject, cert.issuer, cert.extensions)
+                    _ = (cert.not_valid_before_utc, cert.not_valid_after_utc)
+                    _ = cert.signature_hash_algorithm
+                pub = certificates[0].public_key()
+                spki = pub.public_bytes(
+                    serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+                )
+            except (ValueError, x509.DuplicateExtension) as e:
+                raise MetadataFormatError(
+                    f"malformed certificate: {e}", role=role, field=where
+                ) from e
             bare_type = key_type.removesuffix("-x509")
             canonical_id = compute_key_id(bare_type, base64.b64encode(spki).decode("ascii"))
         elif key_type == "ed25519":

@@ -4,7 +4,9 @@ What comes back from a store is untrusted: :meth:`TrustedSet.from_state` re-veri
 byte. Caveat: under :class:`~proxy.trust.roots.TrustOnFirstUse` the stored root *is* the
 trust anchor, so whoever can write the store can choose it (as with notary's local cache).
 A store that lies about ``versions`` can only cause refusals (rollback errors), never
-acceptance.
+acceptance. Nothing in a state says whether it is current: a store writer can put back an
+older, genuine one, so a state read back is never a reason to skip the trust server's signed
+timestamp (``proxy.sources.store``).
 """
 
 from __future__ import annotations

@@ -4,11 +4,15 @@ bounded reads, replicas sharing floors, the cross-replica refresh lock, outages.
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
+import json
 import logging
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
 from proxy.metrics import REGISTRY
 from proxy.sources import SigningRule
@@ -16,7 +20,7 @@ from proxy.sources.notary import NotarySource, NotarySourceOptions, decode_recor
 from proxy.sources.notary.source import state_generation
 from proxy.sources.redis_store import RedisConnection, RedisTrustStateStore, store_status
 from proxy.sources.store import StoreUnavailableError
-from proxy.trust import RollbackError, TrustOnFirstUse
+from proxy.trust import RollbackError, TrustedState, TrustOnFirstUse
 from testbed.redis_server import RedisServer, redis_binary
 from tests.simulators.notary_repo import NotaryRepository
 from tests.unit.sources.sim import GUN, Clock, SimServer, make_source
@@ -166,6 +170,43 @@ async def test_corrupted_stored_state_is_refetched_never_allowed(
         await src.aclose()
 
 
+async def test_stored_root_with_a_malformed_certificate_is_refetched(
+    conn: RedisConnection,
+) -> None:
+    """A record whose root key frames a certificate with a broken subject (cryptography
+    parses it lazily): a refetch, not an exception out of the trust core (a 500)."""
+    server = SimServer()
+    server.add(repo())
+    clock = Clock()
+    store = conn.store("n:")
+    a = source(server, store, clock)
+    await a.resolve(GUN, "v1", TOFU)
+    await a.aclose()
+    saved = await store.load(GUN)
+    assert saved is not None
+    at, state = decode_record(saved, max_bytes=1 << 26)
+    root = json.loads(state.root)
+    for key in root["signed"]["keys"].values():
+        if key["keytype"].endswith("-x509"):
+            pem = base64.b64decode(key["keyval"]["public"])
+            cert = x509.load_pem_x509_certificate(pem)
+            der = bytearray(cert.public_bytes(serialization.Encoding.DER))
+            der[der.rfind(GUN.encode())] = 0xFF  # not UTF-8 in the subject's UTF8String
+            pem = b"-----BEGIN CERTIFICATE-----\n" + base64.encodebytes(bytes(der))
+            key["keyval"]["public"] = base64.b64encode(
+                pem + b"-----END CERTIFICATE-----\n"
+            ).decode()
+    broken = TrustedState(state.gun, json.dumps(root).encode(), state.versions, state.metadata)
+    await store.save(GUN, encode_record(broken, at), generation=None)
+    server.reset()
+    b = source(server, store, clock)
+    try:
+        assert (await b.resolve(GUN, "v1", TOFU)).digest == digest(M1)
+        assert "root.json" in server.names  # the stored root refused: first contact
+    finally:
+        await b.aclose()
+
+
 async def test_oversized_stored_state_is_a_miss(conn: RedisConnection) -> None:
     server = SimServer()
     server.add(repo())
@@ -248,8 +289,12 @@ async def test_one_replica_refreshes_the_others_wait_and_reuse(conn: RedisConnec
         server.gate.set()
         results = await asyncio.wait_for(asyncio.gather(*tasks), 10)
         assert {t.digest for t in results} == {digest(M1)}
-        assert server.names.count("timestamp.json") == 1  # one refresh across both
-        assert server.names.count("root.json") == 1
+        # One walk across both; the other replica checks only the signed timestamp (and
+        # probes for a new root) itself: a stored state never stands in for freshness.
+        names = server.names
+        assert names.count("timestamp.json") == 2, names
+        assert names.count("root.json") == 1, names
+        assert len([n for n in names if n.startswith(("snapshot.", "targets."))]) == 2, names
     finally:
         await a.aclose()
         await b.aclose()
@@ -262,7 +307,8 @@ async def test_crashed_lock_holder_blocks_others_at_most_lock_timeout(
     server.add(repo())
     clock = Clock()
     store = conn.store("n:", lock_timeout=0.5)
-    redis_server.command("SET", store.lock_key(GUN), "dead-replica", "PX", "500")
+    # A lock as a replica of ours takes it (a token, PX lock_timeout), then crashed.
+    redis_server.command("SET", store.lock_key(GUN), "0123456789abcdef" * 2, "PX", "500")
     src = source(server, store, clock)
     try:
         started = asyncio.get_running_loop().time()
@@ -273,6 +319,94 @@ async def test_crashed_lock_holder_blocks_others_at_most_lock_timeout(
         assert redis_server.command("EXISTS", store.lock_key(GUN)) == 0  # released
     finally:
         await src.aclose()
+
+
+# -- Redis is untrusted: planted locks and generations (issue 17, findings 6 and 1) ----------
+
+
+DEAD_LOCKS = [
+    ("eternal-token", ("SET", "0123456789abcdef" * 2)),
+    ("eternal-garbage", ("SET", "garbage")),
+    ("garbage-with-expiry", ("SET", "garbage", "PX", "400")),
+    ("longer-than-lock-timeout", ("SET", "0123456789abcdef" * 2, "PX", "600000")),
+    ("hash", ("HSET", "f", "v")),
+    ("list", ("RPUSH", "x")),
+]
+
+
+@pytest.mark.parametrize(("_name", "command"), DEAD_LOCKS, ids=[n for n, _ in DEAD_LOCKS])
+async def test_a_lock_no_replica_can_hold_is_taken_over_at_once(
+    redis_server: RedisServer, conn: RedisConnection, _name: str, command: tuple[str, ...]
+) -> None:
+    store = conn.store("s:", lock_timeout=0.4)
+    key = store.lock_key("g")
+    verb, *rest = command
+    redis_server.command(verb, key, *rest)
+    token = await store.acquire("g")
+    assert token is not None
+    assert redis_server.command("GET", key) == token.encode()
+    assert 0 < int(redis_server.command("PTTL", key)) <= 400  # type: ignore[call-overload]
+    assert await store.acquire("g") is None  # ours now: exclusive again
+    await store.release("g", token)
+    assert redis_server.command("EXISTS", key) == 0
+
+
+async def test_eternal_lock_does_not_stall_a_refresh(
+    redis_server: RedisServer, conn: RedisConnection
+) -> None:
+    """Finding 6: a lock key without expiry used to hold every refresh for lock_timeout."""
+    server = SimServer()
+    server.add(repo())
+    clock = Clock()
+    store = conn.store("n:", lock_timeout=30.0)
+    redis_server.command("SET", store.lock_key(GUN), "0123456789abcdef" * 2)  # no PX
+    src = source(server, store, clock)
+    try:
+        got = await asyncio.wait_for(src.resolve(GUN, "v1", TOFU), 5)  # not 30 s
+        assert got.digest == digest(M1)
+        assert redis_server.command("EXISTS", store.lock_key(GUN)) == 0  # released
+    finally:
+        await src.aclose()
+
+
+async def test_planted_generation_does_not_freeze_saves(
+    redis_server: RedisServer, conn: RedisConnection
+) -> None:
+    """Finding 1 (``gen=999999``): the stored generation is judged from the record's signed
+    timestamp, so a planted ``gen`` no longer refuses every later save."""
+    server = SimServer()
+    r = server.add(repo())
+    clock = Clock()
+    store = conn.store("n:")
+    src = source(server, store, clock)
+    try:
+        await src.resolve(GUN, "v1", TOFU)
+        redis_server.command("HSET", store.state_key(GUN), "gen", "999999")
+        r.add_target("v1", M2)
+        r.publish()
+        clock.advance(seconds=61)
+        assert (await src.resolve(GUN, "v1", TOFU)).digest == digest(M2)
+        stored = await store.load(GUN)
+        assert stored is not None
+        _, state = decode_record(stored, max_bytes=1 << 26)
+        assert state_generation(state) == r.versions["timestamp"]
+        assert redis_server.command("HGET", store.state_key(GUN), "gen") == (
+            str(r.versions["timestamp"]).encode()
+        )
+    finally:
+        await src.aclose()
+
+
+async def test_judged_save_keeps_a_genuinely_higher_generation(conn: RedisConnection) -> None:
+    store = conn.store("s:")
+    await store.save("g", b"seven", generation=7, judge=lambda _d: None)
+    judge = {b"seven": 7, b"five": 5}.get
+    await store.save("g", b"five", generation=5, judge=judge)  # a late, older save
+    assert await store.load("g") == b"seven"
+    await store.save("g", b"eight", generation=8, judge=judge)
+    assert await store.load("g") == b"eight"
+    await store.save("g", b"six", generation=6, judge=lambda _d: None)  # "eight" unverifiable
+    assert await store.load("g") == b"six"
 
 
 # -- outages ----------------------------------------------------------------------------------

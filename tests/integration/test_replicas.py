@@ -14,24 +14,23 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
 
 import pytest
 
 from testbed import images
-from testbed.counting_front import CountingFront, signed_version
-from testbed.enforcement_bed import EnforcementBed, oci_error, rule, wait_until
+from testbed.counting_front import signed_version
+from testbed.enforcement_bed import oci_error, wait_until
 from testbed.notary_server import NotaryBed
-from testbed.redis_server import RedisServer, redis_binary
+from testbed.redis_server import redis_binary
 from testbed.replica_bed import (
     Replica,
     ReplicaSet,
     burst,
     redate_record,
     retarget_record,
-    start_replica_set,
+    signed_replica_set,
 )
 from testbed.trust_scenarios import RELEASES
 from tests.conftest import RegistryBed, requires
@@ -50,32 +49,10 @@ def replicas(
     if redis_binary() is None:
         pytest.skip("redis-server is not installed (run `make test` to install it)")
     workdir = tmp_path_factory.mktemp("replicas")
-    ns = f"rep{uuid.uuid4().hex[:8]}"
-    bed = EnforcementBed.create(workdir / "bed", registry.url, notary_bed, namespace=ns)
-    redis_server = RedisServer(workdir / "redis")
-    front = CountingFront(notary_bed, workdir / "front")
-    started: ReplicaSet | None = None
-    try:
-        bed.trust("setup/app")  # the publisher's root key exists from here on
-        redis_server.start()
-        front.start()
-        started = start_replica_set(
-            workdir / "proxies",
-            bed,
-            notary_bed,
-            redis_server,
-            front,
-            {bed.pattern("*/app"): rule(root_keys=[bed.root_key_id])},
-            key_prefix=f"tp-{ns}:",
-            refresh_seconds=REFRESH,
-        )
+    with signed_replica_set(
+        workdir, registry.url, notary_bed, label="rep", refresh_seconds=REFRESH
+    ) as started:
         yield started
-    finally:
-        if started is not None:
-            started.stop()
-        front.stop()
-        redis_server.stop()
-        bed.close()
 
 
 def _image(replicas: ReplicaSet, label: str) -> images.Image:
@@ -245,8 +222,10 @@ def test_replayed_older_record_does_not_roll_back_a_replica(replicas: ReplicaSet
 
 def test_cold_burst_on_both_replicas_fetches_each_file_once(replicas: ReplicaSet) -> None:
     """200 concurrent requests, split over both replicas, for a new tag of a repository
-    neither has seen: one replica fetches each metadata file once, the other waits for it
-    and uses the shared state."""
+    neither has seen: one replica walks the trust data, fetching each file once; the other
+    waits for the state it saves and then checks only the signed timestamp itself (a
+    stored state never stands in for freshness), so timestamp.json and the root probe are
+    fetched once per replica."""
     bed, front = replicas.bed, replicas.front
     name = "burst/app"
     bed.trust(name).add_signer(f"{bed.namespace}-burst", RELEASES)
@@ -256,6 +235,7 @@ def test_cold_burst_on_both_replicas_fetches_each_file_once(replicas: ReplicaSet
     # targets/releases.<hex>), read around the front: not counted.
     expected = set(front.capture(gun)) | {"root.json"}
     assert any(n.startswith("targets/releases.") for n in expected), expected
+    per_replica = {"timestamp.json"}
     since = time.monotonic()
     answers = asyncio.run(burst([(replicas[i % 2], repo, "v1") for i in range(200)]))
     statuses = Counter((a.replica, a.status) for a in answers)
@@ -267,13 +247,15 @@ def test_cold_burst_on_both_replicas_fetches_each_file_once(replicas: ReplicaSet
     assert {a.digest for a in answers} == {f"sha256:{target.sha256}"}
     counts = front.counts(gun, since=since)
     summary = front.summary(gun, since=since)
-    for file in sorted(expected):
+    for file in sorted(expected - per_replica):
         assert counts[file] == 1, f"{file} fetched {counts[file]} times:\n{summary}"
+    for file in sorted(per_replica):
+        assert 1 <= counts[file] <= 2, f"{file} fetched {counts[file]} times:\n{summary}"
     others = {n: c for n, c in counts.items() if n not in expected}
-    # The root walk's probe for the next version (404) is allowed, once.
+    # The root walk's probe for the next version (404) is allowed, once per replica.
     for file, n in others.items():
         assert re.fullmatch(r"\d+\.root\.json", file), f"unexpected fetch {file}:\n{summary}"
-        assert n <= 1, f"{file} fetched {n} times:\n{summary}"
+        assert n <= 2, f"{file} fetched {n} times:\n{summary}"
 
 
 def test_corrupted_entry_is_refetched_not_trusted(replicas: ReplicaSet) -> None:

@@ -4,14 +4,15 @@ Per repository (GUN) and root of trust, one verified :class:`~proxy.trust.Truste
 kept in process for ``fresh_for``; after that the next request refreshes it::
 
     hot set fresh?            -> use it (it was verified in this process)
-    stored state fresh?       -> re-verify every stored byte (replay) and use it
     otherwise refresh         -> from the stored root and version floors (rollback
-                                 protection), or root.json at first contact; walk
-                                 <N+1>.root.json until 404, then timestamp, snapshot,
-                                 targets, every delegation by consistent name
-                                 (bytes we hold whose hash the parent announces are
-                                 reused, not refetched: an unchanged repository costs a
-                                 root probe and timestamp.json); the whole walk within
+                                 protection; this process's own floors on top), or
+                                 root.json at first contact; walk <N+1>.root.json until
+                                 404, then timestamp, snapshot, targets, every delegation
+                                 by consistent name (bytes we hold whose hash the parent
+                                 announces are reused, not refetched: an unchanged
+                                 repository costs a root probe and timestamp.json, and a
+                                 state another replica stored spares the rest, but never
+                                 the signed timestamp: see below); the whole walk within
                                  ``refresh_deadline``; an invalid delegation is skipped
                                  (notary), unless it is rolled back or withheld (one the
                                  stored state verified, still declared as then): that
@@ -23,13 +24,19 @@ kept in process for ``fresh_for``; after that the next request refreshes it::
                                  grace past expiry); nothing valid -> unavailable
     root.json / timestamp.json 404 -> NoTrustDataError (the repository has no trust data)
 
+A stored state is never taken as fresh: the store (Redis) is untrusted, and whoever writes
+it can put back an older, genuine state with a fetch time of "now". Only the trust server's
+signed timestamp says what is current, so every refresh fetches it (and probes for a new
+root); the stored state saves the rest of the walk. The rollback floors this process has
+verified live in a :class:`~proxy.sources.store.RollbackFloors` map apart from the hot cache
+(which requests for other repositories evict), and are applied on top of whatever the store
+says, so neither an eviction nor a store rolled back, flushed or down lowers them.
+
 Concurrent requests for the same repository share one refresh; with a store that offers a
 :class:`~proxy.sources.flight.ReplicaLock` (Redis), replicas also take turns: one refreshes,
-the others wait for the state it saves (re-verified) instead of fetching it again. The warm
-path (a hot set still fresh) touches neither the store nor a signature: it is a dictionary
-lookup and a tag resolution. The refresh starts from the higher of the stored state and the
-hot one (by timestamp version), so a store that lost or lowered its state (Redis down,
-flushed, restarted) never lowers the rollback floors this process saw. The clock is injected;
+the others wait for the state it saves and then refresh from it (timestamp and root probe
+only, when nothing changed meanwhile). The warm path (a hot set still fresh) touches neither
+the store nor a signature: it is a dictionary lookup and a tag resolution. The clock is injected;
 the core never reads it. Metrics: ``trustproxy_trust_cache_total`` counts each lookup once
 (``hit``: verified cache, ``miss``: a refresh ran, ``stale_served``: the refresh failed and
 cached data answered), ``trustproxy_trust_refresh_seconds`` times each network refresh.
@@ -43,7 +50,6 @@ bounds the rest).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import hashlib
 import logging
@@ -70,7 +76,7 @@ from proxy.sources.base import (
 )
 from proxy.sources.flight import ReplicaLock
 from proxy.sources.notary.fetcher import NotaryFetcher
-from proxy.sources.store import StoreUnavailableError, TrustStateStore
+from proxy.sources.store import Judge, RollbackFloors, StoreUnavailableError, TrustStateStore
 from proxy.trust import (
     Limits,
     MetadataFormatError,
@@ -99,6 +105,7 @@ __all__ = [
     "metadata_versions",
     "resolve_under_rule",
     "state_generation",
+    "verified_generation",
 ]
 
 log = logging.getLogger(__name__)
@@ -122,6 +129,9 @@ class NotarySourceOptions:
     retry_after: timedelta = timedelta(seconds=10)
     #: repositories kept verified in process (least recently used out)
     max_hot_entries: int = 1024
+    #: repositories whose rollback floors are remembered in process, apart from the hot
+    #: cache (least recently raised out; only verified repositories count)
+    max_floor_entries: int = 65_536
     #: the largest stored state accepted from the store (it holds every role, base64)
     state_max_bytes: int = 64 * 1024 * 1024
     #: size and count limits of the verification core (byte limits also cap fetches)
@@ -218,6 +228,7 @@ class NotarySource:
         self._clock = clock
         self.options = options or NotarySourceOptions()
         self._hot: OrderedDict[_Key, _Hot] = OrderedDict()
+        self._seen = RollbackFloors(self.options.max_floor_entries)
         self._inflight: dict[_Key, asyncio.Task[TrustedSet]] = {}
         self._cache_counters: dict[str, Counter] = {}
 
@@ -389,17 +400,14 @@ class NotarySource:
             self._hot.popitem(last=False)
 
     async def _update(self, key: _Key, gun: str, rule: SigningRule) -> TrustedSet:
-        now = self._clock()
         previous = self._hot.get(key)
+        # The stored state is a head start, never an answer: it may be an older record put
+        # back and dated "now" by whoever can write the store (issue 17, finding 1).
         record = await self._load_record(gun)
-        if (ts := self._from_store(key, gun, rule, record, now)) is not None:
-            return ts
         token: str | None = None
         if self._flight is not None:
-            token, record, ts = await self._take_turn(key, gun, rule, record)
-            if ts is not None:
-                return ts
-            now = self._clock()  # waiting for the lock took time
+            token, record = await self._take_turn(gun, record)
+        now = self._clock()  # waiting for the lock took time
         try:
             return await self._network_update(key, gun, rule, now, previous, record)
         finally:
@@ -409,43 +417,15 @@ class NotarySource:
                 except StoreUnavailableError as e:  # it expires by itself
                     log.debug("trust source %s: %s: lock not released: %s", self.name, gun, e)
 
-    def _from_store(
-        self,
-        key: _Key,
-        gun: str,
-        rule: SigningRule,
-        record: tuple[datetime, TrustedState] | None,
-        now: datetime,
-    ) -> TrustedSet | None:
-        """The stored state when it is fresh enough and verifies, remembered as hot."""
-        opts = self.options
-        if record is None or not now - opts.fresh_for < record[0] <= now:
-            return None
-        # Fresh enough in the store (another replica, or before a restart): re-verify
-        # every byte, as if downloaded. A refused state is logged and refetched.
-        try:
-            ts = self._replay(record[1], gun, rule, now)
-        except TrustDataError as e:
-            log.warning("trust source %s: %s: stored state refused: %s", self.name, gun, e)
-            return None
-        if ts is None:
-            return None
-        TRUST_CACHE.labels(self.name, "hit").inc()
-        self._remember(key, self._hot_for(ts, refresh_at=record[0] + opts.fresh_for))
-        return self._answer(self._hot[key], gun)
-
     async def _take_turn(
-        self,
-        key: _Key,
-        gun: str,
-        rule: SigningRule,
-        record: tuple[datetime, TrustedState] | None,
-    ) -> tuple[str | None, tuple[datetime, TrustedState] | None, TrustedSet | None]:
-        """Cross-replica single flight: (our lock token or None, the latest record, a set
-        another replica refreshed meanwhile, verified here, or None)."""
+        self, gun: str, record: tuple[datetime, TrustedState] | None
+    ) -> tuple[str | None, tuple[datetime, TrustedState] | None]:
+        """Cross-replica single flight: (our lock token or None, the record to refresh
+        from). While another replica holds the lock, wait for the record it saves: the
+        refresh from it then costs the signed timestamp and a root probe."""
         lock = self._flight
         if lock is None:  # pragma: no cover - checked by the caller
-            return None, record, None
+            return None, record
         loop = asyncio.get_running_loop()
         deadline = loop.time() + lock.lock_timeout
         seen = record[0] if record is not None else None
@@ -454,28 +434,23 @@ class NotarySource:
             if not first:
                 await asyncio.sleep(self.options.flight_poll.total_seconds())
                 latest = await self._load_record(gun)
+                # A fetch time that moved says "another replica saved"; it is unsigned, so
+                # a store writer can only make us stop waiting early (more work, no allow).
                 if latest is not None and (seen is None or latest[0] > seen):
-                    ts = self._from_store(key, gun, rule, latest, self._clock())
-                    if ts is not None:
-                        return None, latest, ts
-                    record = latest
+                    return None, latest
             first = False
             try:
                 token = await lock.acquire(gun)
             except StoreUnavailableError:
-                return None, record, None  # no lock without Redis: refresh ourselves
+                return None, record  # no lock without Redis: refresh ourselves
             if token is not None:
-                # Another replica may have saved between our load and the lock: look again.
+                # Another replica may have saved between our load and the lock: start from it.
                 latest = await self._load_record(gun)
-                ts = self._from_store(key, gun, rule, latest, self._clock())
-                if ts is not None:
-                    with contextlib.suppress(StoreUnavailableError):  # expires by itself
-                        await lock.release(gun, token)
-                    return None, latest, ts
-                return token, latest if latest is not None else record, None
+                return token, latest if latest is not None else record
             if loop.time() >= deadline:
-                # The holder neither saved nor released, and its lock did not expire (a
-                # clock or lock_timeout mismatch between replicas): do not wait forever.
+                # The holder neither saved nor released within lock_timeout (a lock of
+                # ours never outlives it: a clock or lock_timeout mismatch, or a lock
+                # planted with a valid expiry): do not wait longer, fetch alone.
                 log.warning(
                     "trust source %s: %s: another replica holds the refresh lock for over "
                     "%.0fs; refreshing anyway",
@@ -483,7 +458,7 @@ class NotarySource:
                     gun,
                     lock.lock_timeout,
                 )
-                return None, record, None
+                return None, record
 
     async def _network_update(
         self,
@@ -543,6 +518,7 @@ class NotarySource:
                     e,
                 )
             TRUST_CACHE.labels(self.name, "stale_served").inc()
+            self._seen.raise_to(gun, _top_level_versions(stale))
             hot = self._hot_for(stale, refresh_at=now + opts.retry_after)
             self._remember(key, dataclasses.replace(hot, stale=True))
             return self._answer(self._hot[key], gun)
@@ -555,7 +531,8 @@ class NotarySource:
             raise
 
         TRUST_CACHE.labels(self.name, "miss").inc()
-        await self._save_record(gun, ts, now)
+        self._seen.raise_to(gun, _top_level_versions(ts))
+        await self._save_record(gun, rule, ts, now)
         # Fresh for fresh_for from when the refresh ended (see the failures above): a slow
         # but successful refresh must not leave an entry that is due at once.
         self._remember(key, self._hot_for(ts, refresh_at=self._clock() + opts.fresh_for))
@@ -671,7 +648,7 @@ class NotarySource:
         verified for ``gun``: a stored record is untrusted input, and replaying an older
         (validly signed) record must not roll a replica back to a revoked tag.
         """
-        for role, seen in self._floors(gun).items():
+        for role, seen in self._seen.get(gun).items():
             stored = state.versions.get(role, 0)
             if stored < seen:
                 raise RollbackError(
@@ -696,18 +673,6 @@ class NotarySource:
                 raise err
         return ts if ts.targets is not None else None
 
-    def _floors(self, gun: str) -> dict[str, int]:
-        """The highest top-level versions this process has verified for ``gun``, under any
-        rule. Delegations are left out: a delegation may be removed legitimately."""
-        floors: dict[str, int] = {}
-        for key, hot in self._hot.items():
-            if key[0] != gun or (ts := _last_verified(hot)) is None:
-                continue
-            for role, version in ts.state().versions.items():
-                if role in _TOP_LEVEL_ROLES and version > floors.get(role, 0):
-                    floors[role] = version
-        return floors
-
     async def _load_record(self, gun: str) -> tuple[datetime, TrustedState] | None:
         try:
             data = await self._store.load(gun)
@@ -723,11 +688,21 @@ class NotarySource:
             log.warning("trust source %s: %s: stored state unreadable: %s", self.name, gun, e)
             return None
 
-    async def _save_record(self, gun: str, ts: TrustedSet, now: datetime) -> None:
+    async def _save_record(
+        self, gun: str, rule: SigningRule, ts: TrustedSet, now: datetime
+    ) -> None:
         state = ts.state()
+        judge: Judge = lambda data: verified_generation(  # noqa: E731
+            data,
+            gun=gun,
+            rule=rule,
+            now=now,
+            limits=self.options.limits,
+            max_bytes=self.options.state_max_bytes,
+        )
         try:
             await self._store.save(
-                gun, encode_record(state, now), generation=state_generation(state)
+                gun, encode_record(state, now), generation=state_generation(state), judge=judge
             )
         except StoreUnavailableError as e:
             log.debug("trust source %s: %s: state not saved: %s", self.name, gun, e)
@@ -751,6 +726,9 @@ class NotarySource:
     ) -> TrustedSet:
         limits = self.options.limits
         ts: TrustedSet | None = None
+        # This process's own floors on top of the stored ones: the store may have been
+        # rolled back (an older record put back) or lost, the hot cache evicted.
+        seen = self._seen.get(gun)
         for candidate in (state, fallback):
             if candidate is None or ts is not None:
                 continue
@@ -758,7 +736,7 @@ class NotarySource:
             try:
                 # The stored root and version floors: a server that rolls back is refused.
                 ts = TrustedSet.from_state(
-                    candidate,
+                    _with_floors(candidate, seen),
                     gun=gun,
                     root_of_trust=rule.root_of_trust,
                     reference_time=now,
@@ -782,6 +760,7 @@ class NotarySource:
                 gun=gun,
                 root_of_trust=rule.root_of_trust,
                 reference_time=now,
+                previous_versions=seen,
                 limits=limits,
                 allow_expired_root_cert=rule.allow_expired_root_cert,
             )
@@ -849,6 +828,60 @@ def state_generation(state: TrustedState) -> int:
     would not do: replicas' clocks differ and an older fetch can finish later.
     """
     return state.versions.get("timestamp", 0)
+
+
+def verified_generation(
+    data: bytes,
+    *,
+    gun: str,
+    rule: SigningRule,
+    now: datetime,
+    limits: Limits,
+    max_bytes: int,
+) -> int | None:
+    """The generation of a stored record as its signed data proves it, or None.
+
+    The store's compare-and-set judges what it holds with this, not with a ``gen`` it
+    keeps beside the bytes: a store writer who plants ``gen=999999`` (or a record with
+    forged versions) would otherwise freeze every later save. The record's root must
+    verify under ``rule``'s root of trust and its timestamp under that root, unexpired at
+    ``now``; its claimed versions are floors, so a forged higher one fails here too. A
+    record that does not verify is not worth keeping: None (any save replaces it).
+    """
+    try:
+        _, state = decode_record(data, max_bytes=max_bytes)
+        raw = state.metadata.get("timestamp")
+        if raw is None:
+            return None
+        ts = TrustedSet.from_state(
+            state,
+            gun=gun,
+            root_of_trust=rule.root_of_trust,
+            reference_time=now,
+            limits=limits,
+            allow_expired_root_cert=rule.allow_expired_root_cert,
+            replay=False,
+        )
+        ts.update_timestamp(raw)
+    except TrustDataError:
+        return None
+    return ts.timestamp.version if ts.timestamp is not None else None
+
+
+def _top_level_versions(ts: TrustedSet) -> dict[str, int]:
+    """Versions of root, timestamp, snapshot and targets: delegations are left out of the
+    floors, as a delegation may be removed and re-created at version 1 legitimately."""
+    return {r: v for r, v in ts.state().versions.items() if r in _TOP_LEVEL_ROLES}
+
+
+def _with_floors(state: TrustedState, floors: Mapping[str, int]) -> TrustedState:
+    """``state`` with each version raised to this process's floor for it."""
+    if all(state.versions.get(r, 0) >= v for r, v in floors.items()):
+        return state
+    versions = dict(state.versions)
+    for role, version in floors.items():
+        versions[role] = max(versions.get(role, 0), version)
+    return dataclasses.replace(state, versions=MappingProxyType(versions))
 
 
 def _order_by_generation(

@@ -20,7 +20,7 @@ from proxy.sources.redis_store import (
     source_namespace,
     store_status,
 )
-from proxy.sources.store import StoreUnavailableError
+from proxy.sources.store import Judge, StoreUnavailableError
 from proxy.trust import TrustOnFirstUse
 from tests.simulators.notary_repo import NotaryRepository
 from tests.unit.sources.sim import GUN, Clock, SimServer, make_source
@@ -38,9 +38,16 @@ class CountingStore(MemoryTrustStateStore):
         self.calls.append("load")
         return await super().load(gun)
 
-    async def save(self, gun: str, data: bytes, *, generation: int | None = None) -> None:
+    async def save(
+        self,
+        gun: str,
+        data: bytes,
+        *,
+        generation: int | None = None,
+        judge: Judge | None = None,
+    ) -> None:
         self.calls.append(f"save:{generation}")
-        await super().save(gun, data, generation=generation)
+        await super().save(gun, data, generation=generation, judge=judge)
 
 
 @pytest.mark.anyio

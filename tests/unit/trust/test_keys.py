@@ -217,3 +217,33 @@ def test_key_id_is_over_canonical_json() -> None:
     import hashlib
 
     assert compute_key_id("ed25519", public) == hashlib.sha256(doc).hexdigest()
+
+
+def _corrupt_certificate(where: str) -> dict[str, object]:
+    """A root-style key whose PEM frames a certificate with a broken inner field
+    (cryptography parses fields lazily: found with corrupted records from the store)."""
+    sk = x509_key("docker.io/library/app")
+    assert sk.certificate is not None
+    der = bytearray(sk.certificate.public_bytes(serialization.Encoding.DER))
+    if where in ("issuer", "subject"):  # self-signed: the issuer's CN comes first
+        cn = b"docker.io/library/app"
+        at = der.find(cn) if where == "issuer" else der.rfind(cn)
+        der[at] = 0xFF  # not UTF-8 in a UTF8String
+    else:
+        spki = sk.certificate.public_key().public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+        at = der.find(spki) + len(spki) - 20
+        der[at : at + 8] = b"\x00" * 8  # a point that is not on the curve
+    pem = b"-----BEGIN CERTIFICATE-----\n" + base64.encodebytes(bytes(der))
+    pem += b"-----END CERTIFICATE-----\n"
+    obj = sk.to_json()
+    keyval = dict(obj["keyval"])  # type: ignore[call-overload]
+    keyval["public"] = base64.b64encode(pem).decode()
+    return {**obj, "keyval": keyval}
+
+
+@pytest.mark.parametrize("where", ["issuer", "subject", "public-key"])
+def test_malformed_certificate_fields_are_format_errors(where: str) -> None:
+    with pytest.raises(MetadataFormatError, match="certificate"):
+        parse_key(_corrupt_certificate(where))
