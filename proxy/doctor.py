@@ -387,6 +387,55 @@ def _describe_error(e: Exception, timeout: float) -> tuple[str, bool]:
     return (f"{type(e).__name__}: {text}" if text else type(e).__name__), False
 
 
+def _tls_advice(reason: str, base: str) -> str:
+    """What a certificate verification failure means, by name."""
+    text = reason.lower()
+    if "self-signed" in text or "issuer" in text or "unknown ca" in text:
+        return (
+            "unknown CA: the proxy's certificate is issued by a CA this host does not trust; "
+            "give it to this check with --ca-file, and to the clients as docs/clients.md shows "
+            "(containerd hosts.toml `ca`, dockerd certs.d/<proxy>/ca.crt, ...)"
+        )
+    if "mismatch" in text:
+        return (
+            f"the proxy's certificate is not issued for {urlsplit(base).hostname}: reach it by "
+            "a name (or IP address) its certificate lists"
+        )
+    if "expired" in text or "not yet valid" in text:
+        return "the proxy's certificate has expired or is not yet valid (or this clock is wrong)"
+    return (
+        "install the proxy's CA for this check with --ca-file, and for "
+        "the clients as docs/clients.md shows"
+    )
+
+
+def _asks_for_client_certificate(options: Options) -> bool | None:
+    """Whether the proxy's TLS handshake asks for a client certificate (CertificateRequest);
+    None when that cannot be told (no handshake, no message hook in this Python)."""
+    parts = urlsplit(options.proxy)
+    requested: list[bool] = []
+
+    def hook(conn: Any, direction: str, version: Any, kind: Any, msg: Any, data: Any) -> None:
+        if direction == "read" and kind == 22 and msg == 13:  # handshake, CertificateRequest
+            requested.append(True)
+
+    try:
+        ctx = proxy_ssl_context(options)
+        if not hasattr(ctx, "_msg_callback"):
+            return None
+        ctx._msg_callback = hook  # OpenSSL's message callback (CPython's ssl, undocumented)
+        with (
+            socket.create_connection(
+                (parts.hostname or "", parts.port or 443), timeout=options.timeout
+            ) as raw,
+            ctx.wrap_socket(raw, server_hostname=parts.hostname) as tls,
+        ):
+            tls.do_handshake()
+    except (OSError, UsageError, ValueError):
+        pass  # a handshake cut short still shows whether the request came
+    return bool(requested)
+
+
 def _auth_schemes(response: httpx.Response) -> list[str]:
     from proxy.upstream.challenge import parse_www_authenticate
 
@@ -452,16 +501,43 @@ async def _proxy_checks(client: httpx.AsyncClient, options: Options) -> list[Che
                 )
     except (httpx.HTTPError, httpx.InvalidURL) as e:  # InvalidURL: a 3xx to "javascript:x"
         reason, tls = _describe_error(e, options.timeout)
-        v2.summary = f"GET {base}/v2/: {reason}"
-        v2.data = {"error": reason, "tls_error": tls}
-        if tls:
-            v2.details.append(
-                "install the proxy's CA for this check with --ca-file, and for "
-                "the clients as docs/clients.md shows"
+        client_cert = None
+        if (
+            not tls
+            and scheme == "https"
+            and isinstance(e, httpx.NetworkError | httpx.ProtocolError)
+        ):
+            # A TLS 1.3 server checks the client certificate after the handshake and just
+            # closes the connection: ask the handshake itself whether it wanted one.
+            client_cert = await asyncio.to_thread(_asks_for_client_certificate, options)
+        if client_cert:
+            tls = True
+            given = options.client_cert is not None
+            reason = (
+                "TLS: the proxy refused this client certificate"
+                if given
+                else "TLS: the proxy requires a client certificate (mTLS) and none was given"
             )
+            v2.details.append(
+                "the certificate given with --client-cert is not issued by the proxy's client "
+                "CA (server.client_auth.client_ca_file), has expired, or is not for client "
+                "authentication"
+                if given
+                else "give this check one with --client-cert/--client-key; every client needs "
+                "its own (containerd hosts.toml `client`, dockerd certs.d client.cert/.key, "
+                "podman/CRI-O certs.d): docs/clients.md"
+            )
+        elif tls:
+            v2.details.append(_tls_advice(reason, base))
         else:
             v2.details.append(
                 "the proxy does not answer from here: check its address, port, DNS and firewall"
+            )
+        v2.summary = f"GET {base}/v2/: {reason}"
+        v2.data = {"error": reason, "tls_error": tls}
+        if client_cert:
+            v2.data["client_certificate"] = (
+                "rejected" if options.client_cert is not None else "required"
             )
     else:
         status = response.status_code
