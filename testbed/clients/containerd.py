@@ -4,9 +4,9 @@
 
 ``ctr`` resolves and fetches in its own process with the same resolver code as containerd's
 CRI plugin (``remotes/docker/config``: ``hosts.toml``, then the default host), then writes
-the content into the daemon and unpacks it with the native snapshotter. The CRI plugin is
-configured with ``config_path`` = the same hosts directory, as on a Kubernetes node, so one
-``hosts.toml`` is what both paths read.
+the content into the daemon and unpacks it with the native snapshotter. The CRI plugin's
+``config_path`` is set as on a Kubernetes node (``hosts_dir``); ``ctr`` is told its hosts
+directory with ``--hosts-dir`` on each pull.
 
 Nothing is shared with a system containerd: the socket, the ttrpc socket, root, state and the
 ``opt`` plugin's directory all live under the instance's own directory, and the debug and

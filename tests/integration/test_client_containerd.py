@@ -114,11 +114,14 @@ class Observation:
         return all(h == proxy_url for p in self.pulls.values() for h in p.hosts)
 
 
-def _apply(world: World, recipe: str, text: str) -> tuple[Path, str, str]:
+def _apply(
+    world: World, recipe: str, text: str, proxy_kind: str | None = None
+) -> tuple[Path, str, str]:
     """Write ``recipe`` (docs/clients.md's text, example names replaced) as the upstream's
     hosts.toml in a hosts dir of its own; (hosts dir, the text written, the proxy's URL)."""
-    proxy = world.proxies[RECIPE_PROXY.get(recipe, "tls")]
-    hosts_dir = world.workdir / "hosts" / recipe
+    kind = proxy_kind or RECIPE_PROXY.get(recipe, "tls")
+    proxy = world.proxies[kind]
+    hosts_dir = world.workdir / "hosts" / f"{recipe}-{kind}"
     folder = hosts_dir / world.upstream_host
     folder.mkdir(parents=True, exist_ok=True)
     shutil.copy(world.ca.cert, folder / "proxy-ca.crt")  # `sudo cp ca.crt .../proxy-ca.crt`
@@ -255,7 +258,10 @@ def test_enforcing_recipe(world: World, recipe: str) -> None:
     assert p["moved"].digest == world.digests["moved-signed"]
     # Refused: containerd reports only "not found" (the proxy's reason is in the audit log).
     assert not p["unsigned"].ok
-    assert "not found" in p["unsigned"].error, p["unsigned"].error
+    error = p["unsigned"].error
+    assert error.startswith("ctr: failed to resolve reference"), error
+    assert error.endswith("not found"), error
+    assert "not signed by" not in error, error  # the reason stops at the proxy
     for platform in ("linux/amd64", "linux/arm64"):
         pull = p[f"multi-{platform.split('/')[1]}"]
         assert pull.ok, pull
@@ -271,6 +277,27 @@ def test_enforcing_recipe(world: World, recipe: str) -> None:
     denied = proxy.wait_audit(lambda r: r.get("reference") == "unsigned")
     assert denied["outcome"] == "denied", denied
     assert "not signed" in denied["reason"], denied
+
+
+def test_unsigned_image_by_digest_is_served_under_digests_allow(world: World) -> None:
+    """The guide says so: the default `digests: allow` serves an unsigned image by digest."""
+    hosts_dir, _, proxy_url = _apply(world, "enforcing", doc_recipes()["enforcing"])
+    namespace = f"t{uuid.uuid4().hex[:12]}"
+    ref = f"{world.upstream_host}/{world.bed.repo(APP)}@{world.digests['unsigned']}"
+    result = world.containerd.pull(ref, namespace=namespace, hosts_dir=hosts_dir)
+    assert result.ok, result.stderr[-2000:]
+    assert result.hosts_tried() == [proxy_url]
+
+
+def test_enforcing_recipe_without_client_certificate_pulls_nothing(world: World) -> None:
+    """The TLS recipe (no `client`) against the mTLS proxy: the handshake fails, and there is
+    no fallback to the upstream either."""
+    hosts_dir, _, proxy_url = _apply(world, "enforcing", doc_recipes()["enforcing"], "mtls")
+    for tag in ("v1", "unsigned"):
+        namespace = f"t{uuid.uuid4().hex[:12]}"
+        result = world.containerd.pull(world.ref(tag), namespace=namespace, hosts_dir=hosts_dir)
+        assert not result.ok, result.stderr[-2000:]
+        assert result.hosts_tried() == [proxy_url], result.hosts_tried()
 
 
 @pytest.mark.parametrize("recipe", ["server-only", "host-only", "mirror"])
