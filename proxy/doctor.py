@@ -1052,11 +1052,13 @@ def containerd_hosts(
     for index, (url, entry) in enumerate(entries):
         caps = entry.get("capabilities") if isinstance(entry, dict) else None
         if caps is not None:
-            bad = [c for c in caps if str(c).lower() not in _CAPABILITIES] if isinstance(
-                caps, list) else [caps]  # fmt: skip
+            if not isinstance(caps, list):  # a []string in containerd: anything else fails
+                return ContainerdHosts((default,), True, "capabilities is not a list")
+            listed = caps
+            bad = [c for c in listed if str(c).lower() not in _CAPABILITIES]
             if bad:
                 return ContainerdHosts((default,), True, f"unknown capability {bad[0]!r}")
-            if not {str(c).lower() for c in caps} & {"pull", "resolve"}:
+            if not {str(c).lower() for c in listed} & {"pull", "resolve"}:
                 continue  # push only: never pulled from
         last = index == len(entries) - 1
         if last and not url:

@@ -82,6 +82,7 @@ def _doc(text: str) -> tuple[dict[str, Any] | None, str | None]:
         (UPSTREAM_FIRST, V1_6, (HUB, PROXY, PROXY), False, None),
         (PUSH_ONLY_UPSTREAM, V1_6, (PROXY,), False, None),
         (BAD_CAPABILITY, V2, (HUB,), True, "unknown capability"),
+        (f'server = "{PROXY}"\ncapabilities = "pull"\n[host]\n', V2, (HUB,), True, "not a list"),
         (NO_SCHEME, V1_6, (PROXY, PROXY), False, None),
         ("server = ", V2, (HUB,), True, "not valid TOML"),
         ("", V1_6, (HUB,), True, "invalid `host` tree"),
@@ -89,7 +90,8 @@ def _doc(text: str) -> tuple[dict[str, Any] | None, str | None]:
     ],
     ids=["server-and-host-1.6", "server-and-host-2", "server-only-1.6", "server-only-1.7.31",
          "server-only-1.7.32", "server-only-2", "host-only-1.6", "host-only-2", "mirror",
-         "upstream-first", "push-only-upstream", "bad-capability", "no-scheme", "bad-toml",
+         "upstream-first", "push-only-upstream", "bad-capability", "capabilities-string",
+         "no-scheme", "bad-toml",
          "empty-1.6", "empty-2"],
 )  # fmt: skip
 def test_hosts_containerd_tries(
