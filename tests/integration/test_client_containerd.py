@@ -246,6 +246,24 @@ def test_docs_have_every_recipe_and_a_claim_for_each() -> None:
     assert f"Tested with containerd {version}" in DOC.read_text()
 
 
+def test_config_path_recipe_is_what_containerd_runs_with(world: World) -> None:
+    """docs/clients.md's config.toml lines for containerd 1.x are in the config the test
+    containerd runs with, and containerd reads config_path from them."""
+    found = re.search(r"<!-- containerd-config: 1.x -->\n```toml\n(.*?)```", DOC.read_text(), re.S)
+    assert found is not None
+    hosts_dir = str(world.containerd.hosts_dir)
+    lines = [ln for ln in found[1].splitlines() if ln and not ln.startswith("#")]
+    snippet = "\n".join(lines).replace("/etc/containerd/certs.d", hosts_dir)
+    config = world.containerd.directory / "config.toml"
+    assert snippet in config.read_text()
+    dump = subprocess.run(
+        ["containerd", "--config", str(config), "config", "dump"],
+        capture_output=True, text=True, timeout=60, check=True,
+    )  # fmt: skip
+    assert f'config_path = "{hosts_dir}"' in dump.stdout
+    assert 'snapshotter = "native"' in dump.stdout
+
+
 @pytest.mark.parametrize("recipe", ["enforcing", "enforcing-mtls", "enforcing-http"])
 def test_enforcing_recipe(world: World, recipe: str) -> None:
     obs = observe(world, recipe)
