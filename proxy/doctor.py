@@ -23,8 +23,11 @@ import argparse
 import asyncio
 import contextlib
 import json
+import re
+import shutil
 import socket
 import ssl
+import subprocess
 import sys
 import tomllib
 from collections.abc import Awaitable, Callable, Iterable
@@ -384,6 +387,55 @@ def _describe_error(e: Exception, timeout: float) -> tuple[str, bool]:
     return (f"{type(e).__name__}: {text}" if text else type(e).__name__), False
 
 
+def _tls_advice(reason: str, base: str) -> str:
+    """What a certificate verification failure means, by name."""
+    text = reason.lower()
+    if "self-signed" in text or "issuer" in text or "unknown ca" in text:
+        return (
+            "unknown CA: the proxy's certificate is issued by a CA this host does not trust; "
+            "give it to this check with --ca-file, and to the clients as docs/clients.md shows "
+            "(containerd hosts.toml `ca`, dockerd certs.d/<proxy>/ca.crt, ...)"
+        )
+    if "mismatch" in text:
+        return (
+            f"the proxy's certificate is not issued for {urlsplit(base).hostname}: reach it by "
+            "a name (or IP address) its certificate lists"
+        )
+    if "expired" in text or "not yet valid" in text:
+        return "the proxy's certificate has expired or is not yet valid (or this clock is wrong)"
+    return (
+        "install the proxy's CA for this check with --ca-file, and for "
+        "the clients as docs/clients.md shows"
+    )
+
+
+def _asks_for_client_certificate(options: Options) -> bool | None:
+    """Whether the proxy's TLS handshake asks for a client certificate (CertificateRequest);
+    None when that cannot be told (no handshake, no message hook in this Python)."""
+    parts = urlsplit(options.proxy)
+    requested: list[bool] = []
+
+    def hook(conn: Any, direction: str, version: Any, kind: Any, msg: Any, data: Any) -> None:
+        if direction == "read" and kind == 22 and msg == 13:  # handshake, CertificateRequest
+            requested.append(True)
+
+    try:
+        ctx = proxy_ssl_context(options)
+        if not hasattr(ctx, "_msg_callback"):
+            return None
+        ctx._msg_callback = hook  # OpenSSL's message callback (CPython's ssl, undocumented)
+        with (
+            socket.create_connection(
+                (parts.hostname or "", parts.port or 443), timeout=options.timeout
+            ) as raw,
+            ctx.wrap_socket(raw, server_hostname=parts.hostname) as tls,
+        ):
+            tls.do_handshake()
+    except (OSError, UsageError, ValueError):
+        pass  # a handshake cut short still shows whether the request came
+    return bool(requested)
+
+
 def _auth_schemes(response: httpx.Response) -> list[str]:
     from proxy.upstream.challenge import parse_www_authenticate
 
@@ -449,16 +501,43 @@ async def _proxy_checks(client: httpx.AsyncClient, options: Options) -> list[Che
                 )
     except (httpx.HTTPError, httpx.InvalidURL) as e:  # InvalidURL: a 3xx to "javascript:x"
         reason, tls = _describe_error(e, options.timeout)
-        v2.summary = f"GET {base}/v2/: {reason}"
-        v2.data = {"error": reason, "tls_error": tls}
-        if tls:
-            v2.details.append(
-                "install the proxy's CA for this check with --ca-file, and for "
-                "the clients as docs/clients.md shows"
+        client_cert = None
+        if (
+            not tls
+            and scheme == "https"
+            and isinstance(e, httpx.NetworkError | httpx.ProtocolError)
+        ):
+            # A TLS 1.3 server checks the client certificate after the handshake and just
+            # closes the connection: ask the handshake itself whether it wanted one.
+            client_cert = await asyncio.to_thread(_asks_for_client_certificate, options)
+        if client_cert:
+            tls = True
+            given = options.client_cert is not None
+            reason = (
+                "TLS: the proxy refused this client certificate"
+                if given
+                else "TLS: the proxy requires a client certificate (mTLS) and none was given"
             )
+            v2.details.append(
+                "the certificate given with --client-cert is not issued by the proxy's client "
+                "CA (server.client_auth.client_ca_file), has expired, or is not for client "
+                "authentication"
+                if given
+                else "give this check one with --client-cert/--client-key; every client needs "
+                "its own (containerd hosts.toml `client`, dockerd certs.d client.cert/.key, "
+                "podman/CRI-O certs.d): docs/clients.md"
+            )
+        elif tls:
+            v2.details.append(_tls_advice(reason, base))
         else:
             v2.details.append(
                 "the proxy does not answer from here: check its address, port, DNS and firewall"
+            )
+        v2.summary = f"GET {base}/v2/: {reason}"
+        v2.data = {"error": reason, "tls_error": tls}
+        if client_cert:
+            v2.data["client_certificate"] = (
+                "rejected" if options.client_cert is not None else "required"
             )
     else:
         status = response.status_code
@@ -820,6 +899,7 @@ def _docker_checks(root: Path, proxy_hp: str) -> list[Check]:
 def _containerd_checks(root: Path, proxy_hp: str) -> list[Check]:
     checks: list[Check] = []
     config = root / "etc/containerd/config.toml"
+    config_paths: list[str] = []
     if config.is_file():
         name = _display(root, config)
         data, error = _read(config)
@@ -833,6 +913,7 @@ def _containerd_checks(root: Path, proxy_hp: str) -> list[Check]:
             checks.append(Check("client-config", name, "warn", f"{name}: {error}"))
         else:
             paths = list(_find_key(doc, "config_path"))
+            config_paths = [p for p in map(str, paths) if p]
             summary = (
                 f"{name}: registry config_path = {', '.join(map(str, paths))}"
                 if paths
@@ -849,16 +930,142 @@ def _containerd_checks(root: Path, proxy_hp: str) -> list[Check]:
                     data={"config_path": [str(p) for p in paths]},
                 )
             )
-    certs_d = root / "etc/containerd/certs.d"
-    if not certs_d.is_dir():
+    # The hosts directories the CRI plugin reads (config_path may list several, ':'-separated);
+    # ctr reads the one given with --hosts-dir, by convention the same.
+    dirs = [d for p in config_paths for d in p.split(":") if d] or ["/etc/containerd/certs.d"]
+    folders: list[Path] = []
+    for d in dict.fromkeys(dirs):
+        certs_d = root / d.lstrip("/")
+        if not certs_d.is_dir():
+            continue
+        try:
+            folders.extend(sorted(p for p in certs_d.iterdir() if (p / "hosts.toml").is_file()))
+        except OSError:
+            continue
+    if not folders:
         return checks
-    try:
-        folders = sorted(p for p in certs_d.iterdir() if (p / "hosts.toml").is_file())[:MAX_FILES]
-    except OSError:
-        folders = []
-    for folder in folders:
-        checks.append(_hosts_toml_check(root, folder / "hosts.toml", folder.name, proxy_hp))
+    version_text, version = detect_containerd_version(root)
+    for folder in folders[:MAX_FILES]:
+        checks.append(
+            _hosts_toml_check(
+                root, folder / "hosts.toml", containerd_namespace(folder.name), proxy_hp,
+                version, version_text,
+            )
+        )  # fmt: skip
     return checks
+
+
+# -- how containerd reads hosts.toml (remotes/docker/config/hosts.go), version by version ------
+
+ContainerdVersion = tuple[int, int, int]
+_CONTAINERD_VERSION_RE = re.compile(r"\bv?(\d+)\.(\d+)\.(\d+)")
+#: containerd before this parses a hosts.toml without any [host] table as an error ("invalid
+#: `host` tree", go-toml v1's tree lookup), logs "failed to decode hosts.toml" and ignores the
+#: file. Every 1.6 release (1.6.20 tested: the unsigned tag came straight from the registry)
+#: and 1.7 up to 1.7.31 do; 1.7.32 fixed it, 2.x parses with go-toml v2 and never had it.
+CONTAINERD_NO_HOST_TABLE_FIXED: ContainerdVersion = (1, 7, 32)
+_CAPABILITIES = frozenset({"pull", "resolve", "push"})
+
+
+def parse_containerd_version(text: str) -> ContainerdVersion | None:
+    """(major, minor, patch) from ``containerd --version`` (``containerd
+    github.com/containerd/containerd 1.6.20~ds1 <revision>``, ``... v2.1.4 <commit>``)."""
+    found = _CONTAINERD_VERSION_RE.search(text.split("containerd/containerd", 1)[-1])
+    return (int(found[1]), int(found[2]), int(found[3])) if found else None
+
+
+def detect_containerd_version(root: Path) -> tuple[str | None, ContainerdVersion | None]:
+    """``containerd --version`` of the containerd under ``root`` (for ``/``: the one on
+    PATH); (None, None) when there is none or it does not answer."""
+    if root == Path("/"):
+        found = shutil.which("containerd")
+        candidates = [Path(found)] if found else []
+    else:
+        candidates = [root / d / "containerd" for d in ("usr/bin", "usr/local/bin", "bin")]
+    for binary in candidates:
+        if not binary.is_file():
+            continue
+        try:
+            done = subprocess.run(
+                [str(binary), "--version"], capture_output=True, timeout=10, check=False
+            )
+        except (OSError, subprocess.SubprocessError):
+            continue
+        text = done.stdout[:1000].decode("utf-8", "replace").strip()
+        version = parse_containerd_version(text)
+        if version is not None:
+            return _tty_safe(text.splitlines()[0][:200]), version
+    return None, None
+
+
+def containerd_namespace(folder: str) -> str:
+    """The registry host a certs.d folder is for: containerd also accepts ``host_port_`` for
+    ``host:port`` (a name without ':' for file systems that cannot have one)."""
+    if folder.endswith("_") and "_" in folder[:-1]:
+        host, _, port = folder[:-1].rpartition("_")
+        if port.isdigit() and host:
+            return f"{host}:{port}"
+    return folder
+
+
+def containerd_default_host(namespace: str) -> str:
+    """The host containerd uses for a namespace when nothing else is configured."""
+    if namespace == "docker.io":
+        return "https://registry-1.docker.io"
+    host = namespace.rsplit(":", 1)[0].strip("[]")
+    # containerd 1.6+: localhost and loopback addresses default to plain HTTP.
+    if host == "localhost" or host.startswith("127.") or host == "::1":
+        return f"http://{namespace}"
+    return f"https://{namespace}"
+
+
+@dataclass(frozen=True)
+class ContainerdHosts:
+    """What containerd makes of one hosts.toml: the hosts it tries, in order."""
+
+    hosts: tuple[str, ...]  # URLs; the last one may be the default host containerd appended
+    default_appended: bool  # the last host is the namespace's default (no `server`)
+    ignored: str | None = None  # why containerd ignored the whole file (then: default host)
+
+
+def containerd_hosts(
+    namespace: str, doc: dict[str, Any] | None, error: str | None, version: ContainerdVersion
+) -> ContainerdHosts:
+    """The hosts containerd ``version`` tries for ``namespace``, as it reads this hosts.toml
+    (``doc``; None with ``error`` when it is no valid TOML). A file containerd cannot read is
+    logged and ignored: then only the default host is left (``loadHostDir``'s fallback)."""
+    default = containerd_default_host(namespace)
+    if doc is None:
+        return ContainerdHosts((default,), True, error or "not valid TOML")
+    table = doc.get("host")
+    if table is None and version < CONTAINERD_NO_HOST_TABLE_FIXED:
+        return ContainerdHosts(
+            (default,),
+            True,
+            "invalid `host` tree: no [host] table, which containerd before 1.7.32 cannot parse",
+        )
+    if table is not None and not isinstance(table, dict):
+        return ContainerdHosts((default,), True, "`host` is not a table")
+    entries: list[tuple[str, Any]] = [(str(k), v) for k, v in (table or {}).items()]
+    entries.append((doc["server"] if isinstance(doc.get("server"), str) else "", doc))
+    hosts: list[str] = []
+    for index, (url, entry) in enumerate(entries):
+        caps = entry.get("capabilities") if isinstance(entry, dict) else None
+        if caps is not None:
+            if not isinstance(caps, list):  # a []string in containerd: anything else fails
+                return ContainerdHosts((default,), True, "capabilities is not a list")
+            listed = caps
+            bad = [c for c in listed if str(c).lower() not in _CAPABILITIES]
+            if bad:
+                return ContainerdHosts((default,), True, f"unknown capability {bad[0]!r}")
+            if not {str(c).lower() for c in listed} & {"pull", "resolve"}:
+                continue  # push only: never pulled from
+        last = index == len(entries) - 1
+        if last and not url:
+            hosts.append(default)
+            return ContainerdHosts(tuple(hosts), True)
+        hosts.append(url if "://" in url else f"https://{url}")
+    return ContainerdHosts(tuple(hosts), False)
 
 
 def _find_key(node: Any, key: str, depth: int = 0) -> Iterable[Any]:
@@ -886,56 +1093,131 @@ def _read_toml(root: Path, path: Path) -> tuple[str, dict[str, Any] | None, str 
     return name, doc, None
 
 
-def _hosts_toml_check(root: Path, path: Path, namespace: str, proxy_hp: str) -> Check:
+def _hosts_toml_check(
+    root: Path,
+    path: Path,
+    namespace: str,
+    proxy_hp: str,
+    version: ContainerdVersion | None,
+    version_text: str | None,
+) -> Check:
     name, doc, error = _read_toml(root, path)
-    if doc is None:
+    label = f"{name} ({namespace})"
+    if doc is None and error is not None and not error.startswith("not valid TOML"):
         return Check("client-config", name, "warn", f"{name}: {error}")
-    # Without `server` containerd uses only the [host] entries: no upstream to fall back to.
-    # Without either it uses the namespace's registry itself.
-    default = "https://registry-1.docker.io" if namespace == "docker.io" else f"https://{namespace}"
-    server = doc.get("server") if isinstance(doc.get("server"), str) else None
-    hosts_table: dict[str, Any] = doc["host"] if isinstance(doc.get("host"), dict) else {}
-    hosts = [str(h) for h in hosts_table]
-    if server is None and not hosts:
-        server = default
-    server_is_proxy = server is not None and hostport(server) == proxy_hp
-    fallback = server if server is not None and not server_is_proxy else None
-    proxy_hosts = [h for h in hosts if hostport(h) == proxy_hp]
-    others = [h for h in hosts if hostport(h) != proxy_hp]
+    if version is None:
+        # Unknown here: judge it as the oldest and the newest containerd would; when they
+        # disagree, say so (a [host] table for the proxy makes both agree).
+        old = _hosts_toml_verdict(label, namespace, doc, error, proxy_hp, (1, 6, 0))
+        new = _hosts_toml_verdict(
+            label, namespace, doc, error, proxy_hp, CONTAINERD_NO_HOST_TABLE_FIXED
+        )
+        check = new if old.status == new.status else old
+        if old.status != new.status:
+            check.summary += (
+                " (containerd 1.6 and 1.7 before 1.7.32; containerd's version is unknown "
+                "here: on 1.7.32+ and 2.x: " + new.summary.removeprefix(f"{label}: ") + ")"
+            )
+        check.data["containerd_version"] = None
+        return check
+    check = _hosts_toml_verdict(label, namespace, doc, error, proxy_hp, version)
+    check.data["containerd_version"] = ".".join(map(str, version))
+    if version_text:
+        check.details.append(f"as read by {version_text}")
+    return check
+
+
+def _hosts_toml_verdict(
+    label: str,
+    namespace: str,
+    doc: dict[str, Any] | None,
+    error: str | None,
+    proxy_hp: str,
+    version: ContainerdVersion,
+) -> Check:
+    """Enforcing only if every host containerd ``version`` would try is the proxy."""
+    name = label.rsplit(" (", 1)[0]
+    seen = containerd_hosts(namespace, doc, error, version)
+    is_proxy = [hostport(h) == proxy_hp for h in seen.hosts]
+    server = doc.get("server") if doc is not None and isinstance(doc.get("server"), str) else None
+    table = doc.get("host") if doc is not None else None
     data_out = {
         "namespace": namespace,
         "server": safe_url(server) if server else None,
-        "hosts": [safe_url(h) for h in hosts],
+        "hosts": [safe_url(h) for h in (table if isinstance(table, dict) else {})],
+        "tried": [safe_url(h) for h in seen.hosts],
+        "enforcing": all(is_proxy),
     }
-    label = f"{name} ({namespace})"
-    if not server_is_proxy and not proxy_hosts:
-        where = safe_url(server) if server else ", ".join(map(safe_url, hosts))
+    mentions_proxy = (server is not None and hostport(server) == proxy_hp) or any(
+        hostport(str(h)) == proxy_hp for h in (table if isinstance(table, dict) else {})
+    )
+    others = [safe_url(h) for h, p in zip(seen.hosts, is_proxy, strict=True) if not p]
+    if seen.ignored is not None:
+        if all(is_proxy):  # the namespace is the proxy itself (images name the proxy)
+            return Check(
+                "client-config",
+                name,
+                "warn",
+                f"{label}: containerd cannot use this file ({seen.ignored}): pulls still go "
+                "only to the proxy (its own name), but the file's ca/client settings are not "
+                "applied",
+                ['add a [host."<proxy>"] table with the same settings (docs/clients.md)'],
+                data_out,
+            )
+        if not mentions_proxy:
+            return Check("client-config", name, "warn" if doc is None else "info",
+                         f"{label}: containerd cannot use this file ({seen.ignored})",
+                         data=data_out)  # fmt: skip
+        return Check(
+            "client-config",
+            name,
+            "warn",
+            f"{label}: NOT enforcing: containerd cannot use this file ({seen.ignored}), "
+            f'logs "failed to decode hosts.toml" and pulls from {others[0]} directly',
+            [
+                f'add a [host."{safe_url(server or "https://<proxy>")}"] table with the same '
+                "settings as `server` (docs/clients.md: the enforcing hosts.toml)"
+            ],
+            data_out,
+        )
+    if not any(is_proxy):
         return Check("client-config", name, "info",
-                     f"{label}: does not use the proxy ({where})", data=data_out)  # fmt: skip
-    if fallback is not None:
+                     f"{label}: does not use the proxy ({', '.join(others)})",
+                     data=data_out)  # fmt: skip
+    if all(is_proxy):
+        how = "server is the proxy" + (", and the only [host]" if data_out["hosts"] else "")
+        return Check("client-config", name, "pass",
+                     f"{label}: {how}: enforcing (no fallback)", data=data_out)  # fmt: skip
+    if seen.default_appended:
+        return Check(
+            "client-config",
+            name,
+            "warn",
+            f"{label}: NOT enforcing: no `server`, so containerd appends the default host "
+            f"{others[-1]} after the proxy and falls back to it on any error (a refused tag's "
+            "404 included)",
+            ["set `server` to the proxy too (docs/clients.md: the enforcing hosts.toml)"],
+            data_out,
+        )
+    if server is not None and hostport(server) != proxy_hp:
         return Check(
             "client-config",
             name,
             "warn",
             f"{label}: the proxy is a mirror host; containerd falls back to "
-            f"{safe_url(fallback)} (server) on any error: not enforcing unless egress "
+            f"{safe_url(server)} (server) on any error: not enforcing unless egress "
             "to it is blocked",
             ["make the proxy the `server` and remove the fallback host entries (docs/clients.md)"],
             data_out,
         )
-    if others:
-        return Check(
-            "client-config",
-            name,
-            "warn",
-            f"{label}: the proxy is used, but {', '.join(map(safe_url, others))} "
-            "are tried too: what they serve is not checked",
-            data=data_out,
-        )
-    how = "server is the proxy, no other hosts" if server_is_proxy else (
-        "only the proxy as host, no server")  # fmt: skip
-    return Check("client-config", name, "pass",
-                 f"{label}: {how}: enforcing (no fallback)", data=data_out)  # fmt: skip
+    return Check(
+        "client-config",
+        name,
+        "warn",
+        f"{label}: the proxy is used, but {', '.join(others)} are tried too: what they serve "
+        "is not checked",
+        data=data_out,
+    )
 
 
 def _containers_checks(root: Path, proxy_hp: str) -> list[Check]:

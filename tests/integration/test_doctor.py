@@ -13,7 +13,7 @@ import pytest
 
 from testbed.processes import Server, free_port
 from testbed.proxy_server import REPO_ROOT, start_proxy, upstream_config
-from testbed.tls import CA
+from testbed.tls import CA, make_ca
 from tests.conftest import REPO, RegistryBed
 
 pytestmark = pytest.mark.integration
@@ -132,3 +132,59 @@ def test_text_output_is_a_checklist(proxy: Server, registry: RegistryBed, tmp_pa
     assert f"  ✗ {registry.url}: REACHABLE (GET /v2/ → 200): the proxy can be bypassed" in out
     assert "  · no dockerd, containerd or podman/CRI-O config files found" in out
     assert out.rstrip().endswith("the proxy can be bypassed.")
+
+
+@pytest.fixture(scope="module")
+def mtls_proxy(
+    registry: RegistryBed, tls_ca: CA, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Server]:
+    workdir = tmp_path_factory.mktemp("doctor-mtls-proxy")
+    pair = tls_ca.issue_server(workdir, "proxy")
+    config = {
+        "server": {
+            "tls_cert_file": str(pair.cert),
+            "tls_key_file": str(pair.key),
+            "client_auth": {"client_ca_file": str(tls_ca.cert)},
+        },
+        "upstreams": [upstream_config("internal", registry.url)],
+    }
+    server = start_proxy(workdir, config, name="doctor-mtls")
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def test_mtls_proxy_failures_are_named(mtls_proxy: Server, tls_ca: CA, tmp_path: Path) -> None:
+    """Without a client certificate a TLS 1.3 proxy just closes the connection: the doctor
+    says that a client certificate is required (not "check DNS and firewall"); with one the
+    proxy's client CA did not issue, that it was refused; with the right one, it passes."""
+    url = mtls_proxy.extra["url"]
+    ca = ["--ca-file", str(tls_ca.cert), "--upstream", closed_port_url()]
+    code, report = doctor("--proxy", url, *ca)
+    v2 = checks(report, "proxy")[0]
+    assert code == 1
+    assert v2["data"]["client_certificate"] == "required", v2
+    assert "requires a client certificate" in v2["summary"]
+    assert not any("firewall" in d for d in v2["details"]), v2
+
+    stranger = make_ca(tmp_path / "other", "another CA").issue_client(tmp_path, "c", "node-x")
+    code, report = doctor("--proxy", url, *ca, "--client-cert", str(stranger.cert),
+                          "--client-key", str(stranger.key))  # fmt: skip
+    v2 = checks(report, "proxy")[0]
+    assert code == 1
+    assert v2["data"]["client_certificate"] == "rejected", v2
+    assert "refused this client certificate" in v2["summary"]
+
+    good = tls_ca.issue_client(tmp_path, "node", "node-1")
+    code, report = doctor("--proxy", url, *ca, "--client-cert", str(good.cert),
+                          "--client-key", str(good.key))  # fmt: skip
+    assert code == 0, report
+    assert checks(report, "proxy")[0]["summary"] == f"GET {url}/v2/ → 200 (TLS verified)"
+
+
+def test_unknown_ca_is_named(tls_proxy: Server) -> None:
+    code, report = doctor("--proxy", tls_proxy.extra["url"], "--upstream", closed_port_url())
+    v2 = checks(report, "proxy")[0]
+    assert code == 1
+    assert v2["details"][0].startswith("unknown CA: the proxy's certificate is issued by a CA")
