@@ -1018,11 +1018,14 @@ def _containers_checks(root: Path, proxy: str) -> list[Check]:
 
     for old, new in effective.overridden:
         if uses_proxy(old):
+            now, _ = registries_conf.route(
+                effective.entries.get(new.prefix), is_proxy, proxy_plain_http=plain_http
+            )
             checks.append(
                 Check(
                     "client-config",
                     old.source,
-                    "warn",
+                    "info" if now == "enforcing" else "warn",
                     f"{old.source} [{safe_url(old.prefix)}]: overridden by {new.source} "
                     "(a later file replaces the whole entry for the same prefix; per-user "
                     "drop-ins come after every system one)",
