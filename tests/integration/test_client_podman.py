@@ -30,11 +30,15 @@ from testbed.clients.podman import ContainersHost
 from testbed.enforcement_bed import (
     EnforcementBed,
     EnforcingProxy,
+    proxy_config,
     rule,
     start_enforcing_proxy,
     upstream,
 )
 from testbed.notary_server import NotaryBed
+from testbed.processes import Server
+from testbed.proxy_server import start_proxy
+from testbed.tls import CA
 from tests.conftest import RegistryBed, requires
 
 pytestmark = pytest.mark.integration
@@ -47,6 +51,8 @@ DOC_PROXY = "proxy.example.com:8443"
 class World:
     bed: EnforcementBed
     proxy: EnforcingProxy
+    tls_proxy: Server  # the same policy, over TLS from the session CA
+    tls_ca: CA
     host: ContainersHost
     digests: dict[str, str] = field(default_factory=dict)  # signed/moved/moved-upstream/...
     children: dict[str, str] = field(default_factory=dict)  # arch -> config digest
@@ -62,7 +68,10 @@ class World:
 
 @pytest.fixture(scope="module")
 def world(
-    registry: RegistryBed, notary_bed: NotaryBed, tmp_path_factory: pytest.TempPathFactory
+    registry: RegistryBed,
+    notary_bed: NotaryBed,
+    tls_ca: CA,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[World]:
     requires("notary", "skopeo")
     reason = clients.install_podman() or clients.unavailable_reason()
@@ -72,6 +81,7 @@ def world(
     namespace = f"pod{uuid.uuid4().hex[:8]}"
     bed = EnforcementBed.create(workdir / "bed", registry.url, notary_bed, namespace=namespace)
     proxy: EnforcingProxy | None = None
+    tls_proxy: Server | None = None
     try:
         d: dict[str, str] = {}
         signed = bed.push_and_sign("app", "signed", images.single_image(f"{namespace} signed"))
@@ -95,12 +105,18 @@ def world(
             notary_bed,
             {bed.pattern("**"): rule(root_keys=[bed.root_key_id])},
         )
+        pair = tls_ca.issue_server(workdir / "tls", "proxy")
+        config = proxy_config([upstream("upstream", registry.url)], notary_bed, proxy.policy_file)
+        config["server"] = {"tls_cert_file": str(pair.cert), "tls_key_file": str(pair.key)}
+        tls_proxy = start_proxy(workdir / "tls", config, name="trustproxy-tls")
         host = ContainersHost(workdir / "client-root")
         try:
-            yield World(bed, proxy, host, d, children)
+            yield World(bed, proxy, tls_proxy, tls_ca, host, d, children)
         finally:
             host.close()
     finally:
+        if tls_proxy is not None:
+            tls_proxy.stop()
         if proxy is not None:
             proxy.stop()
         bed.close()
@@ -120,12 +136,12 @@ def doc_recipe(name: str) -> str:
     return found.group(1) + "\n"
 
 
-def apply(recipe: str, world: World, *, plain_http: bool) -> str:
+def apply(recipe: str, world: World, *, plain_http: bool, proxy_host: str | None = None) -> str:
     """The doc's names -> the bed's: the proxy, and the upstream for ``docker.io`` (Docker
     Hub's part). The bed's servers speak plain HTTP: with ``plain_http``, every ``location``
     naming them gets ``insecure = true`` (what docs/clients.md says a plain-HTTP proxy
     needs); without it the recipe is applied exactly as written."""
-    text = recipe.replace(DOC_PROXY, world.proxy.host)
+    text = recipe.replace(DOC_PROXY, proxy_host or world.proxy.host)
     text = re.sub(r'"docker\.io"', f'"{world.upstream}"', text)
     if plain_http:
         names = "|".join(re.escape(h) for h in (world.proxy.host, world.upstream))
@@ -202,10 +218,10 @@ def skopeo_inspects(world: World, *extra: str) -> Observed:
     )
 
 
-def doctor_route(world: World) -> tuple[str, str]:
+def doctor_route(world: World, proxy_url: str | None = None) -> tuple[str, str]:
     """(route, status) of the doctor's check for the upstream's prefix; "direct" when no
     entry covers it."""
-    checks = doctor.client_config_checks(world.host.root, world.proxy.url)
+    checks = doctor.client_config_checks(world.host.root, proxy_url or world.proxy.url)
     mine = [c for c in checks if c.data.get("prefix") == world.upstream and "route" in c.data]
     if not mine:
         assert not any(c.status == "pass" for c in checks), [c.summary for c in checks]
@@ -308,6 +324,22 @@ def test_enforcing_location_pulls_every_image_class(world: World) -> None:
     assert len(blobs) == 2  # config + layer
     for p in blobs:
         assert images.sha256(p.read_bytes()) == f"sha256:{p.name}"
+
+
+def test_tls_proxy_recipe_verbatim_with_the_ca_enforces(world: World) -> None:
+    """The production recipe, exactly as written (names substituted, no `insecure`), and the
+    proxy's CA where the docs put it: /etc/containers/certs.d/<host:port>/ca.crt."""
+    host = world.tls_proxy.extra["host"]
+    world.host.reset()
+    recipe = apply(doc_recipe("registries-location"), world, plain_http=False, proxy_host=host)
+    world.host.write(LOCATION, recipe)
+    world.host.write(f"etc/containers/certs.d/{host}/ca.crt", world.tls_ca.cert.read_text())
+    assert podman_pulls(world).route == "enforcing"
+    assert skopeo_inspects(world).route == "enforcing"
+    assert doctor_route(world, world.tls_proxy.extra["url"]) == ("enforcing", "pass")
+    # Without the CA: TLS fails, every pull fails (closed).
+    (world.host.etc / "certs.d" / host / "ca.crt").unlink()
+    assert podman_pulls(world).route == "fails"
 
 
 def test_unsigned_image_by_digest_is_served_under_digests_allow(world: World) -> None:
