@@ -966,6 +966,28 @@ def _containers_files(root: Path) -> tuple[list[Path], Path | None]:
     return files, hiding
 
 
+def _hidden_proxy_entries(root: Path, proxy_hp: str) -> list[str]:
+    """System-wide entries that use the proxy (shown as ``file [prefix]``): a per-user main
+    file hides them."""
+    system = root / "etc/containers"
+    paths = [system / "registries.conf"]
+    with contextlib.suppress(OSError):
+        d = system / "registries.conf.d"
+        names = [p.name for p in d.iterdir() if p.is_file()] if d.is_dir() else []
+        paths.extend(d / n for n in registries_conf.order_dropins(names)[:MAX_FILES])
+    out = []
+    for path in paths:
+        if not path.is_file():
+            continue
+        name, text, _ = _read_text(root, path)
+        with contextlib.suppress(registries_conf.RegistriesConfError):
+            for e in registries_conf.parse_file(name, text or "").entries:
+                locations = [e.location, *(m.location for m in e.mirrors)]
+                if any(loc and hostport(loc) == proxy_hp for loc in locations):
+                    out.append(f"{name} [{safe_url(e.prefix)}]")
+    return out
+
+
 def _containers_checks(root: Path, proxy: str) -> list[Check]:
     """The effective registries.conf (every file, merged as the clients merge them) and where
     each entry that involves the proxy sends a tag pull."""
@@ -975,15 +997,18 @@ def _containers_checks(root: Path, proxy: str) -> list[Check]:
     checks: list[Check] = []
     if hiding is not None:
         shown = _display(root, hiding)
+        hidden = _hidden_proxy_entries(root, proxy_hp)
         checks.append(
             Check(
                 "client-config",
                 shown,
-                "info",
+                "warn" if hidden else "info",
                 f"{shown}: a per-user registries.conf: /etc/containers/registries.conf and "
-                "registries.conf.d are NOT read for this user",
+                "registries.conf.d are NOT read for this user"
+                + (f" (their entries for the proxy are ignored: {', '.join(hidden)})"
+                   if hidden else ""),
             )
-        )
+        )  # fmt: skip
     parsed: list[registries_conf.FileConfig] = []
     for path in files:
         name, doc_text, error = _read_text(root, path)

@@ -36,7 +36,7 @@ from testbed.enforcement_bed import (
     upstream,
 )
 from testbed.notary_server import NotaryBed
-from testbed.processes import Server
+from testbed.processes import Server, free_port
 from testbed.proxy_server import start_proxy
 from testbed.tls import CA
 from tests.conftest import RegistryBed, requires
@@ -378,6 +378,30 @@ def test_list_tags_and_plain_inspect_go_to_the_named_registry(world: World) -> N
     assert '"unsigned"' not in through_proxy.stdout
     assert '"signed"' in through_proxy.stdout
     assert '"multi"' in through_proxy.stdout
+
+
+def test_with_the_upstream_unreachable_plain_inspect_fails_and_no_tags_works(
+    world: World,
+) -> None:
+    """Egress to the upstream blocked (here: a name whose port nothing listens on): pulls
+    through the `location` still work, but plain `skopeo inspect` needs the upstream's tag
+    list and fails; `--no-tags` skips it."""
+    blocked = f"127.0.0.1:{free_port()}"
+    world.host.reset()
+    world.host.write(
+        LOCATION,
+        f'[[registry]]\nprefix = "{blocked}"\nlocation = "{world.proxy.host}"\ninsecure = true\n',
+    )
+    ref = f"docker://{blocked}/{world.bed.repo('app')}:signed"
+    pulled = world.host.podman("pull", ref.removeprefix("docker://"))
+    assert pulled.ok, pulled.stderr
+    plain = world.host.skopeo("inspect", ref)
+    assert not plain.ok
+    assert "determining repository tags" in plain.stderr, plain.stderr
+    assert blocked in plain.stderr, plain.stderr
+    no_tags = world.host.skopeo("inspect", "--no-tags", ref)
+    assert no_tags.ok, no_tags.stderr
+    assert world.digests["signed"] in no_tags.stdout
 
 
 def test_short_names_fail_closed_on_debian_default_and_follow_aliases(world: World) -> None:

@@ -155,6 +155,9 @@ USER = "root/.config/containers/"
          [("warn", "overridden by /root/.config/containers/registries.conf.d/10-x.conf"),
           ("warn", "pulled from docker.io, not the proxy: not enforcing (it replaced")]),
         ({SYS + "50-trustproxy.conf": LOCATION, USER + "registries.conf": ""},
+         [("warn", "NOT read for this user (their entries for the proxy are ignored: "
+                   "/etc/containers/registries.conf.d/50-trustproxy.conf [docker.io])")]),
+        ({SYS + "50-other.conf": DIRECT, USER + "registries.conf": ""},
          [("info", "registries.conf and registries.conf.d are NOT read for this user")]),
         ({USER + "registries.conf.d/50-trustproxy.conf": LOCATION}, [("pass", "enforcing")]),
         ({SYS + "50-trustproxy.conf": LOCATION + DIRECT.replace(
@@ -164,7 +167,8 @@ USER = "root/.config/containers/"
          [("warn", "URI schemes are not supported: podman/CRI-O refuse every pull")]),
     ],
     ids=["location", "51-overrides-50", "50-overrides-49", "per-user-dropin-overrides",
-         "per-user-main-hides-system", "per-user-location", "more-specific-entry",
+         "per-user-main-hides-system", "per-user-main-nothing-hidden", "per-user-location",
+         "more-specific-entry",
          "refused-file"],
 )  # fmt: skip
 def test_doctor_reads_registries_conf_as_the_clients_do(
