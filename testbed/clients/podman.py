@@ -99,8 +99,12 @@ def unavailable_reason() -> str | None:
     if os.geteuid() != 0:
         return "needs root: the clients' config is isolated in a mount namespace (unshare -m)"
     for d in PRIVATE_DIRS:
-        if not Path("/", d).is_dir():
-            return f"/{d} does not exist (no mount point for the private config)"
+        # The mount points: the clients' own standard folders (podman as root creates
+        # /var/lib/containers on first use; a fresh machine may not have it yet).
+        try:
+            Path("/", d).mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            return f"/{d} does not exist and cannot be created ({e.strerror})"
     done = subprocess.run(
         ["unshare", "--mount", "--propagation", "private", "true"],
         capture_output=True,
@@ -176,17 +180,24 @@ class ContainersHost:
         )
         return env
 
-    def run(self, argv: list[str], *, timeout: float = 180) -> Result:
+    def run(
+        self, argv: list[str], *, timeout: float = 180, env: dict[str, str] | None = None
+    ) -> Result:
         full = [
             "unshare", "--mount", "--propagation", "private",
             "sh", "-c", _MOUNT_AND_RUN, "sh", str(self.root), *argv,
         ]  # fmt: skip
         done = subprocess.run(
-            full, capture_output=True, text=True, timeout=timeout, env=self._env(), check=False
+            full,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env={**self._env(), **(env or {})},
+            check=False,
         )
         return Result(tuple(argv), done.returncode, done.stdout, done.stderr)
 
-    def podman(self, *args: str, timeout: float = 180) -> Result:
+    def podman(self, *args: str, timeout: float = 180, env: dict[str, str] | None = None) -> Result:
         return self.run(
             [
                 "podman",
@@ -199,6 +210,7 @@ class ContainersHost:
                 *args,
             ],
             timeout=timeout,
+            env=env,
         )  # fmt: skip
 
     def skopeo(self, *args: str, timeout: float = 120) -> Result:

@@ -404,6 +404,22 @@ def test_with_the_upstream_unreachable_plain_inspect_fails_and_no_tags_works(
     assert world.digests["signed"] in no_tags.stdout
 
 
+def test_containers_registries_conf_env_replaces_only_the_main_file(world: World) -> None:
+    """CONTAINERS_REGISTRIES_CONF names another main file; the drop-in folders are still
+    read after it, so a later mirror drop-in still overrides the proxy's entry."""
+    configure(world, {MIRROR_51: "recipe:registries-mirror"})
+    main = world.host.write(
+        "tmp/registries.conf", apply(doc_recipe("registries-location"), world, plain_http=True)
+    )
+    env = {"CONTAINERS_REGISTRIES_CONF": str(main)}
+    unsigned = world.host.podman("pull", world.ref("unsigned"), env=env)
+    assert unsigned.ok, unsigned.stderr  # bypassed: 51-mirror.conf won
+    (world.host.etc / "registries.conf.d" / "51-mirror.conf").unlink()
+    refused = world.host.podman("pull", world.ref("unsigned"), env=env)
+    assert not refused.ok
+    assert "not signed" in refused.stderr, refused.stderr
+
+
 def test_short_names_fail_closed_on_debian_default_and_follow_aliases(world: World) -> None:
     configure(world, {LOCATION: "recipe:registries-location"})
     done = world.host.podman("pull", "app:signed")
