@@ -10,7 +10,8 @@ from the proxy (an unsigned tag's 404 included). So the doctor checks, from wher
   pull from it directly, i.e. the proxy can be bypassed;
 - the client configuration files it finds (``/etc/docker/daemon.json``,
   ``/etc/containerd/certs.d/*/hosts.toml``, ``/etc/containers/registries.conf``): mirror
-  setups that fall back are flagged.
+  setups that fall back are flagged. registries.conf is merged as podman/CRI-O/skopeo merge
+  it (drop-in order, per-user files: ``proxy.containers_registries``).
 
 Exit 0 only if the proxy answers AND no upstream is directly reachable (and the image, when
 given, is served); 1 otherwise; 2 for usage errors. Reads are bounded, nothing secret is
