@@ -3,11 +3,13 @@ which falls to a weaker rule. ``policy check`` (load warnings) and ``policy expl
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from proxy.policy.cli_commands import register
 from proxy.policy.explain import explain
 from proxy.policy.loader import parse_policy
 from proxy.policy.matcher import match_rule, nested_gaps
@@ -76,3 +78,30 @@ def test_explain_of_a_double_star_rule_has_no_note() -> None:
     lines = explain(p, f"{ORG}/team/app", None)
     assert lines[1].startswith(f"rule: '{ORG}/**'")
     assert not any("note:" in line or "NOT covered" in line for line in lines)
+
+
+def test_policy_check_and_explain_commands_show_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    file = tmp_path / "policy.yaml"
+    file.write_text(
+        'version: "2.0"\ntrust:\n  repositories:\n'
+        f'    "{ORG}/*": {{rootKeys: ["{KEY}"]}}\n'
+        '    "*": {requireSignatures: false}\n'
+    )
+
+    def run(*argv: str) -> int:
+        parser = argparse.ArgumentParser(prog="trustproxy")
+        register(parser.add_subparsers())
+        args = parser.parse_args(argv)
+        code: int = args.handler(args)
+        return code
+
+    assert run("policy", "check", str(file)) == 0  # a warning, not an error
+    err = capsys.readouterr().err
+    assert f"warning: trust.repositories['{ORG}/*']: '*' matches one path segment" in err
+    assert f"did you mean '{ORG}/**'?" in err
+    assert run("policy", "explain", f"{ORG}/team/app:v1", "--policy", str(file)) == 0
+    out = capsys.readouterr().out
+    assert "rule: '*'" in out
+    assert f"note: '{ORG}/*' (enforce) does not cover this repository" in out
