@@ -314,9 +314,11 @@ def test_enforcing_location_pulls_every_image_class(world: World) -> None:
         done = host.podman("pull", "--platform", f"linux/{arch}", world.ref("multi"))
         assert done.ok, done.stderr
         shown = host.podman(
-            "image", "inspect", "--format", "{{.Id}} {{.Architecture}}", world.ref("multi")
-        )
-        assert shown.stdout.split() == [config_digest.split(":")[1], arch]
+            "image", "inspect", "--format", "{{.Id}} {{.Architecture}} {{.Digest}}",
+            world.ref("multi"),
+        )  # fmt: skip
+        # The platform's image, reached through the signed index.
+        assert shown.stdout.split() == [config_digest.split(":")[1], arch, world.digests["multi"]]
         host.podman("rmi", "--force", world.ref("multi"))
     # Blobs: skopeo copies every blob through the proxy; each file hashes to its name.
     out = host.root / "tmp" / "copy"
