@@ -1126,12 +1126,11 @@ def _registry_entry_check(
             )  # fmt: skip
         if kind == "falls-back" or not location_is_proxy:
             fallback = safe_url(entry.location or entry.prefix)
-            how = ("falls back" if kind == "falls-back"
-                   else "goes (tag pulls: the proxy is not used for them)")  # fmt: skip
+            how = "" if kind == "falls-back" else f" ({why})"  # e.g. a digest-only mirror
             return Check(
                 "client-config", name, "warn",
                 f"{label}: the proxy is a mirror; podman/CRI-O fall back to {fallback} on any "
-                f"error: not enforcing unless egress to it is blocked ({kind}: {how})",
+                f"error: not enforcing unless egress to it is blocked{how}",
                 ["set location to the proxy instead (docs/clients.md)"], data_out,
             )  # fmt: skip
         others = [m for m in mirrors if not is_proxy(m)]
