@@ -10,7 +10,8 @@ from the proxy (an unsigned tag's 404 included). So the doctor checks, from wher
   pull from it directly, i.e. the proxy can be bypassed;
 - the client configuration files it finds (``/etc/docker/daemon.json``,
   ``/etc/containerd/certs.d/*/hosts.toml``, ``/etc/containers/registries.conf``): mirror
-  setups that fall back are flagged.
+  setups that fall back are flagged. registries.conf is merged as podman/CRI-O/skopeo merge
+  it (drop-in order, per-user files: ``proxy.containers_registries``).
 
 Exit 0 only if the proxy answers AND no upstream is directly reachable (and the image, when
 given, is served); 1 otherwise; 2 for usage errors. Reads are bounded, nothing secret is
@@ -38,6 +39,7 @@ from urllib.parse import urlencode, urlsplit
 
 import httpx
 
+from proxy import containers_registries as registries_conf
 from proxy.reference import DIGEST_RE, NAME_RE, TAG_RE
 
 DEFAULT_UPSTREAM = "https://registry-1.docker.io"
@@ -806,7 +808,7 @@ def client_config_checks(root: Path, proxy: str) -> list[Check]:
     checks: list[Check] = []
     checks.extend(_docker_checks(root, proxy_hp))
     checks.extend(_containerd_checks(root, proxy_hp))
-    checks.extend(_containers_checks(root, proxy_hp))
+    checks.extend(_containers_checks(root, proxy))
     if not checks:
         checks.append(
             Check(
@@ -1220,110 +1222,222 @@ def _hosts_toml_verdict(
     )
 
 
-def _containers_checks(root: Path, proxy_hp: str) -> list[Check]:
-    files = []
-    main = root / "etc/containers/registries.conf"
-    if main.is_file():
-        files.append(main)
-    dropins = root / "etc/containers/registries.conf.d"
-    if dropins.is_dir():
+def _containers_home(root: Path) -> Path:
+    # The per-user files of whoever runs the doctor; on a mounted node root, root's (CRI-O and
+    # root podman), which is also where the test bed lays out its client's home.
+    return Path.home() if root == Path("/") else root / "root"
+
+
+def _containers_files(root: Path) -> tuple[list[Path], Path | None]:
+    """The registries.conf files podman/CRI-O/skopeo read, in reading order, and the per-user
+    main file when it exists (it hides the system file and system drop-ins)."""
+    home = _containers_home(root)
+    user_main = home / ".config/containers/registries.conf"
+    user_dir = home / ".config/containers/registries.conf.d"
+    if user_main.is_file():
+        main, dirs, hiding = user_main, [user_dir], user_main
+    else:
+        main = root / "etc/containers/registries.conf"
+        dirs, hiding = [root / "etc/containers/registries.conf.d", user_dir], None
+    files = [main] if main.is_file() else []
+    for d in dirs:
+        if not d.is_dir():
+            continue
         with contextlib.suppress(OSError):
-            files.extend(sorted(p for p in dropins.glob("*.conf") if p.is_file())[:MAX_FILES])
-    return [c for f in files for c in _registries_conf_checks(root, f, proxy_hp)]
+            names = registries_conf.order_dropins([p.name for p in d.iterdir() if p.is_file()])
+            files.extend(d / n for n in names[:MAX_FILES])
+    return files, hiding
 
 
-def _registries_conf_checks(root: Path, path: Path, proxy_hp: str) -> list[Check]:
-    name, doc, error = _read_toml(root, path)
-    if doc is None:
-        return [Check("client-config", name, "warn", f"{name}: {error}")]
-    if "registries" in doc:
-        return [
+def _hidden_proxy_entries(root: Path, proxy_hp: str) -> list[str]:
+    """System-wide entries that use the proxy (shown as ``file [prefix]``): a per-user main
+    file hides them."""
+    system = root / "etc/containers"
+    paths = [system / "registries.conf"]
+    with contextlib.suppress(OSError):
+        d = system / "registries.conf.d"
+        names = [p.name for p in d.iterdir() if p.is_file()] if d.is_dir() else []
+        paths.extend(d / n for n in registries_conf.order_dropins(names)[:MAX_FILES])
+    out = []
+    for path in paths:
+        if not path.is_file():
+            continue
+        name, text, _ = _read_text(root, path)
+        with contextlib.suppress(registries_conf.RegistriesConfError):
+            for e in registries_conf.parse_file(name, text or "").entries:
+                locations = [e.location, *(m.location for m in e.mirrors)]
+                if any(loc and hostport(loc) == proxy_hp for loc in locations):
+                    out.append(f"{name} [{safe_url(e.prefix)}]")
+    return out
+
+
+def _containers_checks(root: Path, proxy: str) -> list[Check]:
+    """The effective registries.conf (every file, merged as the clients merge them) and where
+    each entry that involves the proxy sends a tag pull."""
+    proxy_hp = hostport(proxy)
+    plain_http = proxy.startswith("http://")
+    files, hiding = _containers_files(root)
+    checks: list[Check] = []
+    if hiding is not None:
+        shown = _display(root, hiding)
+        hidden = _hidden_proxy_entries(root, proxy_hp)
+        checks.append(
             Check(
                 "client-config",
-                name,
-                "info",
-                f"{name}: v1 format ([registries.*]): not analysed; use [[registry]]",
+                shown,
+                "warn" if hidden else "info",
+                f"{shown}: a per-user registries.conf: /etc/containers/registries.conf and "
+                "registries.conf.d are NOT read for this user"
+                + (f" (their entries for the proxy are ignored: {', '.join(hidden)})"
+                   if hidden else ""),
             )
-        ]
-    checks: list[Check] = []
-    entries: list[Any] = doc["registry"] if isinstance(doc.get("registry"), list) else []
-    for entry in entries[:MAX_FILES]:
-        if not isinstance(entry, dict):
+        )  # fmt: skip
+    parsed: list[registries_conf.FileConfig] = []
+    for path in files:
+        name, doc_text, error = _read_text(root, path)
+        if doc_text is None:
+            checks.append(Check("client-config", name, "warn", f"{name}: {error}"))
             continue
-        location = str(entry.get("location") or "")
-        prefix = str(entry.get("prefix") or location)
-        mirrors = [
-            str(m.get("location"))
-            for m in entry.get("mirror") or []
-            if isinstance(m, dict) and m.get("location")
-        ]
-        data_out = {
-            "prefix": safe_url(prefix),
-            "location": safe_url(location),
-            "mirrors": [safe_url(m) for m in mirrors],
-            "blocked": bool(entry.get("blocked")),
-        }
-        label = f"{name} [{safe_url(prefix)}]"
-        if entry.get("blocked"):
+        try:
+            parsed_file = registries_conf.parse_file(name, doc_text)
+        except registries_conf.RegistriesConfError as e:
+            checks.append(
+                Check("client-config", name, "warn",
+                      f"{name}: {e}: podman/CRI-O refuse every pull while it is there")
+            )  # fmt: skip
+            continue
+        if parsed_file.v1:
             checks.append(
                 Check(
                     "client-config",
                     name,
                     "info",
-                    f"{label}: blocked: pulls of {safe_url(prefix)} are refused",
-                    data=data_out,
+                    f"{name}: v1 format ([registries.*]): not analysed; use [[registry]]",
                 )
             )
-        elif location and hostport(location) == proxy_hp:
-            others = [m for m in mirrors if hostport(m) != proxy_hp]
-            if others:
-                checks.append(
-                    Check(
-                        "client-config",
-                        name,
-                        "warn",
-                        f"{label}: location is the proxy, but mirrors "
-                        f"{', '.join(map(safe_url, others))} are tried first: "
-                        "what they serve is not checked",
-                        data=data_out,
-                    )
-                )
-            else:
-                checks.append(
-                    Check(
-                        "client-config",
-                        name,
-                        "pass",
-                        f"{label}: location is the proxy (replaces the registry, "
-                        "no fallback): enforcing",
-                        data=data_out,
-                    )
-                )
-        elif any(hostport(m) == proxy_hp for m in mirrors):
+        parsed.append(parsed_file)
+    effective = registries_conf.merge(parsed)
+
+    def is_proxy(location: str) -> bool:
+        return bool(location) and hostport(location) == proxy_hp
+
+    def uses_proxy(e: registries_conf.Entry) -> bool:
+        return is_proxy(e.location) or any(is_proxy(m.location) for m in e.mirrors)
+
+    for old, new in effective.overridden:
+        if uses_proxy(old):
+            now, _ = registries_conf.route(
+                effective.entries.get(new.prefix), is_proxy, proxy_plain_http=plain_http
+            )
             checks.append(
                 Check(
                     "client-config",
-                    name,
-                    "warn",
-                    f"{label}: the proxy is a mirror; podman/CRI-O fall back to "
-                    f"{safe_url(location or prefix)} on any error: not enforcing "
-                    "unless egress to it is blocked",
-                    ["set location to the proxy instead (docs/clients.md)"],
-                    data_out,
+                    old.source,
+                    "info" if now == "enforcing" else "warn",
+                    f"{old.source} [{safe_url(old.prefix)}]: overridden by {new.source} "
+                    "(a later file replaces the whole entry for the same prefix; per-user "
+                    "drop-ins come after every system one)",
+                    data={"prefix": safe_url(old.prefix), "overridden_by": new.source},
                 )
             )
-        elif mirrors:
-            checks.append(
-                Check(
-                    "client-config",
-                    name,
-                    "info",
-                    f"{label}: mirrors {', '.join(map(safe_url, mirrors))}, not the proxy",
-                    data=data_out,
-                )
-            )
-    if not checks:
+    proxied = [e for e in effective.entries.values() if uses_proxy(e) and not e.blocked]
+    replaced = {new.prefix for old, new in effective.overridden if uses_proxy(old)}
+    for entry in effective.entries.values():
+        check = _registry_entry_check(entry, effective, proxied, replaced, is_proxy, plain_http)
+        if check is not None:
+            checks.append(check)
+    if not checks and files:
+        name = _display(root, files[0])
         checks.append(
             Check("client-config", name, "info", f"{name}: no [[registry]] entry uses the proxy")
         )
     return checks
+
+
+def _read_text(root: Path, path: Path) -> tuple[str, str | None, str | None]:
+    name = _display(root, path)
+    data, error = _read(path)
+    return name, (data.decode("utf-8", "replace") if data is not None else None), error
+
+
+def _registry_entry_check(
+    entry: registries_conf.Entry,
+    effective: registries_conf.Effective,
+    proxied: list[registries_conf.Entry],
+    replaced: set[str],
+    is_proxy: Callable[[str], bool],
+    plain_http: bool,
+) -> Check | None:
+    """One effective [[registry]] entry: None when it has nothing to do with the proxy."""
+    prefix = safe_url(entry.prefix)
+    mirrors = [safe_url(m.location) for m in entry.mirrors]
+    kind, why = registries_conf.route(entry, is_proxy, proxy_plain_http=plain_http)
+    data_out = {
+        "prefix": prefix,
+        "location": safe_url(entry.location),
+        "mirrors": mirrors,
+        "blocked": entry.blocked,
+        "route": kind,
+        "source": entry.source,
+    }
+    label = f"{entry.source} [{prefix}]"
+    name = entry.source
+    if entry.blocked:
+        return Check("client-config", name, "info", f"{label}: {why}", data=data_out)
+    location_is_proxy = is_proxy(entry.location)
+    if entry in proxied:
+        if kind == "enforcing":
+            if effective.search:
+                short = (f"short names search {', '.join(map(safe_url, effective.search))} "
+                         f"({effective.search_origin})")  # fmt: skip
+            else:
+                short = ("no unqualified-search-registries: short names without an alias "
+                         "fail (closed)")  # fmt: skip
+            return Check(
+                "client-config", name, "pass",
+                f"{label}: location is the proxy (replaces the registry, no fallback): enforcing",
+                [short], data_out,
+            )  # fmt: skip
+        if kind == "fails":
+            return Check(
+                "client-config", name, "warn",
+                f"{label}: the proxy is plain HTTP and this entry lacks `insecure = true`: "
+                "every pull through it fails (closed, but broken)",
+                ["tests only: insecure = true (or --tls-verify=false); else give the proxy TLS"],
+                data_out,
+            )  # fmt: skip
+        if kind == "falls-back" or not location_is_proxy:
+            fallback = safe_url(entry.location or entry.prefix)
+            how = "" if kind == "falls-back" else f" ({why})"  # e.g. a digest-only mirror
+            return Check(
+                "client-config", name, "warn",
+                f"{label}: the proxy is a mirror; podman/CRI-O fall back to {fallback} on any "
+                f"error: not enforcing unless egress to it is blocked{how}",
+                ["set location to the proxy instead (docs/clients.md)"], data_out,
+            )  # fmt: skip
+        others = [m for m in mirrors if not is_proxy(m)]
+        return Check(
+            "client-config", name, "warn",
+            f"{label}: location is the proxy, but mirrors {', '.join(others)} are tried "
+            "first: what they serve is not checked",
+            data=data_out,
+        )  # fmt: skip
+    shadowed = [
+        p.prefix for p in proxied
+        if len(p.prefix) < len(entry.prefix)
+        and registries_conf.matching_prefix_length(entry.prefix, p.prefix) != -1
+    ]  # fmt: skip
+    if entry.prefix in replaced or shadowed:
+        reason = (f"it replaced the proxy's entry for {prefix}" if entry.prefix in replaced
+                  else f"it is more specific than {', '.join(map(safe_url, shadowed))}, "
+                  "which uses the proxy")  # fmt: skip
+        return Check(
+            "client-config", name, "warn",
+            f"{label}: {why}: not enforcing ({reason})", data=data_out,
+        )  # fmt: skip
+    if mirrors:
+        return Check(
+            "client-config", name, "info",
+            f"{label}: mirrors {', '.join(mirrors)}, not the proxy", data=data_out,
+        )  # fmt: skip
+    return None

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs the real container clients the integration tests start, only those named and only
-# when missing:  scripts/install-client-deps.sh docker [containerd podman ...]
+# when missing:  scripts/install-client-deps.sh docker [containerd podman ...]; with no
+# argument, every client.
 # One line per client in the table below (`client) have CMD || need+=(PKG) ;;`); the tests
 # call this script and skip with the reason when a client still cannot be had.
 # Debian's packages ship init scripts; the tests start their own instances (own roots and
@@ -10,7 +11,10 @@ set -euo pipefail
 need=()
 have() { command -v "$1" >/dev/null 2>&1; }
 
-for client in "$@"; do
+clients=("$@")
+[ "${#clients[@]}" -gt 0 ] || clients=(docker containerd podman)
+
+for client in "${clients[@]}"; do
   case "$client" in
     # containerd and ctr (Debian 12: 1.6.20); the tests start it with its own config, root,
     # state and socket, native snapshotter.
@@ -19,12 +23,14 @@ for client in "$@"; do
     # base image for `make test-image`.
     docker) have dockerd || need+=(docker.io) ;;
     debootstrap) have debootstrap || need+=(debootstrap) ;;
+    # podman pulls with its own --root/--runroot (tests: testbed/clients/podman.py).
+    podman) have podman || need+=(podman) ;;
     *) echo "install-client-deps: unknown client '$client'" >&2; exit 2 ;;
   esac
 done
 
 if [ "${#need[@]}" -eq 0 ]; then
-  echo "client packages: all present ($*)"
+  echo "client packages: all present (${clients[*]})"
   exit 0
 fi
 

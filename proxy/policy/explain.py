@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from proxy.policy.matcher import matcher_for, tag_allowed
+from proxy.policy.matcher import compile_pattern, matcher_for, nested_gap, tag_allowed
 from proxy.policy.model import Policy, RepositoryRule
 from proxy.trust import PinnedRootCerts, PinnedRootKeys, RootCA, RootOfTrust, TrustOnFirstUse
 
@@ -39,8 +39,10 @@ def explain(policy: Policy, repository: str, tag: str | None) -> list[str]:
     matcher = matcher_for(policy)
     matching = matcher.matching(repository)
     lines = [f"repository: {repository}" + (f", tag {tag}" if tag is not None else "")]
+    missed = _missed_by_one_segment(policy, repository, matching[0] if matching else None)
     if not matching:
         lines.append(NO_RULE)
+        lines.extend(missed)
         return lines
     rule, shadowed = matching[0], matching[1:]
     where = rule.path or "(built in code)"
@@ -50,6 +52,18 @@ def explain(policy: Policy, repository: str, tag: str | None) -> list[str]:
     if shadowed:
         others = ", ".join(repr(r.pattern) for r in shadowed)
         lines.append(f"  also matches, less specific (not applied): {others}")
+    lines.extend(missed)
+    gap = nested_gap(policy, rule)
+    if gap is not None:
+        falls = (
+            f"{gap.falls_to.pattern!r} ({gap.falls_to.mode})"
+            if gap.falls_to is not None
+            else "no rule (refused)"
+        )
+        lines.append(
+            f"  nested repositories are NOT covered ('*' is one path segment): "
+            f"{gap.example} falls to {falls}; {gap.suggestion!r} covers every depth"
+        )
     lines.append(f"mode: {_MODES[rule.mode]}")
     if not rule.enforced:
         if tag is not None:
@@ -70,6 +84,25 @@ def explain(policy: Policy, repository: str, tag: str | None) -> list[str]:
     lines.append(f"digests: {_DIGESTS[rule.digests]}")
     lines.append(f"expiry grace: {_grace_line(rule.expiry_grace)}")
     return lines
+
+
+def _missed_by_one_segment(
+    policy: Policy, repository: str, applied: RepositoryRule | None
+) -> list[str]:
+    """A note for each stronger ``<prefix>/*`` rule that would cover ``repository`` as
+    ``<prefix>/**`` but does not, because ``*`` is one segment (the seed users' pitfall)."""
+    out = []
+    parts = repository.split("/")
+    for rule in matcher_for(policy).ordered:
+        gap = nested_gap(policy, rule)
+        if gap is None or rule is applied or gap.falls_to is not applied:
+            continue
+        if compile_pattern(gap.suggestion).matches_segments(parts):
+            out.append(
+                f"  note: {rule.pattern!r} ({rule.mode}) does not cover this repository "
+                f"('*' is one path segment); did you mean {gap.suggestion!r}?"
+            )
+    return out
 
 
 def describe_root(root: RootOfTrust) -> str:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import difflib
 import re
 from collections.abc import Callable, Collection, Iterator
+from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, Final, TypeVar, cast
@@ -32,6 +33,7 @@ from proxy.errors import ConfigError
 from proxy.policy.matcher import (
     CompiledPattern,
     compile_pattern,
+    nested_gaps,
     overlap_example,
     validate_tag_pattern,
 )
@@ -389,12 +391,11 @@ def parse_policy(
     _check_ambiguity(compiled, rules)
     if not rules:
         ctx.warnings.append("trust.repositories is empty: every repository is refused")
-    return Policy(
-        rules=tuple(rules),
-        source_file=source_file,
-        version=version,
-        warnings=tuple(ctx.warnings),
-    )
+    policy = Policy(rules=tuple(rules), source_file=source_file, version=version)
+    # Seed users write `myorg/*` meaning "all of myorg"; when a weaker rule catches what is
+    # nested below it, say so at every load (policy check, serve, reload).
+    ctx.warnings.extend(f"{g.rule.path}: {g.message()}" for g in nested_gaps(policy))
+    return replace(policy, warnings=tuple(ctx.warnings))
 
 
 def _parse_rule(pattern: str, node: _Map, ctx: _Context) -> RepositoryRule:

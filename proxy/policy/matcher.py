@@ -43,10 +43,13 @@ __all__ = [
     "CATCH_ALL",
     "MAX_PATTERN_LENGTH",
     "CompiledPattern",
+    "NestedGap",
     "PolicyMatcher",
     "compile_pattern",
     "glob_match",
     "match_rule",
+    "nested_gap",
+    "nested_gaps",
     "overlap_example",
     "tag_allowed",
     "validate_tag_pattern",
@@ -439,3 +442,71 @@ def match_rule(policy: Policy, repository: str) -> RepositoryRule | None:
     validates every pattern).
     """
     return matcher_for(policy).match(repository)
+
+
+# ------------------------------------------------------------------ the one-segment pitfall
+
+# How much a mode checks, to tell a weaker rule from a stronger one.
+_STRENGTH: Final = {"enforce": 2, "audit": 1, "off": 0}
+NESTED_EXAMPLE: Final = ("team", "app")
+
+
+@dataclass(frozen=True)
+class NestedGap:
+    """An enforcing rule ``<prefix>/*`` that does not cover ``<prefix>/team/app`` (``*`` is one
+    segment), which then falls to a weaker, less specific rule (or to none)."""
+
+    rule: RepositoryRule
+    example: str  # a nested repository the rule does not cover
+    falls_to: RepositoryRule | None  # what applies to it instead; None: refused
+    suggestion: str  # the pattern that covers every depth: <prefix>/**
+
+    @property
+    def weakens(self) -> bool:
+        """The nested repository gets less checking than the rule promises (not refused)."""
+        return (
+            self.falls_to is not None and _STRENGTH[self.falls_to.mode] < _STRENGTH[self.rule.mode]
+        )
+
+    def message(self) -> str:
+        falls = (
+            f"{self.falls_to.pattern!r} ({self.falls_to.mode})"
+            if self.falls_to is not None
+            else "no rule (refused)"
+        )
+        return (
+            f"'*' matches one path segment: {self.example} is not covered and falls to "
+            f"{falls}; did you mean {self.suggestion!r}?"
+        )
+
+
+def _example_segment(seg: str) -> str:
+    return "x" if seg == DOUBLE_STAR else seg.replace("*", "x").replace("?", "x")
+
+
+def nested_gap(policy: Policy, rule: RepositoryRule) -> NestedGap | None:
+    """For an enforcing or auditing ``rule`` whose pattern ends in ``/*``: a repository one
+    level deeper than it reaches, and the rule that applies there instead (None when the rule
+    does not end in ``/*`` or a rule at least as strong, or a more specific one, covers it:
+    nothing was lost). Raises ValueError only for an invalid pattern built in code."""
+    compiled = compile_pattern(rule.pattern)
+    if compiled.catch_all or compiled.segments[-1] != CATCH_ALL or not rule.enforced:
+        return None
+    parent = compiled.segments[:-1]
+    example = "/".join([*(_example_segment(s) for s in parent), *NESTED_EXAMPLE])
+    falls_to = matcher_for(policy).match(example)
+    if falls_to is rule:
+        return None
+    if falls_to is not None:
+        if _STRENGTH[falls_to.mode] >= _STRENGTH[rule.mode]:
+            return None
+        # A more specific rule for the nested path was written on purpose.
+        if compile_pattern(falls_to.pattern).specificity > compiled.specificity:
+            return None
+    return NestedGap(rule, example, falls_to, "/".join([*parent, DOUBLE_STAR]))
+
+
+def nested_gaps(policy: Policy) -> list[NestedGap]:
+    """Every rule of ``policy`` whose ``/*`` hands nested repositories to a weaker rule."""
+    gaps = (nested_gap(policy, r) for r in matcher_for(policy).ordered)
+    return [g for g in gaps if g is not None and g.weakens]

@@ -33,7 +33,7 @@ POLICY = f"""\
 version: "2.0"
 trust:
   repositories:
-    "127.0.0.1:5000/team/*":
+    "127.0.0.1:5000/team/**":
       rootKeys: ["{KEY_A}"]
       allow:
         paths: ["v*"]
@@ -93,7 +93,7 @@ def test_check_ok(files: tuple[Path, Path], capsys: pytest.CaptureFixture[str]) 
     out, err = capsys.readouterr()
     assert out.splitlines() == [
         f"{policy}: OK — 2 rules, most specific first:",
-        "  127.0.0.1:5000/team/* → enforce (source notary; pinned root keys; Docker's rule; "
+        "  127.0.0.1:5000/team/** → enforce (source notary; pinned root keys; Docker's rule; "
         "tags v*)",
         "  * → off",
     ]
@@ -105,7 +105,7 @@ def test_check_without_config_notes_unchecked_sources(
 ) -> None:
     assert _run("policy", "check", str(files[1])) == 0
     out, err = capsys.readouterr()
-    assert "127.0.0.1:5000/team/* → enforce (pinned root keys" in out
+    assert "127.0.0.1:5000/team/** → enforce (pinned root keys" in out
     assert "trust source names were not checked" in err
 
 
@@ -126,11 +126,11 @@ def test_check_warns_about_unreachable_rules_and_uncovered_registries(
     ("policy_text", "message"),
     [
         (POLICY.replace("allow:", "alow:"),
-         "trust.repositories['127.0.0.1:5000/team/*'].alow: unknown key (did you mean allow?)"),
+         "trust.repositories['127.0.0.1:5000/team/**'].alow: unknown key (did you mean allow?)"),
         (POLICY.replace('rootKeys: ["' + KEY_A + '"]', "mode: audit"),
-         "trust.repositories['127.0.0.1:5000/team/*']: mode audit needs a root of trust"),
+         "trust.repositories['127.0.0.1:5000/team/**']: mode audit needs a root of trust"),
         (POLICY.replace("rootKeys:", "source: other\n      rootKeys:"),
-         "trust.repositories['127.0.0.1:5000/team/*'].source: unknown trust source 'other'"),
+         "trust.repositories['127.0.0.1:5000/team/**'].source: unknown trust source 'other'"),
         ("version: [", "not valid YAML"),
     ],
     ids=["unknown-key", "no-root", "unknown-source", "not-yaml"],
@@ -177,7 +177,7 @@ def test_shipped_policies_check_against_the_shipped_config(
     ("image", "code", "expected"),
     [
         ("127.0.0.1:5000/team/app:v1", 0, "tags allowed: v* (tag v1 matches)"),
-        ("127.0.0.1:5000/team/app", 0, "rule: '127.0.0.1:5000/team/*'"),
+        ("127.0.0.1:5000/team/app", 0, "rule: '127.0.0.1:5000/team/**'"),
         ("127.0.0.1:5000/team/app:latest", 1, "(tag latest does NOT match"),
         ("alpine:3", 0, "repository: docker.io/library/alpine, tag 3"),
     ],

@@ -45,6 +45,9 @@ def test_explain_the_issue_rule() -> None:
         "repository: registry.example.com/myorg/app, tag v1.2.3",
         f"rule: {ORG!r} (trust.repositories[{ORG!r}] in /etc/p.yaml)",
         "  also matches, less specific (not applied): '*'",
+        "  nested repositories are NOT covered ('*' is one path segment): "
+        "registry.example.com/myorg/team/app falls to '*' (off); "
+        "'registry.example.com/myorg/**' covers every depth",
         "mode: enforce: only tags signed as below are served, at their signed digest; "
         "anything else is refused (404)",
         "source: notary",

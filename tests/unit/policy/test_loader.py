@@ -53,7 +53,12 @@ def test_issue_example_loads_and_means_what_it_says(tmp_path: Path) -> None:
     policy = load_policy(path, known_sources=["notary"])
     assert policy.version == "2.0"
     assert policy.source_file == path
-    assert policy.warnings == ()
+    # The issue's own example has the one-segment pitfall: myorg/team/app falls to "*" (off).
+    assert policy.warnings == (
+        "trust.repositories['registry.example.com/myorg/*']: '*' matches one path segment: "
+        "registry.example.com/myorg/team/app is not covered and falls to '*' (off); "
+        "did you mean 'registry.example.com/myorg/**'?",
+    )
     org, catch_all = policy.rules
     assert org == RepositoryRule(
         pattern="registry.example.com/myorg/*",
@@ -78,7 +83,9 @@ def test_issue_example_loads_and_means_what_it_says(tmp_path: Path) -> None:
 
 def test_shipped_example_and_demo_policy_load() -> None:
     example = load_policy(CONFIG_DIR / "policy-example.yaml", known_sources=["notary"])
-    assert [r.pattern for r in example.rules] == [ORG, "*"]
+    # The shipped example leads with "**": no one-segment warning.
+    assert [r.pattern for r in example.rules] == ["registry.example.com/myorg/**", "*"]
+    assert example.warnings == ()
     demo = load_policy(CONFIG_DIR / "policy.yaml", known_sources=["notary"])
     enforced, catch_all = demo.rules
     assert (enforced.pattern, enforced.mode, enforced.source) == (
