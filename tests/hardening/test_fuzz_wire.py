@@ -569,6 +569,33 @@ def test_answer_in_progress_outlives_the_header_timeout(wire: Wire) -> None:
     assert ex.seconds > HEADER_TIMEOUT
 
 
+def test_unsatisfiable_range_is_416(wire: Wire, attempt_log: AttemptLog) -> None:
+    """The registry's 416 for a Range it cannot satisfy reaches the client as a 416 with the
+    blob's size, not a 502 (distribution 2.8 sends that 416 with the blob's Content-Length
+    and a shorter text body; the proxy read the body and broke on it)."""
+    blob = min(wire.registry.blobs, key=lambda b: len(b.data))
+    path = f"/v2/{REPO}/blobs/{blob.digest}".encode()
+    replies = []
+    for value in (b"bytes=500-0", b"bytes=99999999-"):
+        ex = exchange(wire.port, request(path, headers=b"Range: " + value + b"\r\n"), ["GET"])
+        assert_sane(ex, value.decode())
+        replies.extend(ex.replies)
+    statuses = [r.status for r in replies]
+    attempt_log.record(
+        "client input",
+        "unsatisfiable Range on a blob (bytes=500-0, bytes=99999999-)",
+        expected="416 with Content-Range bytes */size (the registry's answer), not 502",
+        statuses=statuses,
+        unsigned_served=0,
+        ok=statuses == [416, 416],
+        detail="; ".join(r.headers.get("content-range", "-") for r in replies),
+    )
+    assert statuses == [416, 416], replies
+    for r in replies:
+        assert_oci_error(r, "416")
+        assert r.headers["content-range"] == f"bytes */{len(blob.data)}", r.headers
+
+
 # Raw request heads for hypothesis: the in-process strategies' targets and header values,
 # and bytes around HTTP's own grammar (methods, versions, line ends, framing headers).
 # Mostly well-formed (so that many heads reach the app), with odd bytes mixed in.
