@@ -1,6 +1,6 @@
 """Limits uvicorn lacks: how long, and how many bytes, a client may take to send a request.
 
-uvicorn (0.54, both its httptools and its h11 protocol) arms its keep-alive timer only after
+uvicorn (0.55, both its httptools and its h11 protocol) arms its keep-alive timer only after
 a response, and any byte received cancels it. A client that connects and sends nothing, or
 trickles a request head a byte at a time (slowloris), keeps its connection open forever,
 and enough of them exhaust the process's file descriptors. With httptools nothing bounds
@@ -11,16 +11,24 @@ took minutes of CPU (measured; tests/hardening/test_fuzz_wire.py keeps the check
 The guard is a subclass of the protocol uvicorn would pick (``http="auto"``). It uses only
 what both implementations have (``connection_made``, ``data_received``,
 ``connection_lost``, ``on_response_complete``, the current request ``cycle``), and never
-touches a request in progress (the app running, or a response streaming):
+cuts a request in progress (the app running, or a response streaming):
 
+* ``max_header_bytes``: how long a request head may be (request line to the empty line,
+  exactly: :mod:`proxy.http.head_meter` follows every byte the connection receives,
+  whatever it is doing). Past that, 431 and close (Go's ``MaxHeaderBytes``); the parser
+  only ever gets the bytes before the head that went over. A head pipelined behind a
+  request in progress counts too: with httptools uvicorn reads and buffers it while the
+  previous answer streams (issue 17: 150 MiB behind an unread blob, +270 MiB RSS). Then
+  nothing more is read, and the 431 follows the answers before it (HTTP/1.1 answers in
+  order);
 * ``header_timeout``: a connection with no request in progress, just opened or since its
   last response, must have a complete request head within this time; a client that sent
-  part of one gets a 408, a silent one is just closed (as nginx's client_header_timeout);
-* ``max_header_bytes``: how much it may send meanwhile; past that, 431 and close (Go's
-  ``MaxHeaderBytes``). Checked after each read, so a head costs at most this plus one read.
+  part of one gets a 408, a silent one is just closed (as nginx's client_header_timeout).
+  A head begun while an answer was in progress has this time from that answer's end.
 
 Both answers are OCI error bodies, written straight to the socket (no request reached the
-app); the connection is closed after them.
+app), and the connection is then closed lingeringly (see ``_refuse``), so that a client
+still sending gets the answer rather than a reset.
 """
 
 from __future__ import annotations
@@ -48,10 +56,9 @@ def _raw_response(status: int, reason: str, code: str, message: str) -> bytes:
     return head.encode("ascii") + body
 
 
-#: After a 408/431: how long, and how many bytes, the client may still send (dropped) while
-#: its answer is on the way; then the connection is closed.
+#: After a 408/431: how long the client may still send (read and dropped, as uvicorn drops
+#: the rest of a body nobody read) while its answer is on the way; then the connection closes.
 LINGER_SECONDS = 2.0
-LINGER_BYTES = 16 * 1024 * 1024
 
 
 class _RequestHeadGuard(asyncio.Protocol):
@@ -67,7 +74,7 @@ class _RequestHeadGuard(asyncio.Protocol):
     _head_timer: asyncio.TimerHandle | None = None
     _meter: HeadMeter
     _refusal_pending = False  # a head over the limit waits for the answers before it
-    _linger_left: int | None = None  # bytes still dropped after a refusal (None: not refused)
+    _lingering = False  # refused: the answer is out, the connection closes soon
     _linger_timer: asyncio.TimerHandle | None = None
 
     def _in_progress(self) -> bool:
@@ -94,10 +101,10 @@ class _RequestHeadGuard(asyncio.Protocol):
         # A lingering close (nginx's lingering_close): closing a socket with bytes of the
         # client's still unread makes the kernel answer with a reset, and a reset throws away
         # the answer the client had not read yet. So the answer is followed by a FIN, and
-        # what still comes is read and dropped until the client closes too, or for a bounded
-        # time and number of bytes.
+        # what still comes is read and dropped until the client closes too, or for
+        # LINGER_SECONDS.
         self.transport.write_eof()
-        self._linger_left = LINGER_BYTES
+        self._lingering = True
         self._linger_timer = self.loop.call_later(LINGER_SECONDS, self.transport.close)
         self.transport.resume_reading()
 
@@ -128,10 +135,7 @@ class _RequestHeadGuard(asyncio.Protocol):
         self._arm()
 
     def data_received(self, data: bytes) -> None:
-        if self._linger_left is not None:  # refused: dropped
-            self._linger_left -= len(data)
-            if self._linger_left <= 0:
-                self.transport.close()
+        if self._lingering:  # refused: what still comes is dropped
             return
         if self._refusal_pending:
             # uvicorn resumes reading when a response completes; nothing more is parsed.
