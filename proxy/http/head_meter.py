@@ -103,6 +103,11 @@ class HeadMeter:
         ``data`` starts (len(data) when the end is still to come), None when it is past the
         limit."""
         start = len(self._buf)
+        if not start and self._state == _HEAD:  # the common case: a whole head in one read
+            end = data.find(_END, i, i + self.limit)
+            if end >= 0:
+                self._after(data[i : end + 4])
+                return end + 4
         self._buf += data[i : i + self.limit - start + 1]  # one byte past the limit at most
         if self._state == _CHUNK_SIZE:
             end = self._buf.find(_CRLF, max(0, start - 1))
@@ -142,19 +147,19 @@ class HeadMeter:
             self._opaque = 0
 
 
+_FRAMING = re.compile(rb"\r\n(content-length|transfer-encoding)[ \t]*:([^\r\n]*)", re.I)
+
+
 def _body_framing(head: bytes) -> tuple[str, int]:
     """(state, bytes) after a complete request head: what its framing headers announce."""
     lengths: set[bytes] = set()
     codings: list[bytes] = []
-    for line in head.split(_CRLF)[1:]:
-        name, colon, value = line.partition(b":")
-        if not colon:
-            continue
-        name = name.strip().lower()
-        if name == b"content-length":
-            lengths.update(v.strip() for v in value.split(b","))
-        elif name == b"transfer-encoding":
-            codings.extend(v.strip().lower() for v in value.split(b",") if v.strip())
+    for m in _FRAMING.finditer(head):
+        values = [v.strip(b" \t") for v in m[2].split(b",")]
+        if m[1].lower() == b"content-length":
+            lengths.update(values)
+        else:
+            codings.extend(v.lower() for v in values if v)
     if codings:
         # Chunked must come last (RFC 9112 6.3); with a Content-Length beside it, or any
         # other coding, uvicorn's parsers refuse the request.
