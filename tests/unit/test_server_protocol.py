@@ -300,6 +300,23 @@ def test_oversized_head_behind_a_request_in_progress(
     serve(base, test)
 
 
+@BASES
+def test_partial_head_behind_an_answer_gets_408_after_it(base: type[asyncio.Protocol]) -> None:
+    # A head begun while an answer streams has header_timeout from that answer's end.
+    async def test(connect: Client) -> None:
+        WAIT["release"] = asyncio.Event()
+        reader, writer = await connect()
+        writer.write(b"GET /wait HTTP/1.1\r\nHost: x\r\n\r\nGET / HTTP/1.1\r\nHost: x\r\n")
+        await asyncio.wait_for(reader.readuntil(b"first"), 5)
+        await asyncio.sleep(TIMEOUT * 2)  # longer than the timeout, but an answer is in progress
+        WAIT["release"].set()
+        rest = await read_all(reader)
+        assert rest.startswith(b"-last")  # not cut while in progress
+        assert statuses(rest) == [408]  # and the head is still held to the timeout
+
+    serve(base, test)
+
+
 # --------------------------------------------------------------------------- settings
 
 UPSTREAM = {"name": "r", "url": "http://127.0.0.1:5000"}
