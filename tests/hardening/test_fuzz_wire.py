@@ -741,7 +741,7 @@ def test_request_heads_are_bounded_in_every_connection_state(
         "one read)",
         expected="431 OCI error after the answers before it; nothing more read meanwhile; "
         "RSS flat",
-        statuses=[str(x) for r in results.values() for x in r["statuses"]],
+        statuses=[200 if x == "blob" else x for r in results.values() for x in r["statuses"]],
         unsigned_served=0,
         ok=ok,
         detail="; ".join(f"{k}: {v}" for k, v in results.items())[:1500],
