@@ -7,8 +7,9 @@ Every GET/HEAD is relayed to a real registry, except on paths that have a script
 the size limit (declared, undeclared, endless), a wrong ``Docker-Content-Digest`` on the
 right bytes, redirects anywhere (another host, loopback, link-local, ``file:``, a loop), a
 blob cut short after promising its Content-Length, a blob whose bytes do not match its
-digest, slowloris (headers or body a byte at a time, a hang after the headers or before
-anything), and a Bearer challenge whose realm points somewhere the proxy must not go.
+digest (also framed by both Content-Length and chunked, or as a 206 whatever was asked),
+slowloris (headers or body a byte at a time, a hang after the headers or before anything),
+and a Bearer challenge whose realm points somewhere the proxy must not go.
 
 Every answer carries ``Connection: close`` and the connection is closed after it: the
 proxy keeps no pooled connection to this server, so any connection of the proxy's still
@@ -202,6 +203,41 @@ def corrupted(ex: Exchange) -> None:
     ex.start(r.status_code, headers)
     if not ex.head:
         ex.write(bytes(body))
+
+
+def framed_twice(ex: Exchange) -> None:
+    """Content-Length 28 and Transfer-Encoding: chunked at once: a first chunk of 28 bytes
+    that are not the blob, then the honest blob as one more chunk (a proxy that relays the
+    Content-Length hands its client a complete 28-byte answer)."""
+    r = ex.honest(method="GET")
+    ex.start(200, {"Content-Type": "application/octet-stream", "Content-Length": "28",
+                   "Transfer-Encoding": "chunked"})  # fmt: skip
+    if ex.head:
+        return
+    for chunk in (b"28 bytes that are not a blob", r.content):
+        ex.write(f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n")
+    ex.write(b"0\r\n\r\n")
+
+
+def corrupted_as(status: int, first: int = 0, last: int | None = None) -> Behaviour:
+    """The blob's bytes ``first`` to ``last`` (default: to its end) with the last one flipped,
+    answered ``status`` whatever the request's Range was; a 206 says which bytes in its
+    Content-Range (``bytes first-last/size``)."""
+
+    def answer(ex: Exchange) -> None:
+        blob = ex.registry.upstream.get(ex.handler.path).content  # whole: no Range
+        end = len(blob) - 1 if last is None else last
+        body = bytearray(blob[first : end + 1])
+        body[-1] ^= 0xFF
+        headers = {"Content-Type": "application/octet-stream", "Content-Length": str(len(body))}
+        if status == 206:
+            headers["Content-Range"] = f"bytes {first}-{end}/{len(blob)}"
+        ex.start(status, headers)
+        if not ex.head:
+            ex.write(bytes(body))
+
+    answer.__name__ = f"corrupted_as_{status}"
+    return answer
 
 
 def _honest_or(ex: Exchange, body: bytes | None) -> tuple[int, str, bytes]:

@@ -29,7 +29,13 @@ from proxy.errors import (
 from proxy.gate import PassThrough, RequestContext, ServeDigest
 from proxy.http.client_input import check_forwarded_headers
 from proxy.http.errors import oci_error_response, response_for_exception
-from proxy.http.relay import error_body_for_client, relayed_headers, rewrite_link
+from proxy.http.relay import (
+    error_body_for_client,
+    range_not_satisfiable,
+    relayed_headers,
+    rewrite_link,
+    whole_blob_answer,
+)
 from proxy.http.state import ProxyState, SignedFetch
 from proxy.http.streaming import UpstreamBodyResponse
 from proxy.manifest_cache import CachedManifest
@@ -486,14 +492,25 @@ async def blob(
         if target.scheme not in ("http", "https"):
             raise UpstreamContentError(f"upstream {client.name} redirected to a non-http URL")
         return Response(status_code=resp.status_code, headers={"Location": str(target)})
+    if resp.status_code == 416:  # its body is the registry's to get wrong: not read
+        await resp.aclose()
+        return range_not_satisfiable(resp.headers, client.name)
     if resp.status_code not in (200, 206, 304):  # 304: the client's If-None-Match held
         return await relay_error(request, client, resp, state)
     headers = relayed_headers(resp.headers)
     if "docker-content-digest" in headers:
         headers["docker-content-digest"] = rp.reference  # what was asked for, not the claim
     send_body = request.method != "HEAD" and resp.status_code != 304
-    # A whole blob is hashed on the way through (a Range answer cannot be on its own).
-    verify = client.settings.verify_blobs and send_body and resp.status_code == 200
+    # A whole blob is hashed on the way through, whatever was asked; a part only goes to a
+    # client that asked for one (proxy/http/relay.py).
+    try:
+        ranged = "range" in forwardable_headers(request)
+        whole = whole_blob_answer(resp.status_code, resp.headers, range_requested=ranged,
+                                  upstream=client.name)  # fmt: skip
+    except UpstreamContentError:
+        await resp.aclose()
+        raise
+    verify = client.settings.verify_blobs and send_body and whole
     limits = state.settings.limits
     return UpstreamBodyResponse(
         resp,

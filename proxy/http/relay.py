@@ -11,8 +11,10 @@ import re
 from collections.abc import Mapping
 from urllib.parse import urlsplit
 
-from proxy.errors import ClientRequestError
-from proxy.http.errors import oci_error_body
+from starlette.responses import Response
+
+from proxy.errors import ClientRequestError, UpstreamContentError
+from proxy.http.errors import oci_error_body, oci_error_response
 from proxy.reference import parse_repo_path
 
 RELAYED_RESPONSE_HEADERS = (
@@ -29,6 +31,9 @@ RELAYED_RESPONSE_HEADERS = (
 )
 
 _LINK = re.compile(r"^\s*<(?P<url>[^>]*)>(?P<rest>.*)$")
+# RFC 9110 14.4: "bytes first-last/complete", the complete length "*" when unknown.
+_CONTENT_RANGE = re.compile(r"bytes (?P<first>[0-9]{1,19})-(?P<last>[0-9]{1,19})"
+                            r"/(?P<complete>[0-9]{1,19}|\*)")  # fmt: skip
 
 
 def relayed_headers(
@@ -39,6 +44,78 @@ def relayed_headers(
     if body_length is not None:
         out["content-length"] = str(body_length)
     return out
+
+
+def framed_length(upstream_headers: Mapping[str, str]) -> int | None:
+    """The body length an upstream answer's framing really gives, or None (chunked, or
+    delimited by the close).
+
+    RFC 9112 6.3: Transfer-Encoding overrides Content-Length, and that is what the HTTP
+    client reads by; a Content-Length next to it says nothing about the body (the upstream
+    client refuses such answers). Duplicates of one value count once, as h11 takes them."""
+    if "transfer-encoding" in upstream_headers:
+        return None
+    values = {v.strip() for v in upstream_headers.get("content-length", "").split(",")}
+    if len(values) != 1:
+        return None
+    (value,) = values
+    return int(value) if value.isdigit() else None
+
+
+def whole_blob_answer(
+    status: int, upstream_headers: Mapping[str, str], *, range_requested: bool, upstream: str
+) -> bool:
+    """Whether a blob answer (200, 206 or 304) carries the whole blob, to be hashed: decided
+    from what the upstream sent, never from what was asked.
+
+    * 200 is the whole blob, Range or not (a server may ignore Range, RFC 9110 14.2);
+    * 206 whose Content-Range covers every byte (``bytes 0-(n-1)/n``) is the whole blob too;
+    * any other 206 is a part, relayed unchecked only to a client that asked for a part
+      (it checks the blob it assembles); to a request without Range it is refused, and so
+      is a 206 whose Content-Range does not parse or disagrees with its Content-Length.
+
+    Raises UpstreamContentError."""
+    if status != 206:
+        return True
+    if not range_requested:
+        raise UpstreamContentError(f"upstream {upstream} answered 206 to a request without Range")
+    content_range = upstream_headers.get("content-range")
+    if content_range is None:
+        media_type = upstream_headers.get("content-type", "").split(";", 1)[0].strip().lower()
+        if media_type == "multipart/byteranges":  # several ranges asked: parts, each framed
+            return False
+        raise UpstreamContentError(f"upstream {upstream} answered 206 without Content-Range")
+    m = _CONTENT_RANGE.fullmatch(content_range.strip())
+    first, last = (int(m["first"]), int(m["last"])) if m else (1, 0)
+    complete = None if m is None or m["complete"] == "*" else int(m["complete"])
+    if first > last or (complete is not None and last >= complete):
+        raise UpstreamContentError(
+            f"upstream {upstream} answered 206 with an invalid Content-Range {content_range[:80]!r}"
+        )
+    length = framed_length(upstream_headers)
+    if length is not None and length != last - first + 1:
+        raise UpstreamContentError(
+            f"upstream {upstream} answered 206 with {length} bytes for the range {first}-{last}"
+        )
+    return first == 0 and complete == last + 1
+
+
+def range_not_satisfiable(upstream_headers: Mapping[str, str], upstream: str) -> Response:
+    """The client's answer to an upstream 416: the status and the blob's size
+    (``Content-Range: bytes */n``), with an OCI error body of our own. The upstream's body is
+    not read: distribution 2.8 sends its 416 with the blob's Content-Length and a 33-byte
+    text body, so reading it broke (a 502 instead of the 416)."""
+    headers = {}
+    content_range = upstream_headers.get("content-range", "").strip()
+    if re.fullmatch(r"bytes \*/[0-9]{1,19}", content_range):
+        headers["Content-Range"] = content_range
+    return oci_error_response(
+        416,
+        "UNSUPPORTED",
+        f"upstream {upstream}: the requested range is not satisfiable",
+        {"upstream": upstream},
+        headers,
+    )
 
 
 def rewrite_link(link: str, upstream_name: str | None, client_name: str | None) -> str | None:

@@ -17,6 +17,10 @@ without its last chunk, and never a clean short answer it could take as whole. C
 * ``expected_digest`` is given (a whole blob by digest) and the bytes do not hash to it:
   the last chunk is held back until the hash is known and never sent, so a complete bad
   blob never leaves the proxy: ``upstream_digest_mismatch``.
+
+"Complete" is the client's view, so the Content-Length it gets is the one the upstream's
+framing gives (none for chunked), never a header copied beside it; whether a body is the
+whole blob is decided from the upstream's answer (proxy/http/relay.py, whole_blob_answer).
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ import anyio
 import httpx
 from starlette.types import Receive, Scope, Send
 
+from proxy.http.relay import framed_length
 from proxy.metrics import UPSTREAM_ERRORS
 
 log = logging.getLogger("trustproxy.stream")
@@ -106,8 +111,17 @@ class UpstreamBodyResponse:
     ) -> None:
         self.upstream = upstream
         self.status_code = status_code
-        self.headers = [(k.lower().encode("latin-1"), v.encode("latin-1"))
-                        for k, v in headers.items()]  # fmt: skip
+        out = {k.lower(): v for k, v in headers.items()}
+        # The body sent is what the upstream's framing delivered, so its Content-Length is the
+        # framing's, never a header beside it: with both Content-Length and chunked, a short
+        # bad blob relayed with the Content-Length of its first chunk looked complete. A HEAD
+        # answer keeps the upstream's (the length of the body it would have sent).
+        self.length = framed_length(upstream.headers)
+        if send_body:
+            out.pop("content-length", None)
+            if self.length is not None:
+                out["content-length"] = str(self.length)
+        self.headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in out.items()]
         self.send_body = send_body
         algorithm, _, _ = (expected_digest or "").partition(":")
         # An algorithm we cannot compute means no check (the reference parser only lets
@@ -172,8 +186,7 @@ class UpstreamBodyResponse:
         # bad blob never arrives whole. With a declared length that chunk is known when it
         # arrives and every other one goes out at once, undelayed and uncopied; without
         # one, the newest chunk waits for the next.
-        declared = self.upstream.headers.get("content-length", "")
-        length = int(declared) if declared.isdigit() else None
+        length = self.length
         held = b""
         received = 0
         waited = 0.0  # seconds spent waiting for the upstream (not for the client)

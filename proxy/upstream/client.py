@@ -367,7 +367,7 @@ class UpstreamClient:
             # The deadline covers the response headers: a registry trickling them byte by
             # byte is cut here (httpcore closes the half-read connection on cancellation).
             with anyio.fail_after(max(0.0, deadline - anyio.current_time())):
-                return await self._http.send(request, stream=True)
+                response = await self._http.send(request, stream=True)
         except (httpx.TimeoutException, TimeoutError) as e:
             UPSTREAM_ERRORS.labels(self.name, "timeout").inc()
             raise UpstreamUnavailableError(self.name, "timed out", timeout=True) from e
@@ -383,6 +383,16 @@ class UpstreamClient:
             raise UpstreamUnavailableError(
                 self.name, f"answered with a redirect Location that is not a URL ({e})"
             ) from e
+        if "transfer-encoding" in response.headers and "content-length" in response.headers:
+            # Framed two ways (RFC 9112 6.1: "ought to be handled as an error"). The body is
+            # read by Transfer-Encoding; a Content-Length relayed with it would describe a
+            # body the client never gets, and a short bad blob could look complete.
+            await response.aclose()
+            UPSTREAM_ERRORS.labels(self.name, "bad_response").inc()
+            raise UpstreamContentError(
+                f"upstream {self.name} answered with both Content-Length and Transfer-Encoding"
+            )
+        return response
 
     async def read_bounded(self, response: httpx.Response, limit: int, what: str) -> bytes:
         """Read a streaming body up to ``limit`` bytes, then close the response.

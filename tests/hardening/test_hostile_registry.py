@@ -54,7 +54,9 @@ from testbed.hostile_registry import (
     HostileRegistry,
     bearer_challenge,
     corrupted,
+    corrupted_as,
     endless,
+    framed_twice,
     hang,
     hang_after_headers,
     loopback_name,
@@ -94,6 +96,7 @@ class Answer:
     seconds: float
     marker: str
     error: str | None = None
+    request_range: str | None = None  # the Range the client sent, if any
 
     @property
     def code(self) -> str | None:
@@ -161,7 +164,7 @@ class Bed:
         except httpx.HTTPError as e:
             complete, error = False, f"{type(e).__name__}: {e}"
         answer = Answer(method, status, got, body, complete, time.monotonic() - started, marker,
-                        error)  # fmt: skip
+                        error, (headers or {}).get("Range"))  # fmt: skip
         self.seen.append(answer)
         return answer
 
@@ -660,6 +663,68 @@ def test_blob_bytes_not_matching_the_digest_are_cut(
     line = bed.access_line(get)
     assert line["complete"] is False, line
     assert "upstream_digest_mismatch" in line["error"], line
+
+
+def bad_blob_whole(a: Answer, digest: str, size: int) -> bool:
+    """A 2xx answer that arrived whole (by its framing) and is, or claims to be, the whole
+    blob (a 200, a 206 whose Content-Range covers every byte, or any 2xx to a request
+    without Range), with bytes that do not hash to ``digest``."""
+    if a.method == "HEAD" or not a.complete or a.status not in (200, 206):
+        return False
+    whole_range = a.headers.get("content-range", "").startswith(f"bytes 0-{size - 1}/")
+    if a.status == 206 and not whole_range and a.request_range:
+        return False  # a part the client asked for: checked where it is assembled
+    return images.sha256(a.body) != digest
+
+
+def test_blob_framings_never_deliver_a_complete_bad_blob(
+    bed: Bed, script: Any, attempt_log: AttemptLog
+) -> None:
+    """Issue 17, finding 5: verification follows what the upstream sent, not what was asked.
+    Before, a Content-Length relayed beside chunked framing made 28 bad bytes a complete 200,
+    and a 206 to a request without Range went out unhashed."""
+    big, small = bed.big, bed.layer
+    size = len(big.data)
+    # (attack, blob, behaviour, Range asked, expected shape: 502 refusal or a cut 2xx)
+    cases: list[tuple[str, images.Blob, Behaviour, str | None, str]] = [
+        ("blob framed by both Content-Length (28) and chunked, 28 bad bytes first", small,
+         framed_twice, None, "502"),
+        ("blob answered 206 with a whole-blob Content-Range to a request without Range",
+         big, corrupted_as(206), None, "502"),
+        ("blob answered 206 with a partial Content-Range to a request without Range",
+         big, corrupted_as(206, 0, 65535), None, "502"),
+        ("blob answered 206 with a whole-blob Content-Range to Range: bytes=0-", big,
+         corrupted_as(206), "bytes=0-", "cut"),
+        ("blob answered 200 (bad bytes) to Range: bytes=0-99", big, corrupted_as(200),
+         "bytes=0-99", "cut"),
+    ]  # fmt: skip
+    failures = []
+    for attack, blob, behaviour, asked, shape in cases:
+        path = bed.blob_path(blob.digest)
+        script(path, behaviour)
+        headers = {"Range": asked} if asked else None
+        a = bed.request("GET", path, headers=headers)
+        unsigned = int(bad_blob_whole(a, blob.digest, len(blob.data)))
+        if shape == "502":
+            good = refused(a, 502)
+        else:  # the right status, a true prefix, and never complete
+            good = a.status in (200, 206) and not a.complete and a.body == blob.data[: len(a.body)]
+        ok = good and unsigned == 0 and timely([a])
+        record(attempt_log, attack, answers=[a], unsigned=unsigned, ok=ok,
+               expected="refused (502)" if shape == "502" else "cut before the last chunk",
+               detail=f"Range {asked or 'none'}")  # fmt: skip
+        if not ok:
+            failures.append((attack, summary([a])))
+        elif shape == "cut":
+            line = bed.access_line(a)
+            assert "upstream_digest_mismatch" in line["error"], line
+    # An honest part still goes through, unchecked and whole: the client asked for it.
+    bed.hostile.behaviours.pop(bed.blob_path(big.digest))
+    part = bed.request("GET", bed.blob_path(big.digest), headers={"Range": "bytes=100-199"})
+    assert (part.status, part.complete) == (206, True), summary([part])
+    assert part.body == big.data[100:200]
+    assert part.headers["content-range"] == f"bytes 100-199/{size}"
+    assert not failures, failures
 
 
 # -- slowloris ----------------------------------------------------------------------------------

@@ -1025,6 +1025,36 @@ def test_the_digest_header_of_a_blob_is_the_one_asked_for(registry: FakeRegistry
     assert head.headers["docker-content-digest"] == BLOB_DIGEST
 
 
+def test_a_206_nobody_asked_for_is_a_502(registry: FakeRegistry) -> None:
+    # Issue 17, finding 5b: a whole-blob 206 to a request without Range went out unhashed.
+    def partial(request: httpx.Request) -> httpx.Response:
+        return respond(206, BLOB, {"Content-Range": f"bytes 0-{len(BLOB) - 1}/{len(BLOB)}"})
+
+    registry.overrides[f"/v2/{REPO}/blobs/{BLOB_DIGEST}"] = partial
+    with proxy(registry) as tc:
+        r = tc.get(f"/v2/{REPO}/blobs/{BLOB_DIGEST}")
+        ranged = tc.get(f"/v2/{REPO}/blobs/{BLOB_DIGEST}", headers={"Range": "bytes=0-"})
+    assert r.status_code == 502
+    assert "206 to a request without Range" in r.json()["errors"][0]["message"]
+    assert ranged.status_code == 206  # asked for, whole, hashed: the right bytes go out
+    assert ranged.content == BLOB
+
+
+def test_an_unsatisfiable_range_is_a_416(registry: FakeRegistry) -> None:
+    def unsatisfiable(request: httpx.Request) -> httpx.Response:
+        # distribution 2.8: the blob's Content-Length on a 33-byte body.
+        return httpx.Response(416, headers={"Content-Range": f"bytes */{len(BLOB)}",
+                                            "Content-Type": "text/plain"},
+                              content=b"invalid range: failed to overlap\n")  # fmt: skip
+
+    registry.overrides[f"/v2/{REPO}/blobs/{BLOB_DIGEST}"] = unsatisfiable
+    with proxy(registry) as tc:
+        r = tc.get(f"/v2/{REPO}/blobs/{BLOB_DIGEST}", headers={"Range": "bytes=500-0"})
+    assert r.status_code == 416
+    assert r.headers["content-range"] == f"bytes */{len(BLOB)}"
+    assert "not satisfiable" in r.json()["errors"][0]["message"]
+
+
 def test_the_digest_header_of_an_unchecked_manifest_is_computed(registry: FakeRegistry) -> None:
     def lying(request: httpx.Request) -> httpx.Response:
         return respond(200, UNSIGNED, {"Content-Type": OCI_MANIFEST,

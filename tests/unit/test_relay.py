@@ -7,11 +7,15 @@ import json
 import httpx
 import pytest
 
+from proxy.errors import UpstreamContentError
 from proxy.http.relay import (
     RELAYED_RESPONSE_HEADERS,
     error_body_for_client,
+    framed_length,
+    range_not_satisfiable,
     relayed_headers,
     rewrite_link,
+    whole_blob_answer,
 )
 
 HOP_BY_HOP = ("connection", "transfer-encoding", "keep-alive", "upgrade", "te", "trailer",
@@ -126,3 +130,78 @@ def test_other_error_bodies_are_wrapped(status: int, content_type: str, body: by
             }
         ]
     }
+
+
+# --------------------------------------------------------------------------- blob framing
+
+
+@pytest.mark.parametrize(
+    ("headers", "length"),
+    [({"content-length": "28"}, 28), ({"content-length": "28, 28"}, 28),
+     ({"content-length": "28, 29"}, None), ({"content-length": "-1"}, None), ({}, None),
+     ({"content-length": "28", "transfer-encoding": "chunked"}, None),
+     ({"transfer-encoding": "chunked"}, None)],
+    ids=["plain", "duplicate", "conflicting", "negative", "none", "with-chunked", "chunked"],
+)  # fmt: skip
+def test_framed_length(headers: dict[str, str], length: int | None) -> None:
+    assert framed_length(httpx.Headers(headers)) == length
+
+
+SIZE = 1000
+WHOLE_BLOB_CASES = [
+    # (id, status, headers, Range asked, whole (True/False) or the refusal's words)
+    ("200", 200, {}, False, True),
+    ("200-to-range", 200, {}, True, True),
+    ("304", 304, {}, True, True),
+    ("206-whole", 206, {"content-range": f"bytes 0-{SIZE - 1}/{SIZE}"}, True, True),
+    ("206-part", 206, {"content-range": f"bytes 0-99/{SIZE}"}, True, False),
+    ("206-tail", 206, {"content-range": f"bytes 900-{SIZE - 1}/{SIZE}"}, True, False),
+    ("206-unknown-size", 206, {"content-range": "bytes 0-99/*"}, True, False),
+    ("206-length-agrees", 206, {"content-range": f"bytes 0-99/{SIZE}", "content-length": "100"},
+     True, False),
+    ("206-multipart", 206, {"content-type": "multipart/byteranges; boundary=x"}, True, False),
+    ("206-not-asked-whole", 206, {"content-range": f"bytes 0-{SIZE - 1}/{SIZE}"}, False,
+     "without Range"),
+    ("206-not-asked-part", 206, {"content-range": f"bytes 0-99/{SIZE}"}, False, "without Range"),
+    ("206-no-content-range", 206, {}, True, "without Content-Range"),
+    ("206-junk", 206, {"content-range": "bytes=0-99/1000"}, True, "invalid Content-Range"),
+    ("206-backwards", 206, {"content-range": "bytes 99-0/1000"}, True, "invalid Content-Range"),
+    ("206-past-the-end", 206, {"content-range": "bytes 0-1000/1000"}, True,
+     "invalid Content-Range"),
+    ("206-unsatisfied", 206, {"content-range": "bytes */1000"}, True, "invalid Content-Range"),
+    ("206-length-disagrees", 206, {"content-range": "bytes 0-99/1000", "content-length": "28"},
+     True, "28 bytes for the range 0-99"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("status", "headers", "ranged", "expected"),
+    [c[1:] for c in WHOLE_BLOB_CASES],
+    ids=[c[0] for c in WHOLE_BLOB_CASES],
+)
+def test_whole_blob_answer_follows_what_the_upstream_sent(
+    status: int, headers: dict[str, str], ranged: bool, expected: bool | str
+) -> None:
+    if isinstance(expected, bool):
+        got = whole_blob_answer(status, httpx.Headers(headers), range_requested=ranged,
+                                upstream="r")  # fmt: skip
+        assert got is expected
+    else:
+        with pytest.raises(UpstreamContentError, match=expected):
+            whole_blob_answer(status, httpx.Headers(headers), range_requested=ranged,
+                              upstream="r")  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("content_range", "relayed"),
+    [("bytes */121", "bytes */121"), (None, None), ("bytes 0-1/2\r\nX: y", None)],
+    ids=["size", "none", "junk"],
+)
+def test_range_not_satisfiable(content_range: str | None, relayed: str | None) -> None:
+    headers = httpx.Headers({"content-range": content_range} if content_range else {})
+    response = range_not_satisfiable(headers, "r")
+    assert response.status_code == 416
+    assert response.headers.get("content-range") == relayed
+    error = json.loads(bytes(response.body))["errors"][0]
+    assert error["code"] == "UNSUPPORTED"
+    assert "not satisfiable" in error["message"]

@@ -7,7 +7,9 @@ implementation; clients are raw sockets, so partial and trickled request heads a
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import re
 import socket
 import time
 from collections.abc import Awaitable, Callable
@@ -31,10 +33,23 @@ SLOW_APP_SECONDS = 1.0  # longer than TIMEOUT: a request in progress is never cu
 BASES = pytest.mark.parametrize("base", [HttpToolsProtocol, H11Protocol], ids=["httptools", "h11"])
 
 
+#: Set by a test: /wait answers its first bytes, then waits for it before finishing.
+WAIT: dict[str, asyncio.Event] = {}
+SEEN: list[str] = []  # paths the app was called for
+
+
 async def app(scope: Scope, receive: Receive, send: Send) -> None:
     assert scope["type"] == "http"
+    SEEN.append(scope["path"])
     if scope["path"] == "/slow":
         await asyncio.sleep(SLOW_APP_SECONDS)
+    if scope["path"] == "/wait":
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-length", b"10")]})  # fmt: skip
+        await send({"type": "http.response.body", "body": b"first", "more_body": True})
+        await WAIT["release"].wait()
+        await send({"type": "http.response.body", "body": b"-last"})
+        return
     body = b'{"ok":true}'
     await send({"type": "http.response.start", "status": 200,
                 "headers": [(b"content-type", b"application/json"),
@@ -190,6 +205,114 @@ def test_pipelined_requests_are_all_answered(base: type[asyncio.Protocol]) -> No
         writer.write(GET * 50 + b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         raw = await read_all(reader)
         assert raw.count(b"HTTP/1.1 200 OK") == 51
+
+    serve(base, test)
+
+
+def oversize(size: int = 5 * MAX_HEAD) -> bytes:
+    return b"GET /never HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * size + b"\r\n\r\n"
+
+
+def exact_head(size: int) -> bytes:
+    """A head of exactly ``size`` bytes, request line to the empty line."""
+    base = b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\nX-Pad: \r\n\r\n"
+    return base.replace(b"X-Pad: ", b"X-Pad: " + b"a" * (size - len(base)))
+
+
+def statuses(raw: bytes) -> list[int]:
+    return [int(code) for code in re.findall(rb"HTTP/1\.1 ([0-9]{3}) ", raw)]
+
+
+@BASES
+@pytest.mark.parametrize(("size", "status"), [(MAX_HEAD, 200), (MAX_HEAD + 1, 431)],
+                         ids=["at-the-limit", "one-byte-over"])  # fmt: skip
+def test_the_limit_is_exact_in_one_read(
+    base: type[asyncio.Protocol], size: int, status: int
+) -> None:
+    # Issue 17: a 70,000-byte head arriving in one read passed the 64 KiB limit (the guard
+    # only counted reads that did not start a request).
+    async def test(connect: Client) -> None:
+        reader, writer = await connect()
+        head = exact_head(size)
+        assert len(head) == size
+        writer.write(head)
+        assert statuses(await read_all(reader)) == [status]
+
+    serve(base, test)
+
+
+@BASES
+def test_oversized_head_after_a_keep_alive_answer_gets_431(base: type[asyncio.Protocol]) -> None:
+    async def test(connect: Client) -> None:
+        reader, writer = await connect()
+        writer.write(GET)
+        assert (await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)).startswith(
+            b"HTTP/1.1 200"
+        )
+        await asyncio.wait_for(reader.readexactly(len(b'{"ok":true}')), 5)
+        writer.write(oversize())
+        assert statuses(await read_all(reader)) == [431]
+
+    serve(base, test)
+
+
+@BASES
+def test_pipelined_requests_then_an_oversized_head(base: type[asyncio.Protocol]) -> None:
+    async def test(connect: Client) -> None:
+        reader, writer = await connect()
+        SEEN.clear()
+        writer.write(GET * 3 + oversize())  # one write: the answers, then the 431
+        assert statuses(await read_all(reader)) == [200, 200, 200, 431]
+        assert "/never" not in SEEN
+
+    serve(base, test)
+
+
+@BASES
+@pytest.mark.parametrize("state", ["answer-streaming", "request-body-arriving"])
+def test_oversized_head_behind_a_request_in_progress(
+    base: type[asyncio.Protocol], state: str
+) -> None:
+    # Issue 17: the guard counted only while no request was in progress, so a head pipelined
+    # behind an answer the client does not read was buffered whole (150 MiB: +270 MiB RSS).
+    # Now it is counted in every state; past the limit nothing more is read, and the 431
+    # follows the answer in progress.
+    async def test(connect: Client) -> None:
+        WAIT["release"] = asyncio.Event()
+        SEEN.clear()
+        reader, writer = await connect()
+        if state == "answer-streaming":
+            writer.write(b"GET /wait HTTP/1.1\r\nHost: x\r\n\r\n")
+        else:  # a body that is still arriving when the head behind it comes
+            writer.write(b"GET /wait HTTP/1.1\r\nHost: x\r\nContent-Length: 6\r\n\r\nab")
+        first = await asyncio.wait_for(reader.readuntil(b"first"), 5)
+        assert first.startswith(b"HTTP/1.1 200")
+        writer.write((b"cdef" if state != "answer-streaming" else b"") + oversize(50 * MAX_HEAD))
+        with contextlib.suppress(ConnectionError):
+            await asyncio.wait_for(writer.drain(), 5)
+        await asyncio.sleep(TIMEOUT * 2)  # past the header timeout too: nothing is cut
+        WAIT["release"].set()
+        rest = await read_all(reader)
+        assert rest.startswith(b"-last")  # the answer in progress, whole
+        assert statuses(rest) == [431]
+        assert SEEN == ["/wait"]
+
+    serve(base, test)
+
+
+@BASES
+def test_partial_head_behind_an_answer_gets_408_after_it(base: type[asyncio.Protocol]) -> None:
+    # A head begun while an answer streams has header_timeout from that answer's end.
+    async def test(connect: Client) -> None:
+        WAIT["release"] = asyncio.Event()
+        reader, writer = await connect()
+        writer.write(b"GET /wait HTTP/1.1\r\nHost: x\r\n\r\nGET / HTTP/1.1\r\nHost: x\r\n")
+        await asyncio.wait_for(reader.readuntil(b"first"), 5)
+        await asyncio.sleep(TIMEOUT * 2)  # longer than the timeout, but an answer is in progress
+        WAIT["release"].set()
+        rest = await read_all(reader)
+        assert rest.startswith(b"-last")  # not cut while in progress
+        assert statuses(rest) == [408]  # and the head is still held to the timeout
 
     serve(base, test)
 

@@ -343,3 +343,30 @@ async def test_time_spent_sending_to_a_slow_client_is_not_the_upstreams() -> Non
     await run(blob_response(stream, digest=None, min_rate=1_000_000, grace=0.1), client)
     assert client.body == b"".join(chunks)
     assert client.complete
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("upstream_headers", "relayed"),
+    [({"content-length": "3"}, b"3"), ({"content-length": "3, 3"}, b"3"),
+     ({"transfer-encoding": "chunked"}, None),
+     ({"transfer-encoding": "chunked", "content-length": "1"}, None)],
+    ids=["declared", "duplicate", "chunked", "chunked-and-declared"],
+)  # fmt: skip
+async def test_content_length_is_the_framings(
+    upstream_headers: dict[str, str], relayed: bytes | None
+) -> None:
+    # The header the client gets describes the body it gets: the upstream's framing, not a
+    # Content-Length the handler copied beside chunked framing (issue 17, finding 5a).
+    stream = RecordingStream([b"abc"])
+    upstream = httpx.Response(200, headers=upstream_headers, stream=stream)
+    response = UpstreamBodyResponse(
+        upstream, status_code=200, headers={"Content-Length": "1", "Content-Type": "x/y"}
+    )
+    client = Client()
+    await run(response, client)
+    headers = dict(client.messages[0]["headers"])
+    assert headers.get(b"content-length") == relayed
+    assert headers[b"content-type"] == b"x/y"
+    assert client.body == b"abc"
+    assert client.complete

@@ -16,7 +16,7 @@ import httpcore
 import httpx
 import pytest
 
-from proxy.errors import OversizeError, UpstreamUnavailableError
+from proxy.errors import OversizeError, UpstreamContentError, UpstreamUnavailableError
 from proxy.metrics import REGISTRY as METRICS
 from proxy.settings import LimitSettings, UpstreamSettings
 from proxy.upstream.auth import UpstreamAuthenticator
@@ -279,6 +279,23 @@ async def test_a_3xx_without_location_is_returned_as_is(client_for: list[Upstrea
     client_for.append(client)
     resp = await _get(client)
     assert resp.status_code == 302
+
+
+async def test_an_answer_framed_two_ways_is_refused(client_for: list[UpstreamClient]) -> None:
+    # RFC 9112 6.1: Content-Length beside Transfer-Encoding "ought to be handled as an error"
+    # (issue 17, finding 5a: the Content-Length reached the client beside a chunked body).
+    stream = httpx.ByteStream(b"1c\r\n" + b"x" * 28 + b"\r\n0\r\n\r\n")
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        headers = {"Content-Length": "28", "Transfer-Encoding": "chunked"}
+        return httpx.Response(200, headers=headers, stream=stream)
+
+    http = httpx.AsyncClient(transport=httpx.MockTransport(answer))
+    up = UpstreamSettings(name="internal", url=REGISTRY, registry="registry.test")
+    client = UpstreamClient(up, LimitSettings(), http, None)
+    client_for.append(client)
+    with pytest.raises(UpstreamContentError, match="both Content-Length and Transfer-Encoding"):
+        await client.open("GET", BLOB, scope=None)
 
 
 async def test_insecure_downgrade_is_followed_and_logged(
