@@ -37,7 +37,7 @@ from proxy.gate import PassThroughGate, RequestContext, TagDecision, TrustGate
 from proxy.policy.model import Policy
 from proxy.routing import Route
 from proxy.settings import CacheSettings, Settings
-from proxy.sources.base import SignedTarget, SigningRule, TrustInfo, TrustSource
+from proxy.sources.base import SignedState, SignedTarget, SigningRule, TrustInfo, TrustSource
 from proxy.sources.notary import NotarySource, NotarySourceOptions
 from proxy.sources.redis_store import RedisConnection, source_namespace
 from proxy.sources.store import MemoryTrustStateStore, TrustStateStore
@@ -155,6 +155,9 @@ class UnavailableSource:
         raise self._error()
 
     async def trust_info(self, gun: str, rule: SigningRule) -> TrustInfo:
+        raise self._error()
+
+    async def signed_state(self, gun: str, rule: SigningRule) -> SignedState:
         raise self._error()
 
     async def aclose(self) -> None:

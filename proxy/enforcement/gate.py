@@ -342,9 +342,10 @@ class EnforcingGate:
             return found
         source, srule = found
         try:
-            # One call per listing, not one per tag: the source answers from one state.
-            signed = await source.signed_tags(gun, srule)
-            info = await source.trust_info(gun, srule)
+            # One call per listing, not one per tag, and one state: the record's versions
+            # are those of the set the list was filtered by.
+            state = await source.signed_state(gun, srule)
+            signed, info = state.tags, state.info
         except (NotSignedError, TrustSourceUnavailableError, TrustDataError) as e:
             return self._failure(gun, e)
         visible = [t for t in tags if t in signed and self._pattern_refusal(rule, t) is None]
@@ -362,8 +363,12 @@ class EnforcingGate:
             return found
         source, srule = found
         try:
-            signed = await source.signed_tags(gun, srule)
-            info = await source.trust_info(gun, srule)
+            # One snapshot: the allowlist is cached under info.key, so the signed set and the
+            # key must come from the same trust state. Read apart, a refresh between the two
+            # reads cached the old state's allowed set (a revoked index and its children)
+            # under the new state's key, until the trust data changed again.
+            state = await source.signed_state(gun, srule)
+            signed, info = state.tags, state.info
             acceptable = {
                 t.digest for tag, t in signed.items() if self._pattern_refusal(rule, tag) is None
             }

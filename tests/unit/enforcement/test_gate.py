@@ -338,7 +338,7 @@ def test_tag_list_shows_signed_allowed_tags_with_one_source_call(
     assert first.json()["tags"] == ["v1.2.0", "v1.5.0"]
     assert second.json()["tags"] == ["v1.7.0"]
     assert "link" not in second.headers
-    assert source.calls == [f"signed_tags {GUN}"] * 2  # once per listing, not per tag
+    assert source.calls == [f"signed_state {GUN}"] * 2  # once per listing, not per tag
     assert rec.outcomes == [("tags", "denied")] * 2
 
 
