@@ -31,7 +31,7 @@ from proxy.errors import (
     TrustproxyError,
     TrustSourceUnavailableError,
 )
-from proxy.gate import PassThrough, RequestContext, ServeDigest, TagDecision
+from proxy.gate import ListingKind, PassThrough, RequestContext, ServeDigest, TagDecision
 from proxy.policy.model import Mode, Policy, RepositoryRule
 from proxy.routing import Route
 from proxy.sources.base import (
@@ -60,7 +60,7 @@ log = logging.getLogger("trustproxy.enforcement")
 MatchRule = Callable[[Policy, str], RepositoryRule | None]
 TagAllowed = Callable[[RepositoryRule, str], bool]
 Clock = Callable[[], datetime]
-DecisionKind = Literal["manifest", "digest", "tags"]
+DecisionKind = Literal["manifest", "digest", "tags", "referrers"]
 
 #: What the rule and the trust source say, before the mode is applied.
 #: ``allowed``: the policy lets it through unchecked (``digests: allow``).
@@ -239,6 +239,17 @@ class EnforcingGate:
         # A refused list is not an error page: the client sees the tags it may pull (none,
         # for a repository without trust data or without a rule), pagination intact.
         return ev.visible
+
+    async def admit_listing(self, route: Route, kind: ListingKind, ctx: RequestContext) -> bool:
+        # Only "no rule" is decided here: under a rule the tag list is filtered once the
+        # upstream has answered (filter_tags), and referrers are descriptors whose
+        # manifests go through decide_digest when pulled.
+        gun = route.gun
+        if self._match_rule(self.policy, gun) is not None:
+            return True
+        ev = Evaluation("refused", f"no policy rule matches {gun}")
+        self._record(kind, gun, "", None, decide(None, ev.finding, ev.reason), ev, ctx)
+        return False
 
     def report_mismatch(
         self, route: Route, tag: str, expected: str, actual: str, ctx: RequestContext

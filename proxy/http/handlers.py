@@ -28,7 +28,7 @@ from proxy.errors import (
 )
 from proxy.gate import PassThrough, RequestContext, ServeDigest
 from proxy.http.client_input import check_forwarded_headers
-from proxy.http.errors import oci_error_response, response_for_exception
+from proxy.http.errors import API_VERSION_HEADER, oci_error_response, response_for_exception
 from proxy.http.relay import error_body_for_client, relayed_headers, rewrite_link
 from proxy.http.state import ProxyState, SignedFetch
 from proxy.http.streaming import UpstreamBodyResponse
@@ -42,7 +42,6 @@ from proxy.upstream.redirects import resolve_location
 
 log = logging.getLogger("trustproxy.handlers")
 
-API_VERSION_HEADER = {"Docker-Distribution-API-Version": "registry/2.0"}
 MAX_UPSTREAM_PAGES = 1000
 READ_ONLY = "trustproxy is a read-only pull proxy: push and delete are not supported"
 PULL_METHODS = ("GET", "HEAD")
@@ -65,6 +64,10 @@ MANIFEST_MEDIA_TYPES = (
 )
 
 
+OCI_INDEX = "application/vnd.oci.image.index.v1+json"
+EMPTY_REFERRERS = {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": []}
+
+
 def proxy_state(request: Request) -> ProxyState:
     # Read once per request (in dispatch) and passed down: a SIGHUP reload swaps the
     # state, and one request must not mix two generations.
@@ -77,7 +80,7 @@ async def dispatch(request: Request) -> Response | ASGIApp:
     state = proxy_state(request)
     try:
         if request.method not in PULL_METHODS:
-            raise UnsupportedError(READ_ONLY)
+            raise UnsupportedError(READ_ONLY, allow=_allowed_methods(request.scope["path"]))
         if state.client_auth is not None:
             request.state.user = state.client_auth.check(request.headers.get("authorization"))
         check_forwarded_headers(request.scope["headers"])
@@ -93,7 +96,7 @@ async def dispatch(request: Request) -> Response | ASGIApp:
         if repo_path is None:
             return oci_error_response(404, "NOT_FOUND", f"no such endpoint: {path[:200]}")
         if repo_path.kind == "uploads":
-            raise UnsupportedError(READ_ONLY)
+            raise UnsupportedError(READ_ONLY, allow="")
         route = state.router.route(repo_path.name)
         request.state.upstream = route.upstream.name
         client = state.clients[route.upstream.name]
@@ -108,11 +111,21 @@ async def dispatch(request: Request) -> Response | ASGIApp:
         request.state.error = str(exc)
         response = response_for_exception(exc, basic_realm=state.basic_realm)
         if isinstance(exc, UnsupportedError):
-            response.headers["Allow"] = "GET, HEAD"
+            response.headers["Allow"] = exc.allow
         return response
     except Exception as exc:  # a bug of ours: still an OCI error body, logged with traceback
         request.state.error = f"internal error: {type(exc).__name__}"
         return response_for_exception(exc)
+
+
+def _allowed_methods(path: str) -> str:
+    """The Allow header of a 405 for ``path``: what the proxy serves there. An upload
+    session serves nothing (RFC 9110 15.5.6: an empty Allow), everything else GET and HEAD."""
+    try:
+        parsed = parse_repo_path(path)
+    except TrustproxyError:
+        parsed = None
+    return "" if parsed is not None and parsed.kind == "uploads" else ", ".join(PULL_METHODS)
 
 
 # --------------------------------------------------------------------------- /v2/
@@ -515,12 +528,16 @@ async def tags_list(
 ) -> Response:
     """Tag list, filtered by the gate and paginated here (``n``/``last``, Link to the proxy)."""
     n, last = parse_page_query(request.query_params.get("n"), request.query_params.get("last"))
-    tags = await _all_upstream_tags(request, state, client, route)
-    if isinstance(tags, Response):
-        return tags
-    visible = await state.gate.filter_tags(
-        route, tags, request_context(request, state, client, route)
-    )
+    ctx = request_context(request, state, client, route)
+    # The gate first: a repository no policy covers is refused before the upstream is
+    # asked (its tags, or its errors, were relayed before the gate ran).
+    if await state.gate.admit_listing(route, "tags", ctx):
+        tags = await _all_upstream_tags(request, state, client, route)
+        if isinstance(tags, Response):
+            return tags
+        visible = await state.gate.filter_tags(route, tags, ctx)
+    else:
+        visible = []
     page = paginate(visible, n=n, last=last, name=route.client_name)
     out = json.dumps({"name": route.client_name, "tags": page.tags}).encode()
     headers = {"Content-Type": "application/json", "Content-Length": str(len(out))}
@@ -588,7 +605,16 @@ async def catalog(request: Request, state: ProxyState) -> Response:
 async def referrers(
     request: Request, state: ProxyState, client: UpstreamClient, route: Route, rp: RepoPath
 ) -> ASGIApp:
-    """``/v2/<name>/referrers/<digest>``: streamed as is (``artifactType`` filter forwarded)."""
+    """``/v2/<name>/referrers/<digest>``: streamed as is (``artifactType`` filter forwarded).
+
+    A repository no policy covers gets an empty index without the upstream being asked:
+    the referrers API answers "none" that way (a 404 would mean "no referrers API").
+    """
+    ctx = request_context(request, state, client, route)
+    if not await state.gate.admit_listing(route, "referrers", ctx):
+        out = json.dumps(EMPTY_REFERRERS, separators=(",", ":")).encode()
+        headers = {"Content-Type": OCI_INDEX, "Content-Length": str(len(out))}
+        return Response(out if request.method == "GET" else b"", headers=headers)
     query = _query(request, ("artifactType",))
     resp = await _open(request, client, route, f"referrers/{rp.reference}", query=query)
     if resp.status_code != 200:
@@ -714,7 +740,7 @@ async def relay_error(
         )
     body = await client.read_bounded(resp, state.settings.limits.error_body_max_bytes, "error body")
     out = error_body_for_client(status, resp.headers.get("content-type", ""), body, client.name)
-    headers = {"Content-Type": "application/json"}
+    headers = {"Content-Type": "application/json", **API_VERSION_HEADER}
     if status == 401 and (challenge := resp.headers.get("www-authenticate")):
         headers["WWW-Authenticate"] = state.token_relay.rewrite_challenge(
             client.settings, challenge, str(request.base_url)

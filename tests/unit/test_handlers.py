@@ -22,7 +22,7 @@ import pytest
 from starlette.exceptions import StarletteDeprecationWarning
 
 from proxy.errors import NotSignedError, TrustSourceUnavailableError
-from proxy.gate import PassThrough, RequestContext, ServeDigest, TagDecision
+from proxy.gate import ListingKind, PassThrough, RequestContext, ServeDigest, TagDecision
 from proxy.http.app import create_app
 from proxy.routing import Route
 from proxy.settings import LimitSettings, ServerSettings, Settings, UpstreamSettings
@@ -162,6 +162,8 @@ class Gate:
     digests: list[str] = field(default_factory=list)
     contexts: list[RequestContext] = field(default_factory=list)
     mismatches: list[tuple[str, str, str]] = field(default_factory=list)
+    admit: bool = True
+    listings: list[str] = field(default_factory=list)
 
     async def decide_tag(self, route: Route, tag: str, ctx: RequestContext) -> TagDecision:
         self.asked.append(f"{route.gun}:{tag}")
@@ -182,6 +184,10 @@ class Gate:
         if isinstance(self.decision, BaseException):
             raise self.decision
         return self.visible(tags)
+
+    async def admit_listing(self, route: Route, kind: ListingKind, ctx: RequestContext) -> bool:
+        self.listings.append(f"{kind} {route.gun}")
+        return self.admit
 
     def report_mismatch(
         self, route: Route, tag: str, expected: str, actual: str, ctx: RequestContext
@@ -623,37 +629,101 @@ def test_missing_blob_is_relayed_404(registry: FakeRegistry) -> None:
 
 
 @pytest.mark.parametrize(
-    ("method", "path"),
-    [("PUT", f"/v2/{REPO}/manifests/v1"), ("DELETE", f"/v2/{REPO}/manifests/v1"),
-     ("POST", f"/v2/{REPO}/blobs/uploads/"), ("PATCH", f"/v2/{REPO}/blobs/uploads/uuid"),
-     ("GET", f"/v2/{REPO}/blobs/uploads/uuid"), ("GET", f"/v2/{REPO}/blobs/uploads")],
-    ids=["put", "delete", "post-upload", "patch-upload", "get-upload", "get-upload-no-slash"],
+    ("method", "path", "allow"),
+    [("PUT", f"/v2/{REPO}/manifests/v1", "GET, HEAD"),
+     ("DELETE", f"/v2/{REPO}/manifests/v1", "GET, HEAD"),
+     ("POST", f"/v2/{REPO}/blobs/uploads/", ""), ("PATCH", f"/v2/{REPO}/blobs/uploads/uuid", ""),
+     ("GET", f"/v2/{REPO}/blobs/uploads/uuid", ""), ("HEAD", f"/v2/{REPO}/blobs/uploads/uuid", ""),
+     ("GET", f"/v2/{REPO}/blobs/uploads", ""),
+     ("POST", "/v2/Bad/Name/blobs/uploads/", "GET, HEAD")],
+    ids=["put", "delete", "post-upload", "patch-upload", "get-upload", "head-upload",
+         "get-upload-no-slash", "post-upload-bad-name"],
 )  # fmt: skip
-def test_read_only(registry: FakeRegistry, method: str, path: str) -> None:
+def test_read_only(registry: FakeRegistry, method: str, path: str, allow: str) -> None:
+    # Allow lists what the proxy serves there: an upload session serves no method at all
+    # (a GET answered 405 with "Allow: GET, HEAD" contradicted itself: issue 17).
     with proxy(registry) as tc:
         r = tc.request(method, path)
     assert r.status_code == 405
-    assert r.headers["allow"] == "GET, HEAD"
-    assert error_of(r)["code"] == "UNSUPPORTED"
+    assert r.headers["allow"] == allow
+    if method != "HEAD":
+        assert error_of(r)["code"] == "UNSUPPORTED"
     assert registry.requests == []
 
 
 @pytest.mark.parametrize(
     ("path", "status", "code"),
     [("/v2/Team/App/manifests/v1", 400, "NAME_INVALID"),
-     (f"/v2/{REPO}/manifests/-v1", 400, "TAG_INVALID"),
+     (f"/v2/{REPO}/manifests/-v1", 404, "MANIFEST_UNKNOWN"),
+     (f"/v2/{REPO}/manifests/.INVALID_MANIFEST_NAME", 404, "MANIFEST_UNKNOWN"),
      (f"/v2/{REPO}/manifests/sha256:abc", 400, "DIGEST_INVALID"),
      (f"/v2/{REPO}/nothing/here", 404, "NOT_FOUND")],
-    ids=["bad-name", "bad-tag", "bad-digest", "no-endpoint"],
+    ids=["bad-name", "bad-tag", "conformance-invalid-manifest-name", "bad-digest", "no-endpoint"],
 )  # fmt: skip
 def test_bad_requests_never_reach_upstream(
     registry: FakeRegistry, path: str, status: int, code: str
 ) -> None:
+    # A reference that is not a valid tag names no manifest: 404 MANIFEST_UNKNOWN, as the
+    # OCI conformance suite requires (it was 400 TAG_INVALID).
     with proxy(registry) as tc:
         r = tc.get(path)
-    assert r.status_code == status
+        head = tc.head(path)
+    assert r.status_code == head.status_code == status
     assert error_of(r)["code"] == code
     assert registry.requests == []
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [("GET", f"/v2/{REPO}/manifests/-v1"), ("GET", f"/v2/{REPO}/nothing/here"),
+     ("PUT", f"/v2/{REPO}/manifests/v1"), ("GET", f"/v2/{REPO}/blobs/uploads/uuid"),
+     ("GET", "/v2/Team/App/tags/list"), ("GET", f"/v2/{REPO}/manifests/missing"),
+     ("GET", "/nowhere")],
+    ids=["bad-tag", "no-endpoint", "read-only", "upload", "bad-name", "relayed-404",
+         "outside-v2"],
+)  # fmt: skip
+def test_error_answers_carry_the_api_version_header(
+    registry: FakeRegistry, method: str, path: str
+) -> None:
+    # Docker clients look for Docker-Distribution-API-Version on every answer (issue 17).
+    with proxy(registry) as tc:
+        r = tc.request(method, path)
+    assert r.status_code >= 400
+    assert r.headers["docker-distribution-api-version"] == "registry/2.0"
+    assert error_of(r)["code"]
+
+
+def test_upstream_failure_error_carries_the_api_version_header(registry: FakeRegistry) -> None:
+    registry.overrides[f"/v2/{REPO}/manifests/v1"] = lambda _: respond(503, b"down")
+    with proxy(registry) as tc:
+        r = tc.get(f"/v2/{REPO}/manifests/v1")
+    assert r.status_code == 502
+    assert r.headers["docker-distribution-api-version"] == "registry/2.0"
+
+
+@pytest.mark.parametrize("method", ["GET", "HEAD"])
+def test_listings_the_gate_does_not_admit_never_reach_upstream(
+    registry: FakeRegistry, method: str
+) -> None:
+    # Issue 17, finding 7: tag lists and referrers of a repository no policy covers were
+    # relayed from the upstream before the gate ran.
+    gate = Gate(admit=False)
+    digest = "sha256:" + "a" * 64
+    with proxy(registry, gate) as tc:
+        tags = tc.request(method, f"/v2/{REPO}/tags/list")
+        refs = tc.request(method, f"/v2/{REPO}/referrers/{digest}")
+    assert registry.requests == []
+    assert gate.listings == [f"tags registry.test/{REPO}", f"referrers registry.test/{REPO}"]
+    assert gate.filtered == []
+    assert tags.status_code == refs.status_code == 200
+    assert refs.headers["content-type"] == "application/vnd.oci.image.index.v1+json"
+    if method == "GET":
+        assert tags.json() == {"name": REPO, "tags": []}
+        assert refs.json() == {
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.index.v1+json",
+            "manifests": [],
+        }
 
 
 def test_base_endpoint(registry: FakeRegistry) -> None:
