@@ -195,6 +195,11 @@ class LimitSettings:
     min_upstream_rate: int = 1 * KiB
     # Verified manifests by digest kept in memory (proxy/manifest_cache.py); 0 disables.
     manifest_cache_bytes: int = 64 * MiB
+    # A cached manifest is served without asking the upstream for this long after the
+    # upstream last said it has the digest; then one HEAD asks again, and a digest it no
+    # longer has (deleted) is dropped: the longest a deleted manifest is still served.
+    # 0: ask on every hit.
+    manifest_cache_recheck: float = 30.0
 
     @property
     def request_deadline(self) -> float:
@@ -770,9 +775,20 @@ def _parse_limits(sec: _Section) -> LimitSettings:
         manifest_cache_bytes=sec.value(
             "manifest_cache_bytes", _size_or_zero, d.manifest_cache_bytes
         ),
+        manifest_cache_recheck=sec.value(
+            "manifest_cache_recheck", _duration_or_zero, d.manifest_cache_recheck
+        ),
     )
     sec.finish()
     return limits
+
+
+def _duration_or_zero(v: Any, path: str) -> float:
+    # manifest_cache_recheck: 0 (or "0s") means every time; every other duration as
+    # _duration reads it.
+    if isinstance(v, str) and (m := _DURATION.match(v)) and float(m.group(1)) == 0:
+        return 0.0
+    return 0.0 if v == 0 and not isinstance(v, bool) else _duration(v, path)
 
 
 def _size_or_zero(v: Any, path: str) -> int:

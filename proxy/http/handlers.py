@@ -390,7 +390,9 @@ async def _cached_manifest(
     ``accepted``: the media types the client named, when the entry's type must be one of
     them; ``accept``: the Accept header of the upstream request the caller would send.
     """
-    cached = state.manifest_cache.get(client.name, route.upstream_name, digest)
+    cache = state.manifest_cache
+    key = (client.name, route.upstream_name, digest)
+    cached = cache.get(*key)
     if cached is None:
         return None
     if accepted is not None and _media_type_name(cached.media_type or "") not in accepted:
@@ -408,12 +410,68 @@ async def _cached_manifest(
             client_authorization=request.headers.get("authorization"),
         )
         await resp.aclose()
+        if resp.status_code == 404:
+            cache.discard(*key)  # deleted upstream (or never there for anyone)
         if resp.status_code != 200:
             log.debug("manifest cache: upstream %s answered HEAD %s@%s with %d, fetching",
                       client.name, route.upstream_name, digest, resp.status_code)  # fmt: skip
             return None
+        cache.confirm(*key)
+    elif cache.claim_recheck(*key):
+        try:
+            present = await _still_upstream(request, client, route, digest, cached)
+        except BaseException:
+            # Cancelled (the client went away) or failed otherwise: nothing was learnt, so
+            # the next hit asks again.
+            cache.release(*key)
+            raise
+        if not present:
+            cache.discard(*key)
+            return None
     log.debug("manifest cache hit: %s %s@%s", client.name, route.upstream_name, digest)
     return cached
+
+
+async def _still_upstream(
+    request: Request, client: UpstreamClient, route: Route, digest: str, cached: CachedManifest
+) -> bool:
+    """The periodic re-check of a cached manifest (see proxy/manifest_cache.py): whether the
+    upstream still has ``digest``, asked with a HEAD (no body, no pull counted on Docker
+    Hub). False when it answers that it does not (404, or any other refusal: the entry is
+    dropped and the request fetches as if uncached, so the client gets the upstream's own
+    answer). An upstream that cannot answer (unreachable, timeout, 5xx, 429) keeps the
+    cached copy served: the documented registry-down behaviour; the next re-check is one
+    interval later.
+    """
+    # Every manifest type we know, and the entry's own: distribution answers an OCI
+    # manifest by digest with 404 unless Accept names its type, and that 404 must not be
+    # taken for a deletion.
+    types = [*MANIFEST_MEDIA_TYPES]
+    if cached.media_type and _media_type_name(cached.media_type) not in types:
+        types.append(cached.media_type)
+    try:
+        resp = await client.open(
+            "HEAD",
+            f"/v2/{route.upstream_name}/manifests/{digest}",
+            scope=route.scope,
+            client_headers={"accept": ", ".join(types)},
+            client_authorization=request.headers.get("authorization"),
+        )
+    except UpstreamUnavailableError as e:
+        log.warning("manifest cache: re-check of %s@%s failed (%s): serving the cached copy",
+                    route.upstream_name, digest, e)  # fmt: skip
+        return True
+    await resp.aclose()
+    status = resp.status_code
+    if status == 200:
+        return True
+    if status >= 500 or status == 429:
+        log.warning("manifest cache: re-check of %s@%s: upstream %s answered %d: serving the "
+                    "cached copy", route.upstream_name, digest, client.name, status)  # fmt: skip
+        return True
+    log.info("manifest cache: upstream %s answered HEAD %s@%s with %d: dropped from the cache",
+             client.name, route.upstream_name, digest, status)  # fmt: skip
+    return False
 
 
 def _remember(

@@ -24,8 +24,9 @@ from starlette.exceptions import StarletteDeprecationWarning
 from proxy.errors import NotSignedError, TrustSourceUnavailableError
 from proxy.gate import ListingKind, PassThrough, RequestContext, ServeDigest, TagDecision
 from proxy.http.app import create_app
+from proxy.manifest_cache import ManifestCache
 from proxy.routing import Route
-from proxy.settings import LimitSettings, ServerSettings, Settings, UpstreamSettings
+from proxy.settings import LimitSettings, MiB, ServerSettings, Settings, UpstreamSettings
 
 with warnings.catch_warnings():
     # Starlette 1.x prefers the httpx2 package for its TestClient; httpx works the same.
@@ -1204,3 +1205,110 @@ def test_token_exchange_has_the_request_deadline(limits: dict[str, Any], deadlin
         assert client._auth._limits.request_timeout == deadline
     finally:
         asyncio.run(client.aclose())
+
+
+# --------------------------------------------------------------------------- cache re-check
+
+
+class Ticks:
+    """A monotonic clock for the manifest cache, moved by hand."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@contextmanager
+def rechecking(
+    registry: FakeRegistry, gate: Gate | None = None, recheck: float = 30.0
+) -> Iterator[tuple[TestClient, Ticks]]:
+    ticks = Ticks()
+    with proxy(registry, gate) as tc:
+        app: Any = tc.app
+        app.state.proxy.manifest_cache = ManifestCache(1 * MiB, recheck_after=recheck, clock=ticks)
+        yield tc, ticks
+
+
+BY_DIGEST = f"/v2/{REPO}/manifests/{SIGNED_DIGEST}"
+
+
+def test_cached_manifest_is_rechecked_once_per_interval(registry: FakeRegistry) -> None:
+    """The warm path stays free of upstream calls; after the interval, one HEAD."""
+    with rechecking(registry) as (tc, ticks):
+        assert tc.get(BY_DIGEST, headers={"Accept": OCI_MANIFEST}).status_code == 200
+        for _ in range(5):  # within the interval: no upstream call at all
+            assert tc.get(BY_DIGEST, headers={"Accept": OCI_MANIFEST}).content == SIGNED
+        assert _manifest_requests(registry) == [("GET", BY_DIGEST)]
+        ticks.now += 31
+        for _ in range(5):  # one re-check, then served from memory again
+            assert tc.get(BY_DIGEST, headers={"Accept": OCI_MANIFEST}).content == SIGNED
+    assert _manifest_requests(registry) == [("GET", BY_DIGEST), ("HEAD", BY_DIGEST)]
+    head = registry.requests[-1]
+    # Every type we know is offered: a 404 must mean "deleted", not "Accept mismatch".
+    assert OCI_INDEX in head.headers["accept"]
+    assert OCI_MANIFEST in head.headers["accept"]
+
+
+@pytest.mark.parametrize("by", ["digest", "tag"])
+def test_manifest_deleted_upstream_stops_being_served_after_the_interval(
+    registry: FakeRegistry, by: str
+) -> None:
+    """Issue 17, finding 3: a manifest deleted upstream was served from the cache forever."""
+    gate = Gate(ServeDigest(SIGNED_DIGEST, len(SIGNED)))
+    path = BY_DIGEST if by == "digest" else f"/v2/{REPO}/manifests/v1"
+    accept = {"Accept": OCI_MANIFEST}
+    with rechecking(registry, gate) as (tc, ticks):
+        assert tc.get(path, headers=accept).status_code == 200
+        del registry.manifests[SIGNED_DIGEST]  # DELETE /v2/<repo>/manifests/<digest>
+        ticks.now += 29
+        assert tc.get(path, headers=accept).status_code == 200  # within the bound
+        ticks.now += 2
+        gone = tc.get(path, headers=accept)
+        app: Any = tc.app
+        assert len(app.state.proxy.manifest_cache) == 0
+    assert gone.status_code == 404, gone.text
+    assert error_of(gone)["code"] == "MANIFEST_UNKNOWN"
+    assert SIGNED not in gone.content
+
+
+@pytest.mark.parametrize("answer", ["503", "429", "unreachable"])
+def test_recheck_with_the_upstream_in_trouble_serves_the_cached_copy(
+    registry: FakeRegistry, answer: str
+) -> None:
+    """Registry down: verified manifests keep being served (README, "Registry down")."""
+
+    def trouble(request: httpx.Request) -> httpx.Response:
+        if answer == "unreachable":
+            raise httpx.ConnectError("connection refused", request=request)
+        return respond(int(answer), b"busy")
+
+    with rechecking(registry) as (tc, ticks):
+        assert tc.get(BY_DIGEST, headers={"Accept": OCI_MANIFEST}).status_code == 200
+        registry.overrides[BY_DIGEST] = trouble
+        ticks.now += 31
+        r = tc.get(BY_DIGEST, headers={"Accept": OCI_MANIFEST})
+        again = tc.get(BY_DIGEST, headers={"Accept": OCI_MANIFEST})  # next try: an interval on
+    assert r.status_code == again.status_code == 200
+    assert r.content == SIGNED
+    assert _manifest_requests(registry) == [("GET", BY_DIGEST), ("HEAD", BY_DIGEST)]
+
+
+def test_recheck_refused_by_the_upstream_drops_the_entry(registry: FakeRegistry) -> None:
+    """Any refusal (here 401 to the proxy itself) is not "still there": the request goes on
+    as uncached and the client gets the upstream's answer."""
+    with rechecking(registry) as (tc, ticks):
+        assert tc.get(BY_DIGEST, headers={"Accept": OCI_MANIFEST}).status_code == 200
+        registry.overrides[BY_DIGEST] = lambda _: oci_error(403, "DENIED")
+        ticks.now += 31
+        r = tc.get(BY_DIGEST, headers={"Accept": OCI_MANIFEST})
+    assert r.status_code == 403
+    assert SIGNED not in r.content
+
+
+def test_recheck_zero_asks_on_every_hit(registry: FakeRegistry) -> None:
+    with rechecking(registry, recheck=0) as (tc, _):
+        for _ in range(3):
+            assert tc.get(BY_DIGEST, headers={"Accept": OCI_MANIFEST}).status_code == 200
+    assert _manifest_requests(registry) == [("GET", BY_DIGEST)] + [("HEAD", BY_DIGEST)] * 2
