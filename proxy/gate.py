@@ -81,11 +81,14 @@ class TrustGate(Protocol):
         """The subset of ``tags`` a client may see. Same errors as decide_tag."""
         ...
 
-    async def admit_listing(self, route: Route, kind: ListingKind, ctx: RequestContext) -> bool:
-        """Whether the upstream may be asked for a listing of ``route``'s repository at all,
-        asked before it is. False (recorded as a refusal): no policy covers the repository,
-        and the caller answers an empty listing without asking the upstream (fail closed:
-        nothing the upstream says about it, not even its errors, reaches the client).
+    async def admit_listing(
+        self, route: Route, kind: ListingKind, reference: str, ctx: RequestContext
+    ) -> bool:
+        """Whether the upstream may be asked for a listing of ``route``'s repository at all
+        (``reference``: the subject digest of referrers, "" for tags), asked before it is.
+        False (recorded as a refusal): no policy covers the repository, and the caller
+        answers an empty listing without asking the upstream (fail closed: nothing the
+        upstream says about it, not even its errors, reaches the client).
 
         Raises TrustSourceUnavailableError (503) when the gate cannot decide anything.
         """
@@ -114,7 +117,9 @@ class PassThroughGate:
     async def filter_tags(self, route: Route, tags: list[str], ctx: RequestContext) -> list[str]:
         return tags
 
-    async def admit_listing(self, route: Route, kind: ListingKind, ctx: RequestContext) -> bool:
+    async def admit_listing(
+        self, route: Route, kind: ListingKind, reference: str, ctx: RequestContext
+    ) -> bool:
         return True
 
     def report_mismatch(

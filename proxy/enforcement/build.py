@@ -136,8 +136,10 @@ class FailClosedGate:
     async def filter_tags(self, route: Route, tags: list[str], ctx: RequestContext) -> list[str]:
         raise self._refuse("tags", route, "", ctx)
 
-    async def admit_listing(self, route: Route, kind: ListingKind, ctx: RequestContext) -> bool:
-        raise self._refuse(kind, route, "", ctx)  # before the upstream is asked
+    async def admit_listing(
+        self, route: Route, kind: ListingKind, reference: str, ctx: RequestContext
+    ) -> bool:
+        raise self._refuse(kind, route, reference, ctx)  # before the upstream is asked
 
     def report_mismatch(
         self, route: Route, tag: str, expected: str, actual: str, ctx: RequestContext

@@ -240,7 +240,9 @@ class EnforcingGate:
         # for a repository without trust data or without a rule), pagination intact.
         return ev.visible
 
-    async def admit_listing(self, route: Route, kind: ListingKind, ctx: RequestContext) -> bool:
+    async def admit_listing(
+        self, route: Route, kind: ListingKind, reference: str, ctx: RequestContext
+    ) -> bool:
         # Only "no rule" is decided here: under a rule the tag list is filtered once the
         # upstream has answered (filter_tags), and referrers are descriptors whose
         # manifests go through decide_digest when pulled.
@@ -248,7 +250,7 @@ class EnforcingGate:
         if self._match_rule(self.policy, gun) is not None:
             return True
         ev = Evaluation("refused", f"no policy rule matches {gun}")
-        self._record(kind, gun, "", None, decide(None, ev.finding, ev.reason), ev, ctx)
+        self._record(kind, gun, reference, None, decide(None, ev.finding, ev.reason), ev, ctx)
         return False
 
     def report_mismatch(

@@ -589,7 +589,7 @@ async def tags_list(
     ctx = request_context(request, state, client, route)
     # The gate first: a repository no policy covers is refused before the upstream is
     # asked (its tags, or its errors, were relayed before the gate ran).
-    if await state.gate.admit_listing(route, "tags", ctx):
+    if await state.gate.admit_listing(route, "tags", "", ctx):
         tags = await _all_upstream_tags(request, state, client, route)
         if isinstance(tags, Response):
             return tags
@@ -669,7 +669,7 @@ async def referrers(
     the referrers API answers "none" that way (a 404 would mean "no referrers API").
     """
     ctx = request_context(request, state, client, route)
-    if not await state.gate.admit_listing(route, "referrers", ctx):
+    if not await state.gate.admit_listing(route, "referrers", rp.reference, ctx):
         out = json.dumps(EMPTY_REFERRERS, separators=(",", ":")).encode()
         headers = {"Content-Type": OCI_INDEX, "Content-Length": str(len(out))}
         return Response(out if request.method == "GET" else b"", headers=headers)

@@ -186,7 +186,9 @@ class Gate:
             raise self.decision
         return self.visible(tags)
 
-    async def admit_listing(self, route: Route, kind: ListingKind, ctx: RequestContext) -> bool:
+    async def admit_listing(
+        self, route: Route, kind: ListingKind, reference: str, ctx: RequestContext
+    ) -> bool:
         self.listings.append(f"{kind} {route.gun}")
         return self.admit
 

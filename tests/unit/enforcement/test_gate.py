@@ -193,9 +193,9 @@ def test_no_rule_listings_never_reach_upstream(registry: FakeRegistry) -> None:
     assert tags.status_code == refs.status_code == 200
     assert tags.json() == {"name": REPO, "tags": []}
     assert refs.json()["manifests"] == []
-    assert [(d.kind, d.outcome, d.reason) for d in rec.decisions] == [
-        ("tags", "denied", f"no policy rule matches {GUN}"),
-        ("referrers", "denied", f"no policy rule matches {GUN}"),
+    assert [(d.kind, d.reference, d.outcome, d.reason) for d in rec.decisions] == [
+        ("tags", "", "denied", f"no policy rule matches {GUN}"),
+        ("referrers", digest, "denied", f"no policy rule matches {GUN}"),
     ]
 
 
