@@ -419,7 +419,9 @@ async def _cached_manifest(
         cache.confirm(*key)
     elif cache.claim_recheck(*key):
         try:
-            present = await _still_upstream(request, client, route, digest, cached)
+            present = await _still_upstream(
+                request, client, route, digest, cached, state.settings.limits.connect_timeout
+            )
         except BaseException:
             # Cancelled (the client went away) or failed otherwise: nothing was learnt, so
             # the next hit asks again.
@@ -433,7 +435,12 @@ async def _cached_manifest(
 
 
 async def _still_upstream(
-    request: Request, client: UpstreamClient, route: Route, digest: str, cached: CachedManifest
+    request: Request,
+    client: UpstreamClient,
+    route: Route,
+    digest: str,
+    cached: CachedManifest,
+    bound: float,
 ) -> bool:
     """The periodic re-check of a cached manifest (see proxy/manifest_cache.py): whether the
     upstream still has ``digest``, asked with a HEAD (no body, no pull counted on Docker
@@ -441,7 +448,9 @@ async def _still_upstream(
     dropped and the request fetches as if uncached, so the client gets the upstream's own
     answer). An upstream that cannot answer (unreachable, timeout, 5xx, 429) keeps the
     cached copy served: the documented registry-down behaviour; the next re-check is one
-    interval later.
+    interval later. ``bound`` (``limits.connect_timeout``): a registry that hangs counts as
+    unreachable after that long, so the one request that asks is not held for the whole
+    upstream deadline while the cached copy could answer it.
     """
     # Every manifest type we know, and the entry's own: distribution answers an OCI
     # manifest by digest with 404 unless Accept names its type, and that 404 must not be
@@ -450,16 +459,17 @@ async def _still_upstream(
     if cached.media_type and _media_type_name(cached.media_type) not in types:
         types.append(cached.media_type)
     try:
-        resp = await client.open(
-            "HEAD",
-            f"/v2/{route.upstream_name}/manifests/{digest}",
-            scope=route.scope,
-            client_headers={"accept": ", ".join(types)},
-            client_authorization=request.headers.get("authorization"),
-        )
-    except UpstreamUnavailableError as e:
+        async with asyncio.timeout(bound):
+            resp = await client.open(
+                "HEAD",
+                f"/v2/{route.upstream_name}/manifests/{digest}",
+                scope=route.scope,
+                client_headers={"accept": ", ".join(types)},
+                client_authorization=request.headers.get("authorization"),
+            )
+    except (UpstreamUnavailableError, TimeoutError) as e:
         log.warning("manifest cache: re-check of %s@%s failed (%s): serving the cached copy",
-                    route.upstream_name, digest, e)  # fmt: skip
+                    route.upstream_name, digest, str(e) or "timed out")  # fmt: skip
         return True
     await resp.aclose()
     status = resp.status_code

@@ -6,6 +6,7 @@ replaced, so routing, auth mode, error mapping, digest checks and pagination all
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import logging
@@ -1224,10 +1225,10 @@ class Ticks:
 
 @contextmanager
 def rechecking(
-    registry: FakeRegistry, gate: Gate | None = None, recheck: float = 30.0
+    registry: FakeRegistry, gate: Gate | None = None, recheck: float = 30.0, **limits: Any
 ) -> Iterator[tuple[TestClient, Ticks]]:
     ticks = Ticks()
-    with proxy(registry, gate) as tc:
+    with proxy(registry, gate, **limits) as tc:
         app: Any = tc.app
         app.state.proxy.manifest_cache = ManifestCache(1 * MiB, recheck_after=recheck, clock=ticks)
         yield tc, ticks
@@ -1295,6 +1296,23 @@ def test_recheck_with_the_upstream_in_trouble_serves_the_cached_copy(
     assert r.status_code == again.status_code == 200
     assert r.content == SIGNED
     assert _manifest_requests(registry) == [("GET", BY_DIGEST), ("HEAD", BY_DIGEST)]
+
+
+def test_recheck_against_a_hanging_upstream_is_bounded(registry: FakeRegistry) -> None:
+    """A registry that accepts and never answers counts as unreachable after
+    connect_timeout: the request that asks is not held for the whole upstream deadline."""
+
+    async def hang(request: httpx.Request) -> httpx.Response:
+        await asyncio.sleep(2)
+        return oci_error(404, "MANIFEST_UNKNOWN")  # what it says is never waited for
+
+    with rechecking(registry, connect_timeout=0.05) as (tc, ticks):
+        assert tc.get(BY_DIGEST, headers={"Accept": OCI_MANIFEST}).status_code == 200
+        registry.overrides[BY_DIGEST] = hang  # type: ignore[assignment]
+        ticks.now += 31
+        r = tc.get(BY_DIGEST, headers={"Accept": OCI_MANIFEST})
+    assert r.status_code == 200
+    assert r.content == SIGNED
 
 
 def test_recheck_refused_by_the_upstream_drops_the_entry(registry: FakeRegistry) -> None:
