@@ -23,7 +23,7 @@ Outcome = Literal[
 @dataclass(frozen=True)
 class Decision:
     time: str  # RFC 3339 UTC
-    kind: Literal["manifest", "digest", "tags"]
+    kind: Literal["manifest", "digest", "tags", "referrers"]
     outcome: Outcome
     repository: str  # <registry>/<repo> (the GUN)
     reference: str  # tag or digest asked for

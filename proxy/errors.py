@@ -108,7 +108,12 @@ class InvalidDigestError(ClientRequestError):
 
 
 class UnsupportedError(ClientRequestError):
-    """The operation is not supported (the proxy is read-only)."""
+    """The operation is not supported (the proxy is read-only). ``allow``: the methods the
+    proxy does serve on that resource (the 405's Allow header; "" for none)."""
+
+    def __init__(self, message: str, *, allow: str = "GET, HEAD") -> None:
+        self.allow = allow
+        super().__init__(message)
 
 
 class UnknownRepositoryError(ClientRequestError):

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Literal, Protocol
 
 from proxy.routing import Route
 
@@ -56,6 +56,8 @@ class PassThrough:
 
 
 TagDecision = ServeDigest | PassThrough
+#: Listings of a repository that the gate admits before the upstream is asked.
+ListingKind = Literal["tags", "referrers"]
 
 
 class TrustGate(Protocol):
@@ -77,6 +79,19 @@ class TrustGate(Protocol):
 
     async def filter_tags(self, route: Route, tags: list[str], ctx: RequestContext) -> list[str]:
         """The subset of ``tags`` a client may see. Same errors as decide_tag."""
+        ...
+
+    async def admit_listing(
+        self, route: Route, kind: ListingKind, reference: str, ctx: RequestContext
+    ) -> bool:
+        """Whether the upstream may be asked for a listing of ``route``'s repository at all
+        (``reference``: the subject digest of referrers, "" for tags), asked before it is.
+        False (recorded as a refusal): no policy covers the repository, and the caller
+        answers an empty listing without asking the upstream (fail closed: nothing the
+        upstream says about it, not even its errors, reaches the client).
+
+        Raises TrustSourceUnavailableError (503) when the gate cannot decide anything.
+        """
         ...
 
     def report_mismatch(
@@ -101,6 +116,11 @@ class PassThroughGate:
 
     async def filter_tags(self, route: Route, tags: list[str], ctx: RequestContext) -> list[str]:
         return tags
+
+    async def admit_listing(
+        self, route: Route, kind: ListingKind, reference: str, ctx: RequestContext
+    ) -> bool:
+        return True
 
     def report_mismatch(
         self, route: Route, tag: str, expected: str, actual: str, ctx: RequestContext

@@ -20,14 +20,25 @@ caller bug) bytes that do not match the digest, so an upstream that lies is neve
 Whoever serves an entry still decides whether this client may have it (passthrough auth
 asks the upstream first: see ``proxy/http/handlers.py``).
 
+**Deletions.** The bytes of a digest never change, but the registry may stop having them
+(``DELETE /v2/<repo>/manifests/<digest>``: a pulled-back vulnerable or malicious image).
+So an entry is only served without asking for ``recheck_after`` seconds after the upstream
+last said it has it (``limits.manifest_cache_recheck``); the first hit after that claims
+the re-check (:meth:`ManifestCache.claim_recheck`), and the handler asks the upstream with
+a HEAD (no body) and discards the entry when the upstream no longer has it. Other hits
+meanwhile are served as before: one HEAD per entry and interval, never one per
+request. A digest the registry deleted stops being served at most ``recheck_after`` (plus
+one HEAD) after the deletion.
+
 One event loop uses it: no locks, and no ``await`` anywhere in here, so every method runs
-to completion without interleaving.
+to completion without interleaving. The clock is passed in (monotonic seconds).
 """
 
 from __future__ import annotations
 
+import time
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from proxy.digests import digest_of
@@ -70,20 +81,46 @@ class CachedManifest:
 CacheKey = tuple[str, str, str]  # (upstream name, upstream repository name, digest)
 
 
-class ManifestCache:
-    """An LRU map (upstream, repository, digest) → :class:`CachedManifest`, bounded in bytes."""
+class _Slot:
+    """An entry and when the upstream must next be asked whether it still has it."""
 
-    def __init__(self, max_bytes: int) -> None:
+    __slots__ = ("manifest", "recheck_at")
+
+    def __init__(self, manifest: CachedManifest, recheck_at: float) -> None:
+        self.manifest = manifest
+        self.recheck_at = recheck_at
+
+
+class ManifestCache:
+    """An LRU map (upstream, repository, digest) → :class:`CachedManifest`, bounded in bytes.
+
+    ``recheck_after``: seconds an entry is served without asking the upstream whether it
+    still has the digest (0: ask on every hit). ``clock``: monotonic seconds.
+    """
+
+    def __init__(
+        self,
+        max_bytes: int,
+        *,
+        recheck_after: float = 30.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         if max_bytes < 0:
             raise ValueError(f"max_bytes must be >= 0, not {max_bytes}")
+        if recheck_after < 0:
+            raise ValueError(f"recheck_after must be >= 0, not {recheck_after}")
         self.max_bytes = max_bytes
         self.max_entry_bytes = max_bytes // MAX_ENTRY_SHARE
-        self._entries: OrderedDict[CacheKey, CachedManifest] = OrderedDict()
+        self.recheck_after = recheck_after
+        self._clock = clock
+        self._entries: OrderedDict[CacheKey, _Slot] = OrderedDict()
         self._bytes = 0
         # Plain counters for tests and debugging; Prometheus metrics live elsewhere.
         self.hits = 0
         self.misses = 0
         self.evictions = 0
+        self.rechecks = 0  # re-checks claimed
+        self.discards = 0  # entries dropped because the upstream no longer has them
 
     @property
     def enabled(self) -> bool:
@@ -104,13 +141,50 @@ class ManifestCache:
     def get(self, upstream: str, repository: str, digest: str) -> CachedManifest | None:
         """The entry, made most recently used; None when there is none."""
         key = (upstream, repository, digest)
-        entry = self._entries.get(key)
-        if entry is None:
+        slot = self._entries.get(key)
+        if slot is None:
             self.misses += 1
             return None
         self._entries.move_to_end(key)
         self.hits += 1
-        return entry
+        return slot.manifest
+
+    def claim_recheck(self, upstream: str, repository: str, digest: str) -> bool:
+        """True when the entry is due to be re-checked upstream; the caller then asks, and
+        the next re-check is due ``recheck_after`` from now (so concurrent hits do not ask
+        too). The caller discards the entry (:meth:`discard`) if the upstream no longer has
+        it, or releases the claim (:meth:`release`) if it could not finish asking. False:
+        not due, or no such entry."""
+        slot = self._entries.get((upstream, repository, digest))
+        if slot is None:
+            return False
+        now = self._clock()
+        if now < slot.recheck_at:
+            return False
+        slot.recheck_at = now + self.recheck_after
+        self.rechecks += 1
+        return True
+
+    def confirm(self, upstream: str, repository: str, digest: str) -> None:
+        """The upstream just said it has the digest: next re-check ``recheck_after`` on."""
+        slot = self._entries.get((upstream, repository, digest))
+        if slot is not None:
+            slot.recheck_at = self._clock() + self.recheck_after
+
+    def release(self, upstream: str, repository: str, digest: str) -> None:
+        """A claimed re-check did not finish (cancelled): the next hit asks again."""
+        slot = self._entries.get((upstream, repository, digest))
+        if slot is not None:
+            slot.recheck_at = self._clock()
+
+    def discard(self, upstream: str, repository: str, digest: str) -> bool:
+        """Drop the entry (the upstream no longer has it); whether there was one."""
+        slot = self._entries.pop((upstream, repository, digest), None)
+        if slot is None:
+            return False
+        self._bytes -= slot.manifest.cost
+        self.discards += 1
+        return True
 
     def put(
         self,
@@ -138,12 +212,13 @@ class ManifestCache:
         key = (upstream, repository, digest)
         old = self._entries.pop(key, None)
         if old is not None:
-            self._bytes -= old.cost
-        self._entries[key] = entry
+            self._bytes -= old.manifest.cost
+        # Just fetched from the upstream: that is the check.
+        self._entries[key] = _Slot(entry, self._clock() + self.recheck_after)
         self._bytes += entry.cost
         while self._bytes > self.max_bytes:
             _, evicted = self._entries.popitem(last=False)
-            self._bytes -= evicted.cost
+            self._bytes -= evicted.manifest.cost
             self.evictions += 1
         return True
 

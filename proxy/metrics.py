@@ -20,7 +20,7 @@ REQUESTS = Counter(
 )
 DECISIONS = Counter(
     "trustproxy_decisions_total",
-    "Enforcement decisions, by kind (manifest, digest, tags) and outcome.",
+    "Enforcement decisions, by kind (manifest, digest, tags, referrers) and outcome.",
     ["kind", "outcome"],
     registry=REGISTRY,
 )

@@ -405,8 +405,10 @@ class Runtime:
         old = self.current
         # Verified manifests stay valid across a reload as long as every upstream name
         # still means the same registry (the cache is keyed by upstream name).
+        a, b = old.settings.limits, new.settings.limits
         if old.settings.upstreams == new.settings.upstreams and (
-            old.settings.limits.manifest_cache_bytes == new.settings.limits.manifest_cache_bytes
+            (a.manifest_cache_bytes, a.manifest_cache_recheck)
+            == (b.manifest_cache_bytes, b.manifest_cache_recheck)
         ):
             new.state.manifest_cache = old.state.manifest_cache
         # No await between these lines: a request entering now sees the new state.

@@ -195,6 +195,11 @@ class LimitSettings:
     min_upstream_rate: int = 1 * KiB
     # Verified manifests by digest kept in memory (proxy/manifest_cache.py); 0 disables.
     manifest_cache_bytes: int = 64 * MiB
+    # A cached manifest is served without asking the upstream for this long after the
+    # upstream last said it has the digest; then one HEAD asks again, and a digest it no
+    # longer has (deleted) is dropped: the longest a deleted manifest is still served.
+    # 0: ask on every hit.
+    manifest_cache_recheck: float = 30.0
 
     @property
     def request_deadline(self) -> float:
@@ -520,7 +525,27 @@ def _registry_name(v: Any, path: str) -> str:
     text = _str(v, path).strip().lower()
     if not re.match(r"^[a-z0-9]([a-z0-9.-]*[a-z0-9])?(:\d{1,5})?$", text):
         raise ConfigError(path, f"not a registry host name (host[:port]): {text!r}")
-    return text
+    return registry_for_host(text)
+
+
+#: Docker Hub's host names. Its repositories are docker.io/<repo> in Notary GUNs, in
+#: policy patterns and in Docker's own reference normalisation (index.docker.io is
+#: docker.io), whichever host the API is reached at.
+DOCKER_HUB_HOSTS = frozenset(
+    {"docker.io", "index.docker.io", "registry-1.docker.io", "registry.hub.docker.com"}
+)
+
+
+def registry_for_host(host: str) -> str:
+    """The registry name GUNs use for ``host`` (host[:port], lower case): ``docker.io`` for
+    Docker Hub (also at :443), the host itself otherwise. Without it, an upstream whose url
+    is https://registry-1.docker.io and whose ``registry`` is left out named its
+    repositories registry-1.docker.io/..., which no docker.io/... rule matches (and missed
+    the library/ prefix of official images)."""
+    name, _, port = host.partition(":")
+    if name in DOCKER_HUB_HOSTS and port in ("", "443"):
+        return "docker.io"
+    return host
 
 
 def _credentials(sec: _Section) -> CredentialSettings:
@@ -581,7 +606,9 @@ def _parse_upstream(sec: _Section) -> UpstreamSettings:
     if not _NAME.match(name):
         raise ConfigError(sec.sub("name"), f"use letters, digits, '.', '_', '-': {name!r}")
     url = sec.required("url", _url)
-    registry = sec.value("registry", _registry_name, urlsplit(url).netloc.lower())
+    registry = sec.value(
+        "registry", _registry_name, registry_for_host(urlsplit(url).netloc.lower())
+    )
     prefix = sec.value("prefix", _str, None)
     if prefix is not None:
         prefix = prefix.strip("/")
@@ -748,9 +775,20 @@ def _parse_limits(sec: _Section) -> LimitSettings:
         manifest_cache_bytes=sec.value(
             "manifest_cache_bytes", _size_or_zero, d.manifest_cache_bytes
         ),
+        manifest_cache_recheck=sec.value(
+            "manifest_cache_recheck", _duration_or_zero, d.manifest_cache_recheck
+        ),
     )
     sec.finish()
     return limits
+
+
+def _duration_or_zero(v: Any, path: str) -> float:
+    # manifest_cache_recheck: 0 (or "0s") means every time; every other duration as
+    # _duration reads it.
+    if isinstance(v, str) and (m := _DURATION.match(v)) and float(m.group(1)) == 0:
+        return 0.0
+    return 0.0 if v == 0 and not isinstance(v, bool) else _duration(v, path)
 
 
 def _size_or_zero(v: Any, path: str) -> int:

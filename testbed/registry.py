@@ -15,13 +15,17 @@ def registry_binary() -> str | None:
     return shutil.which("docker-registry") or shutil.which("registry")
 
 
-def registry_config(root: Path, port: int, *, auth: dict[str, Any] | None = None) -> dict[str, Any]:
+def registry_config(
+    root: Path, port: int, *, auth: dict[str, Any] | None = None, delete: bool = False
+) -> dict[str, Any]:
+    """``delete``: allow ``DELETE /v2/<repo>/manifests/<digest>`` (off, as distribution's
+    default, unless a test deletes on purpose)."""
     config: dict[str, Any] = {
         "version": 0.1,
         "log": {"level": "warn", "accesslog": {"disabled": True}},
         "storage": {
             "filesystem": {"rootdirectory": str(root / "storage")},
-            "delete": {"enabled": False},
+            "delete": {"enabled": delete},
             "maintenance": {"uploadpurging": {"enabled": False}},
         },
         "http": {"addr": f"127.0.0.1:{port}", "secret": "testbed-not-secret"},
@@ -32,7 +36,11 @@ def registry_config(root: Path, port: int, *, auth: dict[str, Any] | None = None
 
 
 def start_registry(
-    workdir: Path, *, name: str = "registry", auth: dict[str, Any] | None = None
+    workdir: Path,
+    *,
+    name: str = "registry",
+    auth: dict[str, Any] | None = None,
+    delete: bool = False,
 ) -> Server:
     """Start ``docker-registry serve`` with filesystem storage under ``workdir``."""
     binary = registry_binary()
@@ -41,7 +49,7 @@ def start_registry(
     port = free_port()
     workdir.mkdir(parents=True, exist_ok=True)
     config_path = workdir / f"{name}.yml"
-    config_path.write_text(yaml.safe_dump(registry_config(workdir, port, auth=auth)))
+    config_path.write_text(yaml.safe_dump(registry_config(workdir, port, auth=auth, delete=delete)))
     server = start_server(name, [binary, "serve", str(config_path)], log_dir=workdir, port=port)
     server.extra["url"] = f"http://127.0.0.1:{port}"
     server.extra["host"] = f"127.0.0.1:{port}"

@@ -22,6 +22,7 @@ import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Literal
 
 from proxy.decisions import Decision, DecisionRecorder, NullRecorder
 from proxy.enforcement.gate import (
@@ -33,11 +34,11 @@ from proxy.enforcement.gate import (
     utc_now,
 )
 from proxy.errors import FetchError, TrustSourceUnavailableError
-from proxy.gate import PassThroughGate, RequestContext, TagDecision, TrustGate
+from proxy.gate import ListingKind, PassThroughGate, RequestContext, TagDecision, TrustGate
 from proxy.policy.model import Policy
 from proxy.routing import Route
 from proxy.settings import CacheSettings, Settings
-from proxy.sources.base import SignedTarget, SigningRule, TrustInfo, TrustSource
+from proxy.sources.base import SignedState, SignedTarget, SigningRule, TrustInfo, TrustSource
 from proxy.sources.notary import NotarySource, NotarySourceOptions
 from proxy.sources.redis_store import RedisConnection, source_namespace
 from proxy.sources.store import MemoryTrustStateStore, TrustStateStore
@@ -89,6 +90,13 @@ class PolicyUnavailableError(TrustSourceUnavailableError):
         FetchError.__init__(self, reason)
 
 
+_DECISION_KINDS: dict[str, Literal["tags", "digest", "referrers"]] = {
+    "tags": "tags",
+    "digest": "digest",
+    "referrers": "referrers",
+}
+
+
 class FailClosedGate:
     """Refuses every decision with 503 (``reason`` says why). Blobs stay reachable: they
     are content-addressed and only found through a manifest."""
@@ -103,7 +111,7 @@ class FailClosedGate:
     ) -> PolicyUnavailableError:
         decision = Decision(
             time=rfc3339(self._clock()),
-            kind="tags" if kind == "tags" else "digest" if kind == "digest" else "manifest",
+            kind=_DECISION_KINDS.get(kind, "manifest"),
             outcome="unavailable",
             repository=route.gun,
             reference=reference,
@@ -127,6 +135,11 @@ class FailClosedGate:
 
     async def filter_tags(self, route: Route, tags: list[str], ctx: RequestContext) -> list[str]:
         raise self._refuse("tags", route, "", ctx)
+
+    async def admit_listing(
+        self, route: Route, kind: ListingKind, reference: str, ctx: RequestContext
+    ) -> bool:
+        raise self._refuse(kind, route, reference, ctx)  # before the upstream is asked
 
     def report_mismatch(
         self, route: Route, tag: str, expected: str, actual: str, ctx: RequestContext
@@ -155,6 +168,9 @@ class UnavailableSource:
         raise self._error()
 
     async def trust_info(self, gun: str, rule: SigningRule) -> TrustInfo:
+        raise self._error()
+
+    async def signed_state(self, gun: str, rule: SigningRule) -> SignedState:
         raise self._error()
 
     async def aclose(self) -> None:

@@ -31,7 +31,7 @@ from proxy.errors import (
     TrustproxyError,
     TrustSourceUnavailableError,
 )
-from proxy.gate import PassThrough, RequestContext, ServeDigest, TagDecision
+from proxy.gate import ListingKind, PassThrough, RequestContext, ServeDigest, TagDecision
 from proxy.policy.model import Mode, Policy, RepositoryRule
 from proxy.routing import Route
 from proxy.sources.base import (
@@ -60,7 +60,7 @@ log = logging.getLogger("trustproxy.enforcement")
 MatchRule = Callable[[Policy, str], RepositoryRule | None]
 TagAllowed = Callable[[RepositoryRule, str], bool]
 Clock = Callable[[], datetime]
-DecisionKind = Literal["manifest", "digest", "tags"]
+DecisionKind = Literal["manifest", "digest", "tags", "referrers"]
 
 #: What the rule and the trust source say, before the mode is applied.
 #: ``allowed``: the policy lets it through unchecked (``digests: allow``).
@@ -240,6 +240,19 @@ class EnforcingGate:
         # for a repository without trust data or without a rule), pagination intact.
         return ev.visible
 
+    async def admit_listing(
+        self, route: Route, kind: ListingKind, reference: str, ctx: RequestContext
+    ) -> bool:
+        # Only "no rule" is decided here: under a rule the tag list is filtered once the
+        # upstream has answered (filter_tags), and referrers are descriptors whose
+        # manifests go through decide_digest when pulled.
+        gun = route.gun
+        if self._match_rule(self.policy, gun) is not None:
+            return True
+        ev = Evaluation("refused", f"no policy rule matches {gun}")
+        self._record(kind, gun, reference, None, decide(None, ev.finding, ev.reason), ev, ctx)
+        return False
+
     def report_mismatch(
         self, route: Route, tag: str, expected: str, actual: str, ctx: RequestContext
     ) -> None:
@@ -342,9 +355,10 @@ class EnforcingGate:
             return found
         source, srule = found
         try:
-            # One call per listing, not one per tag: the source answers from one state.
-            signed = await source.signed_tags(gun, srule)
-            info = await source.trust_info(gun, srule)
+            # One call per listing, not one per tag, and one state: the record's versions
+            # are those of the set the list was filtered by.
+            state = await source.signed_state(gun, srule)
+            signed, info = state.tags, state.info
         except (NotSignedError, TrustSourceUnavailableError, TrustDataError) as e:
             return self._failure(gun, e)
         visible = [t for t in tags if t in signed and self._pattern_refusal(rule, t) is None]
@@ -362,8 +376,12 @@ class EnforcingGate:
             return found
         source, srule = found
         try:
-            signed = await source.signed_tags(gun, srule)
-            info = await source.trust_info(gun, srule)
+            # One snapshot: the allowlist is cached under info.key, so the signed set and the
+            # key must come from the same trust state. Read apart, a refresh between the two
+            # reads cached the old state's allowed set (a revoked index and its children)
+            # under the new state's key, until the trust data changed again.
+            state = await source.signed_state(gun, srule)
+            signed, info = state.tags, state.info
             acceptable = {
                 t.digest for tag, t in signed.items() if self._pattern_refusal(rule, tag) is None
             }

@@ -1,8 +1,8 @@
 """Exceptions → OCI error responses: the ONE table.
 
 Every error the proxy answers is ``{"errors":[{"code","message","detail"}]}`` (OCI
-Distribution Spec, "Error Codes"). Codes outside the spec's list follow distribution
-(``TAG_INVALID``) or say what happened (``UNAVAILABLE`` for 502/503/504, which clients retry).
+Distribution Spec, "Error Codes"). Codes outside the spec's list say what happened
+(``UNAVAILABLE`` for 502/503/504, which clients retry).
 """
 
 from __future__ import annotations
@@ -24,7 +24,10 @@ ERROR_TABLE: tuple[tuple[type[BaseException], int, str], ...] = (
     (e.UnknownRepositoryError, 404, "NAME_UNKNOWN"),
     (e.InvalidNameError, 400, "NAME_INVALID"),
     (e.InvalidDigestError, 400, "DIGEST_INVALID"),
-    (e.InvalidReferenceError, 400, "TAG_INVALID"),
+    # A manifest reference that is not a valid tag names no manifest: 404, as the OCI
+    # conformance suite requires (GET/HEAD .../manifests/.INVALID_MANIFEST_NAME), and as
+    # distribution answers (its route does not match). A malformed digest stays a 400.
+    (e.InvalidReferenceError, 404, "MANIFEST_UNKNOWN"),
     (e.UnsupportedError, 405, "UNSUPPORTED"),
     (e.ClientRequestError, 400, "UNSUPPORTED"),
     # The upstream refused the proxy's own credentials: nothing the client can fix, so no
@@ -50,13 +53,18 @@ def oci_error_body(code: str, message: str, detail: Any = None) -> bytes:
     return json.dumps({"errors": [entry]}, separators=(",", ":")).encode()
 
 
+#: On every answer of the proxy's own under /v2, errors included: Docker clients look for it
+#: (distribution sends it on every response; the API version check reads it).
+API_VERSION_HEADER = {"Docker-Distribution-API-Version": "registry/2.0"}
+
+
 def oci_error_response(
     status: int, code: str, message: str, detail: Any = None, headers: dict[str, str] | None = None
 ) -> Response:
     return Response(
         oci_error_body(code, message, detail),
         status_code=status,
-        headers=headers,
+        headers={**API_VERSION_HEADER, **(headers or {})},
         media_type="application/json",
     )
 

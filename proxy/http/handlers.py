@@ -28,7 +28,7 @@ from proxy.errors import (
 )
 from proxy.gate import PassThrough, RequestContext, ServeDigest
 from proxy.http.client_input import check_forwarded_headers
-from proxy.http.errors import oci_error_response, response_for_exception
+from proxy.http.errors import API_VERSION_HEADER, oci_error_response, response_for_exception
 from proxy.http.relay import (
     error_body_for_client,
     range_not_satisfiable,
@@ -48,7 +48,6 @@ from proxy.upstream.redirects import resolve_location
 
 log = logging.getLogger("trustproxy.handlers")
 
-API_VERSION_HEADER = {"Docker-Distribution-API-Version": "registry/2.0"}
 MAX_UPSTREAM_PAGES = 1000
 READ_ONLY = "trustproxy is a read-only pull proxy: push and delete are not supported"
 PULL_METHODS = ("GET", "HEAD")
@@ -71,6 +70,10 @@ MANIFEST_MEDIA_TYPES = (
 )
 
 
+OCI_INDEX = "application/vnd.oci.image.index.v1+json"
+EMPTY_REFERRERS = {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": []}
+
+
 def proxy_state(request: Request) -> ProxyState:
     # Read once per request (in dispatch) and passed down: a SIGHUP reload swaps the
     # state, and one request must not mix two generations.
@@ -83,7 +86,7 @@ async def dispatch(request: Request) -> Response | ASGIApp:
     state = proxy_state(request)
     try:
         if request.method not in PULL_METHODS:
-            raise UnsupportedError(READ_ONLY)
+            raise UnsupportedError(READ_ONLY, allow=_allowed_methods(request.scope["path"]))
         if state.client_auth is not None:
             request.state.user = state.client_auth.check(request.headers.get("authorization"))
         check_forwarded_headers(request.scope["headers"])
@@ -99,7 +102,7 @@ async def dispatch(request: Request) -> Response | ASGIApp:
         if repo_path is None:
             return oci_error_response(404, "NOT_FOUND", f"no such endpoint: {path[:200]}")
         if repo_path.kind == "uploads":
-            raise UnsupportedError(READ_ONLY)
+            raise UnsupportedError(READ_ONLY, allow="")
         route = state.router.route(repo_path.name)
         request.state.upstream = route.upstream.name
         client = state.clients[route.upstream.name]
@@ -114,11 +117,21 @@ async def dispatch(request: Request) -> Response | ASGIApp:
         request.state.error = str(exc)
         response = response_for_exception(exc, basic_realm=state.basic_realm)
         if isinstance(exc, UnsupportedError):
-            response.headers["Allow"] = "GET, HEAD"
+            response.headers["Allow"] = exc.allow
         return response
     except Exception as exc:  # a bug of ours: still an OCI error body, logged with traceback
         request.state.error = f"internal error: {type(exc).__name__}"
         return response_for_exception(exc)
+
+
+def _allowed_methods(path: str) -> str:
+    """The Allow header of a 405 for ``path``: what the proxy serves there. An upload
+    session serves nothing (RFC 9110 15.5.6: an empty Allow), everything else GET and HEAD."""
+    try:
+        parsed = parse_repo_path(path)
+    except TrustproxyError:
+        parsed = None
+    return "" if parsed is not None and parsed.kind == "uploads" else ", ".join(PULL_METHODS)
 
 
 # --------------------------------------------------------------------------- /v2/
@@ -383,7 +396,9 @@ async def _cached_manifest(
     ``accepted``: the media types the client named, when the entry's type must be one of
     them; ``accept``: the Accept header of the upstream request the caller would send.
     """
-    cached = state.manifest_cache.get(client.name, route.upstream_name, digest)
+    cache = state.manifest_cache
+    key = (client.name, route.upstream_name, digest)
+    cached = cache.get(*key)
     if cached is None:
         return None
     if accepted is not None and _media_type_name(cached.media_type or "") not in accepted:
@@ -401,12 +416,78 @@ async def _cached_manifest(
             client_authorization=request.headers.get("authorization"),
         )
         await resp.aclose()
+        if resp.status_code == 404:
+            cache.discard(*key)  # deleted upstream (or never there for anyone)
         if resp.status_code != 200:
             log.debug("manifest cache: upstream %s answered HEAD %s@%s with %d, fetching",
                       client.name, route.upstream_name, digest, resp.status_code)  # fmt: skip
             return None
+        cache.confirm(*key)
+    elif cache.claim_recheck(*key):
+        try:
+            present = await _still_upstream(
+                request, client, route, digest, cached, state.settings.limits.connect_timeout
+            )
+        except BaseException:
+            # Cancelled (the client went away) or failed otherwise: nothing was learnt, so
+            # the next hit asks again.
+            cache.release(*key)
+            raise
+        if not present:
+            cache.discard(*key)
+            return None
     log.debug("manifest cache hit: %s %s@%s", client.name, route.upstream_name, digest)
     return cached
+
+
+async def _still_upstream(
+    request: Request,
+    client: UpstreamClient,
+    route: Route,
+    digest: str,
+    cached: CachedManifest,
+    bound: float,
+) -> bool:
+    """The periodic re-check of a cached manifest (see proxy/manifest_cache.py): whether the
+    upstream still has ``digest``, asked with a HEAD (no body, no pull counted on Docker
+    Hub). False when it answers that it does not (404, or any other refusal: the entry is
+    dropped and the request fetches as if uncached, so the client gets the upstream's own
+    answer). An upstream that cannot answer (unreachable, timeout, 5xx, 429) keeps the
+    cached copy served: the documented registry-down behaviour; the next re-check is one
+    interval later. ``bound`` (``limits.connect_timeout``): a registry that hangs counts as
+    unreachable after that long, so the one request that asks is not held for the whole
+    upstream deadline while the cached copy could answer it.
+    """
+    # Every manifest type we know, and the entry's own: distribution answers an OCI
+    # manifest by digest with 404 unless Accept names its type, and that 404 must not be
+    # taken for a deletion.
+    types = [*MANIFEST_MEDIA_TYPES]
+    if cached.media_type and _media_type_name(cached.media_type) not in types:
+        types.append(cached.media_type)
+    try:
+        async with asyncio.timeout(bound):
+            resp = await client.open(
+                "HEAD",
+                f"/v2/{route.upstream_name}/manifests/{digest}",
+                scope=route.scope,
+                client_headers={"accept": ", ".join(types)},
+                client_authorization=request.headers.get("authorization"),
+            )
+    except (UpstreamUnavailableError, TimeoutError) as e:
+        log.warning("manifest cache: re-check of %s@%s failed (%s): serving the cached copy",
+                    route.upstream_name, digest, str(e) or "timed out")  # fmt: skip
+        return True
+    await resp.aclose()
+    status = resp.status_code
+    if status == 200:
+        return True
+    if status >= 500 or status == 429:
+        log.warning("manifest cache: re-check of %s@%s: upstream %s answered %d: serving the "
+                    "cached copy", route.upstream_name, digest, client.name, status)  # fmt: skip
+        return True
+    log.info("manifest cache: upstream %s answered HEAD %s@%s with %d: dropped from the cache",
+             client.name, route.upstream_name, digest, status)  # fmt: skip
+    return False
 
 
 def _remember(
@@ -532,12 +613,16 @@ async def tags_list(
 ) -> Response:
     """Tag list, filtered by the gate and paginated here (``n``/``last``, Link to the proxy)."""
     n, last = parse_page_query(request.query_params.get("n"), request.query_params.get("last"))
-    tags = await _all_upstream_tags(request, state, client, route)
-    if isinstance(tags, Response):
-        return tags
-    visible = await state.gate.filter_tags(
-        route, tags, request_context(request, state, client, route)
-    )
+    ctx = request_context(request, state, client, route)
+    # The gate first: a repository no policy covers is refused before the upstream is
+    # asked (its tags, or its errors, were relayed before the gate ran).
+    if await state.gate.admit_listing(route, "tags", "", ctx):
+        tags = await _all_upstream_tags(request, state, client, route)
+        if isinstance(tags, Response):
+            return tags
+        visible = await state.gate.filter_tags(route, tags, ctx)
+    else:
+        visible = []
     page = paginate(visible, n=n, last=last, name=route.client_name)
     out = json.dumps({"name": route.client_name, "tags": page.tags}).encode()
     headers = {"Content-Type": "application/json", "Content-Length": str(len(out))}
@@ -605,7 +690,16 @@ async def catalog(request: Request, state: ProxyState) -> Response:
 async def referrers(
     request: Request, state: ProxyState, client: UpstreamClient, route: Route, rp: RepoPath
 ) -> ASGIApp:
-    """``/v2/<name>/referrers/<digest>``: streamed as is (``artifactType`` filter forwarded)."""
+    """``/v2/<name>/referrers/<digest>``: streamed as is (``artifactType`` filter forwarded).
+
+    A repository no policy covers gets an empty index without the upstream being asked:
+    the referrers API answers "none" that way (a 404 would mean "no referrers API").
+    """
+    ctx = request_context(request, state, client, route)
+    if not await state.gate.admit_listing(route, "referrers", rp.reference, ctx):
+        out = json.dumps(EMPTY_REFERRERS, separators=(",", ":")).encode()
+        headers = {"Content-Type": OCI_INDEX, "Content-Length": str(len(out))}
+        return Response(out if request.method == "GET" else b"", headers=headers)
     query = _query(request, ("artifactType",))
     resp = await _open(request, client, route, f"referrers/{rp.reference}", query=query)
     if resp.status_code != 200:
@@ -731,7 +825,7 @@ async def relay_error(
         )
     body = await client.read_bounded(resp, state.settings.limits.error_body_max_bytes, "error body")
     out = error_body_for_client(status, resp.headers.get("content-type", ""), body, client.name)
-    headers = {"Content-Type": "application/json"}
+    headers = {"Content-Type": "application/json", **API_VERSION_HEADER}
     if status == 401 and (challenge := resp.headers.get("www-authenticate")):
         headers["WWW-Authenticate"] = state.token_relay.rewrite_challenge(
             client.settings, challenge, str(request.base_url)

@@ -47,7 +47,10 @@ class ProxyState:
 
     def __post_init__(self) -> None:
         self.token_relay = TokenRelay(self.router)
-        self.manifest_cache = ManifestCache(self.settings.limits.manifest_cache_bytes)
+        limits = self.settings.limits
+        self.manifest_cache = ManifestCache(
+            limits.manifest_cache_bytes, recheck_after=limits.manifest_cache_recheck
+        )
 
     async def aclose(self) -> None:
         for client in self.clients.values():

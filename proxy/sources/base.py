@@ -47,6 +47,7 @@ __all__ = [
     "RoleRequirement",
     "RootCA",
     "RootOfTrust",
+    "SignedState",
     "SignedTarget",
     "SignersDisagreeError",
     "SigningRule",
@@ -124,6 +125,20 @@ class TrustInfo:
 
 
 @dataclass(frozen=True)
+class SignedState:
+    """Every acceptable tag and the trust state they come from, read together.
+
+    One snapshot: a refresh can land at any ``await``, so ``signed_tags()`` followed by
+    ``trust_info()`` may describe two different states (the tags of the old one under the
+    key of the new one). Whatever is cached by ``info.key`` must come from here.
+    """
+
+    #: every tag acceptable under the rule, by tag
+    tags: Mapping[str, SignedTarget]
+    info: TrustInfo
+
+
+@dataclass(frozen=True)
 class SigningRule:
     """How a repository's signatures are judged.
 
@@ -192,9 +207,18 @@ class TrustSource(Protocol):
 
     async def trust_info(self, gun: str, rule: SigningRule) -> TrustInfo:
         """What :meth:`resolve` / :meth:`signed_tags` under ``rule`` answer from right now
-        (cheap right after either: no network when the state is cached).
+        (cheap right after either: no network when the state is cached). For audit records
+        only: it may already describe a newer state than the call before it.
 
         Raises: as :meth:`resolve`.
+        """
+        ...
+
+    async def signed_state(self, gun: str, rule: SigningRule) -> SignedState:
+        """:meth:`signed_tags` and :meth:`trust_info` of one and the same trust state (one
+        load): what anything keyed by the trust state must be built from.
+
+        Raises: as :meth:`signed_tags`.
         """
         ...
 

@@ -519,6 +519,32 @@ def test_repository_without_a_rule_is_refused(world: World) -> None:
     assert world.proxy.manifest(world.repo("unmatched/app"), "v1", method="HEAD").status_code == 404
 
 
+def test_listings_of_a_repository_without_a_rule_are_refused_before_the_registry(
+    world: World,
+) -> None:
+    """Issue 17, finding 7: the tag list and referrers of a repository no rule matches were
+    relayed from the registry before the gate ran: the registry's own answers (here its 404
+    for a repository it does not have, and its 404 for the referrers API it lacks) reached
+    the client. Now the gate refuses first: empty listings, recorded as denied."""
+    missing = world.repo("unmatched/never-pushed")
+    with world.proxy.client() as http:
+        tags = http.get(f"/v2/{missing}/tags/list")
+        existing = http.get(f"/v2/{world.repo('unmatched/app')}/tags/list")
+        digest = world.pushed.get(("unmatched/app", "v1"), "sha256:" + "0" * 64)
+        refs = http.get(f"/v2/{world.repo('unmatched/app')}/referrers/{digest}")
+    assert tags.status_code == 200, (tags.status_code, tags.text)
+    assert tags.json() == {"name": missing, "tags": []}
+    assert existing.json()["tags"] == []
+    assert refs.status_code == 200, (refs.status_code, refs.text)
+    assert refs.headers["content-type"] == images.OCI_INDEX
+    assert refs.json()["manifests"] == []
+    record = world.proxy.wait_audit(
+        lambda r: r.get("kind") == "referrers" and r.get("repository") == world.gun("unmatched/app")
+    )
+    assert record["outcome"] == "denied", record
+    assert "no policy rule matches" in str(record["reason"]), record
+
+
 def test_upstream_bytes_not_matching_the_signed_digest_is_502(world: World) -> None:
     name = "docker/app"
     signed = world.signed[(name, "v1")]

@@ -1,13 +1,15 @@
 """The manifest cache against a real docker-registry and trustproxy as a real process.
 
 Pulls by digest go through the cache without trust data: a warm manifest is still served
-when the registry is gone, a cold one is not. In passthrough mode a real token-auth
-registry decides, per client and repository, whether cached bytes may be shared.
+when the registry is gone, a cold one is not; one the registry deletes stops being served
+after ``manifest_cache_recheck``. In passthrough mode a real token-auth registry decides,
+per client and repository, whether cached bytes may be shared.
 """
 
 from __future__ import annotations
 
 import hashlib
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -74,6 +76,60 @@ def test_warm_manifest_is_served_without_the_registry(tmp_path: Path) -> None:
         # Another repository does not get team/app's copy.
         other = httpx.get(f"{base}/v2/team/other/manifests/{warm.digest}", headers=ACCEPT)
         assert other.status_code == 502
+    finally:
+        if proxy is not None:
+            proxy.stop()
+        registry.stop()
+
+
+def test_manifest_deleted_in_the_registry_stops_being_served(tmp_path: Path) -> None:
+    """Issue 17, finding 3: after ``DELETE /v2/<repo>/manifests/<digest>`` (202) the proxy
+    kept answering 200 for the digest from its cache, forever. Now the cached copy is served
+    without asking for ``manifest_cache_recheck`` after the registry last said it has it,
+    then one HEAD asks again and the deleted digest is a 404."""
+    requires("docker-registry")
+    registry = start_registry(tmp_path / "registry", delete=True)
+    proxy: Server | None = None
+    recheck = 1.0
+    try:
+        url = registry.extra["url"]
+        with httpx.Client(base_url=url, timeout=30) as c:
+            doomed = images.single_image("cache-doomed")
+            kept = images.single_image("cache-kept")
+            images.push_image(c, REPO, doomed, "doomed")
+            images.push_image(c, REPO, kept, "kept")
+        config = {"upstreams": [upstream_config("internal", url)],
+                  "limits": {"manifest_cache_recheck": f"{recheck}s"}}  # fmt: skip
+        proxy = start_proxy(tmp_path / "proxy", config)
+        base = proxy.extra["url"]
+        for image in (doomed, kept):
+            warm = _manifest(base, image.digest)
+            assert warm.status_code == 200, warm.text
+            assert warm.content == image.manifest
+
+        deleted = httpx.delete(f"{url}/v2/{REPO}/manifests/{doomed.digest}")
+        assert deleted.status_code == 202, deleted.text
+        assert _manifest(registry.extra["url"], doomed.digest).status_code == 404
+
+        time.sleep(recheck + 0.5)  # past the interval (no timing is asserted)
+        gone = _manifest(base, doomed.digest)
+        assert gone.status_code == 404, gone.text
+        assert gone.json()["errors"][0]["code"] == "MANIFEST_UNKNOWN"
+        assert doomed.manifest not in gone.content
+        head = httpx.head(f"{base}/v2/{REPO}/manifests/{doomed.digest}", headers=ACCEPT)
+        assert head.status_code == 404
+        # What the registry still has is still served (re-checked with a HEAD, not refetched).
+        still = _manifest(base, kept.digest)
+        assert still.status_code == 200
+        assert still.content == kept.manifest
+
+        # Registry down: a cached manifest keeps being served (the documented behaviour),
+        # even past the interval, because nothing says it was deleted.
+        registry.stop()
+        time.sleep(recheck + 0.5)
+        down = _manifest(base, kept.digest)
+        assert down.status_code == 200
+        assert down.content == kept.manifest
     finally:
         if proxy is not None:
             proxy.stop()

@@ -175,6 +175,10 @@ def test_push_and_delete_are_refused(proxy: Server, method: str, path: str) -> N
     error = oci_error(r)
     assert error["code"] == "UNSUPPORTED"
     assert "read-only" in str(error["message"])
+    # Allow says what the proxy serves there: nothing on an upload session (a GET on one
+    # answered 405 with "Allow: GET, HEAD", found by the OCI conformance suite).
+    assert r.headers["allow"] == ("" if "/blobs/uploads" in path else "GET, HEAD")
+    assert r.headers["docker-distribution-api-version"] == "registry/2.0"
 
 
 @pytest.mark.parametrize(
@@ -184,15 +188,25 @@ def test_push_and_delete_are_refused(proxy: Server, method: str, path: str) -> N
         (f"/v2/{REPO}/blobs/sha256:{'0' * 64}", 404, "BLOB_UNKNOWN"),
         (f"/v2/{REPO}/blobs/md5:abc", 400, "DIGEST_INVALID"),
         ("/v2/Bad_Name/manifests/latest", 400, "NAME_INVALID"),
-        (f"/v2/{REPO}/manifests/-bad-tag", 400, "TAG_INVALID"),
+        # The OCI conformance suite: a manifest reference that is not a valid tag is a
+        # manifest that does not exist (404), as distribution answers it directly.
+        (f"/v2/{REPO}/manifests/-bad-tag", 404, "MANIFEST_UNKNOWN"),
+        (f"/v2/{REPO}/manifests/.INVALID_MANIFEST_NAME", 404, "MANIFEST_UNKNOWN"),
         ("/v2/nothing/here/x", 404, "NOT_FOUND"),
     ],
-    ids=["unknown-tag", "unknown-blob", "bad-digest", "bad-name", "bad-tag", "bad-path"],
-)
+    ids=["unknown-tag", "unknown-blob", "bad-digest", "bad-name", "bad-tag",
+         "conformance-invalid-manifest-name", "bad-path"],
+)  # fmt: skip
 def test_bad_requests_get_oci_errors(proxy: Server, path: str, status: int, code: str) -> None:
     r = httpx.get(proxy.extra["url"] + path, headers={"Accept": ACCEPT_ALL})
     assert r.status_code == status
     assert oci_error(r)["code"] == code
+    head = httpx.head(proxy.extra["url"] + path, headers={"Accept": ACCEPT_ALL})
+    assert head.status_code == status
+    # Docker clients look for the API version on every answer, errors included (our own
+    # and the registry's, relayed).
+    for answer in (r, head):
+        assert answer.headers["docker-distribution-api-version"] == "registry/2.0"
 
 
 def test_upstream_down_is_502_naming_upstream(tmp_path: Path) -> None:

@@ -6,6 +6,7 @@ replaced, so routing, auth mode, error mapping, digest checks and pagination all
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import logging
@@ -22,10 +23,11 @@ import pytest
 from starlette.exceptions import StarletteDeprecationWarning
 
 from proxy.errors import NotSignedError, TrustSourceUnavailableError
-from proxy.gate import PassThrough, RequestContext, ServeDigest, TagDecision
+from proxy.gate import ListingKind, PassThrough, RequestContext, ServeDigest, TagDecision
 from proxy.http.app import create_app
+from proxy.manifest_cache import ManifestCache
 from proxy.routing import Route
-from proxy.settings import LimitSettings, ServerSettings, Settings, UpstreamSettings
+from proxy.settings import LimitSettings, MiB, ServerSettings, Settings, UpstreamSettings
 
 with warnings.catch_warnings():
     # Starlette 1.x prefers the httpx2 package for its TestClient; httpx works the same.
@@ -162,6 +164,8 @@ class Gate:
     digests: list[str] = field(default_factory=list)
     contexts: list[RequestContext] = field(default_factory=list)
     mismatches: list[tuple[str, str, str]] = field(default_factory=list)
+    admit: bool = True
+    listings: list[str] = field(default_factory=list)
 
     async def decide_tag(self, route: Route, tag: str, ctx: RequestContext) -> TagDecision:
         self.asked.append(f"{route.gun}:{tag}")
@@ -182,6 +186,12 @@ class Gate:
         if isinstance(self.decision, BaseException):
             raise self.decision
         return self.visible(tags)
+
+    async def admit_listing(
+        self, route: Route, kind: ListingKind, reference: str, ctx: RequestContext
+    ) -> bool:
+        self.listings.append(f"{kind} {route.gun}")
+        return self.admit
 
     def report_mismatch(
         self, route: Route, tag: str, expected: str, actual: str, ctx: RequestContext
@@ -623,37 +633,101 @@ def test_missing_blob_is_relayed_404(registry: FakeRegistry) -> None:
 
 
 @pytest.mark.parametrize(
-    ("method", "path"),
-    [("PUT", f"/v2/{REPO}/manifests/v1"), ("DELETE", f"/v2/{REPO}/manifests/v1"),
-     ("POST", f"/v2/{REPO}/blobs/uploads/"), ("PATCH", f"/v2/{REPO}/blobs/uploads/uuid"),
-     ("GET", f"/v2/{REPO}/blobs/uploads/uuid"), ("GET", f"/v2/{REPO}/blobs/uploads")],
-    ids=["put", "delete", "post-upload", "patch-upload", "get-upload", "get-upload-no-slash"],
+    ("method", "path", "allow"),
+    [("PUT", f"/v2/{REPO}/manifests/v1", "GET, HEAD"),
+     ("DELETE", f"/v2/{REPO}/manifests/v1", "GET, HEAD"),
+     ("POST", f"/v2/{REPO}/blobs/uploads/", ""), ("PATCH", f"/v2/{REPO}/blobs/uploads/uuid", ""),
+     ("GET", f"/v2/{REPO}/blobs/uploads/uuid", ""), ("HEAD", f"/v2/{REPO}/blobs/uploads/uuid", ""),
+     ("GET", f"/v2/{REPO}/blobs/uploads", ""),
+     ("POST", "/v2/Bad/Name/blobs/uploads/", "GET, HEAD")],
+    ids=["put", "delete", "post-upload", "patch-upload", "get-upload", "head-upload",
+         "get-upload-no-slash", "post-upload-bad-name"],
 )  # fmt: skip
-def test_read_only(registry: FakeRegistry, method: str, path: str) -> None:
+def test_read_only(registry: FakeRegistry, method: str, path: str, allow: str) -> None:
+    # Allow lists what the proxy serves there: an upload session serves no method at all
+    # (a GET answered 405 with "Allow: GET, HEAD" contradicted itself: issue 17).
     with proxy(registry) as tc:
         r = tc.request(method, path)
     assert r.status_code == 405
-    assert r.headers["allow"] == "GET, HEAD"
-    assert error_of(r)["code"] == "UNSUPPORTED"
+    assert r.headers["allow"] == allow
+    if method != "HEAD":
+        assert error_of(r)["code"] == "UNSUPPORTED"
     assert registry.requests == []
 
 
 @pytest.mark.parametrize(
     ("path", "status", "code"),
     [("/v2/Team/App/manifests/v1", 400, "NAME_INVALID"),
-     (f"/v2/{REPO}/manifests/-v1", 400, "TAG_INVALID"),
+     (f"/v2/{REPO}/manifests/-v1", 404, "MANIFEST_UNKNOWN"),
+     (f"/v2/{REPO}/manifests/.INVALID_MANIFEST_NAME", 404, "MANIFEST_UNKNOWN"),
      (f"/v2/{REPO}/manifests/sha256:abc", 400, "DIGEST_INVALID"),
      (f"/v2/{REPO}/nothing/here", 404, "NOT_FOUND")],
-    ids=["bad-name", "bad-tag", "bad-digest", "no-endpoint"],
+    ids=["bad-name", "bad-tag", "conformance-invalid-manifest-name", "bad-digest", "no-endpoint"],
 )  # fmt: skip
 def test_bad_requests_never_reach_upstream(
     registry: FakeRegistry, path: str, status: int, code: str
 ) -> None:
+    # A reference that is not a valid tag names no manifest: 404 MANIFEST_UNKNOWN, as the
+    # OCI conformance suite requires (it was 400 TAG_INVALID).
     with proxy(registry) as tc:
         r = tc.get(path)
-    assert r.status_code == status
+        head = tc.head(path)
+    assert r.status_code == head.status_code == status
     assert error_of(r)["code"] == code
     assert registry.requests == []
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [("GET", f"/v2/{REPO}/manifests/-v1"), ("GET", f"/v2/{REPO}/nothing/here"),
+     ("PUT", f"/v2/{REPO}/manifests/v1"), ("GET", f"/v2/{REPO}/blobs/uploads/uuid"),
+     ("GET", "/v2/Team/App/tags/list"), ("GET", f"/v2/{REPO}/manifests/missing"),
+     ("GET", "/nowhere")],
+    ids=["bad-tag", "no-endpoint", "read-only", "upload", "bad-name", "relayed-404",
+         "outside-v2"],
+)  # fmt: skip
+def test_error_answers_carry_the_api_version_header(
+    registry: FakeRegistry, method: str, path: str
+) -> None:
+    # Docker clients look for Docker-Distribution-API-Version on every answer (issue 17).
+    with proxy(registry) as tc:
+        r = tc.request(method, path)
+    assert r.status_code >= 400
+    assert r.headers["docker-distribution-api-version"] == "registry/2.0"
+    assert error_of(r)["code"]
+
+
+def test_upstream_failure_error_carries_the_api_version_header(registry: FakeRegistry) -> None:
+    registry.overrides[f"/v2/{REPO}/manifests/v1"] = lambda _: respond(503, b"down")
+    with proxy(registry) as tc:
+        r = tc.get(f"/v2/{REPO}/manifests/v1")
+    assert r.status_code == 502
+    assert r.headers["docker-distribution-api-version"] == "registry/2.0"
+
+
+@pytest.mark.parametrize("method", ["GET", "HEAD"])
+def test_listings_the_gate_does_not_admit_never_reach_upstream(
+    registry: FakeRegistry, method: str
+) -> None:
+    # Issue 17, finding 7: tag lists and referrers of a repository no policy covers were
+    # relayed from the upstream before the gate ran.
+    gate = Gate(admit=False)
+    digest = "sha256:" + "a" * 64
+    with proxy(registry, gate) as tc:
+        tags = tc.request(method, f"/v2/{REPO}/tags/list")
+        refs = tc.request(method, f"/v2/{REPO}/referrers/{digest}")
+    assert registry.requests == []
+    assert gate.listings == [f"tags registry.test/{REPO}", f"referrers registry.test/{REPO}"]
+    assert gate.filtered == []
+    assert tags.status_code == refs.status_code == 200
+    assert refs.headers["content-type"] == "application/vnd.oci.image.index.v1+json"
+    if method == "GET":
+        assert tags.json() == {"name": REPO, "tags": []}
+        assert refs.json() == {
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.index.v1+json",
+            "manifests": [],
+        }
 
 
 def test_base_endpoint(registry: FakeRegistry) -> None:
@@ -1164,3 +1238,127 @@ def test_token_exchange_has_the_request_deadline(limits: dict[str, Any], deadlin
         assert client._auth._limits.request_timeout == deadline
     finally:
         asyncio.run(client.aclose())
+
+
+# --------------------------------------------------------------------------- cache re-check
+
+
+class Ticks:
+    """A monotonic clock for the manifest cache, moved by hand."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@contextmanager
+def rechecking(
+    registry: FakeRegistry, gate: Gate | None = None, recheck: float = 30.0, **limits: Any
+) -> Iterator[tuple[TestClient, Ticks]]:
+    ticks = Ticks()
+    with proxy(registry, gate, **limits) as tc:
+        app: Any = tc.app
+        app.state.proxy.manifest_cache = ManifestCache(1 * MiB, recheck_after=recheck, clock=ticks)
+        yield tc, ticks
+
+
+BY_DIGEST = f"/v2/{REPO}/manifests/{SIGNED_DIGEST}"
+
+
+def test_cached_manifest_is_rechecked_once_per_interval(registry: FakeRegistry) -> None:
+    """The warm path stays free of upstream calls; after the interval, one HEAD."""
+    with rechecking(registry) as (tc, ticks):
+        assert tc.get(BY_DIGEST, headers={"Accept": OCI_MANIFEST}).status_code == 200
+        for _ in range(5):  # within the interval: no upstream call at all
+            assert tc.get(BY_DIGEST, headers={"Accept": OCI_MANIFEST}).content == SIGNED
+        assert _manifest_requests(registry) == [("GET", BY_DIGEST)]
+        ticks.now += 31
+        for _ in range(5):  # one re-check, then served from memory again
+            assert tc.get(BY_DIGEST, headers={"Accept": OCI_MANIFEST}).content == SIGNED
+    assert _manifest_requests(registry) == [("GET", BY_DIGEST), ("HEAD", BY_DIGEST)]
+    head = registry.requests[-1]
+    # Every type we know is offered: a 404 must mean "deleted", not "Accept mismatch".
+    assert OCI_INDEX in head.headers["accept"]
+    assert OCI_MANIFEST in head.headers["accept"]
+
+
+@pytest.mark.parametrize("by", ["digest", "tag"])
+def test_manifest_deleted_upstream_stops_being_served_after_the_interval(
+    registry: FakeRegistry, by: str
+) -> None:
+    """Issue 17, finding 3: a manifest deleted upstream was served from the cache forever."""
+    gate = Gate(ServeDigest(SIGNED_DIGEST, len(SIGNED)))
+    path = BY_DIGEST if by == "digest" else f"/v2/{REPO}/manifests/v1"
+    accept = {"Accept": OCI_MANIFEST}
+    with rechecking(registry, gate) as (tc, ticks):
+        assert tc.get(path, headers=accept).status_code == 200
+        del registry.manifests[SIGNED_DIGEST]  # DELETE /v2/<repo>/manifests/<digest>
+        ticks.now += 29
+        assert tc.get(path, headers=accept).status_code == 200  # within the bound
+        ticks.now += 2
+        gone = tc.get(path, headers=accept)
+        app: Any = tc.app
+        assert len(app.state.proxy.manifest_cache) == 0
+    assert gone.status_code == 404, gone.text
+    assert error_of(gone)["code"] == "MANIFEST_UNKNOWN"
+    assert SIGNED not in gone.content
+
+
+@pytest.mark.parametrize("answer", ["503", "429", "unreachable"])
+def test_recheck_with_the_upstream_in_trouble_serves_the_cached_copy(
+    registry: FakeRegistry, answer: str
+) -> None:
+    """Registry down: verified manifests keep being served (README, "Registry down")."""
+
+    def trouble(request: httpx.Request) -> httpx.Response:
+        if answer == "unreachable":
+            raise httpx.ConnectError("connection refused", request=request)
+        return respond(int(answer), b"busy")
+
+    with rechecking(registry) as (tc, ticks):
+        assert tc.get(BY_DIGEST, headers={"Accept": OCI_MANIFEST}).status_code == 200
+        registry.overrides[BY_DIGEST] = trouble
+        ticks.now += 31
+        r = tc.get(BY_DIGEST, headers={"Accept": OCI_MANIFEST})
+        again = tc.get(BY_DIGEST, headers={"Accept": OCI_MANIFEST})  # next try: an interval on
+    assert r.status_code == again.status_code == 200
+    assert r.content == SIGNED
+    assert _manifest_requests(registry) == [("GET", BY_DIGEST), ("HEAD", BY_DIGEST)]
+
+
+def test_recheck_against_a_hanging_upstream_is_bounded(registry: FakeRegistry) -> None:
+    """A registry that accepts and never answers counts as unreachable after
+    connect_timeout: the request that asks is not held for the whole upstream deadline."""
+
+    async def hang(request: httpx.Request) -> httpx.Response:
+        await asyncio.sleep(2)
+        return oci_error(404, "MANIFEST_UNKNOWN")  # what it says is never waited for
+
+    with rechecking(registry, connect_timeout=0.05) as (tc, ticks):
+        assert tc.get(BY_DIGEST, headers={"Accept": OCI_MANIFEST}).status_code == 200
+        registry.overrides[BY_DIGEST] = hang  # type: ignore[assignment]
+        ticks.now += 31
+        r = tc.get(BY_DIGEST, headers={"Accept": OCI_MANIFEST})
+    assert r.status_code == 200
+    assert r.content == SIGNED
+
+
+def test_recheck_refused_by_the_upstream_drops_the_entry(registry: FakeRegistry) -> None:
+    """Any refusal (here 401 to the proxy itself) is not "still there": the request goes on
+    as uncached and the client gets the upstream's answer."""
+    with rechecking(registry) as (tc, ticks):
+        assert tc.get(BY_DIGEST, headers={"Accept": OCI_MANIFEST}).status_code == 200
+        registry.overrides[BY_DIGEST] = lambda _: oci_error(403, "DENIED")
+        ticks.now += 31
+        r = tc.get(BY_DIGEST, headers={"Accept": OCI_MANIFEST})
+    assert r.status_code == 403
+    assert SIGNED not in r.content
+
+
+def test_recheck_zero_asks_on_every_hit(registry: FakeRegistry) -> None:
+    with rechecking(registry, recheck=0) as (tc, _):
+        for _ in range(3):
+            assert tc.get(BY_DIGEST, headers={"Accept": OCI_MANIFEST}).status_code == 200
+    assert _manifest_requests(registry) == [("GET", BY_DIGEST)] + [("HEAD", BY_DIGEST)] * 2

@@ -36,7 +36,7 @@ CASES: list[tuple[str, BaseException, int, str, dict[str, str]]] = [
     ("unknown-repo", e.UnknownRepositoryError("no upstream"), 404, "NAME_UNKNOWN", {}),
     ("invalid-name", e.InvalidNameError("bad name"), 400, "NAME_INVALID", {}),
     ("invalid-digest", e.InvalidDigestError("bad digest"), 400, "DIGEST_INVALID", {}),
-    ("invalid-reference", e.InvalidReferenceError("bad tag"), 400, "TAG_INVALID", {}),
+    ("invalid-reference", e.InvalidReferenceError("bad tag"), 404, "MANIFEST_UNKNOWN", {}),
     ("unsupported", e.UnsupportedError("read-only"), 405, "UNSUPPORTED", {}),
     ("client-request", e.ClientRequestError("n must be"), 400, "UNSUPPORTED", {}),
     ("unauthorized", e.UnauthorizedError("who are you"), 401, "UNAUTHORIZED", {}),

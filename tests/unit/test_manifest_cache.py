@@ -203,3 +203,92 @@ def test_bad_manifest_cache_bytes(value: Any) -> None:
     with pytest.raises(ConfigError) as info:
         _settings({"manifest_cache_bytes": value})
     assert info.value.path == "limits.manifest_cache_bytes"
+
+
+# --------------------------------------------------------------------------- re-check
+
+
+class Ticks:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_an_entry_is_due_for_a_recheck_only_after_the_interval_and_once() -> None:
+    ticks = Ticks()
+    cache = ManifestCache(1 * MiB, recheck_after=30, clock=ticks)
+    data = b'{"schemaVersion": 2}'
+    key = ("internal", "team/app", sha256(data))
+    put(cache, data)
+    assert not cache.claim_recheck(*key)  # just fetched: that was the check
+    ticks.now += 29.9
+    assert not cache.claim_recheck(*key)
+    ticks.now += 0.1
+    assert cache.claim_recheck(*key)
+    assert not cache.claim_recheck(*key)  # claimed: concurrent hits do not ask too
+    ticks.now += 30
+    assert cache.claim_recheck(*key)
+    assert cache.rechecks == 2
+
+
+def test_release_makes_the_next_hit_ask_again_and_confirm_restarts_the_interval() -> None:
+    ticks = Ticks()
+    cache = ManifestCache(1 * MiB, recheck_after=30, clock=ticks)
+    data = b'{"schemaVersion": 2}'
+    key = ("internal", "team/app", sha256(data))
+    put(cache, data)
+    ticks.now += 31
+    assert cache.claim_recheck(*key)
+    cache.release(*key)  # the re-check was cancelled: nothing learnt
+    assert cache.claim_recheck(*key)
+    ticks.now += 31
+    cache.confirm(*key)  # the upstream said yes (passthrough HEAD)
+    assert not cache.claim_recheck(*key)
+
+
+def test_discard_drops_the_entry_and_its_bytes() -> None:
+    cache = ManifestCache(1 * MiB)
+    data = b'{"schemaVersion": 2}'
+    put(cache, data)
+    assert cache.discard("internal", "team/app", sha256(data))
+    assert not cache.discard("internal", "team/app", sha256(data))
+    assert cache.get("internal", "team/app", sha256(data)) is None
+    assert (len(cache), cache.total_bytes, cache.discards) == (0, 0, 1)
+    # Unknown keys are no-ops.
+    assert not cache.claim_recheck("internal", "team/app", sha256(data))
+    cache.confirm("internal", "team/app", sha256(data))
+    cache.release("internal", "team/app", sha256(data))
+
+
+def test_recheck_zero_is_always_due() -> None:
+    cache = ManifestCache(1 * MiB, recheck_after=0, clock=Ticks())
+    data = b"{}"
+    put(cache, data)
+    assert cache.claim_recheck("internal", "team/app", sha256(data))
+    assert cache.claim_recheck("internal", "team/app", sha256(data))
+
+
+def test_negative_recheck_is_a_caller_bug() -> None:
+    with pytest.raises(ValueError, match="recheck_after"):
+        ManifestCache(1 * MiB, recheck_after=-1)
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [(None, 30.0), (0, 0.0), ("0s", 0.0), ("90s", 90.0), ("2m", 120.0), (5, 5.0)],
+    ids=["default", "zero", "zero-s", "seconds", "minutes", "number"],
+)
+def test_manifest_cache_recheck_setting(value: Any, expected: float) -> None:
+    limits = None if value is None else {"manifest_cache_recheck": value}
+    assert _settings(limits).limits.manifest_cache_recheck == expected
+
+
+@pytest.mark.parametrize(
+    "value", [-1, "soon", True, "-5s"], ids=["negative", "word", "bool", "neg"]
+)
+def test_bad_manifest_cache_recheck(value: Any) -> None:
+    with pytest.raises(ConfigError) as info:
+        _settings({"manifest_cache_recheck": value})
+    assert info.value.path == "limits.manifest_cache_recheck"

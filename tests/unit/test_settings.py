@@ -769,3 +769,47 @@ def test_redirect_and_deadline_defaults(tmp_path: Path) -> None:
     s = load_settings(write(tmp_path, MINIMAL_YAML), env)
     assert s.limits.min_upstream_rate == 0  # off
     assert s.upstreams[0].allowed_redirect_hosts == ("cdn.example",)
+
+
+# --------------------------------------------------------------------------- Docker Hub names
+
+
+@pytest.mark.parametrize(
+    ("url", "registry", "expected"),
+    [
+        ("https://registry-1.docker.io", None, "docker.io"),
+        ("https://index.docker.io", None, "docker.io"),
+        ("https://Registry-1.Docker.IO:443/", None, "docker.io"),
+        ("https://registry.hub.docker.com", None, "docker.io"),
+        ("https://mirror.example", "index.docker.io", "docker.io"),
+        ("https://registry-1.docker.io:5000", None, "registry-1.docker.io:5000"),  # not Hub
+        ("https://docker.io.example", None, "docker.io.example"),
+        ("http://127.0.0.1:5000", None, "127.0.0.1:5000"),
+    ],
+    ids=["registry-1", "index", "case-and-443", "hub-alias", "explicit-index",
+         "other-port", "lookalike", "plain"],
+)  # fmt: skip
+def test_docker_hub_host_names_become_docker_io(
+    tmp_path: Path, url: str, registry: str | None, expected: str
+) -> None:
+    """Issue 17, finding 7: an upstream at registry-1.docker.io without ``registry`` named
+    its repositories registry-1.docker.io/..., which no docker.io/... rule matches."""
+    from proxy.policy.matcher import match_rule
+    from proxy.policy.model import Policy, RepositoryRule
+    from proxy.routing import Router
+
+    data = minimal()
+    up: dict[str, Any] = {"name": "hub", "url": url}
+    if registry is not None:
+        up["registry"] = registry
+    data["upstreams"] = [up]
+    s = load_settings(write(tmp_path, data), environ={}, check_files=False)
+    assert s.upstreams[0].registry == expected
+    route = Router(s.upstreams).route("alpine")
+    if expected == "docker.io":
+        # Official images get library/, and a docker.io rule applies (fail closed otherwise).
+        assert route.gun == "docker.io/library/alpine"
+        rules = (RepositoryRule(pattern="docker.io/library/*", mode="off"),)
+        assert match_rule(Policy(rules=rules), route.gun) is not None
+    else:
+        assert route.gun == f"{expected}/alpine"

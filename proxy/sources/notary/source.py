@@ -69,6 +69,7 @@ from proxy.settings import CacheSettings, LimitSettings, TrustSourceSettings
 from proxy.sources.base import (
     NoTrustDataError,
     NotSignedByError,
+    SignedState,
     SignersDisagreeError,
     SigningRule,
     TooFewSignaturesError,
@@ -302,6 +303,25 @@ class NotarySource:
     async def signed_tags(self, gun: str, rule: SigningRule) -> dict[str, SignedTarget]:
         """See :meth:`proxy.sources.base.TrustSource.signed_tags`."""
         ts = await self.load(gun, rule)
+        # The caller's own copy (a dict copy is ~1000x cheaper than building it).
+        return dict(self._acceptable_of(gun, rule, ts))
+
+    async def trust_info(self, gun: str, rule: SigningRule) -> TrustInfo:
+        """See :meth:`proxy.sources.base.TrustSource.trust_info`."""
+        ts = await self._load(gun, rule, count=False)
+        return self._info_of(gun, rule, ts)
+
+    async def signed_state(self, gun: str, rule: SigningRule) -> SignedState:
+        """See :meth:`proxy.sources.base.TrustSource.signed_state`: one load, and both
+        answers derived from that one verified set with no ``await`` in between."""
+        ts = await self.load(gun, rule)
+        tags = MappingProxyType(self._acceptable_of(gun, rule, ts))  # read-only, no copy
+        return SignedState(tags, self._info_of(gun, rule, ts))
+
+    def _acceptable_of(
+        self, gun: str, rule: SigningRule, ts: TrustedSet
+    ) -> dict[str, SignedTarget]:
+        """``acceptable_tags(ts, rule)``, cached on ``ts``'s hot entry (do not mutate)."""
         hot = self._hot.get(self._key(gun, rule))
         if hot is None or hot.ts is not ts:
             return acceptable_tags(ts, rule)
@@ -309,11 +329,10 @@ class NotarySource:
         if cached is None:
             # The set is verified and never changes; a refresh makes a new entry.
             cached = hot.acceptable[rule] = acceptable_tags(ts, rule)
-        return dict(cached)  # the caller's own copy (a dict copy is ~1000x cheaper)
+        return cached
 
-    async def trust_info(self, gun: str, rule: SigningRule) -> TrustInfo:
-        """See :meth:`proxy.sources.base.TrustSource.trust_info`."""
-        ts = await self._load(gun, rule, count=False)
+    def _info_of(self, gun: str, rule: SigningRule, ts: TrustedSet) -> TrustInfo:
+        """The :class:`TrustInfo` of ``ts``, cached on its hot entry."""
         hot = self._hot.get(self._key(gun, rule))
         if hot is None or hot.ts is not ts:
             return TrustInfo(versions=metadata_versions(ts), stale=False)

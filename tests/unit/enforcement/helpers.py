@@ -23,7 +23,13 @@ from proxy.errors import TrustproxyError
 from proxy.gate import TrustGate
 from proxy.http.app import create_app
 from proxy.policy.model import Mode, Policy, RepositoryRule, SignerRequirement
-from proxy.sources.base import NotSignedByError, SignedTarget, SigningRule, TrustInfo
+from proxy.sources.base import (
+    NotSignedByError,
+    SignedState,
+    SignedTarget,
+    SigningRule,
+    TrustInfo,
+)
 from proxy.trust import TrustOnFirstUse
 from tests.unit.test_handlers import REPO, FakeRegistry, make_settings
 
@@ -91,6 +97,14 @@ class FakeSource:
         if self.error is not None:
             raise self.error
         return TrustInfo(MappingProxyType({"root": 1, "targets": self.version}))
+
+    async def signed_state(self, gun: str, rule: SigningRule) -> SignedState:
+        self.calls.append(f"signed_state {gun}")
+        self.rules.append(rule)
+        if self.error is not None:
+            raise self.error
+        info = TrustInfo(MappingProxyType({"root": 1, "targets": self.version}))
+        return SignedState(MappingProxyType(dict(self.targets)), info)
 
     async def aclose(self) -> None:
         self.closed = True

@@ -99,15 +99,18 @@ def test_fail_closed_gate_refuses_every_decision_with_503_but_not_blobs() -> Non
             tc.head(f"/v2/{REPO}/manifests/v1"),
             tc.get(f"/v2/{REPO}/manifests/{sha256(b'{}')}"),
             tc.get(f"/v2/{REPO}/tags/list"),
+            tc.get(f"/v2/{REPO}/referrers/{sha256(b'{}')}"),
         ]
+        asked = len(registry.requests)
         blob_answer = tc.get(f"/v2/{REPO}/blobs/{sha256(blob)}")
-    assert [r.status_code for r in answers] == [503] * 4
+    assert [r.status_code for r in answers] == [503] * 5
+    assert asked == 0  # listings too are refused before the upstream is asked
     entry = error_of(answers[0])
     assert entry["message"] == reason
     assert entry["detail"] == {"trust_source": "policy"}
     assert blob_answer.status_code == 200
-    assert [d.outcome for d in rec.decisions] == ["unavailable"] * 4
-    assert {d.kind for d in rec.decisions} == {"manifest", "digest", "tags"}
+    assert [d.outcome for d in rec.decisions] == ["unavailable"] * 5
+    assert {d.kind for d in rec.decisions} == {"manifest", "digest", "tags", "referrers"}
 
 
 async def test_fail_closed_gate_with_one_argument() -> None:

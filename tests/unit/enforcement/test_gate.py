@@ -175,6 +175,38 @@ def test_no_rule_is_refused(registry: FakeRegistry) -> None:
     assert tags.json() == {"name": REPO, "tags": []}
     assert source.calls == []
     assert [(d.outcome, d.rule) for d in rec.decisions] == [("denied", None)] * 3
+    assert registry.requests == []  # refused before the upstream was asked, lists too
+
+
+def test_no_rule_listings_never_reach_upstream(registry: FakeRegistry) -> None:
+    """Issue 17, finding 7: the tag list and the referrers of a repository no rule matches
+    were relayed from the upstream before the gate ran (its tags, its errors, its
+    referrers). Now the gate refuses first: an empty listing, a record, no upstream call."""
+    rec = Recorder()
+    gate = make_gate(signed_source(), rec, rule(pattern="other.example/*"))
+    registry.overrides[f"/v2/{REPO}/tags/list"] = lambda _: respond(500, b"must not be asked")
+    digest = sha256(SIGNED)
+    with serve(registry, gate) as tc:
+        tags = tc.get(f"/v2/{REPO}/tags/list")
+        refs = tc.get(f"/v2/{REPO}/referrers/{digest}")
+    assert registry.requests == []
+    assert tags.status_code == refs.status_code == 200
+    assert tags.json() == {"name": REPO, "tags": []}
+    assert refs.json()["manifests"] == []
+    assert [(d.kind, d.reference, d.outcome, d.reason) for d in rec.decisions] == [
+        ("tags", "", "denied", f"no policy rule matches {GUN}"),
+        ("referrers", digest, "denied", f"no policy rule matches {GUN}"),
+    ]
+
+
+def test_listings_under_a_rule_still_ask_the_upstream(registry: FakeRegistry) -> None:
+    registry.tags = ["v1", "v2"]
+    rec = Recorder()
+    with serve(registry, make_gate(signed_source(), rec, rule())) as tc:
+        tags = tc.get(f"/v2/{REPO}/tags/list")
+    assert tags.json() == {"name": REPO, "tags": ["v1"]}
+    assert [q.url.path for q in registry.requests] == [f"/v2/{REPO}/tags/list"]
+    assert rec.outcomes == [("tags", "denied")]  # v2 hidden: one record, from filter_tags
 
 
 def test_tag_pattern_is_checked_first(registry: FakeRegistry) -> None:
@@ -338,7 +370,7 @@ def test_tag_list_shows_signed_allowed_tags_with_one_source_call(
     assert first.json()["tags"] == ["v1.2.0", "v1.5.0"]
     assert second.json()["tags"] == ["v1.7.0"]
     assert "link" not in second.headers
-    assert source.calls == [f"signed_tags {GUN}"] * 2  # once per listing, not per tag
+    assert source.calls == [f"signed_state {GUN}"] * 2  # once per listing, not per tag
     assert rec.outcomes == [("tags", "denied")] * 2
 
 
