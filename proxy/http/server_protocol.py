@@ -37,7 +37,7 @@ import asyncio
 import logging
 from typing import Any
 
-from proxy.http.errors import oci_error_body
+from proxy.http.errors import API_VERSION_HEADER, oci_error_body
 from proxy.http.head_meter import HeadMeter
 
 __all__ = ["guarded_protocol"]
@@ -50,7 +50,9 @@ def _raw_response(status: int, reason: str, code: str, message: str) -> bytes:
     head = (
         f"HTTP/1.1 {status} {reason}\r\n"
         "content-type: application/json\r\n"
-        f"content-length: {len(body)}\r\n"
+        # Docker clients look for it on every answer, as on the app's own errors.
+        + "".join(f"{k.lower()}: {v}\r\n" for k, v in API_VERSION_HEADER.items())
+        + f"content-length: {len(body)}\r\n"
         "connection: close\r\n\r\n"
     )
     return head.encode("ascii") + body

@@ -23,7 +23,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from proxy.errors import ConfigError
-from proxy.http.server_protocol import guarded_protocol
+from proxy.http.server_protocol import _raw_response, guarded_protocol
 from proxy.settings import ServerSettings, parse_settings
 
 TIMEOUT = 0.5  # header_timeout of the server under test
@@ -349,3 +349,11 @@ def test_server_limits_refused(key: str, value: object) -> None:
     with pytest.raises(ConfigError) as e:
         server_settings({key: value})
     assert str(e.value).startswith(f"server.{key}:")
+
+
+def test_the_guards_own_answers_carry_the_api_version_header() -> None:
+    # Docker clients look for it on every answer; the app's errors have it, so must these.
+    head = _raw_response(431, "Request Header Fields Too Large", "UNSUPPORTED", "x").split(
+        b"\r\n\r\n"
+    )[0]
+    assert b"\r\ndocker-distribution-api-version: registry/2.0\r\n" in head.lower()
