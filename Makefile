@@ -13,7 +13,7 @@ help:
 	@echo "make test        set up everything and run ruff, mypy (strict) and pytest"
 	@echo "make test-unit   only the unit tests (no real servers)"
 	@echo "make test-latest make test against the newest releases instead of the lock"
-	@echo "make lock        refresh requirements/*.txt (exact versions and hashes)"
+	@echo "make lock        lock new dependencies in requirements/*.txt (UPGRADE=1: newest releases)"
 	@echo "make bench       benchmarks against the registry and nginx (about 10 minutes)"
 	@echo "make bench-quick the same, about a minute"
 	@echo "make hardening   attack tests, faults under load, 20-minute soak -> docs/hardening.md (~30 min)"
@@ -62,16 +62,19 @@ test: setup check
 test-latest:
 	$(MAKE) test VENV=.venv-latest LATEST=1
 
-# Refresh the lock deliberately: newest releases within pyproject.toml's ranges, with hashes.
-# Run `make test` afterwards and commit requirements/ with the result.
+# Lock what pyproject.toml asks for, with hashes: `make lock` keeps every version already
+# pinned and adds what is new; `make lock UPGRADE=1` moves everything to the newest releases
+# within the ranges. Run `make test` afterwards and commit requirements/ with the result.
+LOCK_UPGRADE := $(if $(filter 1,$(UPGRADE)),--upgrade,)
+
 lock:
 	@test -x .venv-lock/bin/uv || { $(PYTHON) -m venv .venv-lock && \
 		.venv-lock/bin/pip install -q uv==$(UV_VERSION); }
-	.venv-lock/bin/uv pip compile $(LOCK_FLAGS) --upgrade --extra speed pyproject.toml \
+	.venv-lock/bin/uv pip compile $(LOCK_FLAGS) $(LOCK_UPGRADE) --extra speed pyproject.toml \
 		-o requirements/runtime.txt
-	.venv-lock/bin/uv pip compile $(LOCK_FLAGS) --upgrade --extra dev --extra speed \
+	.venv-lock/bin/uv pip compile $(LOCK_FLAGS) $(LOCK_UPGRADE) --extra dev --extra speed \
 		pyproject.toml requirements/build.in -o requirements/dev.txt
-	.venv-lock/bin/uv pip compile $(LOCK_FLAGS) --upgrade --extra dev --extra speed \
+	.venv-lock/bin/uv pip compile $(LOCK_FLAGS) $(LOCK_UPGRADE) --extra dev --extra speed \
 		--extra bench pyproject.toml requirements/build.in -c requirements/dev.txt \
 		-o requirements/bench.txt
 
