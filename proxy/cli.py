@@ -278,7 +278,7 @@ def _add_trust_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
 
 
 def parse_image(ref: str) -> tuple[str, str | None]:
-    """``registry/repo[:tag]`` -> (GUN, tag), see ``proxy.reference.parse_image_ref``."""
+    """``registry/repo[:tag]`` -> (repository, tag), see ``proxy.reference.parse_image_ref``."""
     from proxy.errors import ClientRequestError
     from proxy.reference import parse_image_ref
 
@@ -291,7 +291,7 @@ def parse_image(ref: str) -> tuple[str, str | None]:
 def _signing_rule(args: argparse.Namespace) -> tuple[SigningRule, bool]:
     """The SigningRule the flags describe, and whether the root is unpinned (TOFU)."""
     from proxy.sources.base import SigningRule
-    from proxy.trust import (
+    from proxy.sources.notary.tuf import (
         PinnedRootCerts,
         PinnedRootKeys,
         RoleRequirement,
@@ -374,14 +374,14 @@ def cmd_trust_inspect(args: argparse.Namespace) -> int:
     import asyncio
     import json
 
-    from proxy import inspect_report
     from proxy.errors import FetchError, TrustDataError
     from proxy.sources.base import NoTrustDataError
-    from proxy.sources.notary import NotarySource
+    from proxy.sources.notary import inspect_report
+    from proxy.sources.notary.source import NotarySource
     from proxy.sources.store import MemoryTrustStateStore
 
     try:
-        gun, tag = parse_image(args.image)
+        repository, tag = parse_image(args.image)
         rule, tofu = _signing_rule(args)
         source_settings, limits = _trust_source_settings(args)
     except _UsageError as e:
@@ -396,11 +396,11 @@ def cmd_trust_inspect(args: argparse.Namespace) -> int:
     async def run() -> dict[str, Any]:
         source = NotarySource.from_settings(source_settings, limits, MemoryTrustStateStore())
         try:
-            ts = await source.load(gun, rule)
+            ts = await source.load(repository, rule)
         finally:
             await source.aclose()
         return inspect_report.build_report(
-            ts, gun=gun, source=source.name, server=source.url, rule=rule, tag=tag
+            ts, gun=repository, source=source.name, server=source.url, rule=rule, tag=tag
         )
 
     try:
@@ -412,11 +412,11 @@ def cmd_trust_inspect(args: argparse.Namespace) -> int:
             kind, message = "unavailable", str(e)
         else:
             kind = "verification-failed"
-            message = f"trust data for {gun} failed verification: {e}"
+            message = f"trust data for {repository} failed verification: {e}"
         print(f"error: {message}", file=sys.stderr)
         if args.json:
             err = inspect_report.build_error_report(
-                gun=gun,
+                gun=repository,
                 source=source_settings.name,
                 server=source_settings.url,
                 rule=rule,

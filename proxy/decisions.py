@@ -25,7 +25,7 @@ class Decision:
     time: str  # RFC 3339 UTC
     kind: Literal["manifest", "digest", "tags", "referrers"]
     outcome: Outcome
-    repository: str  # <registry>/<repo> (the GUN)
+    repository: str  # <registry>/<repo>
     reference: str  # tag or digest asked for
     reason: str
     rule: str | None = None  # the matching policy pattern

@@ -7,7 +7,7 @@ Three kinds of failure, three roots (plus configuration), so that callers can te
     ├── ConfigError                  the operator's config or policy is invalid (startup)
     ├── BadDataError                 untrusted bytes are wrong: never served, never trusted
     │   ├── TrustDataError           trust metadata failed verification   (role, field)
-    │   │   └── ...                  leaves in proxy/trust/errors.py
+    │   │   └── ...                  leaves in proxy/sources/notary/tuf/errors.py
     │   ├── UpstreamContentError     registry bytes are wrong (digest, size, syntax) -> 502
     │   └── OversizeError            a size-bounded read crossed its limit
     ├── FetchError                   something could not be fetched

@@ -30,22 +30,18 @@ from typing import TYPE_CHECKING, Any, Protocol, TextIO
 
 from proxy.audit import AuditRecorder, build_recorder
 from proxy.decisions import DecisionRecorder
-from proxy.enforcement.build import (
-    FailClosedGate,
-    StoreFactory,
-    build_enforcement,
-    redis_connection,
-    redis_store_factory,
-)
+from proxy.enforcement.build import GateOwner, build_enforcement
+from proxy.enforcement.fail_closed import FailClosedGate
 from proxy.errors import ConfigError
-from proxy.gate import TrustGate
 from proxy.http.app import build_state
 from proxy.http.state import ProxyState
 from proxy.policy.loader import load_policy
 from proxy.policy.model import Policy
 from proxy.settings import CacheSettings, Settings, TrustSourceSettings, load_settings
 from proxy.sources.redis_store import RedisConnection
-from proxy.sources.store import MemoryTrustStateStore, TrustStateStore
+from proxy.sources.store import TrustStateStore
+from proxy.sources.store_factory import StoreFactory, redis_connection, state_stores, wants_redis
+from proxy.trust_gate import TrustGate
 
 if TYPE_CHECKING:
     from starlette.applications import Starlette
@@ -54,15 +50,6 @@ log = logging.getLogger("trustproxy.reload")
 
 NO_POLICY_WARNING = "no policy_file: nothing is enforced, every tag passes through unchecked"
 DEFAULT_RETIRE_TIMEOUT = 3600.0  # longest a request may keep a replaced generation alive
-
-
-class Enforcement(Protocol):
-    """What ``proxy.enforcement.build.build_enforcement`` returns."""
-
-    @property
-    def gate(self) -> TrustGate: ...
-
-    async def aclose(self) -> None: ...
 
 
 class LoadPolicy(Protocol):
@@ -77,7 +64,7 @@ class BuildEnforcement(Protocol):
         *,
         recorder: DecisionRecorder,
         store_factory: StoreFactory | None = None,
-    ) -> Enforcement: ...
+    ) -> GateOwner: ...
 
 
 BuildState = Callable[[Settings, TrustGate], ProxyState]
@@ -148,7 +135,7 @@ class Generation:
     policy: Policy | None
     state: ProxyState
     recorder: AuditRecorder
-    enforcement: Enforcement | None = None
+    enforcement: GateOwner | None = None
     # Why the gate refuses everything (a configured policy that could not be loaded).
     fail_closed: str | None = None
 
@@ -186,16 +173,16 @@ class Builder:
     def store_factory(self, settings: Settings) -> StoreFactory:
         by_name = {s.name: s for s in settings.trust.sources}
         cache = settings.cache
-        redis_stores: StoreFactory | None = None
-        if cache.redis_url is not None and settings.trust.sources:
-            redis_stores = redis_store_factory(settings, self._redis_for(cache))
+        new_store = state_stores(
+            settings, self._redis_for(cache) if wants_redis(settings) else None
+        )
 
         def store(name: str) -> TrustStateStore:
             source = by_name[name]
             kept = self._stores.get(name)
             if kept is not None and kept[0] == source and kept[1] == cache:
                 return kept[2]
-            new = redis_stores(name) if redis_stores is not None else MemoryTrustStateStore()
+            new = new_store(name)
             self._stores[name] = (source, cache, new)
             return new
 
@@ -283,7 +270,7 @@ class Builder:
         return Generation(settings, policy, state, recorder, enforcement)
 
 
-def _close_soon(enforcement: Enforcement) -> None:
+def _close_soon(enforcement: GateOwner) -> None:
     try:
         loop = asyncio.get_running_loop()
     except RuntimeError:

@@ -26,7 +26,6 @@ from proxy.errors import (
     UpstreamContentError,
     UpstreamUnavailableError,
 )
-from proxy.gate import PassThrough, RequestContext, ServeDigest
 from proxy.http.client_input import check_forwarded_headers
 from proxy.http.errors import API_VERSION_HEADER, oci_error_response, response_for_exception
 from proxy.http.relay import (
@@ -43,6 +42,7 @@ from proxy.metrics import UPSTREAM_ERRORS
 from proxy.reference import RepoPath, parse_repo_path
 from proxy.routing import Route
 from proxy.tag_pages import paginate, parse_page_query
+from proxy.trust_gate import PassThrough, RequestContext, ServeDigest
 from proxy.upstream.client import FORWARDED_REQUEST_HEADERS, REDIRECT_STATUSES, UpstreamClient
 from proxy.upstream.redirects import resolve_location
 
@@ -521,14 +521,14 @@ def _report_mismatch(
         "upstream %s sent bytes that do not match the signed digest: %s:%s expected %s "
         "(%s bytes), got %s (%d bytes)",
         client.name,
-        route.gun,
+        route.repository,
         tag,
         decision.digest,
         decision.length if decision.length is not None else "?",
         actual,
         len(body),
         extra={
-            "gun": route.gun,
+            "repository": route.repository,
             "tag": tag,
             "expected_digest": decision.digest,
             "actual_digest": actual,

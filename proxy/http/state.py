@@ -5,12 +5,12 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 
-from proxy.gate import TrustGate
 from proxy.http.client_auth import Htpasswd
 from proxy.http.token_relay import TokenRelay
 from proxy.manifest_cache import ManifestCache
 from proxy.routing import Router
 from proxy.settings import Settings
+from proxy.trust_gate import TrustGate
 from proxy.upstream.client import UpstreamClient
 
 BASIC_REALM = "trustproxy"

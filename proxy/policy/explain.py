@@ -10,7 +10,13 @@ from datetime import timedelta
 
 from proxy.policy.matcher import compile_pattern, matcher_for, nested_gap, tag_allowed
 from proxy.policy.model import Policy, RepositoryRule
-from proxy.trust import PinnedRootCerts, PinnedRootKeys, RootCA, RootOfTrust, TrustOnFirstUse
+from proxy.sources.notary.tuf import (
+    PinnedRootCerts,
+    PinnedRootKeys,
+    RootCA,
+    RootOfTrust,
+    TrustOnFirstUse,
+)
 
 __all__ = ["NO_RULE", "describe_root", "explain", "format_grace", "root_kind"]
 

@@ -38,8 +38,14 @@ from proxy.policy.matcher import (
     validate_tag_pattern,
 )
 from proxy.policy.model import DigestMode, Mode, Policy, RepositoryRule, SignerRequirement
-from proxy.trust import PinnedRootCerts, PinnedRootKeys, RootCA, RootOfTrust, TrustOnFirstUse
-from proxy.trust.metadata import is_delegation_name
+from proxy.sources.notary.tuf import (
+    PinnedRootCerts,
+    PinnedRootKeys,
+    RootCA,
+    RootOfTrust,
+    TrustOnFirstUse,
+)
+from proxy.sources.notary.tuf.metadata import is_delegation_name
 
 __all__ = [
     "MAX_POLICY_BYTES",

@@ -27,7 +27,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Literal
 
-from proxy.trust import RootOfTrust
+from proxy.sources.notary.tuf import RootOfTrust
 
 Mode = Literal["enforce", "audit", "off"]
 DigestMode = Literal["allow", "signed"]

@@ -3,7 +3,7 @@
 Every trust source (Notary v1 now; Notation and Cosign later) implements
 :class:`TrustSource`. The enforcement layer builds its policy on four outcomes::
 
-    resolve(gun, tag, rule) -> SignedTarget          the tag is signed: pull by this digest
+    resolve(repository, tag, rule) -> SignedTarget          the tag is signed: pull by this digest
                             raises NotSignedError    the tag is not signed under the rule
                                    └── NoTrustDataError   the repository has no trust data
                             raises TrustSourceUnavailableError  could not fetch, nothing
@@ -28,7 +28,7 @@ from types import MappingProxyType
 from typing import Protocol
 
 from proxy.errors import NotSignedError, TrustDataError, TrustSourceUnavailableError
-from proxy.trust import (
+from proxy.sources.notary.tuf import (
     PinnedRootCerts,
     PinnedRootKeys,
     RoleRequirement,
@@ -67,10 +67,10 @@ class NoTrustDataError(NotSignedError):
     (``notary delete --remote``). The message is the one Docker users recognise.
     """
 
-    def __init__(self, server: str, gun: str) -> None:
+    def __init__(self, server: str, repository: str) -> None:
         self.server = server
-        self.gun = gun
-        super().__init__(f"{server} does not have trust data for {gun}")
+        self.repository = repository
+        super().__init__(f"{server} does not have trust data for {repository}")
 
 
 class NotSignedByError(NotSignedError):
@@ -188,8 +188,8 @@ class TrustSource(Protocol):
     @property
     def name(self) -> str: ...
 
-    async def resolve(self, gun: str, tag: str, rule: SigningRule) -> SignedTarget:
-        """The signed target of ``tag`` in ``gun`` under ``rule``.
+    async def resolve(self, repository: str, tag: str, rule: SigningRule) -> SignedTarget:
+        """The signed target of ``tag`` in ``repository`` under ``rule``.
 
         Raises:
             NotSignedError: not signed under the rule (``NoTrustDataError``: no trust data).
@@ -198,14 +198,14 @@ class TrustSource(Protocol):
         """
         ...
 
-    async def signed_tags(self, gun: str, rule: SigningRule) -> dict[str, SignedTarget]:
+    async def signed_tags(self, repository: str, rule: SigningRule) -> dict[str, SignedTarget]:
         """Every tag acceptable under ``rule``, by tag (for a filtered tag list).
 
         Raises: as :meth:`resolve`, except that an unsigned tag is simply absent.
         """
         ...
 
-    async def trust_info(self, gun: str, rule: SigningRule) -> TrustInfo:
+    async def trust_info(self, repository: str, rule: SigningRule) -> TrustInfo:
         """What :meth:`resolve` / :meth:`signed_tags` under ``rule`` answer from right now
         (cheap right after either: no network when the state is cached). For audit records
         only: it may already describe a newer state than the call before it.
@@ -214,7 +214,7 @@ class TrustSource(Protocol):
         """
         ...
 
-    async def signed_state(self, gun: str, rule: SigningRule) -> SignedState:
+    async def signed_state(self, repository: str, rule: SigningRule) -> SignedState:
         """:meth:`signed_tags` and :meth:`trust_info` of one and the same trust state (one
         load): what anything keyed by the trust state must be built from.
 

@@ -32,15 +32,15 @@ class ReplicaLock(Protocol):
     #: seconds until a lock whose holder never released it expires by itself
     lock_timeout: float
 
-    async def acquire(self, gun: str) -> str | None:
-        """A token when this caller now holds the lock for ``gun``; None when another does.
+    async def acquire(self, repository: str) -> str | None:
+        """A token when this caller now holds the lock for ``repository``; None when another does.
 
         Raises:
             StoreUnavailableError: the lock cannot be reached (proceed without it).
         """
         ...
 
-    async def release(self, gun: str, token: str) -> None:
+    async def release(self, repository: str, token: str) -> None:
         """Release the lock if ``token`` still holds it (never someone else's lock).
 
         Raises:

@@ -13,8 +13,8 @@ import pytest
 from proxy.errors import NotSignedError
 from proxy.settings import LimitSettings, TrustSourceSettings
 from proxy.sources import MemoryTrustStateStore, NoTrustDataError, SigningRule
-from proxy.sources.notary import NotarySource, NotarySourceOptions
-from proxy.trust import (
+from proxy.sources.notary.source import NotarySource, NotarySourceOptions
+from proxy.sources.notary.tuf import (
     PinnedRootCerts,
     PinnedRootKeys,
     RoleRequirement,

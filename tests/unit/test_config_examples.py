@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from proxy.policy.loader import load_policy
 from proxy.policy.model import Policy
 from proxy.settings import Settings, load_settings
-from proxy.trust import PinnedRootKeys, RootCA, TrustOnFirstUse
+from proxy.sources.notary.tuf import PinnedRootKeys, RootCA, TrustOnFirstUse
 from testbed.processes import free_port
 from testbed.tls import self_signed_certificate
 

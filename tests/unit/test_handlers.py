@@ -23,11 +23,11 @@ import pytest
 from starlette.exceptions import StarletteDeprecationWarning
 
 from proxy.errors import NotSignedError, TrustSourceUnavailableError
-from proxy.gate import ListingKind, PassThrough, RequestContext, ServeDigest, TagDecision
 from proxy.http.app import create_app
 from proxy.manifest_cache import ManifestCache
 from proxy.routing import Route
 from proxy.settings import LimitSettings, MiB, ServerSettings, Settings, UpstreamSettings
+from proxy.trust_gate import ListingKind, PassThrough, RequestContext, ServeDigest, TagDecision
 
 with warnings.catch_warnings():
     # Starlette 1.x prefers the httpx2 package for its TestClient; httpx works the same.
@@ -168,14 +168,14 @@ class Gate:
     listings: list[str] = field(default_factory=list)
 
     async def decide_tag(self, route: Route, tag: str, ctx: RequestContext) -> TagDecision:
-        self.asked.append(f"{route.gun}:{tag}")
+        self.asked.append(f"{route.repository}:{tag}")
         self.contexts.append(ctx)
         if isinstance(self.decision, BaseException):
             raise self.decision
         return self.decision
 
     async def decide_digest(self, route: Route, digest: str, ctx: RequestContext) -> None:
-        self.digests.append(f"{route.gun}@{digest}")
+        self.digests.append(f"{route.repository}@{digest}")
         self.contexts.append(ctx)
         if self.digest_error is not None:
             raise self.digest_error
@@ -190,7 +190,7 @@ class Gate:
     async def admit_listing(
         self, route: Route, kind: ListingKind, reference: str, ctx: RequestContext
     ) -> bool:
-        self.listings.append(f"{kind} {route.gun}")
+        self.listings.append(f"{kind} {route.repository}")
         return self.admit
 
     def report_mismatch(

@@ -1,6 +1,6 @@
 """The Notary v1 trust source: fetcher + state store + the pure verification core.
 
-Per repository (GUN) and root of trust, one verified :class:`~proxy.trust.TrustedSet` is
+Per repository (GUN) and root of trust, one verified :class:`~.tuf.TrustedSet` is
 kept in process for ``fresh_for``; after that the next request refreshes it::
 
     hot set fresh?            -> use it (it was verified in this process)
@@ -16,7 +16,7 @@ kept in process for ``fresh_for``; after that the next request refreshes it::
                                  ``refresh_deadline``; an invalid delegation is skipped
                                  (notary), unless it is rolled back or withheld (one the
                                  stored state verified, still declared as then): that
-                                 ends the refresh (``proxy.trust.refresh``)
+                                 ends the refresh (``proxy.sources.notary.tuf.refresh``)
     refresh could not fetch   -> (unreachable, timed out, past the refresh deadline)
                                  the last state, re-verified at "now" (so only while
                                  unexpired), with a warning; failing that, and only
@@ -77,8 +77,7 @@ from proxy.sources.base import (
 )
 from proxy.sources.flight import ReplicaLock
 from proxy.sources.notary.fetcher import NotaryFetcher
-from proxy.sources.store import Judge, RollbackFloors, StoreUnavailableError, TrustStateStore
-from proxy.trust import (
+from proxy.sources.notary.tuf import (
     Limits,
     MetadataFormatError,
     MissingMetadataError,
@@ -93,7 +92,14 @@ from proxy.trust import (
     resolve_required_roles,
     signed_tags,
 )
-from proxy.trust.resolve import DOCKER_ROLES, lookup
+from proxy.sources.notary.tuf.resolve import DOCKER_ROLES, lookup
+from proxy.sources.store import (
+    STATE_MAX_BYTES,
+    Judge,
+    RollbackFloors,
+    StoreUnavailableError,
+    TrustStateStore,
+)
 from proxy.upstream.auth import UpstreamAuthenticator
 from proxy.upstream.client import make_http_client
 
@@ -134,7 +140,7 @@ class NotarySourceOptions:
     #: cache (least recently raised out; only verified repositories count)
     max_floor_entries: int = 65_536
     #: the largest stored state accepted from the store (it holds every role, base64)
-    state_max_bytes: int = 64 * 1024 * 1024
+    state_max_bytes: int = STATE_MAX_BYTES
     #: size and count limits of the verification core (byte limits also cap fetches)
     limits: Limits = field(default_factory=Limits)
     #: while another replica holds the refresh lock, how often to look for its result
@@ -726,7 +732,7 @@ class NotarySource:
         except StoreUnavailableError as e:
             log.debug("trust source %s: %s: state not saved: %s", self.name, gun, e)
 
-    # --- the refresh walk (mirrors proxy.trust.refresh over the async fetcher) --------------
+    # --- the refresh walk (mirrors .tuf.refresh over the async fetcher) ---
 
     async def _fetch(self, gun: str, name: str, role: str) -> bytes | None:
         if (asked := _ASKED.get()) is not None:
@@ -825,7 +831,7 @@ class NotarySource:
                     log.warning("trust source %s: %s: skipped: %s", self.name, gun, e)
         if state is not None:
             # ... unless we had verified it and it is still declared as then: a server
-            # withholding it must not hand its tags to the parent (proxy.trust.refresh).
+            # withholding it must not hand its tags to the parent (tuf.refresh).
             check_withheld(ts, state)
         if ts.expired_root_cert_used:
             log.warning(

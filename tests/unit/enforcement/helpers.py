@@ -18,9 +18,8 @@ import httpx
 from starlette.exceptions import StarletteDeprecationWarning
 
 from proxy.decisions import Decision
-from proxy.enforcement.gate import EnforcingGate
+from proxy.enforcement.enforcing_gate import EnforcingGate
 from proxy.errors import TrustproxyError
-from proxy.gate import TrustGate
 from proxy.http.app import create_app
 from proxy.policy.model import Mode, Policy, RepositoryRule, SignerRequirement
 from proxy.sources.base import (
@@ -30,7 +29,8 @@ from proxy.sources.base import (
     SigningRule,
     TrustInfo,
 )
-from proxy.trust import TrustOnFirstUse
+from proxy.sources.notary.tuf import TrustOnFirstUse
+from proxy.trust_gate import TrustGate
 from tests.unit.test_handlers import REPO, FakeRegistry, make_settings
 
 with warnings.catch_warnings():

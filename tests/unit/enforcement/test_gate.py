@@ -7,12 +7,12 @@ from typing import Any
 
 import pytest
 
-from proxy.enforcement.gate import Finding, decide
+from proxy.enforcement.enforcing_gate import Finding, decide
 from proxy.errors import NotSignedError, TrustSourceUnavailableError
 from proxy.metrics import UPSTREAM_ERRORS
 from proxy.policy.model import Mode
 from proxy.sources.base import NoTrustDataError, SignersDisagreeError, TooFewSignaturesError
-from proxy.trust import ThresholdError
+from proxy.sources.notary.tuf import ThresholdError
 from tests.unit.enforcement.helpers import (
     GUN,
     FakeSource,
@@ -251,7 +251,7 @@ def test_bad_trust_data_is_503(registry: FakeRegistry) -> None:
 def test_misconfigured_source_fails_closed(
     registry: FakeRegistry, rule_source: str | None, configured: str | None
 ) -> None:
-    from proxy.enforcement.gate import EnforcingGate
+    from proxy.enforcement.enforcing_gate import EnforcingGate
     from proxy.policy.model import Policy
     from tests.unit.enforcement.helpers import fake_match_rule, fake_tag_allowed
 

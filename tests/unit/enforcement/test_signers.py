@@ -9,13 +9,13 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from proxy.enforcement.gate import EnforcingGate
+from proxy.enforcement.enforcing_gate import EnforcingGate
 from proxy.errors import NotSignedError
-from proxy.gate import RequestContext, ServeDigest
 from proxy.policy.model import Policy, SignerRequirement
 from proxy.routing import Route
 from proxy.settings import UpstreamSettings
-from proxy.sources.notary import NotarySource
+from proxy.sources.notary.source import NotarySource
+from proxy.trust_gate import RequestContext, ServeDigest
 from tests.simulators.notary_repo import NotaryRepository, generate_key
 from tests.unit.enforcement.helpers import Recorder, fake_match_rule, fake_tag_allowed, rule
 from tests.unit.sources.sim import GUN, SimServer, make_source

@@ -17,15 +17,15 @@ from types import MappingProxyType
 
 import pytest
 
-from proxy.enforcement.gate import EnforcingGate
+from proxy.enforcement.enforcing_gate import EnforcingGate
 from proxy.errors import NotSignedError
-from proxy.gate import RequestContext
 from proxy.policy.model import Policy
 from proxy.routing import Route
 from proxy.settings import UpstreamSettings
 from proxy.sources.base import SignedState, SignedTarget, SigningRule, TrustInfo
-from proxy.sources.notary import NotarySourceOptions
-from proxy.trust import TrustedSet
+from proxy.sources.notary.source import NotarySourceOptions
+from proxy.sources.notary.tuf import TrustedSet
+from proxy.trust_gate import RequestContext
 from tests.simulators.notary_repo import NotaryRepository
 from tests.unit.enforcement.helpers import Recorder, fake_match_rule, fake_tag_allowed, rule
 from tests.unit.sources.sim import GUN, Clock, SimServer, make_source

@@ -13,7 +13,7 @@ import pytest
 from proxy.errors import ConfigError
 from proxy.policy.loader import MAX_POLICY_BYTES, load_policy, parse_policy, role_name
 from proxy.policy.model import RepositoryRule, SignerRequirement
-from proxy.trust import PinnedRootCerts, PinnedRootKeys, RootCA, TrustOnFirstUse
+from proxy.sources.notary.tuf import PinnedRootCerts, PinnedRootKeys, RootCA, TrustOnFirstUse
 
 CONFIG_DIR = Path(__file__).resolve().parents[3] / "config"
 KEY_A = "a" * 64

@@ -17,13 +17,13 @@ import pytest
 
 from proxy.errors import NotSignedError, TrustSourceUnavailableError
 from proxy.sources import MemoryTrustStateStore, NoTrustDataError, SigningRule
-from proxy.sources.notary import (
+from proxy.sources.notary.source import (
     NotarySource,
     NotarySourceOptions,
     decode_record,
     encode_record,
 )
-from proxy.trust import (
+from proxy.sources.notary.tuf import (
     MissingMetadataError,
     PinnedRootKeys,
     RoleRequirement,
@@ -762,7 +762,7 @@ async def test_missing_targets_file_is_bad_data() -> None:
 
 
 async def test_endless_timestamp_is_cut_by_the_role_limit() -> None:
-    from proxy.trust import Limits, OversizeMetadataError
+    from proxy.sources.notary.tuf import Limits, OversizeMetadataError
 
     server = SimServer(faults={"timestamp.json": "endless"})
     server.add(repo_with_roles())

@@ -31,8 +31,8 @@ Any ``TrustDataError`` from root/timestamp/snapshot/targets is fatal for the ref
 
 from __future__ import annotations
 
-from proxy.trust.canonical import encode_canonical
-from proxy.trust.errors import (
+from proxy.sources.notary.tuf.canonical import encode_canonical
+from proxy.sources.notary.tuf.errors import (
     ExpiredError,
     HashMismatchError,
     KeyIdMismatchError,
@@ -45,8 +45,8 @@ from proxy.trust.errors import (
     ThresholdError,
     UnsupportedKeyError,
 )
-from proxy.trust.keys import PublicKey, compute_key_id, parse_key
-from proxy.trust.metadata import (
+from proxy.sources.notary.tuf.keys import PublicKey, compute_key_id, parse_key
+from proxy.sources.notary.tuf.metadata import (
     DelegatedRole,
     Delegations,
     Limits,
@@ -62,23 +62,23 @@ from proxy.trust.metadata import (
     parse_targets,
     parse_timestamp,
 )
-from proxy.trust.refresh import Fetch, MissingMetadataError, check_withheld, refresh
-from proxy.trust.resolve import (
+from proxy.sources.notary.tuf.refresh import Fetch, MissingMetadataError, check_withheld, refresh
+from proxy.sources.notary.tuf.resolve import (
     RoleRequirement,
     SignedTarget,
     resolve_docker,
     resolve_required_roles,
     signed_tags,
 )
-from proxy.trust.roots import (
+from proxy.sources.notary.tuf.roots import (
     PinnedRootCerts,
     PinnedRootKeys,
     RootCA,
     RootOfTrust,
     TrustOnFirstUse,
 )
-from proxy.trust.state import TrustedState
-from proxy.trust.trusted_set import PendingRole, TrustedSet, consistent_filename
+from proxy.sources.notary.tuf.state import TrustedState
+from proxy.sources.notary.tuf.trusted_set import PendingRole, TrustedSet, consistent_filename
 
 __all__ = [
     "DelegatedRole",

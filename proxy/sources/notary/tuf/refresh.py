@@ -19,10 +19,15 @@ from __future__ import annotations
 import posixpath
 from collections.abc import Callable, Collection
 
-from proxy.trust.errors import ExpiredError, HashMismatchError, RollbackError, TrustDataError
-from proxy.trust.metadata import DelegatedRole, is_delegation_name, parse_targets
-from proxy.trust.state import TrustedState
-from proxy.trust.trusted_set import TrustedSet
+from proxy.sources.notary.tuf.errors import (
+    ExpiredError,
+    HashMismatchError,
+    RollbackError,
+    TrustDataError,
+)
+from proxy.sources.notary.tuf.metadata import DelegatedRole, is_delegation_name, parse_targets
+from proxy.sources.notary.tuf.state import TrustedState
+from proxy.sources.notary.tuf.trusted_set import TrustedSet
 
 __all__ = ["Fetch", "MissingMetadataError", "check_withheld", "refresh"]
 

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from typing import Final
 
 from proxy.errors import NotSignedError
-from proxy.trust.metadata import TargetFile
-from proxy.trust.trusted_set import TrustedSet
+from proxy.sources.notary.tuf.metadata import TargetFile
+from proxy.sources.notary.tuf.trusted_set import TrustedSet
 
 __all__ = [
     "DOCKER_ROLES",
