@@ -148,22 +148,45 @@ class Dockerd:
         value: dict[str, Any] = json.loads(r.stdout)
         return value
 
-    def reconfigure(self, config: Mapping[str, Any], *, timeout: float = 20) -> None:
-        """Write a new daemon.json and SIGHUP dockerd (registry-mirrors and
-        insecure-registries are reloadable, as docs/clients.md says); wait until
-        ``docker info`` shows the new mirrors."""
+    def reload(self, config: Mapping[str, Any], *, timeout: float = 20) -> None:
+        """Write ``config`` as daemon.json and SIGHUP dockerd; wait for its "Reloaded
+        configuration" log line. Raises RuntimeError when none comes."""
         self.config = dict(config)
+        before = self._log_count("Reloaded configuration")
         self.config_file.write_text(json.dumps(self.config, indent=2))
-        want = sorted(_mirror_url(m) for m in self.config.get("registry-mirrors", []))
         self.server.process.send_signal(signal.SIGHUP)
         deadline = time.monotonic() + timeout
-        while True:
-            got = sorted(self.registry_config().get("Mirrors") or [])
-            if got == want:
-                return
+        while self._log_count("Reloaded configuration") <= before:
             if time.monotonic() > deadline:
-                raise RuntimeError(f"dockerd did not reload {self.config}: mirrors {got}")
-            time.sleep(0.2)
+                raise RuntimeError(f"dockerd did not reload in {timeout}s:\n{self.log_tail()}")
+            time.sleep(0.1)
+
+    def mirrors(self) -> list[str]:
+        return sorted(self.registry_config().get("Mirrors") or [])
+
+    def reconfigure(self, config: Mapping[str, Any]) -> None:
+        """Apply ``config`` by SIGHUP (registry-mirrors and insecure-registries are
+        reloadable, as docs/clients.md says) and check that ``docker info`` shows its
+        mirrors. Raises RuntimeError when it does not."""
+        self.reload(config)
+        want = sorted(_mirror_url(m) for m in self.config.get("registry-mirrors", []))
+        if self.mirrors() != want:
+            raise RuntimeError(f"after reloading {self.config}, dockerd's mirrors are "
+                               f"{self.mirrors()}")  # fmt: skip
+
+    def restart(self, config: Mapping[str, Any], *, timeout: float = 60) -> None:
+        """Stop dockerd, write ``config``, start it again with the same roots and socket."""
+        self.config = dict(config)
+        self.server.stop(timeout=30)
+        self.config_file.write_text(json.dumps(self.config, indent=2))
+        self.server.restart()
+        _wait_answering(self, timeout)
+
+    def _log_count(self, text: str) -> int:
+        try:
+            return self.server.log_path.read_text(errors="replace").count(text)
+        except OSError:
+            return 0
 
     def remove_all_images(self) -> None:
         ids = self.docker("images", "-aq").stdout.split()
@@ -220,18 +243,26 @@ def start_dockerd(
     ]
     server = start_server("dockerd", argv, log_dir=workdir, env=env)
     engine = Dockerd(server, workdir, runtime_dir, config_file, cli, dict(config or {}))
+    try:
+        _wait_answering(engine, timeout)
+    except DockerdUnavailable:
+        engine.stop()
+        raise
+    return engine
+
+
+def _wait_answering(engine: Dockerd, timeout: float) -> None:
+    server = engine.server
     deadline = time.monotonic() + timeout
     while True:
         if not server.alive():
-            shutil.rmtree(runtime_dir, ignore_errors=True)
             raise DockerdUnavailable(
                 f"dockerd exited at start (code {server.process.returncode}): "
                 + " | ".join(engine.log_tail(8).splitlines())
             )
         if engine.socket.exists() and engine.docker("version", timeout=10).ok:
-            return engine
+            return
         if time.monotonic() > deadline:
-            engine.stop()
             raise DockerdUnavailable(
                 f"dockerd did not answer on its socket in {timeout}s: "
                 + " | ".join(engine.log_tail(8).splitlines())

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import gzip
 import json
+import socket
 import tarfile
 import uuid
 from collections.abc import Iterator
@@ -46,7 +47,6 @@ from testbed.enforcement_bed import (
     upstream,
 )
 from testbed.notary_server import NotaryBed
-from testbed.processes import free_port
 from testbed.tls import CA
 from tests.conftest import RegistryBed
 
@@ -174,8 +174,15 @@ CONFIGS = {"direct": direct_config, "mirror": mirror_config}
 
 
 def apply(world: World, config: str, *, hub: str) -> None:
-    """Reload dockerd with ``config``, set Hub reachable or blocked, forget every image."""
-    world.engine.reconfigure(CONFIGS[config](world.proxy))
+    """Give dockerd ``config``, set Hub reachable or blocked, forget every image.
+
+    SIGHUP where it works; a restart where dockerd keeps mirrors whose key was deleted
+    (test_sighup_keeps_mirrors_whose_key_was_deleted)."""
+    new = CONFIGS[config](world.proxy)
+    if world.engine.mirrors() and "registry-mirrors" not in new:
+        world.engine.restart(new)
+    else:
+        world.engine.reconfigure(new)
     world.relay.hub_reachable = hub == "reachable"
     world.engine.remove_all_images()
     world.relay.connects.clear()
@@ -292,6 +299,19 @@ def _member(tar: tarfile.TarFile, name: str) -> bytes:
     return f.read()
 
 
+def test_sighup_keeps_mirrors_whose_key_was_deleted(world: World) -> None:
+    """Observed: deleting "registry-mirrors" from daemon.json and reloading (SIGHUP,
+    `systemctl reload docker`) leaves the mirrors in force; `[]` or a restart removes them
+    (docs/clients.md says so)."""
+    engine = world.engine
+    engine.reconfigure(mirror_config(world.proxy))
+    assert engine.mirrors() == [world.proxy.url + "/"]
+    engine.reload(direct_config(world.proxy))  # the key deleted
+    assert engine.mirrors() == [world.proxy.url + "/"]
+    engine.reload({**direct_config(world.proxy), "registry-mirrors": []})
+    assert engine.mirrors() == []
+
+
 # -- the result table ------------------------------------------------------------------------
 
 
@@ -366,15 +386,30 @@ def test_mirror_with_hub_blocked_fails_with_hubs_error_not_the_proxys(world: Wor
 # -- doctor against each configuration ------------------------------------------------------
 
 
-def run_doctor(world: World, config: str, hub: str, tmp_path: Path) -> doctor.Report:
-    """``trustproxy doctor`` on this host with the daemon.json the test applied. The
-    upstream it must not reach is Hub's stand-in: reachable, or a closed port (blocked)."""
-    root = tmp_path / f"root-{config}-{hub}"
+async def _no_direct_route(host: str, port: int, seconds: float) -> None:
+    """The bed's network: nothing but loopback is reachable directly; dockerd's only way
+    out is its egress proxy (so the verdict here does not depend on this machine's DNS)."""
+    if host not in ("127.0.0.1", "localhost"):
+        raise socket.gaierror(-2, "Name or service not known")
+    await asyncio.open_connection(host, port)
+
+
+def run_doctor(world: World, config: str, tmp_path: Path, *, with_dropin: bool) -> doctor.Report:
+    """``trustproxy doctor`` on this host with the daemon.json the test applied and, as a
+    systemd drop-in, the egress proxy dockerd runs with; the upstream it must not reach is
+    Docker Hub by its real name (the default)."""
+    root = tmp_path / f"root-{config}"
     (root / "etc/docker").mkdir(parents=True)
     (root / "etc/docker/daemon.json").write_text(json.dumps(CONFIGS[config](world.proxy)))
-    hub_url = world.registry.url if hub == "reachable" else f"http://127.0.0.1:{free_port()}"
-    options = doctor.Options(proxy=world.proxy.url, upstreams=(hub_url,), host_root=root)
-    return asyncio.run(doctor.run_checks(options))
+    if with_dropin:
+        dropins = root / doctor.DOCKERD_DROPINS
+        dropins.mkdir(parents=True)
+        (dropins / "http-proxy.conf").write_text(
+            f'[Service]\nEnvironment="HTTPS_PROXY={world.relay.url}" "NO_PROXY=127.0.0.1"\n'
+        )
+    options = doctor.Options(proxy=world.proxy.url, host_root=root, timeout=10)
+    assert options.upstreams == ("https://registry-1.docker.io",)
+    return asyncio.run(doctor.run_checks(options, tcp_connect=_no_direct_route))
 
 
 @pytest.mark.parametrize(("config", "hub"), [("direct", "reachable"), ("mirror", "reachable"),
@@ -382,23 +417,38 @@ def run_doctor(world: World, config: str, hub: str, tmp_path: Path) -> doctor.Re
 def test_doctor_verdict_matches_what_dockerd_did(
     world: World, config: str, hub: str, tmp_path: Path
 ) -> None:
-    # Did any way of naming the image give this host an unsigned image?
+    apply(world, config, hub=hub)
+    # Did any way of naming an image give this host's dockerd an unsigned image?
     bypassed = any(
-        "upstream" in {RESULTS[k]["unsigned"], RESULTS[k]["moved"]}
+        U in (RESULTS[k]["moved"], RESULTS[k]["unsigned"])
         for k in RESULTS
         if k[0] == config and k[1] == hub
     )
-    report = run_doctor(world, config, hub, tmp_path)
-    assert report.ok is (not bypassed), doctor.format_report(report)
+    report = run_doctor(world, config, tmp_path, with_dropin=True)
+    text = doctor.format_report(report)
+    assert report.ok is (not bypassed), text
+    via = [c for c in report.checks if c.name.endswith("via dockerd's egress proxy")]
+    assert [c.status for c in via] == ["fail" if bypassed else "pass"], text
     docker_checks = [c for c in report.checks if c.name.endswith("daemon.json")]
-    assert docker_checks, doctor.format_report(report)
+    assert docker_checks, text
     if config == "mirror":
         # Never "enforcing": the mirror is flagged as falling back to Hub.
         mirror = [c for c in docker_checks if c.data.get("is_proxy")]
-        assert mirror, doctor.format_report(report)
-        assert mirror[0].status == "warn", doctor.format_report(report)
+        assert mirror, text
+        assert mirror[0].status == "warn", text
         assert "falls back to Docker Hub" in " ".join(mirror[0].details)
     assert not any(c.status == "pass" for c in docker_checks)
+
+
+def test_doctor_without_dockerds_proxy_settings_sees_only_direct_egress(
+    world: World, tmp_path: Path
+) -> None:
+    """Why doctor reads dockerd's drop-ins: from direct egress alone, Hub looks blocked
+    while dockerd pulls the unsigned tag from it (the mirror-reachable row)."""
+    apply(world, "mirror", hub="reachable")
+    report = run_doctor(world, "mirror", tmp_path, with_dropin=False)
+    assert report.ok, doctor.format_report(report)  # what doctor said before reading them
+    assert RESULTS[("mirror", "reachable", "hub")]["unsigned"] == U
 
 
 # -- docs/clients.md agrees ------------------------------------------------------------------
