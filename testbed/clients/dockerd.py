@@ -31,6 +31,7 @@ import subprocess
 import tempfile
 import threading
 import time
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -230,6 +231,7 @@ def start_dockerd(
         raise DockerdUnavailable("dockerd or its docker CLI is missing")
     workdir.mkdir(parents=True, exist_ok=True)
     runtime_dir = Path(tempfile.mkdtemp(prefix="tp-dockerd-"))
+    namespace = f"tp{uuid.uuid4().hex[:12]}"
     config_file = workdir / "daemon.json"
     config_file.write_text(json.dumps(dict(config or {}), indent=2))
     argv = [
@@ -240,6 +242,11 @@ def start_dockerd(
         f"--pidfile={runtime_dir / 'dockerd.pid'}",
         f"--host=unix://{runtime_dir / 'docker.sock'}",
         f"--config-file={config_file}",
+        # dockerd starts a containerd of its own under the exec root, unless a system one
+        # listens on /run/containerd/containerd.sock; then it uses that one, and namespaces
+        # of its own keep its containers apart from a system dockerd's ("moby").
+        f"--containerd-namespace={namespace}",
+        f"--containerd-plugins-namespace={namespace}-plugins",
     ]
     server = start_server("dockerd", argv, log_dir=workdir, env=env)
     engine = Dockerd(server, workdir, runtime_dir, config_file, cli, dict(config or {}))
