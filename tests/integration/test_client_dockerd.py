@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from proxy import doctor
@@ -253,6 +254,28 @@ def test_direct_pull_of_an_unsigned_tag_is_refused_with_the_reason(world: World)
     assert world.relay.hub_connects() == []  # nothing to fall back to
     left = world.engine.docker("image", "inspect", proxy_ref(world, world.app, "unsigned"))
     assert not left.ok
+
+
+def test_engine_api_refusal_carries_the_proxys_reason(world: World) -> None:
+    """What tools that speak the Engine API see (docker-py, compose, CI runners):
+    POST /images/create answers 404 with the proxy's reason in ``message``."""
+    apply(world, "direct", hub="reachable")
+    transport = httpx.HTTPTransport(uds=str(world.engine.socket))
+    with httpx.Client(transport=transport, base_url="http://docker", timeout=60) as api:
+        r = api.post(
+            "/v1.41/images/create",
+            params={"fromImage": f"{world.proxy.host}/{world.app}", "tag": "unsigned"},
+        )
+        signed = api.post(
+            "/v1.41/images/create",
+            params={"fromImage": f"{world.proxy.host}/{world.app}", "tag": "signed"},
+        )
+    assert r.status_code == 404, r.text
+    message = r.json()["message"]
+    assert "manifest unknown" in message, message
+    assert "not signed" in message, message
+    assert signed.status_code == 200, signed.text
+    assert f"Digest: {world.signed['signed'].digest}" in signed.text
 
 
 def test_direct_pull_of_a_multi_arch_index(world: World) -> None:
