@@ -16,7 +16,7 @@
 #   --build-arg BASE_IMAGE=python:3.11-slim-bookworm@sha256:<digest>
 # (`docker buildx imagetools inspect python:3.11-slim-bookworm` prints it). Any Debian
 # bookworm image with python3 (3.11) and python3-venv works: `make test-image` builds on a
-# debootstrap-made one, offline from Docker Hub.
+# debootstrap-made one, without Docker Hub.
 ARG BASE_IMAGE=python:3.11-slim-bookworm
 
 # ---------------------------------------------------------------- build: wheels only
