@@ -196,10 +196,27 @@ class Dockerd:
 
     def stop(self) -> None:
         self.server.stop(timeout=30)
+        _unmount_below(self.runtime_dir)
         shutil.rmtree(self.runtime_dir, ignore_errors=True)
 
     def log_tail(self, lines: int = 30) -> str:
         return self.server.log_tail(lines)
+
+
+def _unmount_below(folder: Path) -> None:
+    """Unmount what dockerd left mounted under ``folder`` (it bind-mounts the host's network
+    namespace at <exec-root>/netns/default and does not undo that at exit), deepest first."""
+    prefix = str(folder.resolve()) + "/"
+    try:
+        lines = Path("/proc/self/mountinfo").read_text().splitlines()
+    except OSError:
+        return
+    # mountinfo field 5 is the mount point, with spaces etc. escaped as octal.
+    points = [
+        ln.split()[4].encode().decode("unicode_escape") for ln in lines if len(ln.split()) > 4
+    ]
+    for point in sorted((p for p in points if p.startswith(prefix)), key=len, reverse=True):
+        subprocess.run(["umount", "-l", point], capture_output=True, timeout=30, check=False)
 
 
 def _mirror_url(url: str) -> str:
