@@ -54,13 +54,13 @@ typecheck: venv
 
 check: lint typecheck
 
-# Branch coverage of proxy/ with a floor (the proxy processes started by integration tests
-# are not measured, so handlers count through their unit tests).
 # The real clients the integration tests start (dockerd, containerd, podman) and debootstrap
 # for the image's offline base: installed up front, so no test installs in the middle of a run.
 client-deps:
 	@bash scripts/install-client-deps.sh
 
+# Branch coverage of proxy/ with a floor (the proxy processes started by integration tests
+# are not measured, so handlers count through their unit tests).
 test: setup client-deps check
 	$(BIN)/pytest --cov=proxy --cov-branch --cov-report=term:skip-covered --cov-fail-under=88
 
