@@ -1,5 +1,3 @@
-# syntax=docker/dockerfile:1
-#
 # trustproxy container image.
 #
 #   docker build -t trustproxy:0.1.0 .
@@ -10,29 +8,47 @@
 # names, relative to it) at /etc/trustproxy. The config must listen on 0.0.0.0:8443 (or
 # set TRUSTPROXY_SERVER__LISTEN). See docs/deploy.md.
 #
+# No `# syntax=` line: the engine's built-in Dockerfile frontend (BuildKit) handles
+# RUN --mount, and a syntax line would make every build fetch the frontend from Docker Hub.
+#
 # Base image: a tag, so that `docker build --pull` picks up Debian and CPython security
 # fixes. For reproducible builds pin the digest as well, e.g.
-#   FROM python:3.11-slim-bookworm@sha256:<digest>
-# (`docker buildx imagetools inspect python:3.11-slim-bookworm` prints it).
+#   --build-arg BASE_IMAGE=python:3.11-slim-bookworm@sha256:<digest>
+# (`docker buildx imagetools inspect python:3.11-slim-bookworm` prints it). Any Debian
+# bookworm image with python3 (3.11) and python3-venv works: `make test-image` builds on a
+# debootstrap-made one, without Docker Hub.
+ARG BASE_IMAGE=python:3.11-slim-bookworm
 
 # ---------------------------------------------------------------- build: wheels only
-FROM python:3.11-slim-bookworm AS build
+FROM ${BASE_IMAGE} AS build
 
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
 WORKDIR /src
-# Only what the package build reads (pyproject names README.md as the long description).
+# Only what the package build reads (pyproject names README.md as the long description),
+# and the lock (`make lock`): runtime.txt for what the image runs, dev.txt for the build
+# backend (setuptools), both exact versions with hashes.
 COPY pyproject.toml README.md ./
+COPY requirements/runtime.txt requirements/dev.txt ./requirements/
 COPY proxy ./proxy
 
-# Wheels for trustproxy and every dependency, with the `speed` extra (uvloop, httptools).
-# All of them ship manylinux wheels for CPython 3.11, so no compiler is needed; versions
-# are resolved from pyproject.toml's ranges at build time.
-RUN pip wheel --wheel-dir /wheels ".[speed]"
+# Wheels for every dependency exactly as locked (--require-hashes: a file on the index that
+# changed fails the build), with the `speed` extra (uvloop, httptools); then trustproxy's
+# own wheel, built with the locked setuptools (no build isolation: nothing unlocked is
+# fetched). All ship manylinux wheels for CPython 3.11: no compiler. A venv, because a
+# Debian base has no pip outside one.
+RUN python3 -m venv /opt/pip \
+    && awk '/^[a-z]/ { keep = ($0 ~ /^setuptools==/) } keep' \
+       requirements/dev.txt > /tmp/build-backend.txt \
+    && /opt/pip/bin/pip install --require-hashes --no-deps -r /tmp/build-backend.txt \
+    && /opt/pip/bin/pip wheel --wheel-dir /wheels --require-hashes --no-deps \
+       -r requirements/runtime.txt \
+    && /opt/pip/bin/pip wheel --wheel-dir /wheels --no-deps --no-build-isolation . \
+    && cp requirements/runtime.txt /wheels/runtime.txt
 
 # ---------------------------------------------------------------- runtime
-FROM python:3.11-slim-bookworm
+FROM ${BASE_IMAGE}
 
 LABEL org.opencontainers.image.title="trustproxy" \
       org.opencontainers.image.description="OCI registry pull proxy that serves only signed images (Notary v1)" \
@@ -43,12 +59,19 @@ LABEL org.opencontainers.image.title="trustproxy" \
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
-    PIP_DISABLE_PIP_VERSION_CHECK=1
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PATH=/opt/trustproxy/bin:$PATH
 
-# Install from the build stage's wheels only (--no-index: nothing else is fetched); the
-# wheels are bind-mounted, so they never become a layer of this image.
+# Install from the build stage's wheels only (--no-index: nothing else is fetched), the
+# dependencies checked against the lock's hashes once more; the wheels are bind-mounted,
+# so they never become a layer of this image. Into a venv: the same on python:slim and on
+# Debian's python3 (whose system site-packages pip must not touch).
 RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
-    pip install --no-index --find-links=/wheels "trustproxy[speed]==0.1.0" \
+    python3 -m venv /opt/trustproxy \
+    && pip install --no-index --find-links=/wheels --require-hashes --no-deps \
+       -r /wheels/runtime.txt \
+    && pip install --no-index --find-links=/wheels --no-deps "trustproxy[speed]==0.1.0" \
+    && pip check \
     && groupadd --system --gid 10001 trustproxy \
     && useradd --system --uid 10001 --gid 10001 --no-create-home \
        --home-dir /nonexistent --shell /usr/sbin/nologin trustproxy

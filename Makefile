@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: help lock test-latest setup system-deps venv lint typecheck check test test-unit test-integration demo demo-down bench bench-quick hardening clean
+.PHONY: help client-deps lock test-latest setup system-deps venv lint typecheck check test test-unit test-integration test-image demo demo-down bench bench-quick hardening clean
 
 help:
 	@echo "make demo        set up everything, start registry + notary + trustproxy, show what clients see"
@@ -13,6 +13,7 @@ help:
 	@echo "make test        set up everything and run ruff, mypy (strict) and pytest"
 	@echo "make test-unit   only the unit tests (no real servers)"
 	@echo "make test-latest make test against the newest releases instead of the lock"
+	@echo "make test-image  build the Dockerfile offline (debootstrap base, own dockerd) and pull through it"
 	@echo "make lock        lock new dependencies in requirements/*.txt (UPGRADE=1: newest releases)"
 	@echo "make bench       benchmarks against the registry and nginx (about 10 minutes)"
 	@echo "make bench-quick the same, about a minute"
@@ -53,10 +54,25 @@ typecheck: venv
 
 check: lint typecheck
 
+# The real clients the integration tests start (dockerd, containerd, podman) and debootstrap
+# for the image's offline base: installed up front, so no test installs in the middle of a run.
+client-deps:
+	@bash scripts/install-client-deps.sh
+
 # Branch coverage of proxy/ with a floor (the proxy processes started by integration tests
 # are not measured, so handlers count through their unit tests).
-test: setup check
+test: setup client-deps check
 	$(BIN)/pytest --cov=proxy --cov-branch --cov-report=term:skip-covered --cov-fail-under=88
+
+# The container image, built and run (tests/shipping/test_image.py): a dockerd of its own
+# builds the Dockerfile on a Debian bookworm base made by debootstrap and `docker import`
+# (no Docker Hub; cached, so a second run skips debootstrap), runs it read-only with a
+# config and pulls a signed and an unsigned tag through it with skopeo. `make test` runs
+# the same tests (they make the base when it is missing).
+test-image: setup
+	@bash scripts/install-client-deps.sh docker debootstrap
+	@bash scripts/base-image-tarball.sh >/dev/null
+	$(BIN)/pytest tests/shipping/test_image.py
 
 # The suite against the newest releases (a venv of its own, not the lock).
 test-latest:

@@ -120,6 +120,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     for warning in settings.warnings:
         log.warning("config: %s", warning)
     _warn_open_door(settings)
+    unreadable = unreadable_tls_files(settings)
+    if unreadable:
+        print(f"{args.config}: {unreadable}", file=sys.stderr)
+        return 1
 
     import uvicorn
 
@@ -171,6 +175,34 @@ def cmd_serve(args: argparse.Namespace) -> int:
     )  # fmt: skip
     uvicorn.Server(config).run()
     return 0
+
+
+def unreadable_tls_files(settings: Settings) -> str | None:
+    """Why the TLS files cannot be read by this process, or None.
+
+    The config check only sees that they exist; uvicorn would fail later with a bare
+    PermissionError. In the container the process runs as uid 10001, and a key copied as
+    root with mode 0600 is the usual cause (docs/deploy.md)."""
+    server = settings.server
+    files = (
+        ("server.tls_cert_file", server.tls_cert_file),
+        ("server.tls_key_file", server.tls_key_file),
+        ("server.client_auth.client_ca_file", server.client_auth.client_ca_file),
+    )
+    for key, path in files:
+        if path is None:
+            continue
+        try:
+            with path.open("rb"):
+                pass
+        except OSError as e:
+            uid, gid = os.getuid(), os.getgid()
+            return (
+                f"{key}: cannot read {path}: {e.strerror or e} (trustproxy runs as uid {uid}, "
+                f"gid {gid}: the file must be readable by it, e.g. owner root, group {gid}, "
+                "mode 0640; see docs/deploy.md)"
+            )
+    return None
 
 
 def _warn_open_door(settings: Settings) -> None:

@@ -8,6 +8,9 @@ from the proxy (an unsigned tag's 404 included). So the doctor checks, from wher
   optionally ``HEAD`` of a signed image's manifest (status and ``Docker-Content-Digest``);
 - each upstream: a TCP connect and ``GET /v2/``; **any** HTTP answer means a client here can
   pull from it directly, i.e. the proxy can be bypassed;
+- each upstream again through dockerd's egress proxy when dockerd has one (its systemd
+  drop-ins' ``HTTPS_PROXY``, daemon.json ``proxies``): that is the way dockerd goes, whatever
+  the firewall does to direct connections;
 - the client configuration files it finds (``/etc/docker/daemon.json``,
   ``/etc/containerd/certs.d/*/hosts.toml``, ``/etc/containers/registries.conf``): mirror
   setups that fall back are flagged. registries.conf is merged as podman/CRI-O/skopeo merge
@@ -23,8 +26,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import ipaddress
 import json
 import re
+import shlex
 import shutil
 import socket
 import ssl
@@ -351,6 +356,7 @@ async def run_checks(
         )
     checks = [*proxy_checks, *upstream_checks]
     if options.host_root is not None:
+        checks.extend(await dockerd_egress_checks(options.host_root, options))
         checks.extend(client_config_checks(options.host_root, options.proxy))
     return Report(options, checks)
 
@@ -895,6 +901,167 @@ def _docker_checks(root: Path, proxy_hp: str) -> list[Check]:
                 f"{_display(root, ca)}: the proxy's CA for dockerd is installed",
             )
         )
+    return checks
+
+
+# dockerd reaches registries through an HTTP(S) proxy when one is set for it: dockerd 20.10
+# reads HTTPS_PROXY/NO_PROXY from its environment (a systemd drop-in), dockerd 23+ also
+# daemon.json "proxies". The upstream checks above try direct egress only, so with such a
+# proxy a blocked port proves nothing for dockerd: its registry-mirrors fallback goes through
+# the proxy (observed with dockerd 20.10.24, tests/integration/test_client_dockerd.py).
+DOCKERD_DROPINS = "etc/systemd/system/docker.service.d"
+
+
+@dataclass(frozen=True)
+class EgressProxy:
+    """dockerd's egress proxy settings and where they were found."""
+
+    https_proxy: str | None
+    http_proxy: str | None
+    no_proxy: tuple[str, ...]
+    source: str
+
+    def for_url(self, url: str) -> str | None:
+        """The proxy dockerd uses for ``url`` (Go's net/http rules), or None."""
+        parts = urlsplit(url)
+        host = (parts.hostname or "").lower()
+        proxy = self.https_proxy if parts.scheme == "https" else self.http_proxy
+        if not proxy or host == "localhost" or _is_loopback(host):
+            return None  # Go never proxies loopback
+        for entry in self.no_proxy:
+            e = entry.strip().lower()
+            if e == "*":
+                return None
+            e = e.rpartition(":")[0] if e.count(":") == 1 else e  # host:port -> host
+            if e and (host == e.lstrip(".") or host.endswith("." + e.lstrip("."))):
+                return None
+        return proxy
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def _systemd_environment(text: str) -> dict[str, str]:
+    """``Environment=`` assignments of a systemd unit file (later ones win)."""
+    env: dict[str, str] = {}
+    for line in text.splitlines():
+        key, sep, value = line.strip().partition("=")
+        if not sep or key.strip() != "Environment":
+            continue
+        try:
+            words = shlex.split(value)
+        except ValueError:
+            continue
+        for word in words:
+            name, eq, val = word.partition("=")
+            if eq:
+                env[name] = val
+    return env
+
+
+def dockerd_egress_proxy(root: Path) -> EgressProxy | None:
+    """dockerd's proxy settings under ``root``: daemon.json ``proxies`` (dockerd 23+) win
+    over the environment its systemd unit sets; None when there are none."""
+    data, _ = _read(root / "etc/docker/daemon.json")
+    doc: Any = None
+    if data is not None:
+        with contextlib.suppress(ValueError):
+            doc = json.loads(data)
+    proxies = doc.get("proxies") if isinstance(doc, dict) else None
+    if isinstance(proxies, dict) and (proxies.get("https-proxy") or proxies.get("http-proxy")):
+        no_proxy = str(proxies.get("no-proxy") or "")
+        return EgressProxy(
+            str(proxies.get("https-proxy") or "") or None,
+            str(proxies.get("http-proxy") or "") or None,
+            tuple(n for n in no_proxy.split(",") if n.strip()),
+            _display(root, root / "etc/docker/daemon.json") + " proxies",
+        )
+    folder = root / DOCKERD_DROPINS
+    env: dict[str, str] = {}
+    sources: list[str] = []
+    if folder.is_dir():
+        for path in sorted(folder.glob("*.conf"))[:MAX_FILES]:
+            text, error = _read(path)
+            if text is None or error is not None:
+                continue
+            found = _systemd_environment(text.decode("utf-8", "replace"))
+            if any(k.lower() in ("https_proxy", "http_proxy") for k in found):
+                sources.append(_display(root, path))
+            env.update(found)
+
+    def var(name: str) -> str | None:  # Go: the upper-case name first
+        return env.get(name.upper()) or env.get(name.lower()) or None
+
+    if not (var("https_proxy") or var("http_proxy")):
+        return None
+    no_proxy = var("no_proxy") or ""
+    return EgressProxy(
+        var("https_proxy"),
+        var("http_proxy"),
+        tuple(n for n in no_proxy.split(",") if n.strip()),
+        ", ".join(sources),
+    )
+
+
+async def dockerd_egress_checks(root: Path, options: Options) -> list[Check]:
+    """Each upstream probed the way dockerd reaches it: through its egress proxy."""
+    proxy = dockerd_egress_proxy(root)
+    if proxy is None:
+        return []
+    checks: list[Check] = []
+    for url in options.upstreams:
+        via = proxy.for_url(url)
+        if via is None:
+            continue
+        shown = safe_url(via)
+        check = Check(
+            "upstream",
+            f"{url} via dockerd's egress proxy",
+            "pass",
+            "",
+            data={"egress_proxy": shown, "source": proxy.source},
+        )
+        client = httpx.AsyncClient(
+            proxy=via,
+            verify=False,  # noqa: S501 - a reachability probe, as for the direct one
+            timeout=httpx.Timeout(options.timeout),
+            trust_env=False,
+            follow_redirects=False,
+        )
+        try:
+            async with client:
+                response, _ = await _get_bounded(client, "GET", f"{url}/v2/")
+        except httpx.ProxyError as e:
+            check.summary = (
+                f"{url}: not reachable for dockerd: its egress proxy {shown} refuses it ({e})"
+            )
+            check.data["reachable"] = False
+        except (httpx.HTTPError, httpx.InvalidURL) as e:
+            check.status = "warn"
+            check.summary = (
+                f"{url}: dockerd's egress proxy {shown} ({proxy.source}) did not answer "
+                f"from here ({_describe_error(e, options.timeout)[0]}): dockerd's way to the "
+                "upstream is not checked"
+            )
+            check.data["reachable"] = False
+        else:
+            check.status = "fail"
+            check.data.update(reachable=True, status=response.status_code)
+            check.summary = (
+                f"{url}: REACHABLE for dockerd through its egress proxy {shown} "
+                f"({proxy.source}; GET /v2/ → {response.status_code}): the proxy can be bypassed"
+            )
+            check.details.append(
+                "dockerd sends registry traffic to this proxy, so blocking the upstream at the "
+                "firewall does not stop it: its registry-mirrors fallback (after the proxy's "
+                "404 for an unsigned tag) and pulls of names that are not the proxy's go "
+                f"through {shown}: make that proxy refuse the upstream (as the firewall does)"
+            )
+        checks.append(check)
     return checks
 
 

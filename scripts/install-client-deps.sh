@@ -12,7 +12,7 @@ need=()
 have() { command -v "$1" >/dev/null 2>&1; }
 
 clients=("$@")
-[ "${#clients[@]}" -gt 0 ] || clients=(docker containerd podman)
+[ "${#clients[@]}" -gt 0 ] || clients=(docker containerd podman debootstrap)
 
 for client in "${clients[@]}"; do
   case "$client" in

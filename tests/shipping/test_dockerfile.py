@@ -1,8 +1,7 @@
 """The Dockerfile: hadolint finds nothing, and the properties the image must have hold.
 
-There is no Docker engine here, so the image is never built in the test suite: lint plus
-these checks of the text (and of the healthcheck snippet, run against a local listener)
-are what keeps it right.
+Checks of the text (and of the healthcheck snippet, run against a local listener), fast and
+everywhere; tests/shipping/test_image.py builds and runs the image with a real dockerd.
 """
 
 from __future__ import annotations
@@ -131,18 +130,49 @@ def test_hadolint_is_really_linting(tmp_path: Path) -> None:
     assert "DL3006" in proc.stdout
 
 
+def build_args(instructions: list[Instruction]) -> dict[str, str]:
+    """ARGs declared before the first FROM, with their defaults."""
+    args: dict[str, str] = {}
+    for ins in instructions:
+        if ins.keyword == "FROM":
+            break
+        if ins.keyword == "ARG":
+            name, _, default = ins.args.partition("=")
+            args[name] = default
+    return args
+
+
+def test_no_syntax_directive() -> None:
+    # `# syntax=docker/dockerfile:1` makes every build pull the frontend from Docker Hub;
+    # the engine's built-in frontend handles RUN --mount.
+    first = DOCKERFILE.read_text(encoding="utf-8").splitlines()[0]
+    assert not first.replace(" ", "").lower().startswith("#syntax="), first
+
+
 def test_multi_stage_slim_python_with_pinned_tags(instructions: list[Instruction]) -> None:
+    args = build_args(instructions)
+    assert args.get("BASE_IMAGE") == "python:3.11-slim-bookworm", args
     froms = [i.args.split() for i in instructions if i.keyword == "FROM"]
     assert len(froms) >= 2, "multi-stage: a build stage and a runtime stage"
     assert [f[1:] for f in froms[:-1]] == [["AS", "build"]]
+    assert {f[0] for f in froms} == {"${BASE_IMAGE}"}, "one base, given as a build arg"
     for words in froms:
-        image = words[0]
+        image = args["BASE_IMAGE"] if words[0] == "${BASE_IMAGE}" else words[0]
         name, _, tag = image.partition("@")[0].rpartition(":")
         assert name, f"FROM {image}"
         assert tag not in ("", "latest"), f"FROM {image}: pin an explicit tag"
-    runtime = froms[-1][0]
-    assert runtime.startswith("python:3.11-slim"), runtime
     assert len(froms[-1]) == 1, "the runtime stage is the last, unnamed one"
+
+
+def test_dependencies_come_from_the_lock_with_hashes(instructions: list[Instruction]) -> None:
+    build, final = stages(instructions)[0], stages(instructions)[-1]
+    build_runs = " ".join(i.args for i in build if i.keyword == "RUN")
+    final_runs = " ".join(i.args for i in final if i.keyword == "RUN")
+    for runs in (build_runs, final_runs):
+        assert "--require-hashes" in runs
+        assert "runtime.txt" in runs
+    assert "--no-build-isolation" in build_runs  # the build backend comes from the lock too
+    assert "--no-deps" in final_runs  # nothing resolved at install time
 
 
 def test_wheels_come_from_the_build_stage_and_match_the_project(

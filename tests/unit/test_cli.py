@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -181,3 +183,36 @@ def test_python_dash_m_proxy_help() -> None:
     assert result.stdout.startswith("usage: trustproxy")
     assert "config" in result.stdout
     assert "serve" in result.stdout
+
+
+def test_serve_with_a_tls_key_it_cannot_read_exits_1_naming_the_file_and_uid(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A root-owned 0600 key in the container (uid 10001); root reads anything, so the
+    # refusal is simulated at open().
+    import proxy.observability
+
+    monkeypatch.setattr(proxy.observability, "configure_logging", lambda _settings: None)
+    (tmp_path / "tls.crt").write_text("cert")
+    (tmp_path / "tls.key").write_text("key")
+    real_open = Path.open
+
+    def guarded(self: Path, *args: Any, **kwargs: Any) -> Any:
+        if self.name == "tls.key":
+            raise PermissionError(13, "Permission denied", str(self))
+        return real_open(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "open", guarded)
+    config = tmp_path / "trustproxy.yaml"
+    config.write_text(
+        VALID.replace(
+            "  listen: 127.0.0.1:8443\n",
+            "  listen: 127.0.0.1:8443\n  tls_cert_file: tls.crt\n  tls_key_file: tls.key\n",
+        )
+    )
+    assert main(["serve", "--config", str(config)]) == 1
+    err = capsys.readouterr().err
+    assert "server.tls_key_file: cannot read" in err, err
+    assert "Permission denied" in err
+    assert f"uid {os.getuid()}" in err
+    assert "0640" in err
