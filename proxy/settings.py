@@ -29,6 +29,7 @@ from urllib.parse import urlsplit
 import yaml
 
 from proxy.errors import ConfigError
+from proxy.sources.registry import source_type, source_type_names
 from proxy.upstream.redirects import HostPattern, default_redirect_hosts
 
 ENV_PREFIX = "TRUSTPROXY_"
@@ -136,7 +137,7 @@ class UpstreamSettings:
 @dataclass(frozen=True)
 class TrustSourceSettings:
     name: str
-    type: Literal["notary"]
+    type: str  # a proxy.sources.registry type name ("notary")
     url: str
     ca_file: Path | None = None
     credentials: CredentialSettings = field(default_factory=CredentialSettings)
@@ -690,20 +691,9 @@ def _parse_trust(sec: _Section, warnings: list[str]) -> TrustSettings:
             s = _Section(src_raw[name], path, sec.base_dir, sec.check_files)
             if not _NAME.match(str(name)):
                 raise ConfigError(path, "source names use letters, digits, '.', '_', '-'")
-            typ = s.required("type", _choice("notary"))
-            url = s.required("url", _url)
-            ca_file = s.path_value("ca_file")
-            if ca_file is not None and sec.check_files and not ca_file.is_file():
-                # Not fatal at load: the source is unusable until the file exists, so every
-                # request that needs it fails closed (503) instead of the proxy not starting.
-                warnings.append(f"{s.sub('ca_file')}: file not found: {ca_file}")
-            auth = s.section("auth")
-            creds = _credentials(auth)
-            auth.finish()
-            refresh = s.value("refresh_interval", _duration, None)
-            retry = s.value("retry_interval", _duration, TrustSourceSettings.retry_interval)
-            s.finish()
-            sources.append(TrustSourceSettings(str(name), typ, url, ca_file, creds, refresh, retry))
+            # The type's own entry parses the rest of its section (proxy/sources/registry.py).
+            typ = s.required("type", _choice(*source_type_names()))
+            sources.append(source_type(typ).parse_settings(s, str(name), warnings))
     sec.finish()
     return TrustSettings(sources=tuple(sources))
 
@@ -864,3 +854,11 @@ def parse_settings(
         source_file=source_file,
         warnings=tuple(warnings),
     )
+
+
+# For the trust source types' own settings parsers (proxy/sources/<type>/entry.py): the
+# section reader and the value parsers every section uses, so messages read the same.
+ConfigSection = _Section
+parse_url = _url
+parse_duration = _duration
+parse_credentials = _credentials

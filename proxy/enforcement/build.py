@@ -32,8 +32,8 @@ from proxy.enforcement.fail_closed import FailClosedGate, UnavailableSource
 from proxy.policy.model import Policy
 from proxy.settings import Settings
 from proxy.sources.base import TrustSource
-from proxy.sources.notary.source import NotarySource
 from proxy.sources.redis_store import RedisConnection
+from proxy.sources.registry import source_type
 from proxy.sources.store_factory import StoreFactory, redis_connection, state_stores, wants_redis
 from proxy.trust_gate import PassThroughGate, TrustGate
 
@@ -104,15 +104,14 @@ def build_enforcement(
     sources: dict[str, TrustSource] = {}
     for src in settings.trust.sources:
         try:
-            sources[src.name] = NotarySource.from_settings(
+            build = source_type(src.type).build
+            sources[src.name] = build(
                 src, settings.limits, make_store(src.name), clock=clock, cache=settings.cache
             )
         except (OSError, ValueError) as e:  # ssl: CA file missing or not PEM
+            where = f" (ca_file {src.ca_file})" if src.ca_file is not None else ""
             log.error(
-                "trust source %s cannot be used (ca_file %s): %s; its repositories get 503",
-                src.name,
-                src.ca_file,
-                e,
+                "trust source %s cannot be used%s: %s; its repositories get 503", src.name, where, e
             )
             # Clients learn that it is broken, not the proxy's file paths.
             reason = "is misconfigured (see the proxy's log)"

@@ -1,0 +1,87 @@
+"""Trust source types: the one table from a source's ``type:`` to its code.
+
+Settings, enforcement building and the CLI ask this registry; nothing outside a source's
+own package spells its format (ratify's ``RegisterVerifierFactory(type, create)``). Adding a
+trust source is one package under ``proxy/sources/<type>/`` plus one entry in
+:data:`SOURCE_TYPES`.
+
+An entry is loaded when first asked for (the settings module parses through it, and a
+source's package imports the settings types: loading lazily keeps that from being a cycle).
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from proxy.settings import (
+        CacheSettings,
+        ConfigSection,
+        LimitSettings,
+        TrustSourceSettings,
+    )
+    from proxy.sources.base import TrustSource
+    from proxy.sources.store import TrustStateStore
+
+__all__ = ["SOURCE_TYPES", "BuildSource", "SourceType", "source_type", "source_type_names"]
+
+#: ``parse_settings(section, name, warnings)`` -> the source's typed settings; raises
+#: ConfigError with the key path (unknown keys included: ``section.finish()``).
+ParseSettings = Callable[["ConfigSection", str, list[str]], "TrustSourceSettings"]
+
+
+class BuildSource(Protocol):
+    """``build(settings, limits, store, *, clock, cache)`` -> a ready :class:`TrustSource`.
+    Raises OSError / ValueError when the source cannot be used (a missing CA file): the
+    caller answers 503 for its repositories."""
+
+    def __call__(
+        self,
+        settings: TrustSourceSettings,
+        limits: LimitSettings,
+        store: TrustStateStore,
+        *,
+        clock: Callable[[], datetime],
+        cache: CacheSettings,
+    ) -> TrustSource: ...
+
+
+@dataclass(frozen=True)
+class SourceType:
+    """What the proxy knows about one kind of trust source."""
+
+    name: str  # the ``type:`` value in ``trust.sources``
+    title: str  # for users: what the format is called
+    parse_settings: ParseSettings
+    build: BuildSource
+
+
+#: ``type:`` -> the module whose ``SOURCE_TYPE`` describes it (loaded on first use).
+SOURCE_TYPES: dict[str, str] = {
+    # Notary v1 / Docker Content Trust (TUF metadata from a notary-server).
+    "notary": "proxy.sources.notary.entry",
+}
+
+_loaded: dict[str, SourceType] = {}
+
+
+def source_type_names() -> tuple[str, ...]:
+    """Every known ``type:``, in the order they are listed."""
+    return tuple(SOURCE_TYPES)
+
+
+def source_type(name: str) -> SourceType:
+    """The registered type ``name``. Raises KeyError for an unknown one (settings reject
+    unknown types with their key path before anything asks)."""
+    found = _loaded.get(name)
+    if found is None:
+        module = importlib.import_module(SOURCE_TYPES[name])
+        found = module.SOURCE_TYPE
+        if not isinstance(found, SourceType) or found.name != name:
+            raise RuntimeError(f"{SOURCE_TYPES[name]}.SOURCE_TYPE does not describe {name!r}")
+        _loaded[name] = found
+    return found
