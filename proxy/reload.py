@@ -53,7 +53,9 @@ DEFAULT_RETIRE_TIMEOUT = 3600.0  # longest a request may keep a replaced generat
 
 
 class LoadPolicy(Protocol):
-    def __call__(self, path: Path, *, known_sources: Collection[str] | None = None) -> Policy: ...
+    def __call__(
+        self, path: Path, *, known_sources: Collection[str] | Mapping[str, str] | None = None
+    ) -> Policy: ...
 
 
 class BuildEnforcement(Protocol):
@@ -219,7 +221,8 @@ class Builder:
         if path is None:
             return None
         try:
-            return self.load_policy(path, known_sources=[s.name for s in settings.trust.sources])
+            known = {s.name: s.type for s in settings.trust.sources}
+            return self.load_policy(path, known_sources=known)
         except ConfigError as e:
             if e.path.startswith(str(path)):
                 raise

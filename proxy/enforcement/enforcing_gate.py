@@ -40,7 +40,6 @@ from proxy.sources.base import (
     TrustInfo,
     TrustSource,
 )
-from proxy.sources.notary.tuf import RoleRequirement
 from proxy.trust_gate import ListingKind, PassThrough, RequestContext, ServeDigest, TagDecision
 
 __all__ = [
@@ -112,25 +111,15 @@ class Evaluation:
 
 
 def signing_rule_for(rule: RepositoryRule) -> SigningRule:
-    """The source-neutral signing rule of a policy rule.
-
-    No required signer: Docker's rule (``targets/releases``, else ``targets``), with any
-    optional signers still able to veto by disagreeing.
+    """The signing rule a policy rule's trust source applies (its verification part, read
+    by the source's type, with the rule's expiry grace).
 
     Raises:
-        ValueError: the rule has no root of trust (the loader refuses such rules).
+        ValueError: the rule has no verification part (the loader refuses such rules).
     """
-    if rule.root_of_trust is None:
-        raise ValueError(f"policy rule {rule.pattern!r} has no root_of_trust")
-    required = tuple(RoleRequirement(s.role, s.threshold) for s in rule.signers if s.required)
-    optional = tuple(s.role for s in rule.signers if not s.required)
-    return SigningRule(
-        rule.root_of_trust,
-        required_roles=required or None,
-        allow_expired_root_cert=rule.allow_expired_root_cert,
-        optional_roles=optional,
-        expiry_grace=rule.expiry_grace,
-    )
+    if rule.verification is None:
+        raise ValueError(f"policy rule {rule.pattern!r} says nothing to verify")
+    return rule.verification.signing_rule(rule.expiry_grace)
 
 
 def _default_match_rule(policy: Policy, repository: str) -> RepositoryRule | None:
@@ -302,8 +291,8 @@ class EnforcingGate:
                 if name is None
                 else f"trust source {name!r} is not configured"
             )
-        elif rule.root_of_trust is None:
-            problem = f"policy rule {rule.pattern!r} has no root_of_trust"
+        elif rule.verification is None:
+            problem = f"policy rule {rule.pattern!r} says nothing to verify"
         if problem is not None or source is None:
             log.error("enforcement: %s: refusing its repositories", problem)
             err = TrustSourceUnavailableError(name or "none", problem or "not configured")

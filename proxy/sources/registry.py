@@ -1,9 +1,9 @@
 """Trust source types: the one table from a source's ``type:`` to its code.
 
-Settings, enforcement building and the CLI ask this registry; nothing outside a source's
-own package spells its format (ratify's ``RegisterVerifierFactory(type, create)``). Adding a
-trust source is one package under ``proxy/sources/<type>/`` plus one entry in
-:data:`SOURCE_TYPES`.
+Settings, policy loading (a rule's verification keys) and enforcement building ask it;
+nothing outside a source's own package spells its format (ratify's
+``RegisterVerifierFactory(type, create)``). Adding a trust source is one package under
+``proxy/sources/<type>/`` plus one entry in :data:`SOURCE_TYPES`.
 
 An entry is loaded when first asked for (the settings module parses through it, and a
 source's package imports the settings types: loading lazily keeps that from being a cycle).
@@ -18,6 +18,8 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
+    from proxy.policy.loader import RuleContext, RuleSection
+    from proxy.policy.model import Mode, Verification
     from proxy.settings import (
         CacheSettings,
         ConfigSection,
@@ -32,6 +34,11 @@ __all__ = ["SOURCE_TYPES", "BuildSource", "SourceType", "source_type", "source_t
 #: ``parse_settings(section, name, warnings)`` -> the source's typed settings; raises
 #: ConfigError with the key path (unknown keys included: ``section.finish()``).
 ParseSettings = Callable[["ConfigSection", str, list[str]], "TrustSourceSettings"]
+
+
+#: ``parse_rule(rule, mode, ctx)`` -> the verification part of a policy rule (None only for
+#: a rule that is off and names nothing to verify); raises ConfigError with the key path.
+ParseRule = Callable[["RuleSection", "Mode", "RuleContext"], "Verification | None"]
 
 
 class BuildSource(Protocol):
@@ -57,6 +64,9 @@ class SourceType:
     name: str  # the ``type:`` value in ``trust.sources``
     title: str  # for users: what the format is called
     parse_settings: ParseSettings
+    #: the policy rule keys of this type's verification part (unknown keys are errors)
+    rule_keys: tuple[str, ...]
+    parse_rule: ParseRule
     build: BuildSource
 
 

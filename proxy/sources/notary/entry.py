@@ -1,4 +1,5 @@
-"""The registry entry of Notary v1 (``type: notary``): its settings section and its builder."""
+"""The registry entry of Notary v1 (``type: notary``): its settings section, the
+verification part of its policy rules (:mod:`.policy`) and its builder."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from proxy.settings import (
     parse_url,
 )
 from proxy.sources.base import TrustSource
+from proxy.sources.notary.policy import RULE_KEYS, parse_rule
 from proxy.sources.registry import SourceType
 from proxy.sources.store import TrustStateStore
 
@@ -58,5 +60,7 @@ SOURCE_TYPE = SourceType(
     name="notary",
     title="Notary v1 (Docker Content Trust)",
     parse_settings=parse_settings,
+    rule_keys=RULE_KEYS,
+    parse_rule=parse_rule,
     build=build,
 )

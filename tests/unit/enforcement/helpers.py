@@ -21,7 +21,7 @@ from proxy.decisions import Decision
 from proxy.enforcement.enforcing_gate import EnforcingGate
 from proxy.errors import TrustproxyError
 from proxy.http.app import create_app
-from proxy.policy.model import Mode, Policy, RepositoryRule, SignerRequirement
+from proxy.policy.model import Mode, Policy, RepositoryRule
 from proxy.sources.base import (
     NotSignedByError,
     SignedState,
@@ -29,6 +29,7 @@ from proxy.sources.base import (
     SigningRule,
     TrustInfo,
 )
+from proxy.sources.notary.policy import NotaryVerification, SignerRequirement
 from proxy.sources.notary.tuf import TrustOnFirstUse
 from proxy.trust_gate import TrustGate
 from tests.unit.test_handlers import REPO, FakeRegistry, make_settings
@@ -145,8 +146,7 @@ def rule(
         pattern=pattern,
         mode=mode,
         source=source,
-        root_of_trust=TrustOnFirstUse(),
-        signers=signers,
+        verification=NotaryVerification(TrustOnFirstUse(), signers=signers),
         tag_patterns=tag_patterns,
         expiry_grace=expiry_grace,
         digests="signed" if digests == "signed" else "allow",

@@ -11,9 +11,10 @@ import pytest
 
 from proxy.enforcement.enforcing_gate import EnforcingGate
 from proxy.errors import NotSignedError
-from proxy.policy.model import Policy, SignerRequirement
+from proxy.policy.model import Policy
 from proxy.routing import Route
 from proxy.settings import UpstreamSettings
+from proxy.sources.notary.policy import SignerRequirement
 from proxy.sources.notary.source import NotarySource
 from proxy.trust_gate import RequestContext, ServeDigest
 from tests.simulators.notary_repo import NotaryRepository, generate_key

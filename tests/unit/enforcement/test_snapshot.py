@@ -24,7 +24,7 @@ from proxy.routing import Route
 from proxy.settings import UpstreamSettings
 from proxy.sources.base import SignedState, SignedTarget, SigningRule, TrustInfo
 from proxy.sources.notary.source import NotarySourceOptions
-from proxy.sources.notary.tuf import TrustedSet
+from proxy.sources.notary.tuf import TrustedSet, TrustOnFirstUse
 from proxy.trust_gate import RequestContext
 from tests.simulators.notary_repo import NotaryRepository
 from tests.unit.enforcement.helpers import Recorder, fake_match_rule, fake_tag_allowed, rule
@@ -168,7 +168,7 @@ async def test_signed_state_is_one_load() -> None:
     repo.add_target("multi", INDEX)
     repo.publish()
     source = make_source(server)
-    srule = SigningRule(rule().root_of_trust)  # type: ignore[arg-type]
+    srule = SigningRule(TrustOnFirstUse())
     try:
         state = await source.signed_state(GUN, srule)
         assert set(state.tags) == {"multi"}

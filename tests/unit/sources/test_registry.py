@@ -13,6 +13,7 @@ import pytest
 from proxy.decisions import NullRecorder
 from proxy.enforcement.build import build_enforcement
 from proxy.errors import ConfigError
+from proxy.policy.loader import parse_policy
 from proxy.policy.model import Policy
 from proxy.settings import (
     CacheSettings,
@@ -87,7 +88,7 @@ def fake_type(monkeypatch: pytest.MonkeyPatch) -> list[TrustSourceSettings]:
         return _Built(settings.name)  # type: ignore[return-value]  # build is all it needs
 
     module = types.ModuleType("fake_source_entry")
-    module.SOURCE_TYPE = SourceType("fake", "a fake", parse, build)  # type: ignore[attr-defined]
+    module.SOURCE_TYPE = SourceType("fake", "a fake", parse, (), lambda _n, _m, _c: None, build)  # type: ignore[attr-defined]
     monkeypatch.setitem(__import__("sys").modules, "fake_source_entry", module)
     monkeypatch.setitem(registry.SOURCE_TYPES, "fake", "fake_source_entry")
     monkeypatch.setattr(registry, "_loaded", {})
@@ -115,3 +116,31 @@ def test_an_entry_naming_another_type_is_a_bug(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setattr(registry, "_loaded", {})
     with pytest.raises(RuntimeError, match="does not describe 'other'"):
         source_type("other")
+
+
+POLICY = {
+    "version": "2.0",
+    "trust": {"repositories": {"r.test/**": {"source": "s1", "rootKeys": ["a" * 64]}}},
+}
+
+
+def test_a_rules_verification_keys_are_its_source_types(
+    tmp_path: Path, fake_type: list[TrustSourceSettings]
+) -> None:
+    """The same rule is a Notary rule under a notary source and refused under a type that
+    has no ``rootKeys`` (the unknown-key error names the key path and that type's keys)."""
+    (rule,) = parse_policy(POLICY, base_dir=tmp_path, known_sources={"s1": "notary"}).rules
+    assert rule.verification is not None
+    assert rule.verification.summary() == ["pinned root keys", "Docker's rule"]
+    with pytest.raises(ConfigError) as err:
+        parse_policy(POLICY, base_dir=tmp_path, known_sources={"s1": "fake"})
+    assert err.value.path == "trust.repositories['r.test/**'].rootKeys"
+    assert "known keys: requireSignatures, mode, source, allow, digests" in err.value.message
+
+
+def test_names_only_read_rules_as_the_first_type(tmp_path: Path) -> None:
+    """Policy files checked without a config (or with names only) mean what they meant
+    before there were several types: Notary v1 rules."""
+    (rule,) = parse_policy(POLICY, base_dir=tmp_path, known_sources=["s1"]).rules
+    assert rule.verification is not None
+    assert rule.verification.explain()[0].startswith("root of trust: pinned root keys")
