@@ -20,13 +20,15 @@ import logging
 import os
 import queue
 import threading
-from dataclasses import asdict
+from collections.abc import Mapping
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any, Protocol, TextIO
 
 from proxy.decisions import Decision, DecisionRecorder
 from proxy.metrics import DECISIONS
 from proxy.settings import AuditSettings
+from proxy.sources.registry import audit_evidence_fields
 
 log = logging.getLogger("trustproxy.audit")
 
@@ -102,11 +104,29 @@ class FileSink:
 
 def decision_json(decision: Decision) -> str:
     """The audit line for ``decision``: every field of the record, one JSON object."""
-    record: dict[str, Any] = asdict(decision)
-    record["roles"] = list(decision.roles)
-    record["key_ids"] = list(decision.key_ids)
+    record: dict[str, Any] = asdict(replace(decision, evidence={}))
+    del record["evidence"]
+    record["signers"] = list(decision.signers)
+    # The source's evidence as top-level fields (never over a field of the record), and
+    # every registered type's fields on every line, empty when this decision has none: the
+    # lines keep one shape whatever source answered.
+    common = set(record)
+    for key, value in decision.evidence.items():
+        if key not in common:
+            record[key] = _plain(value)
+    for key, empty in audit_evidence_fields().items():
+        record.setdefault(key, empty)
     # JSON escapes control characters: a newline in a User-Agent cannot split the line.
     return json.dumps(record, separators=(",", ":"), default=str)
+
+
+def _plain(value: Any) -> Any:
+    """Evidence as JSON types (sources hand out read-only mappings and tuples)."""
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
 
 
 _REOPEN = object()

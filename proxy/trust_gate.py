@@ -45,7 +45,7 @@ class ServeDigest:
 
     digest: str
     length: int | None = None
-    signers: tuple[str, ...] = ()  # roles/key IDs, for logs
+    signers: tuple[str, ...] = ()  # who signed (as the source names them), for logs
 
 
 @dataclass(frozen=True)

@@ -35,7 +35,7 @@ from proxy.policy.model import Mode, Policy, RepositoryRule
 from proxy.routing import Route
 from proxy.sources.base import (
     NoTrustDataError,
-    SignedTarget,
+    SignedAnswer,
     SigningRule,
     TrustInfo,
     TrustSource,
@@ -102,7 +102,7 @@ def decide(mode: Mode | None, finding: Finding, reason: str) -> Verdict:
 class Evaluation:
     finding: Finding
     reason: str
-    target: SignedTarget | None = None
+    target: SignedAnswer | None = None
     #: what enforce raises for ``unavailable`` / ``bad_trust_data``
     error: TrustproxyError | None = None
     info: TrustInfo | None = None
@@ -186,7 +186,7 @@ class EnforcingGate:
         self._record("manifest", repository, tag, rule, v, ev, ctx)
         if v.action == "serve_signed" and ev.target is not None:
             t = ev.target
-            return ServeDigest(t.digest, t.length, signers=(*t.roles, *t.key_ids))
+            return ServeDigest(t.digest, t.length, signers=t.signers)
         if v.action == "pass_through":
             return PassThrough(v.reason)
         raise self._error(v, ev)
@@ -339,7 +339,7 @@ class EnforcingGate:
                 # Which trust data refused it belongs in the audit record too.
                 ev = Evaluation(ev.finding, ev.reason, info=await _info(source, repository, srule))
             return ev
-        reason = f"tag {tag} is signed by {', '.join(target.roles) or target.role}"
+        reason = f"tag {tag} is signed by {', '.join(target.signers)}"
         return Evaluation("signed", reason, target=target, info=info)
 
     async def _evaluate_tags(
@@ -426,9 +426,11 @@ class EnforcingGate:
                 rule=rule.pattern if rule else None,
                 mode=rule.mode if rule else None,
                 served_digest=_served_digest(kind, reference, v, t),
-                roles=t.roles if t is not None else (),
-                key_ids=t.key_ids if t is not None else (),
-                metadata_versions=dict(ev.info.versions) if ev.info is not None else {},
+                signers=t.signers if t is not None else (),
+                evidence={
+                    **(ev.info.evidence if ev.info is not None else {}),
+                    **(t.evidence if t is not None else {}),
+                },
                 client=ctx.client,
                 user_agent=ctx.user_agent,
                 user=ctx.user,
@@ -444,7 +446,7 @@ class EnforcingGate:
 
 
 def _served_digest(
-    kind: DecisionKind, reference: str, v: Verdict, target: SignedTarget | None
+    kind: DecisionKind, reference: str, v: Verdict, target: SignedAnswer | None
 ) -> str | None:
     if v.action == "serve_signed" and target is not None:
         return target.digest

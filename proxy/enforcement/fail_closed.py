@@ -8,13 +8,14 @@ that could not be built (its repositories get 503s, the others are served).
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from typing import Literal
 
 from proxy.decisions import Decision, DecisionRecorder, NullRecorder
 from proxy.enforcement.enforcing_gate import Clock, rfc3339, utc_now
 from proxy.errors import FetchError, TrustSourceUnavailableError
 from proxy.routing import Route
-from proxy.sources.base import SignedState, SignedTarget, SigningRule, TrustInfo
+from proxy.sources.base import SignedAnswer, SignedState, SigningRule, TrustInfo
 from proxy.trust_gate import ListingKind, RequestContext, TagDecision
 
 __all__ = ["FailClosedGate", "PolicyUnavailableError", "UnavailableSource"]
@@ -102,10 +103,10 @@ class UnavailableSource:
     def _error(self) -> TrustSourceUnavailableError:
         return TrustSourceUnavailableError(self._name, self.reason)
 
-    async def resolve(self, repository: str, tag: str, rule: SigningRule) -> SignedTarget:
+    async def resolve(self, repository: str, tag: str, rule: SigningRule) -> SignedAnswer:
         raise self._error()
 
-    async def signed_tags(self, repository: str, rule: SigningRule) -> dict[str, SignedTarget]:
+    async def signed_tags(self, repository: str, rule: SigningRule) -> Mapping[str, SignedAnswer]:
         raise self._error()
 
     async def trust_info(self, repository: str, rule: SigningRule) -> TrustInfo:

@@ -3,7 +3,7 @@
 Every trust source (Notary v1 now; Notation and Cosign later) implements
 :class:`TrustSource`. The enforcement layer builds its policy on four outcomes::
 
-    resolve(repository, tag, rule) -> SignedTarget          the tag is signed: pull by this digest
+    resolve(repository, tag, rule) -> SignedAnswer          the tag is signed: pull by this digest
                             raises NotSignedError    the tag is not signed under the rule
                                    └── NoTrustDataError   the repository has no trust data
                             raises TrustSourceUnavailableError  could not fetch, nothing
@@ -21,11 +21,11 @@ during an outage. It carries no I/O and is hashable, so sources may key caches o
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Hashable, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
 from types import MappingProxyType
-from typing import Protocol
+from typing import Any, Protocol
 
 from proxy.errors import NotSignedError, TrustDataError, TrustSourceUnavailableError
 from proxy.sources.notary.tuf import (
@@ -39,6 +39,7 @@ from proxy.sources.notary.tuf import (
 )
 
 __all__ = [
+    "Evidence",
     "NoTrustDataError",
     "NotSignedByError",
     "NotSignedError",
@@ -47,6 +48,7 @@ __all__ = [
     "RoleRequirement",
     "RootCA",
     "RootOfTrust",
+    "SignedAnswer",
     "SignedState",
     "SignedTarget",
     "SignersDisagreeError",
@@ -108,20 +110,49 @@ class SignersDisagreeError(NotSignedError):
         super().__init__(f"signers disagree on tag {tag}: {said}")
 
 
+#: Per-source facts behind an answer, for the audit record (JSON-able values; Notary:
+#: ``roles``, ``key_ids``, ``metadata_versions``). Never read for a decision.
+Evidence = Mapping[str, Any]
+
+
+class SignedAnswer(Protocol):
+    """A tag as signed, as every source answers it."""
+
+    @property
+    def digest(self) -> str:
+        """``sha256:<hex>`` of the manifest bytes the signatures vouch for."""
+        ...
+
+    @property
+    def length(self) -> int | None:
+        """Their length, when the signature says."""
+        ...
+
+    @property
+    def signers(self) -> tuple[str, ...]:
+        """Who signed, as people name them (roles, identities), for reasons and logs."""
+        ...
+
+    @property
+    def evidence(self) -> Evidence: ...
+
+
 @dataclass(frozen=True)
 class TrustInfo:
     """What a source's last answer for a repository was based on (for audit records and
-    as a cache key: it changes whenever the trust data does)."""
+    as a cache key: ``key`` changes whenever the trust data does)."""
 
-    #: metadata version per role (``{"root": 1, "timestamp": 7, "targets/releases": 3}``)
-    versions: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}))
+    #: an opaque, hashable identity of the trust state (equal states, equal keys)
+    state_key: Hashable = ()
+    #: the facts of that state for the audit record (Notary: ``metadata_versions``)
+    evidence: Evidence = field(default_factory=lambda: MappingProxyType({}))
     #: served from cache past a failed refresh (possibly within ``expiry_grace``)
     stale: bool = False
 
     @property
-    def key(self) -> tuple[tuple[str, int], ...]:
+    def key(self) -> Hashable:
         """A hashable identity of the trust state."""
-        return tuple(sorted(self.versions.items()))
+        return self.state_key
 
 
 @dataclass(frozen=True)
@@ -134,7 +165,7 @@ class SignedState:
     """
 
     #: every tag acceptable under the rule, by tag
-    tags: Mapping[str, SignedTarget]
+    tags: Mapping[str, SignedAnswer]
     info: TrustInfo
 
 
@@ -188,7 +219,7 @@ class TrustSource(Protocol):
     @property
     def name(self) -> str: ...
 
-    async def resolve(self, repository: str, tag: str, rule: SigningRule) -> SignedTarget:
+    async def resolve(self, repository: str, tag: str, rule: SigningRule) -> SignedAnswer:
         """The signed target of ``tag`` in ``repository`` under ``rule``.
 
         Raises:
@@ -198,7 +229,7 @@ class TrustSource(Protocol):
         """
         ...
 
-    async def signed_tags(self, repository: str, rule: SigningRule) -> dict[str, SignedTarget]:
+    async def signed_tags(self, repository: str, rule: SigningRule) -> Mapping[str, SignedAnswer]:
         """Every tag acceptable under ``rule``, by tag (for a filtered tag list).
 
         Raises: as :meth:`resolve`, except that an unsigned tag is simply absent.

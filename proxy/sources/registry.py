@@ -11,11 +11,12 @@ source's package imports the settings types: loading lazily keeps that from bein
 
 from __future__ import annotations
 
+import copy
 import importlib
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from proxy.policy.loader import RuleContext, RuleSection
@@ -29,7 +30,14 @@ if TYPE_CHECKING:
     from proxy.sources.base import TrustSource
     from proxy.sources.store import TrustStateStore
 
-__all__ = ["SOURCE_TYPES", "BuildSource", "SourceType", "source_type", "source_type_names"]
+__all__ = [
+    "SOURCE_TYPES",
+    "BuildSource",
+    "SourceType",
+    "audit_evidence_fields",
+    "source_type",
+    "source_type_names",
+]
 
 #: ``parse_settings(section, name, warnings)`` -> the source's typed settings; raises
 #: ConfigError with the key path (unknown keys included: ``section.finish()``).
@@ -68,6 +76,9 @@ class SourceType:
     rule_keys: tuple[str, ...]
     parse_rule: ParseRule
     build: BuildSource
+    #: the evidence keys its answers carry, each with its empty value: every audit line
+    #: has them (Notary: roles, key_ids, metadata_versions), whoever answered
+    evidence_fields: Mapping[str, Any] = field(default_factory=dict)
 
 
 #: ``type:`` -> the module whose ``SOURCE_TYPE`` describes it (loaded on first use).
@@ -95,3 +106,12 @@ def source_type(name: str) -> SourceType:
             raise RuntimeError(f"{SOURCE_TYPES[name]}.SOURCE_TYPE does not describe {name!r}")
         _loaded[name] = found
     return found
+
+
+def audit_evidence_fields() -> dict[str, Any]:
+    """Every registered type's evidence keys with their empty values (fresh copies)."""
+    out: dict[str, Any] = {}
+    for name in SOURCE_TYPES:
+        for key, empty in source_type(name).evidence_fields.items():
+            out.setdefault(key, copy.copy(empty))
+    return out

@@ -63,4 +63,5 @@ SOURCE_TYPE = SourceType(
     rule_keys=RULE_KEYS,
     parse_rule=parse_rule,
     build=build,
+    evidence_fields={"roles": [], "key_ids": [], "metadata_versions": {}},
 )

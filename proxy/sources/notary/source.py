@@ -112,6 +112,7 @@ __all__ = [
     "metadata_versions",
     "resolve_under_rule",
     "state_generation",
+    "trust_info_of",
     "verified_generation",
 ]
 
@@ -341,11 +342,10 @@ class NotarySource:
         """The :class:`TrustInfo` of ``ts``, cached on its hot entry."""
         hot = self._hot.get(self._key(gun, rule))
         if hot is None or hot.ts is not ts:
-            return TrustInfo(versions=metadata_versions(ts), stale=False)
+            return trust_info_of(metadata_versions(ts), stale=False)
         if hot.info is None:
             # Read-only: the same object answers every request until the entry is replaced.
-            versions = MappingProxyType(metadata_versions(ts))
-            hot.info = TrustInfo(versions=versions, stale=hot.stale)
+            hot.info = trust_info_of(metadata_versions(ts), stale=hot.stale)
         return hot.info
 
     # --- loading -----------------------------------------------------------------------------
@@ -1029,6 +1029,16 @@ def _check_optional(
             raise _disagree(
                 tag, [(target.role, target.digest, target.length), (role, tf.digest, tf.length)]
             )
+
+
+def trust_info_of(versions: Mapping[str, int], *, stale: bool = False) -> TrustInfo:
+    """The shared :class:`TrustInfo` of a Notary state: keyed by its role versions (they
+    change whenever the trust data does), which the audit record shows."""
+    return TrustInfo(
+        state_key=tuple(sorted(versions.items())),
+        evidence=MappingProxyType({"metadata_versions": MappingProxyType(dict(versions))}),
+        stale=stale,
+    )
 
 
 def metadata_versions(ts: TrustedSet) -> dict[str, int]:

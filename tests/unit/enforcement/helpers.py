@@ -30,6 +30,7 @@ from proxy.sources.base import (
     TrustInfo,
 )
 from proxy.sources.notary.policy import NotaryVerification, SignerRequirement
+from proxy.sources.notary.source import trust_info_of
 from proxy.sources.notary.tuf import TrustOnFirstUse
 from proxy.trust_gate import TrustGate
 from tests.unit.test_handlers import REPO, FakeRegistry, make_settings
@@ -97,14 +98,14 @@ class FakeSource:
     async def trust_info(self, gun: str, rule: SigningRule) -> TrustInfo:
         if self.error is not None:
             raise self.error
-        return TrustInfo(MappingProxyType({"root": 1, "targets": self.version}))
+        return trust_info_of({"root": 1, "targets": self.version})
 
     async def signed_state(self, gun: str, rule: SigningRule) -> SignedState:
         self.calls.append(f"signed_state {gun}")
         self.rules.append(rule)
         if self.error is not None:
             raise self.error
-        info = TrustInfo(MappingProxyType({"root": 1, "targets": self.version}))
+        info = trust_info_of({"root": 1, "targets": self.version})
         return SignedState(MappingProxyType(dict(self.targets)), info)
 
     async def aclose(self) -> None:

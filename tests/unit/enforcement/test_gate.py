@@ -109,8 +109,12 @@ def test_signed_tag_serves_the_signed_digest_not_the_upstreams_tag(
         "v1",
     )
     assert d.served_digest == sha256(SIGNED)
-    assert (d.roles, d.key_ids) == (("targets/releases",), ("key1",))
-    assert d.metadata_versions == {"root": 1, "targets": 1}
+    assert d.signers == ("targets/releases",)
+    assert d.evidence == {
+        "roles": ["targets/releases"],
+        "key_ids": ["key1"],
+        "metadata_versions": {"root": 1, "targets": 1},
+    }
     assert (d.rule, d.mode, d.method, d.user_agent) == (
         "registry.test/team/*", "enforce", method, "skopeo/1.18"
     )  # fmt: skip

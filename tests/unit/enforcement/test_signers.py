@@ -124,8 +124,8 @@ async def test_signer_rules(
         assert got.digest == expected
         (d,) = rec.decisions
         assert d.outcome == "served_signed"
-        assert d.key_ids  # who signed is in the record
-        assert {"root", "timestamp", "snapshot", "targets"} <= set(d.metadata_versions)
+        assert d.evidence["key_ids"]  # who signed is in the record
+        assert {"root", "timestamp", "snapshot", "targets"} <= set(d.evidence["metadata_versions"])
     else:
         with pytest.raises(NotSignedError) as ei:
             await g.decide_tag(ROUTE, tag, CTX)

@@ -23,7 +23,7 @@ from proxy.policy.model import Policy
 from proxy.routing import Route
 from proxy.settings import UpstreamSettings
 from proxy.sources.base import SignedState, SignedTarget, SigningRule, TrustInfo
-from proxy.sources.notary.source import NotarySourceOptions
+from proxy.sources.notary.source import NotarySourceOptions, trust_info_of
 from proxy.sources.notary.tuf import TrustedSet, TrustOnFirstUse
 from proxy.trust_gate import RequestContext
 from tests.simulators.notary_repo import NotaryRepository
@@ -96,8 +96,8 @@ class FlippingSource:
                     "multi", sha256(INDEX), len(INDEX), "targets", ("k",), ("targets",)
                 )
             }
-            return signed, TrustInfo(MappingProxyType({"root": 1, "targets": 1}))
-        return {}, TrustInfo(MappingProxyType({"root": 1, "targets": 2}))
+            return signed, trust_info_of({"root": 1, "targets": 1})
+        return {}, trust_info_of({"root": 1, "targets": 2})
 
     async def resolve(self, gun: str, tag: str, rule: SigningRule) -> SignedTarget:
         raise NotSignedError(f"tag {tag} is not signed")
