@@ -51,7 +51,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import hashlib
 import logging
 import time
 from collections import OrderedDict
@@ -80,17 +79,17 @@ from proxy.sources.notary.fetcher import NotaryFetcher
 from proxy.sources.notary.tuf import (
     Limits,
     MetadataFormatError,
-    MissingMetadataError,
+    MissingTimestampError,
     RollbackError,
     RootOfTrust,
     SignedTarget,
     TargetFile,
     TrustedSet,
     TrustedState,
-    check_withheld,
     resolve_docker,
     resolve_required_roles,
     signed_tags,
+    walk,
 )
 from proxy.sources.notary.tuf.resolve import DOCKER_ROLES, lookup
 from proxy.sources.store import (
@@ -732,7 +731,7 @@ class NotarySource:
         except StoreUnavailableError as e:
             log.debug("trust source %s: %s: state not saved: %s", self.name, gun, e)
 
-    # --- the refresh walk (mirrors .tuf.refresh over the async fetcher) ---
+    # --- the refresh: tuf.refresh.walk over the async fetcher ---
 
     async def _fetch(self, gun: str, name: str, role: str) -> bytes | None:
         if (asked := _ASKED.get()) is not None:
@@ -789,50 +788,21 @@ class NotarySource:
                 limits=limits,
                 allow_expired_root_cert=rule.allow_expired_root_cert,
             )
-        while (raw := await self._fetch(gun, ts.next_root_filename(), "root")) is not None:
-            ts.update_root(raw)
-        raw = await self._fetch(gun, "timestamp.json", "timestamp")
-        if raw is None:
+        # The one walk (tuf.refresh.walk, which the attack tests drive too), over the async
+        # fetcher. Verified bytes we hold are reused when the parent announces the same
+        # hash: a refresh of an unchanged repository costs a root probe and timestamp.json.
+        steps = walk(ts, previous=state, known=state.metadata if state is not None else None)
+        try:
+            need = next(steps)
+            while True:
+                need = steps.send(await self._fetch(gun, need.name, need.role))
+        except StopIteration as done:
+            skipped: list[TrustDataError] = done.value
+        except MissingTimestampError as e:
             # notary delete --remote: every file is gone, the stored root stays pinned.
-            raise NoTrustDataError(self.name, gun)
-        ts.update_timestamp(raw)
-        # Verified bytes we already hold are reused when the parent announces the same
-        # hash (python-tuf loads its local snapshot the same way): a refresh of an unchanged
-        # repository costs a root probe and timestamp.json. update_* checks them again.
-        known = state.metadata if state is not None else {}
-        for role in ("snapshot", "targets"):
-            name = ts.filename_for(role)
-            raw = _reusable(known, role, name) or await self._fetch(gun, name, role)
-            if raw is None:
-                raise MissingMetadataError(f"{name} not found", role=role)
-            if role == "snapshot":
-                ts.update_snapshot(raw)
-            else:
-                ts.update_targets(raw)
-        while pending := ts.pending_delegations():
-            for p in pending:
-                raw = _reusable(known, p.name, p.filename) or await self._fetch(
-                    gun, p.filename, p.name
-                )
-                if raw is None:
-                    err = MissingMetadataError(f"{p.filename} not found", role=p.name)
-                    ts.skip_delegation(p.name, err)
-                    log.warning("trust source %s: %s: skipped: %s", self.name, gun, err)
-                    continue
-                try:
-                    ts.update_delegated_targets(raw, p.name, p.parent)
-                except RollbackError:
-                    # Older than a version of this (still declared) role that we verified:
-                    # the server is rolling it back. Skipping it, as notary does with an
-                    # invalid delegation, would hand its tags to targets (releases wins).
-                    raise
-                except TrustDataError as e:
-                    # notary skips an invalid delegation; resolution then ignores it
-                    log.warning("trust source %s: %s: skipped: %s", self.name, gun, e)
-        if state is not None:
-            # ... unless we had verified it and it is still declared as then: a server
-            # withholding it must not hand its tags to the parent (tuf.refresh).
-            check_withheld(ts, state)
+            raise NoTrustDataError(self.name, gun) from e
+        for err in skipped:
+            log.warning("trust source %s: %s: skipped: %s", self.name, gun, err)
         if ts.expired_root_cert_used:
             log.warning(
                 "trust source %s: %s: root certificate expired; accepted because "
@@ -928,13 +898,6 @@ def _last_verified(hot: _Hot | None) -> TrustedSet | None:
 
 def _lock_of(store: TrustStateStore) -> ReplicaLock | None:
     return store if isinstance(store, ReplicaLock) else None
-
-
-def _reusable(known: Mapping[str, bytes], role: str, filename: str) -> bytes | None:
-    raw = known.get(role)
-    if raw is not None and filename == f"{role}.{hashlib.sha256(raw).hexdigest()}.json":
-        return raw
-    return None
 
 
 def acceptable_tags(ts: TrustedSet, rule: SigningRule) -> dict[str, SignedTarget]:

@@ -24,7 +24,9 @@ How a caller (the I/O shell) drives it, per repository (GUN)::
     store(ts.state().to_bytes())
     signed = resolve_docker(ts, tag)          # or resolve_required_roles(ts, tag, reqs)
 
-:func:`refresh` is that loop for a synchronous fetch callable. A cache hit is
+:func:`walk` is that loop, sans I/O (it yields the file it needs and is sent its bytes);
+:func:`refresh` drives it over a synchronous fetch callable, ``NotarySource`` over its
+async fetcher: one walk, so the attack tests drive what production runs. A cache hit is
 ``TrustedSet.from_state(state, ...)`` (replay: every stored byte is verified again).
 Any ``TrustDataError`` from root/timestamp/snapshot/targets is fatal for the refresh.
 """
@@ -62,7 +64,16 @@ from proxy.sources.notary.tuf.metadata import (
     parse_targets,
     parse_timestamp,
 )
-from proxy.sources.notary.tuf.refresh import Fetch, MissingMetadataError, check_withheld, refresh
+from proxy.sources.notary.tuf.refresh import (
+    Fetch,
+    MissingMetadataError,
+    MissingTimestampError,
+    Need,
+    Walk,
+    check_withheld,
+    refresh,
+    walk,
+)
 from proxy.sources.notary.tuf.resolve import (
     RoleRequirement,
     SignedTarget,
@@ -92,6 +103,8 @@ __all__ = [
     "Metadata",
     "MetadataFormatError",
     "MissingMetadataError",
+    "MissingTimestampError",
+    "Need",
     "OversizeMetadataError",
     "PendingRole",
     "PinnedRootCerts",
@@ -115,6 +128,7 @@ __all__ = [
     "TrustedSet",
     "TrustedState",
     "UnsupportedKeyError",
+    "Walk",
     "check_withheld",
     "compute_key_id",
     "consistent_filename",
@@ -128,4 +142,5 @@ __all__ = [
     "resolve_docker",
     "resolve_required_roles",
     "signed_tags",
+    "walk",
 ]
