@@ -1,0 +1,1 @@
+"""Notation (Notary Project v2) trust source: pure verification core (docstring below)."""
