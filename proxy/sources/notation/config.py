@@ -122,5 +122,5 @@ def parse_rule_fields(raw: Any, path: str) -> NotationRuleFields:
         "signatureVerification": verification,
         **{k: inline[k] for k in ("trustStores", "trustedIdentities") if k in inline},
     }
-    statement = parse_statement_core(obj, path, name=path, scopes=())
+    statement = parse_statement_core(obj, path, name=path, scopes=(), verification_path=path)
     return NotationRuleFields(statement, dict(annotations))

@@ -443,14 +443,20 @@ def _parse_identities(raw: list[str], path: str) -> tuple[tuple[TrustedIdentity,
 
 
 def parse_statement_core(
-    obj: Mapping[str, Any], path: str, *, name: str, scopes: tuple[str, ...]
+    obj: Mapping[str, Any],
+    path: str,
+    *,
+    name: str,
+    scopes: tuple[str, ...],
+    verification_path: str | None = None,
 ) -> TrustPolicyStatement:
     """The scope-independent part of a statement: verification, stores, identities. Used
-    for document statements and for a policy rule's inline fields."""
+    for document statements and for a policy rule's inline fields (whose ``level`` etc.
+    sit beside ``trustStores``: ``verification_path`` is then the rule's own path)."""
     if "signatureVerification" not in obj:
         raise _fail(f"{path}.signatureVerification", "is required")
     level, enforcement, verify_timestamp = parse_signature_verification(
-        obj["signatureVerification"], f"{path}.signatureVerification"
+        obj["signatureVerification"], verification_path or f"{path}.signatureVerification"
     )
     stores_raw = _string_list(obj.get("trustStores", []), f"{path}.trustStores")
     ids_raw = _string_list(obj.get("trustedIdentities", []), f"{path}.trustedIdentities")

@@ -138,11 +138,8 @@ class TrustStore:
 def _read_bounded(path: Path, limit: int) -> bytes:
     # O_NOFOLLOW: a symlink swapped in after the directory scan is refused too.
     fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
-    try:
-        with os.fdopen(fd, "rb") as f:
-            data = f.read(limit + 1)
-    except BaseException:
-        raise
+    with os.fdopen(fd, "rb") as f:
+        data = f.read(limit + 1)
     if len(data) > limit:
         raise ValueError(f"{path.name}: larger than {limit} bytes")
     return data
