@@ -149,7 +149,7 @@ def test_signing_authority_scheme() -> None:
 # --- hostile inputs -------------------------------------------------------------------
 
 
-def _jws_edit(edit: Callable[[dict[str, object]], None]) -> Callable[[Signer], bytes]:
+def _jws_edit(edit: Callable[[dict[str, object]], object]) -> Callable[[Signer], bytes]:
     def build(signer: Signer) -> bytes:
         env = json.loads(signer.jws(payload()))
         edit(env)
@@ -382,3 +382,209 @@ def test_x5c_decoding_is_strict() -> None:
     env["header"]["x5c"][0] = "\n" + base64.b64encode(der).decode()  # Go refuses whitespace
     with pytest.raises(EnvelopeError):
         parse_envelope(json.dumps(env).encode(), JWS_MEDIA_TYPE)
+
+
+# --- more envelope shapes, parsed without a trust decision ---------------------------
+
+
+def _cose_edit(index: int, value: object) -> Callable[[Signer], bytes]:
+    def build(signer: Signer) -> bytes:
+        body = list(cbor2.loads(signer.cose(payload())).value)
+        body[index] = value
+        return cbor2.dumps(cbor2.CBORTag(18, body))
+
+    return build
+
+
+def _cose_protected(**changes: object) -> Callable[[Signer], bytes]:
+    def build(signer: Signer) -> bytes:
+        body = list(cbor2.loads(signer.cose(payload())).value)
+        prot = dict(cbor2.loads(body[0]))
+        for key, value in changes.items():
+            label: object = int(key[1:]) if key.startswith("L") else key
+            if value is None:
+                prot.pop(label, None)
+            else:
+                prot[label] = value
+        body[0] = cbor2.dumps(prot, datetime_as_timestamp=True)
+        return cbor2.dumps(cbor2.CBORTag(18, body))
+
+    return build
+
+
+def _jws_protected(protected: object) -> Callable[[Signer], bytes]:
+    def build(signer: Signer) -> bytes:
+        env = json.loads(signer.jws(payload()))
+        env["protected"] = (
+            base64.urlsafe_b64encode(json.dumps(protected).encode()).rstrip(b"=").decode()
+        )
+        return json.dumps(env).encode()
+
+    return build
+
+
+def _jws_with(**kw: object) -> Callable[[Signer], bytes]:
+    return lambda s: _replace_signer(**kw)(s).jws(payload())
+
+
+def _jws_payload(raw: bytes) -> Callable[[Signer], bytes]:
+    return lambda s: s.jws(raw)
+
+
+MALFORMED: dict[str, tuple[Callable[[Signer], bytes], str, str]] = {
+    "COSE three elements": (
+        lambda s: cbor2.dumps(cbor2.CBORTag(18, list(cbor2.loads(s.cose(payload())).value)[:3])),
+        COSE_MEDIA_TYPE,
+        "4-element",
+    ),
+    "COSE detached payload": (_cose_edit(2, None), COSE_MEDIA_TYPE, "detached"),
+    "COSE protected empty": (_cose_edit(0, b""), COSE_MEDIA_TYPE, "non-empty bstr"),
+    "COSE unprotected not a map": (_cose_edit(1, [1]), COSE_MEDIA_TYPE, "must be a map"),
+    "COSE x5chain missing": (_cose_edit(1, {}), COSE_MEDIA_TYPE, "x5chain"),
+    "COSE protected not a map": (_cose_edit(0, cbor2.dumps([1])), COSE_MEDIA_TYPE, "must be a map"),
+    "COSE EdDSA": (_cose_protected(L1=-8), COSE_MEDIA_TYPE, "unsupported alg"),
+    "COSE content type": (_cose_protected(L3="application/json"), COSE_MEDIA_TYPE, "content type"),
+    "COSE signingTime as text": (
+        _cose_protected(**{"io.cncf.notary.signingTime": "2026-01-01T00:00:00Z"}),
+        COSE_MEDIA_TYPE,
+        "signature",  # the edit breaks the signature, which is checked before the times
+    ),
+    "COSE garbage": (lambda s: b"\xff\xff", COSE_MEDIA_TYPE, "not valid CBOR"),
+    "JWS protected is a list": (_jws_protected([1]), JWS_MEDIA_TYPE, "not a JSON object"),
+    "JWS alg none": (_jws_protected({"alg": "none"}), JWS_MEDIA_TYPE, "unsupported alg"),
+    "JWS RS256": (_jws_protected({"alg": "RS256"}), JWS_MEDIA_TYPE, "unsupported alg"),
+    "JWS wrong cty": (
+        _jws_protected({"alg": "PS256", "cty": "application/json"}),
+        JWS_MEDIA_TYPE,
+        "content type",
+    ),
+    "JWS empty crit": (
+        _jws_protected(
+            {"alg": "PS256", "cty": "application/vnd.cncf.notary.payload.v1+json", "crit": []}
+        ),
+        JWS_MEDIA_TYPE,
+        "crit must be a non-empty list",
+    ),
+    "JWS crit twice": (
+        _jws_with(crit_override=["io.cncf.notary.signingScheme", "io.cncf.notary.signingScheme"]),
+        JWS_MEDIA_TYPE,
+        "twice",
+    ),
+    "JWS both times": (
+        _jws_with(scheme="notary.x509.signingAuthority", authentic_signing_time=T0),
+        JWS_MEDIA_TYPE,
+        "needs authenticSigningTime and no signingTime",
+    ),
+    "JWS x509 with authentic time": (
+        _jws_with(authentic_signing_time=T0),
+        JWS_MEDIA_TYPE,
+        "needs signingTime and no authenticSigningTime",
+    ),
+    "JWS expiry not RFC 3339": (
+        _jws_with(
+            extra_protected={"io.cncf.notary.expiry": "tomorrow"},
+            crit_extra=["io.cncf.notary.expiry"],
+        ),
+        JWS_MEDIA_TYPE,
+        "RFC 3339",
+    ),
+    "JWS header not an object": (
+        _jws_edit(lambda env: env.__setitem__("header", [])),
+        JWS_MEDIA_TYPE,
+        "must be an object",
+    ),
+    "JWS x5c not a list": (
+        lambda s: s.jws(payload(), header_extra={"x5c": "MII"}),
+        JWS_MEDIA_TYPE,
+        "list of certificates",
+    ),
+    "JWS no certificates": (
+        lambda s: s.jws(payload(), header_extra={"x5c": []}),
+        JWS_MEDIA_TYPE,
+        "no certificates",
+    ),
+    "JWS x5c not DER": (
+        lambda s: s.jws(payload(), header_extra={"x5c": [base64.b64encode(b"junk").decode()]}),
+        JWS_MEDIA_TYPE,
+        "not a DER certificate",
+    ),
+    "JWS too many certificates": (
+        lambda s: s.jws(payload(), header_extra={"x5c": ["AAAA"] * 11}),
+        JWS_MEDIA_TYPE,
+        "more than 10",
+    ),
+    "JWS token not base64": (
+        lambda s: s.jws(payload(), header_extra={"io.cncf.notary.timestampSignature": "%%"}),
+        JWS_MEDIA_TYPE,
+        "base64",
+    ),
+    "JWS missing signature": (
+        _jws_edit(lambda env: env.pop("signature")),
+        JWS_MEDIA_TYPE,
+        "missing",
+    ),
+    "JWS bad base64url length": (
+        _jws_edit(lambda env: env.__setitem__("signature", "abcde")),
+        JWS_MEDIA_TYPE,
+        "base64url",
+    ),
+    "JWS trailing bits": (
+        _jws_edit(lambda env: env.__setitem__("signature", "ab")),
+        JWS_MEDIA_TYPE,
+        "trailing bits",
+    ),
+    "payload not JSON": (_jws_payload(b"not json"), JWS_MEDIA_TYPE, "not valid JSON"),
+    "payload digest malformed": (
+        _jws_payload(b'{"targetArtifact":{"mediaType":"a/b","digest":"md5:00","size":1}}'),
+        JWS_MEDIA_TYPE,
+        "digest",
+    ),
+    "payload size negative": (
+        _jws_payload(
+            b'{"targetArtifact":{"mediaType":"a/b","digest":"sha256:' + b"0" * 64 + b'","size":-1}}'
+        ),
+        JWS_MEDIA_TYPE,
+        "size",
+    ),
+    "payload media type missing": (
+        _jws_payload(b'{"targetArtifact":{"digest":"sha256:' + b"0" * 64 + b'","size":1}}'),
+        JWS_MEDIA_TYPE,
+        "mediaType",
+    ),
+    "payload annotations not strings": (
+        _jws_payload(
+            b'{"targetArtifact":{"mediaType":"a/b","digest":"sha256:'
+            + b"0" * 64
+            + b'","size":1,"annotations":{"a":1}}}'
+        ),
+        JWS_MEDIA_TYPE,
+        "annotations",
+    ),
+}
+
+
+@pytest.mark.parametrize(
+    ("build", "media_type", "message"), MALFORMED.values(), ids=list(MALFORMED)
+)
+def test_malformed_envelopes(
+    build: Callable[[Signer], bytes], media_type: str, message: str
+) -> None:
+    signer, _ = pki()
+    with pytest.raises(EnvelopeError, match=message):
+        parse_envelope(build(signer), media_type)
+
+
+def test_cose_single_certificate_x5chain_and_fractional_times() -> None:
+    key = rsa_key(2048)
+    cert = make_cert("single", key)
+    signer = Signer(key, [cert])
+    body = list(cbor2.loads(signer.cose(payload())).value)
+    body[1] = {33: cert.public_bytes(serialization.Encoding.DER)}
+    info = parse_envelope(cbor2.dumps(cbor2.CBORTag(18, body)), COSE_MEDIA_TYPE)
+    assert len(info.chain) == 1
+    env = json.loads(signer.jws(payload()))
+    assert parse_envelope(json.dumps(env).encode(), JWS_MEDIA_TYPE).signing_time == T0
+    timed = Signer(key, [cert], signing_time=T0 + timedelta(microseconds=123456))
+    assert parse_envelope(timed.jws(payload()), JWS_MEDIA_TYPE).signing_time == T0 + timedelta(
+        microseconds=123456
+    )
