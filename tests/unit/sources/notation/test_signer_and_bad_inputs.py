@@ -28,7 +28,7 @@ from proxy.sources.notation.trustpolicy import (
     parse_trust_policy,
 )
 from proxy.sources.notation.truststore import TrustStore, parse_certificates
-from proxy.sources.notation.verify import descriptor_of, verify_signature
+from proxy.sources.notation.verify import SignatureVerdict, descriptor_of, verify_signature
 from testbed.notation_signer import T0, Signer, make_cert
 from tests.unit.sources.notation.helpers import LOCALKEYS, needs_vectors, read_layout
 
@@ -64,7 +64,7 @@ def payload(served: TargetArtifact = SERVED) -> bytes:
     return Signer.payload(served.media_type, served.digest, served.size)
 
 
-def verify(data: bytes, media_type: str, **kw: object) -> object:
+def verify(data: bytes, media_type: str, **kw: object) -> SignatureVerdict:
     _, store = pki()
     args: dict[str, object] = {
         "statement": policy(),
@@ -121,7 +121,7 @@ def test_signer_envelopes_verify(media_type: str, alg: str) -> None:
         signer = Signer(key, [leaf, signer.chain[1]], alg=alg)
     data = signer.jws(payload()) if media_type == JWS_MEDIA_TYPE else signer.cose(payload())
     verdict = verify(data, media_type)
-    assert verdict.signer_subject.endswith("CN=leaf") or "CN=leaf" in verdict.signer_subject  # type: ignore[attr-defined]
+    assert verdict.signer_subject.endswith("CN=leaf") or "CN=leaf" in verdict.signer_subject
 
 
 def test_signing_authority_scheme() -> None:
@@ -369,7 +369,7 @@ def test_logged_failures_are_reported_not_enforced() -> None:
     signer, _ = pki()
     expired = _replace_signer(expiry=NOW - timedelta(seconds=1))(signer).jws(payload())
     verdict = verify(expired, JWS_MEDIA_TYPE, statement=policy("permissive"))
-    assert [r.check for r in verdict.logged_failures] == [Check.EXPIRY]  # type: ignore[attr-defined]
+    assert [r.check for r in verdict.logged_failures] == [Check.EXPIRY]
     # the target is compared at every level but skip
     with pytest.raises(SignatureVerificationError, match="content descriptor mismatch"):
         verify(_other_target(signer), JWS_MEDIA_TYPE, statement=policy("audit"))
