@@ -227,7 +227,13 @@ def subject_attributes(cert: x509.Certificate) -> dict[str, str]:
         if short in attrs:
             raise ValueError(f"the certificate subject repeats {short}")
         value = attr.value
-        attrs[short] = value if isinstance(value, str) else value.decode(errors="replace")
+        text = value if isinstance(value, str) else value.decode(errors="replace")
+        # notation-go parses the subject's string form and refuses any "=#" in it
+        # (verifier/testdata/verifier/bad-cert.pem: CN=Bad=#CN): such a leaf matches no
+        # x509.subject identity.
+        if "=#" in text:
+            raise ValueError(f"the certificate subject's {short} contains '=#', unsupported")
+        attrs[short] = text
     for mandatory in ("C", "ST", "O"):
         if not attrs.get(mandatory):
             raise ValueError(f"the certificate subject has no {mandatory}")

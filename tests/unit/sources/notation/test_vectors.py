@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from proxy.errors import NotSignedError
+from proxy.sources.notation.certs import subject_attributes
 from proxy.sources.notation.envelope import (
     COSE_MEDIA_TYPE,
     JWS_MEDIA_TYPE,
@@ -19,12 +20,14 @@ from proxy.sources.notation.errors import (
     NoApplicableTrustPolicyError,
     SignatureVerificationError,
     TrustPolicyError,
+    TrustStoreError,
 )
 from proxy.sources.notation.revocation import CrlSet, RevocationStatus, check_chain, parse_crls
 from proxy.sources.notation.timestamp import verify_timestamp
 from proxy.sources.notation.trustpolicy import (
     Action,
     Check,
+    StoreType,
     TrustPolicyStatement,
     parse_trust_policy,
 )
@@ -32,6 +35,7 @@ from proxy.sources.notation.truststore import (
     TrustStore,
     load_trust_store_dir,
     parse_certificates,
+    parse_store_files,
 )
 from proxy.sources.notation.verify import (
     SignatureVerdict,
@@ -42,6 +46,7 @@ from proxy.sources.notation.verify import (
 from tests.unit.sources.notation.helpers import (
     CONN,
     E2E,
+    GO,
     GO_TESTDATA,
     LOCALKEYS,
     MOCK,
@@ -795,3 +800,55 @@ def test_crls() -> None:
     missing, why = check_chain(chain, crls("intermediate.crl"), NOW)
     assert missing is RevocationStatus.UNKNOWN
     assert "no CRL was provided" in why
+
+
+# --- remaining certificate vectors ------------------------------------------------------
+
+TS_CONFIG = E2E / "config" / "timestamp"
+
+
+@pytest.mark.parametrize(
+    ("name", "valid"),
+    [
+        ("globalsignTSARoot.cer", True),
+        ("DigiCertTSARootSHA384.cer", True),
+        ("CertChain.pem", False),  # a chain, not a root
+        ("intermediate.pem", False),  # not self-signed
+        ("notSelfIssued.crt", False),
+        ("invalid.crt", False),
+        ("Empty.txt", False),
+    ],
+)
+def test_tsa_store_candidates(name: str, valid: bool) -> None:
+    files = {name: (TS_CONFIG / name).read_bytes()}
+    if valid:
+        assert len(parse_store_files(StoreType.TSA, "e2e", files)) == 1
+    else:
+        with pytest.raises(TrustStoreError):
+            parse_store_files(StoreType.TSA, "e2e", files)
+
+
+def test_subject_with_hex_marker_matches_no_identity() -> None:
+    verifier = GO / "verifier" / "testdata" / "verifier"
+    (bad,) = parse_certificates((verifier / "bad-cert.pem").read_bytes(), "bad-cert.pem")
+    (good,) = parse_certificates((verifier / "signing-cert.pem").read_bytes(), "signing-cert.pem")
+    assert subject_attributes(good)["CN"] == "SomeCN"
+    with pytest.raises(ValueError, match="=#"):
+        subject_attributes(bad)
+
+
+def test_ocsp_only_chain_is_unknown_without_network() -> None:
+    chain = parse_certificates(
+        (E2E / "config" / "ocsp" / "certchain_with_ocsp.pem").read_bytes(), "chain"
+    )
+    status, why = check_chain(chain, CrlSet(), NOW)
+    assert status is RevocationStatus.UNKNOWN
+    assert "LeafCert" in why
+    root = parse_certificates((E2E / "config" / "crl" / "root.crt").read_bytes(), "root")
+    assert check_chain(root, CrlSet(), NOW)[0] is RevocationStatus.OK
+
+
+def test_blob_trust_policy_is_not_an_oci_document() -> None:
+    data = (E2E / "blob" / "trustpolicies" / "trustpolicy.blob.json").read_bytes()
+    with pytest.raises(TrustPolicyError, match="registryScopes"):
+        parse_trust_policy(data)
