@@ -495,10 +495,15 @@ def test_mock_untrusted_store(level: str) -> None:
             run_mock("ca_valid_sig_env.json", st)
 
 
-def test_mock_identity_mismatch() -> None:
-    st = mock_policy(identity="x509.subject:CN=LOL,O=DummyOrg,L=Hyderabad,ST=TG,C=IN")
-    with pytest.raises(SignatureVerificationError, match="trusted identities"):
-        run_mock("ca_valid_sig_env.json", st)
+@pytest.mark.parametrize("level", MOCK_LEVELS)
+def test_mock_identity_mismatch(level: str) -> None:
+    st = mock_policy(level, identity="x509.subject:CN=LOL,O=DummyOrg,L=Hyderabad,ST=TG,C=IN")
+    if level == "audit":
+        verdict = run_mock("ca_valid_sig_env.json", st)
+        assert [r.check for r in verdict.logged_failures] == [Check.AUTHENTICITY]
+    else:
+        with pytest.raises(SignatureVerificationError, match="trusted identities"):
+            run_mock("ca_valid_sig_env.json", st)
 
 
 @pytest.mark.parametrize("identity", ["x509.subject", "x509.subject:"])
@@ -852,3 +857,30 @@ def test_blob_trust_policy_is_not_an_oci_document() -> None:
     data = (E2E / "blob" / "trustpolicies" / "trustpolicy.blob.json").read_bytes()
     with pytest.raises(TrustPolicyError, match="registryScopes"):
         parse_trust_policy(data)
+
+
+@pytest.mark.parametrize(
+    "policy_name", ["timestamp_trustpolicy.json", "timestamp_after_cert_expiry_trustpolicy.json"]
+)
+def test_expired_cert_without_countersignature_under_timestamp_policies(policy_name: str) -> None:
+    """Both policies name tsa:e2e; the cert has expired, so a countersignature is required
+    (afterCertExpiry included) and this signature has none."""
+    tsa_roots = [
+        c for p in TS_CONFIG.glob("*.cer") for c in parse_certificates(p.read_bytes(), p.name)
+    ]
+    store = TrustStore.of(
+        {
+            **store_of(ca__e2e=[LOCALKEYS / "expired_e2e.crt"]).stores,
+            next(iter(store_of(tsa__e2e=[]).stores)): tsa_roots,
+        }
+    )
+    with pytest.raises(SignatureVerificationError, match="no timestamp countersignature"):
+        run_layout("e2e-with-expired-cert", policy_name, store)
+    # the valid signature under the same policies: "always" requires a countersignature,
+    # afterCertExpiry does not while the certificate is valid
+    store = TrustStore.of({**E2E_STORE.stores, next(iter(store_of(tsa__e2e=[]).stores)): tsa_roots})
+    if policy_name == "timestamp_trustpolicy.json":
+        with pytest.raises(SignatureVerificationError, match="no timestamp countersignature"):
+            run_layout("e2e-valid-signature", policy_name, store)
+    else:
+        run_layout("e2e-valid-signature", policy_name, store)
