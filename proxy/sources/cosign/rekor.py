@@ -1,0 +1,228 @@
+"""Rekor entries: the signed entry timestamp (SET) and the entry body's consistency.
+
+A SET is Rekor's signed promise to include an entry (cosign's ``bundle`` annotation,
+a bundle's ``inclusionPromise``). It is ECDSA over the canonical JSON (RFC 8785 for these
+four fields: sorted keys, no whitespace) of ``{"body", "integratedTime", "logID",
+"logIndex"}``, verified with the key of the Rekor log whose ID is ``logID`` (cosign
+``VerifySET``). A valid SET proves the log accepted *that body*; it proves nothing about
+*our* signature until the body is checked against it: the body's artifact hash must be the
+sha256 of the signed payload, its signature ours and its key or certificate the one we
+verified with (otherwise a valid entry for another artifact would vouch for a forged
+signature, CVE-2022-36056).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Final
+
+from cryptography import x509
+
+from proxy.sources.cosign.errors import (
+    CosignFormatError,
+    CosignMismatchError,
+    CosignSignatureError,
+)
+from proxy.sources.cosign.keys import VerifyingKey, load_pem_key
+from proxy.sources.cosign.strict_json import loads_strict
+from proxy.sources.cosign.trusted_root import TrustedRoot
+
+__all__ = [
+    "LogEntry",
+    "SignedEntry",
+    "check_body",
+    "parse_classic_bundle",
+    "verify_set",
+]
+
+#: A hashedrekord body with a certificate is about 2 KiB base64; DSSE bodies list every
+#: signature and verifier.
+MAX_BODY_BYTES: Final = 64 * 1024
+MAX_ANNOTATION_BYTES: Final = 128 * 1024
+#: Rekor indexes and times are JSON numbers Go reads as int64.
+MAX_INT: Final = 2**63 - 1
+
+
+@dataclass(frozen=True)
+class SignedEntry:
+    """A Rekor entry as a SET signs it."""
+
+    body: bytes
+    body_b64: str
+    integrated_time: int
+    log_index: int
+    log_id: str
+    set_signature: bytes
+
+
+@dataclass(frozen=True)
+class LogEntry:
+    """A verified log entry: what audit records show."""
+
+    log_id: str
+    log_index: int
+    #: None for logs that do not promise a time (Rekor v2: the time comes from a TSA)
+    integrated_time: datetime | None
+
+
+def _b64(value: Any, field: str) -> bytes:
+    if not isinstance(value, str):
+        raise CosignFormatError("must be base64 text", field=field)
+    try:
+        return base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError) as e:
+        raise CosignFormatError("not valid base64", field=field) from e
+
+
+def _int(value: Any, field: str) -> int:
+    # Bundles (protobuf JSON) write int64 as strings; cosign's annotation as numbers.
+    if isinstance(value, str) and value.isdigit() and len(value) <= 19:
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_INT:
+        raise CosignFormatError("must be a non-negative integer", field=field)
+    return value
+
+
+def parse_classic_bundle(annotation: str) -> SignedEntry:
+    """cosign's ``dev.sigstore.cosign/bundle`` annotation.
+
+    Raises:
+        CosignFormatError / CosignLimitError: malformed or oversized.
+    """
+    field = "dev.sigstore.cosign/bundle"
+    node = loads_strict(annotation.encode("utf-8"), what=field, limit=MAX_ANNOTATION_BYTES)
+    if not isinstance(node, Mapping) or not isinstance(node.get("Payload"), Mapping):
+        raise CosignFormatError("Payload is required", field=field)
+    payload = node["Payload"]
+    body_b64 = payload.get("body")
+    body = _b64(body_b64, f"{field}.Payload.body")
+    log_id = payload.get("logID")
+    if not isinstance(log_id, str) or len(log_id) != 64:
+        raise CosignFormatError("logID must be 64 hex digits", field=f"{field}.Payload.logID")
+    try:
+        bytes.fromhex(log_id)
+    except ValueError as e:
+        raise CosignFormatError("logID is not hex", field=f"{field}.Payload.logID") from e
+    if len(body) > MAX_BODY_BYTES:
+        raise CosignFormatError("body too large", field=f"{field}.Payload.body")
+    return SignedEntry(
+        body=body,
+        body_b64=str(body_b64),
+        integrated_time=_int(payload.get("integratedTime"), f"{field}.Payload.integratedTime"),
+        log_index=_int(payload.get("logIndex"), f"{field}.Payload.logIndex"),
+        log_id=log_id.lower(),
+        set_signature=_b64(node.get("SignedEntryTimestamp"), f"{field}.SignedEntryTimestamp"),
+    )
+
+
+def verify_set(entry: SignedEntry, root: TrustedRoot) -> LogEntry:
+    """Verify the SET with the Rekor key of ``root`` named by ``entry.log_id``, and that
+    ``integratedTime`` lies inside that key's validity window.
+
+    Raises:
+        CosignSignatureError: unknown log, bad signature, time outside the key's window.
+    """
+    log = root.tlog(entry.log_id)
+    if log is None:
+        raise CosignSignatureError(f"log entry from unknown Rekor log {entry.log_id[:16]}…")
+    message = json.dumps(
+        {
+            "body": entry.body_b64,
+            "integratedTime": entry.integrated_time,
+            "logID": entry.log_id,
+            "logIndex": entry.log_index,
+        },
+        sort_keys=True,
+        separators=(",", ":"),
+    ).encode("utf-8")
+    try:
+        VerifyingKey(log.key.key, "sha256").verify(entry.set_signature, message)
+    except CosignSignatureError as e:
+        raise CosignSignatureError("Rekor signed entry timestamp does not verify") from e
+    when = datetime.fromtimestamp(entry.integrated_time, tz=UTC)
+    if not log.valid.contains(when):
+        raise CosignSignatureError("Rekor entry time is outside the log key's validity window")
+    return LogEntry(entry.log_id, entry.log_index, when)
+
+
+def _same_material(content: Any, field: str, *, cert: x509.Certificate | None,
+                   key: VerifyingKey | None) -> bool:  # fmt: skip
+    pem = _b64(content, field)
+    if cert is not None:
+        try:
+            logged = x509.load_pem_x509_certificate(pem)
+        except ValueError:
+            return False
+        return logged == cert
+    if key is not None:
+        try:
+            return load_pem_key(pem).spki_der == key.spki_der
+        except CosignFormatError:
+            return False
+    return False
+
+
+def check_body(
+    body: bytes,
+    *,
+    payload: bytes,
+    signature: bytes,
+    cert: x509.Certificate | None = None,
+    key: VerifyingKey | None = None,
+) -> str:
+    """Check that a Rekor entry body records *this* signature: ``hashedrekord`` 0.0.1
+    (sha256 of ``payload``) or ``dsse`` 0.0.1 (sha256 of the DSSE ``payload``), with
+    ``signature`` and the certificate or key that verified it. Returns the kind.
+
+    Raises:
+        CosignFormatError: malformed body or an unsupported kind.
+        CosignMismatchError: the entry is about another artifact, signature or signer.
+    """
+    node = loads_strict(body, what="rekor body", limit=MAX_BODY_BYTES)
+    if not isinstance(node, Mapping) or not isinstance(node.get("spec"), Mapping):
+        raise CosignFormatError("spec is required", field="rekor body")
+    kind, version, spec = node.get("kind"), node.get("apiVersion"), node["spec"]
+    digest = hashlib.sha256(payload).hexdigest()
+    if (kind, version) == ("hashedrekord", "0.0.1"):
+        data = spec.get("data", {})
+        hashed = data.get("hash", {}) if isinstance(data, Mapping) else {}
+        sig = spec.get("signature", {})
+        if not isinstance(hashed, Mapping) or not isinstance(sig, Mapping):
+            raise CosignFormatError("malformed hashedrekord", field="rekor body")
+        if hashed.get("algorithm") != "sha256" or hashed.get("value") != digest:
+            raise CosignMismatchError("Rekor entry is for another artifact")
+        if _b64(sig.get("content"), "rekor body.signature") != signature:
+            raise CosignMismatchError("Rekor entry records another signature")
+        pub = sig.get("publicKey", {})
+        content = pub.get("content") if isinstance(pub, Mapping) else None
+        if not _same_material(content, "rekor body.publicKey", cert=cert, key=key):
+            raise CosignMismatchError("Rekor entry records another signer")
+        return "hashedrekord"
+    if (kind, version) == ("dsse", "0.0.1"):
+        hashed = spec.get("payloadHash", {})
+        if (
+            not isinstance(hashed, Mapping)
+            or hashed.get("algorithm") != "sha256"
+            or (hashed.get("value") != digest)
+        ):
+            raise CosignMismatchError("Rekor entry is for another payload")
+        sigs = spec.get("signatures")
+        if not isinstance(sigs, list):
+            raise CosignFormatError("signatures must be a list", field="rekor body")
+        for entry in sigs[:16]:
+            if not isinstance(entry, Mapping):
+                continue
+            if _b64(entry.get("signature"), "rekor body.signatures") == signature and (
+                _same_material(entry.get("verifier"), "rekor body.verifier", cert=cert, key=key)
+            ):
+                return "dsse"
+        raise CosignMismatchError("Rekor entry does not record this signature and signer")
+    raise CosignFormatError(
+        f"unsupported Rekor entry kind {str(kind)[:40]}/{str(version)[:20]}", field="rekor body"
+    )
