@@ -81,10 +81,12 @@ class Layer:
     payload: bytes
     annotations: dict[str, str]
     media_type: str = SIMPLE_SIGNING
+    #: the digest the manifest claims, when it is not the payload's (a swapped blob)
+    claimed_digest: str | None = None
 
     @property
     def digest(self) -> str:
-        return "sha256:" + hashlib.sha256(self.payload).hexdigest()
+        return self.claimed_digest or "sha256:" + hashlib.sha256(self.payload).hexdigest()
 
 
 def sig_manifest(layers: list[Layer]) -> bytes:
@@ -311,7 +313,7 @@ class SigstoreInstance:
         signer_pem: bytes,
         integrated_time: datetime,
         body_hash: str | None = None,
-        key: ec.EllipticCurvePrivateKey | None = None,
+        set_key: ec.EllipticCurvePrivateKey | None = None,
     ) -> str:
         """cosign's ``dev.sigstore.cosign/bundle`` annotation: a hashedrekord body and its SET."""
         body = json.dumps(
@@ -341,7 +343,7 @@ class SigstoreInstance:
             "logIndex": self.log_index,
         }
         message = json.dumps(entry, sort_keys=True, separators=(",", ":")).encode()
-        set_sig = sign(key or self.rekor_key, message)
+        set_sig = sign(set_key or self.rekor_key, message)
         return json.dumps({"SignedEntryTimestamp": b64(set_sig), "Payload": entry})
 
     def keyless_layer(
@@ -408,3 +410,90 @@ def _der_len(n: int) -> bytes:
         return bytes([n])
     raw = n.to_bytes((n.bit_length() + 7) // 8, "big")
     return bytes([0x80 | len(raw)]) + raw
+
+
+def in_toto_statement(
+    digest: str, predicate_type: str = "https://sigstore.dev/cosign/sign/v1"
+) -> bytes:
+    """The statement cosign 3 signs for an image (``cosign sign``, new bundle format)."""
+    algorithm, _, hex_part = digest.partition(":")
+    return json.dumps(
+        {
+            "_type": "https://in-toto.io/Statement/v1",
+            "subject": [{"digest": {algorithm: hex_part}}],
+            "predicateType": predicate_type,
+            "predicate": {},
+        }
+    ).encode()
+
+
+def pae(payload_type: str, payload: bytes) -> bytes:
+    kind = payload_type.encode()
+    return b"DSSEv1 %d %s %d %s" % (len(kind), kind, len(payload), payload)
+
+
+def key_bundle(
+    instance: SigstoreInstance | None,
+    key: ec.EllipticCurvePrivateKey,
+    payload: bytes,
+    *,
+    payload_type: str = "application/vnd.in-toto+json",
+    media_type: str = "application/vnd.dev.sigstore.bundle.v0.3+json",
+    logged: bool = False,
+    logged_payload: bytes | None = None,
+) -> bytes:
+    """A key-based v0.3 bundle (``publicKey`` hint, DSSE), with a Rekor ``dsse`` entry and
+    its SET when ``logged`` (``logged_payload``: log another payload instead)."""
+    signature = sign(key, pae(payload_type, payload))
+    material: dict[str, Any] = {"publicKey": {"hint": "test"}}
+    if logged and instance is not None:
+        body = json.dumps(
+            {
+                "apiVersion": "0.0.1",
+                "kind": "dsse",
+                "spec": {
+                    "payloadHash": {
+                        "algorithm": "sha256",
+                        "value": hashlib.sha256(logged_payload or payload).hexdigest(),
+                    },
+                    "signatures": [
+                        {
+                            "signature": b64(signature),
+                            "verifier": b64(pem_public(key.public_key())),
+                        }
+                    ],
+                },
+            },
+            separators=(",", ":"),
+        ).encode()
+        instance.log_index += 1
+        entry = {
+            "body": b64(body),
+            "integratedTime": int(T0.timestamp()),
+            "logID": instance.rekor_log_id,
+            "logIndex": instance.log_index,
+        }
+        set_sig = sign(
+            instance.rekor_key, json.dumps(entry, sort_keys=True, separators=(",", ":")).encode()
+        )
+        material["tlogEntries"] = [
+            {
+                "logIndex": str(instance.log_index),
+                "logId": {"keyId": b64(bytes.fromhex(instance.rekor_log_id))},
+                "kindVersion": {"kind": "dsse", "version": "0.0.1"},
+                "integratedTime": str(int(T0.timestamp())),
+                "inclusionPromise": {"signedEntryTimestamp": b64(set_sig)},
+                "canonicalizedBody": b64(body),
+            }
+        ]
+    return json.dumps(
+        {
+            "mediaType": media_type,
+            "verificationMaterial": material,
+            "dsseEnvelope": {
+                "payload": b64(payload),
+                "payloadType": payload_type,
+                "signatures": [{"sig": b64(signature), "keyid": ""}],
+            },
+        }
+    ).encode()
