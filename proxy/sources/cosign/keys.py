@@ -76,18 +76,18 @@ class VerifyingKey:
 
 def _check(key: object, hash_name: str, what: str) -> VerifyingKey:
     if hash_name not in HASHES:
-        raise CosignFormatError(f"{what}: unsupported hash algorithm {hash_name!r}")
+        raise CosignFormatError(f"unsupported hash algorithm {hash_name!r}", field=what)
     if isinstance(key, ec.EllipticCurvePublicKey):
         if key.curve.name not in _CURVES:
-            raise CosignFormatError(f"{what}: unsupported curve {key.curve.name}")
+            raise CosignFormatError(f"unsupported curve {key.curve.name}", field=what)
         return VerifyingKey(key, hash_name)
     if isinstance(key, rsa.RSAPublicKey):
         if not MIN_RSA_BITS <= key.key_size <= MAX_RSA_BITS:
-            raise CosignFormatError(f"{what}: RSA key of {key.key_size} bits is not accepted")
+            raise CosignFormatError(f"RSA key of {key.key_size} bits is not accepted", field=what)
         return VerifyingKey(key, hash_name)
     if isinstance(key, ed25519.Ed25519PublicKey):
         return VerifyingKey(key, hash_name)
-    raise CosignFormatError(f"{what}: unsupported key type {type(key).__name__}")
+    raise CosignFormatError(f"unsupported key type {type(key).__name__}", field=what)
 
 
 def load_pem_key(pem: bytes, *, hash_name: str = "sha256", what: str = "key") -> VerifyingKey:
@@ -97,11 +97,11 @@ def load_pem_key(pem: bytes, *, hash_name: str = "sha256", what: str = "key") ->
         CosignFormatError: not a PEM public key, an unsupported type/curve/size or hash.
     """
     if len(pem) > MAX_PEM_BYTES:
-        raise CosignFormatError(f"{what}: more than {MAX_PEM_BYTES} bytes")
+        raise CosignFormatError(f"more than {MAX_PEM_BYTES} bytes", field=what)
     try:
         key = serialization.load_pem_public_key(pem)
     except (ValueError, UnsupportedAlgorithm) as e:
-        raise CosignFormatError(f"{what}: not a PEM public key ({e})") from e
+        raise CosignFormatError(f"not a PEM public key ({e})", field=what) from e
     return _check(key, hash_name, what)
 
 
@@ -112,9 +112,9 @@ def load_der_key(der: bytes, *, hash_name: str = "sha256", what: str = "key") ->
         CosignFormatError: as :func:`load_pem_key`.
     """
     if len(der) > MAX_PEM_BYTES:
-        raise CosignFormatError(f"{what}: more than {MAX_PEM_BYTES} bytes")
+        raise CosignFormatError(f"more than {MAX_PEM_BYTES} bytes", field=what)
     try:
         key = serialization.load_der_public_key(der)
     except (ValueError, UnsupportedAlgorithm) as e:
-        raise CosignFormatError(f"{what}: not a DER public key ({e})") from e
+        raise CosignFormatError(f"not a DER public key ({e})", field=what) from e
     return _check(key, hash_name, what)
