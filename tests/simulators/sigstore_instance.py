@@ -346,6 +346,61 @@ class SigstoreInstance:
         set_sig = sign(set_key or self.rekor_key, message)
         return json.dumps({"SignedEntryTimestamp": b64(set_sig), "Payload": entry})
 
+    def checkpoint(self, size: int, root_hash: bytes, origin: str = "rekor.test") -> str:
+        """A signed note for this tree, signed by the Rekor key (hint: log ID prefix)."""
+        note = f"{origin}\n{size}\n{b64(root_hash)}\n"
+        sig = sign(self.rekor_key, note.encode())
+        hint = bytes.fromhex(self.rekor_log_id)[:4]
+        return f"{note}\n\u2014 {origin} {b64(hint + sig)}\n"
+
+    def rekor_v2_entry(self, signed: bytes, signature: bytes, key_der: bytes) -> dict[str, Any]:
+        """A Rekor v2 ``hashedrekord`` 0.0.2 entry: leaf 1 of a 3-leaf tree, with its
+        inclusion proof and checkpoint, no SET (Rekor v2 gives none)."""
+        body = json.dumps(
+            {
+                "apiVersion": "0.0.2",
+                "kind": "hashedrekord",
+                "spec": {
+                    "hashedRekordV002": {
+                        "data": {
+                            "algorithm": "SHA2_256",
+                            "digest": b64(hashlib.sha256(signed).digest()),
+                        },
+                        "signature": {
+                            "content": b64(signature),
+                            "verifier": {
+                                "publicKey": {"rawBytes": b64(key_der)},
+                                "keyDetails": "PKIX_ECDSA_P256_SHA_256",
+                            },
+                        },
+                    }
+                },
+            },
+            separators=(",", ":"),
+        ).encode()
+
+        def leaf(data: bytes) -> bytes:
+            return hashlib.sha256(b"\x00" + data).digest()
+
+        def node(left: bytes, right: bytes) -> bytes:
+            return hashlib.sha256(b"\x01" + left + right).digest()
+
+        left, right = leaf(b"other entry 0"), leaf(b"other entry 2")
+        root_hash = node(node(left, leaf(body)), right)
+        return {
+            "logIndex": "1",
+            "logId": {"keyId": b64(bytes.fromhex(self.rekor_log_id))},
+            "kindVersion": {"kind": "hashedrekord", "version": "0.0.2"},
+            "inclusionProof": {
+                "logIndex": "1",
+                "rootHash": b64(root_hash),
+                "treeSize": "3",
+                "hashes": [b64(left), b64(right)],
+                "checkpoint": {"envelope": self.checkpoint(3, root_hash)},
+            },
+            "canonicalizedBody": b64(body),
+        }
+
     def keyless_layer(
         self,
         digest: str,
@@ -441,11 +496,18 @@ def key_bundle(
     media_type: str = "application/vnd.dev.sigstore.bundle.v0.3+json",
     logged: bool = False,
     logged_payload: bytes | None = None,
+    rekor_v2: bool = False,
 ) -> bytes:
     """A key-based v0.3 bundle (``publicKey`` hint, DSSE), with a Rekor ``dsse`` entry and
     its SET when ``logged`` (``logged_payload``: log another payload instead)."""
     signature = sign(key, pae(payload_type, payload))
     material: dict[str, Any] = {"publicKey": {"hint": "test"}}
+    if rekor_v2 and instance is not None:
+        material["tlogEntries"] = [
+            instance.rekor_v2_entry(
+                pae(payload_type, logged_payload or payload), signature, spki(key.public_key())
+            )
+        ]
     if logged and instance is not None:
         body = json.dumps(
             {

@@ -54,9 +54,9 @@ Choices where the formats leave room
       annotation carries (no inclusion proof). Classic RFC 3161 timestamp annotations are
       not read yet (a keyless classic signature then needs its Rekor entry).
     - Key-based bundles (``publicKey`` verification material), which sigstore-python cannot
-      load, are verified here; their log entries count when they carry a SET. Entries
-      with only an inclusion proof (Rekor v2) do not count yet, so ``tlog: required``
-      refuses them: fail closed rather than half-verified.
+      load, are verified here, log entries included: SET and/or inclusion proof with a
+      signed checkpoint (Rekor v1 and v2). An entry with only a proof carries no signed
+      time; key-based signatures need none.
     - A layer or bundle that fails does not spoil the others: several signers append
       layers to one ``.sig`` manifest, and the policy counts those that verified; the
       failures become the verdict's reasons.

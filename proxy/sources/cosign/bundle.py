@@ -19,8 +19,9 @@ Verification:
    judges it, with the same rules as for classic signatures.
 3. Key bundles (``verificationMaterial.publicKey``), which sigstore-python cannot load:
    verified here with the rule's keys: the DSSE signature over PAE(payloadType, payload)
-   (DSSE spec), and each log entry's SET plus body consistency (:mod:`.rekor`). Entries with
-   only an inclusion proof (Rekor v2) are not verified here yet and count as no log entry.
+   (DSSE spec), and each log entry: its SET and/or its Merkle inclusion proof with the
+   signed checkpoint (RFC 9162, signed notes; Rekor v1 and v2), plus body consistency
+   (``dsse`` 0.0.1, ``hashedrekord`` 0.0.2 over the PAE), see :mod:`.rekor`.
 4. Then the statement: ``payloadType`` is ``application/vnd.in-toto+json``, the Statement
    type is in-toto v0.1 or v1, ``predicateType`` is one the caller accepts (the cosign
    signature type for image signatures), and a subject's sha256 is the digest being served
@@ -54,7 +55,7 @@ from proxy.sources.cosign.errors import (
 from proxy.sources.cosign.facts import CertSigner, KeySigner, Signer, VerifiedSignature
 from proxy.sources.cosign.fulcio import cert_identity
 from proxy.sources.cosign.keys import VerifyingKey
-from proxy.sources.cosign.rekor import LogEntry, SignedEntry, check_body, verify_set
+from proxy.sources.cosign.rekor import LogEntry, check_body, verify_entry
 from proxy.sources.cosign.strict_json import loads_strict
 from proxy.sources.cosign.trusted_root import TrustedRoot
 
@@ -259,7 +260,7 @@ class BundleVerifier:
                     key.verify(signature, message)
                 except CosignSignatureError:
                     continue
-                fact = self._key_log_entry(material, payload, signature, key)
+                fact = self._key_log_entry(material, payload, message, signature, key)
                 return VerifiedBundle(KeySigner(key.key_id), payload_type, payload, fact)
         raise CosignSignatureError("DSSE signature does not verify with any key of the rule")
 
@@ -267,6 +268,7 @@ class BundleVerifier:
         self,
         material: Mapping[str, Any],
         payload: bytes,
+        signed: bytes,
         signature: bytes,
         key: VerifyingKey,
     ) -> LogEntry | None:
@@ -275,27 +277,11 @@ class BundleVerifier:
             return None
         verified: LogEntry | None = None
         for i, entry in enumerate(entries):
-            field = f"tlogEntries[{i}]"
-            promise = entry.get("inclusionPromise")
-            if not isinstance(promise, Mapping):
-                continue  # inclusion proof only (Rekor v2): not verified here, see docstring
-            fact = _entry_fact(entry, field)
-            body_b64 = entry.get("canonicalizedBody")
-            body = _b64(body_b64, f"{field}.canonicalizedBody")
-            signed = SignedEntry(
-                body=body,
-                body_b64=str(body_b64),
-                integrated_time=_int(entry.get("integratedTime"), f"{field}.integratedTime"),
-                log_index=fact.log_index,
-                log_id=fact.log_id,
-                set_signature=_b64(
-                    promise.get("signedEntryTimestamp"),
-                    f"{field}.inclusionPromise.signedEntryTimestamp",
-                ),
-            )
-            # A present entry that does not verify rejects the bundle (fail closed).
-            verified = verify_set(signed, self._root)
-            check_body(body, payload=payload, signature=signature, key=key)
+            # Every entry present must verify and record this signature (fail closed).
+            fact = verify_entry(entry, self._root, f"tlogEntries[{i}]")
+            body = _b64(entry.get("canonicalizedBody"), f"tlogEntries[{i}].canonicalizedBody")
+            check_body(body, payload=payload, signature=signature, key=key, signed=signed)
+            verified = verified or fact
         return verified
 
     def verify_image(

@@ -23,6 +23,7 @@ from datetime import UTC, datetime
 from typing import Any, Final
 
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
 from proxy.sources.cosign.errors import (
     CosignFormatError,
@@ -168,6 +169,17 @@ def _same_material(content: Any, field: str, *, cert: x509.Certificate | None,
     return False
 
 
+def _same_der(verifier: Mapping[str, Any], *, cert: x509.Certificate | None,
+              key: VerifyingKey | None) -> bool:  # fmt: skip
+    x509_node, key_node = verifier.get("x509Certificate"), verifier.get("publicKey")
+    if cert is not None and isinstance(x509_node, Mapping):
+        raw = _b64(x509_node.get("rawBytes"), "rekor body.verifier")
+        return raw == cert.public_bytes(serialization.Encoding.DER)
+    if key is not None and isinstance(key_node, Mapping):
+        return _b64(key_node.get("rawBytes"), "rekor body.verifier") == key.spki_der
+    return False
+
+
 def check_body(
     body: bytes,
     *,
@@ -175,10 +187,13 @@ def check_body(
     signature: bytes,
     cert: x509.Certificate | None = None,
     key: VerifyingKey | None = None,
+    signed: bytes | None = None,
 ) -> str:
     """Check that a Rekor entry body records *this* signature: ``hashedrekord`` 0.0.1
     (sha256 of ``payload``) or ``dsse`` 0.0.1 (sha256 of the DSSE ``payload``), with
-    ``signature`` and the certificate or key that verified it. Returns the kind.
+    ``signature`` and the certificate or key that verified it; or ``hashedrekord`` 0.0.2
+    (Rekor v2: sha256 of ``signed``, the exact bytes signed, e.g. the DSSE PAE, else of
+    ``payload``). Returns the kind.
 
     Raises:
         CosignFormatError: malformed body or an unsupported kind.
@@ -223,6 +238,167 @@ def check_body(
             ):
                 return "dsse"
         raise CosignMismatchError("Rekor entry does not record this signature and signer")
+    if (kind, version) == ("hashedrekord", "0.0.2"):
+        # Rekor v2 (rekor-v2-spec §6.1.4): digest of what was signed (the PAE for DSSE),
+        # the signature and the verifier's key or certificate as DER.
+        inner = spec.get("hashedRekordV002")
+        data = inner.get("data") if isinstance(inner, Mapping) else None
+        sig = inner.get("signature") if isinstance(inner, Mapping) else None
+        if not isinstance(data, Mapping) or not isinstance(sig, Mapping):
+            raise CosignFormatError("malformed hashedrekord 0.0.2", field="rekor body")
+        if data.get("algorithm") != "SHA2_256" or _b64(data.get("digest"), "rekor body.digest") != (
+            hashlib.sha256(signed if signed is not None else payload).digest()
+        ):
+            raise CosignMismatchError("Rekor entry is for another artifact")
+        if _b64(sig.get("content"), "rekor body.signature") != signature:
+            raise CosignMismatchError("Rekor entry records another signature")
+        verifier = sig.get("verifier")
+        if not isinstance(verifier, Mapping) or not _same_der(verifier, cert=cert, key=key):
+            raise CosignMismatchError("Rekor entry records another signer")
+        return "hashedrekord"
     raise CosignFormatError(
         f"unsupported Rekor entry kind {str(kind)[:40]}/{str(version)[:20]}", field="rekor body"
     )
+
+
+#: Rekor v1 trees hold well under 2**40 entries; a proof is one hash per level.
+MAX_PROOF_HASHES: Final = 64
+MAX_CHECKPOINT_BYTES: Final = 16 * 1024
+
+
+def _node(left: bytes, right: bytes) -> bytes:
+    return hashlib.sha256(b"\x01" + left + right).digest()
+
+
+def verify_inclusion(
+    body: bytes, index: int, size: int, proof: list[bytes], root_hash: bytes
+) -> None:
+    """RFC 9162 §2.1.3.2: ``body`` is leaf ``index`` of the tree of ``size`` leaves whose
+    root hash is ``root_hash``.
+
+    Raises:
+        CosignSignatureError: the proof does not lead to ``root_hash``.
+    """
+    if not 0 <= index < size or len(proof) > MAX_PROOF_HASHES:
+        raise CosignSignatureError("inclusion proof: index outside the tree, or too long")
+    fn, sn = index, size - 1
+    result = hashlib.sha256(b"\x00" + body).digest()
+    for sibling in proof:
+        if sn == 0:
+            raise CosignSignatureError("inclusion proof: too many hashes")
+        if fn & 1 or fn == sn:
+            result = _node(sibling, result)
+            while not fn & 1 and fn != 0:
+                fn >>= 1
+                sn >>= 1
+        else:
+            result = _node(result, sibling)
+        fn >>= 1
+        sn >>= 1
+    if sn != 0 or result != root_hash:
+        raise CosignSignatureError("inclusion proof does not lead to the root hash")
+
+
+def verify_checkpoint(
+    envelope: str, root: TrustedRoot, log_id: str, *, size: int, root_hash: bytes
+) -> None:
+    """A signed note (``origin\\nsize\\nbase64(root)\\n…\\n\\n— name base64(hint‖sig)\\n``)
+    signed by the Rekor log ``log_id`` of ``root``, for this tree ``size`` and ``root_hash``
+    (golang.org/x/mod/sumdb/note; Rekor ``SignedCheckpoint``). The signature's 4-byte hint
+    is the start of the log ID, as sigstore-go and sigstore-python match it.
+
+    Raises:
+        CosignFormatError: not a signed note.
+        CosignSignatureError: unknown log, no signature by it, or another tree.
+    """
+    if len(envelope) > MAX_CHECKPOINT_BYTES or envelope.count("\n\n") != 1:
+        raise CosignFormatError("checkpoint is not a signed note", field="checkpoint")
+    note, _, signatures = envelope.partition("\n\n")
+    note += "\n"
+    log = root.tlog(log_id)
+    if log is None:
+        raise CosignSignatureError(f"checkpoint of unknown Rekor log {log_id[:16]}…")
+    lines = note.split("\n")
+    if len(lines) < 4:
+        raise CosignFormatError("checkpoint lacks origin, size or root", field="checkpoint")
+    if lines[1] != str(size) or lines[2] != base64.b64encode(root_hash).decode():
+        raise CosignSignatureError("checkpoint is for another tree than the inclusion proof")
+    hint = bytes.fromhex(log_id)[:4]
+    for line in signatures.split("\n")[:16]:
+        parts = line.split(" ")
+        if len(parts) != 3 or parts[0] != "\u2014":
+            continue
+        try:
+            raw = base64.b64decode(parts[2], validate=True)
+        except (binascii.Error, ValueError):
+            continue
+        if raw[:4] != hint:
+            continue
+        try:
+            VerifyingKey(log.key.key, "sha256").verify(raw[4:], note.encode("utf-8"))
+        except CosignSignatureError as e:
+            raise CosignSignatureError("checkpoint signature does not verify") from e
+        return
+    raise CosignSignatureError("checkpoint is not signed by the Rekor log")
+
+
+def verify_entry(entry: Mapping[str, Any], root: TrustedRoot, field: str) -> LogEntry:
+    """A bundle's ``tlogEntries[i]``: its SET (``inclusionPromise``) and/or its inclusion
+    proof with signed checkpoint; each one present must verify, and one must be present.
+    The body is not checked here (see :func:`check_body`).
+
+    Raises:
+        CosignFormatError: malformed entry.
+        CosignSignatureError: nothing verifiable, or something present does not verify.
+    """
+    log_id_node = entry.get("logId")
+    key_id = log_id_node.get("keyId") if isinstance(log_id_node, Mapping) else None
+    log_id = _b64(key_id, f"{field}.logId.keyId").hex()
+    body_b64 = entry.get("canonicalizedBody")
+    body = _b64(body_b64, f"{field}.canonicalizedBody")
+    if len(body) > MAX_BODY_BYTES:
+        raise CosignFormatError("body too large", field=f"{field}.canonicalizedBody")
+    log_index = _int(entry.get("logIndex", 0), f"{field}.logIndex")
+    time_value = entry.get("integratedTime")
+    integrated = _int(time_value, f"{field}.integratedTime") if time_value is not None else 0
+    promise, proof = entry.get("inclusionPromise"), entry.get("inclusionProof")
+    if not isinstance(promise, Mapping) and not isinstance(proof, Mapping):
+        raise CosignSignatureError("log entry has neither an inclusion promise nor a proof")
+    # Without a promise, integratedTime is signed by nobody: it is not reported as a time.
+    fact = LogEntry(log_id, log_index, None)
+    if isinstance(promise, Mapping):
+        fact = verify_set(
+            SignedEntry(
+                body=body,
+                body_b64=str(body_b64),
+                integrated_time=integrated,
+                log_index=log_index,
+                log_id=log_id,
+                set_signature=_b64(
+                    promise.get("signedEntryTimestamp"),
+                    f"{field}.inclusionPromise.signedEntryTimestamp",
+                ),
+            ),
+            root,
+        )
+    if isinstance(proof, Mapping):
+        hashes = proof.get("hashes", [])
+        if not isinstance(hashes, list) or len(hashes) > MAX_PROOF_HASHES:
+            raise CosignFormatError(
+                "hashes must be a bounded list", field=f"{field}.inclusionProof"
+            )
+        root_hash = _b64(proof.get("rootHash"), f"{field}.inclusionProof.rootHash")
+        size = _int(proof.get("treeSize"), f"{field}.inclusionProof.treeSize")
+        verify_inclusion(
+            body,
+            _int(proof.get("logIndex"), f"{field}.inclusionProof.logIndex"),
+            size,
+            [_b64(h, f"{field}.inclusionProof.hashes") for h in hashes],
+            root_hash,
+        )
+        checkpoint = proof.get("checkpoint")
+        envelope = checkpoint.get("envelope") if isinstance(checkpoint, Mapping) else None
+        if not isinstance(envelope, str):
+            raise CosignSignatureError("inclusion proof without a checkpoint")
+        verify_checkpoint(envelope, root, log_id, size=size, root_hash=root_hash)
+    return fact

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives import serialization
@@ -175,3 +177,75 @@ def test_bundle_made_by_sigstore_js_verifies(
     with pytest.raises((CosignSignatureError, CosignFormatError)):
         BundleVerifier(None).verify_image(json.dumps(node).encode(), digest=DIGEST,
                                           keys=[authority.key])  # fmt: skip
+
+
+def test_key_bundle_logged_in_rekor_v2_verifies_by_inclusion_proof(
+    sigstore: SigstoreInstance, key: ec.EllipticCurvePrivateKey
+) -> None:
+    verifier = BundleVerifier(parse_trusted_root(sigstore.trusted_root()))
+    data = key_bundle(sigstore, key, in_toto_statement(DIGEST), rekor_v2=True)
+    sig = verifier.verify_image(data, digest=DIGEST, keys=[VerifyingKey(key.public_key())])
+    assert sig.log_entry is not None
+    assert sig.log_entry.log_index == 1
+    assert sig.log_entry.integrated_time is None  # Rekor v2 signs no time
+    policy = CosignPolicy((KeyAuthority(VerifyingKey(key.public_key())),))
+    assert evaluate(policy, repository=REPO, digest=DIGEST, signatures=[sig]).accepted
+
+
+def _tamper_proof(node: dict[str, Any], case: str, sigstore: SigstoreInstance) -> None:
+    proof = node["verificationMaterial"]["tlogEntries"][0]["inclusionProof"]
+    if case == "proof-hash":
+        proof["hashes"][0] = base64.b64encode(b"\0" * 32).decode()
+    elif case == "proof-too-short":
+        proof["hashes"].pop()
+    elif case == "root-hash":
+        proof["rootHash"] = base64.b64encode(b"\0" * 32).decode()
+    elif case == "checkpoint-other-tree":
+        proof["checkpoint"]["envelope"] = sigstore.checkpoint(4, b"\0" * 32)
+    elif case == "checkpoint-forged":
+        other = SigstoreInstance()
+        our_hint = base64.b64decode(
+            proof["checkpoint"]["envelope"].split(" ")[-1]
+        )  # keep the hint, replace the signature
+        forged = other.checkpoint(3, base64.b64decode(proof["rootHash"]))
+        sig = base64.b64decode(forged.split(" ")[-1])[4:]
+        proof["checkpoint"]["envelope"] = (
+            forged.rsplit(" ", 1)[0] + " " + (base64.b64encode(our_hint[:4] + sig).decode() + "\n")
+        )
+    elif case == "no-checkpoint":
+        del proof["checkpoint"]
+    elif case == "index-outside-tree":
+        proof["logIndex"] = "7"
+
+
+@pytest.mark.parametrize(
+    ("case", "message"),
+    [
+        ("proof-hash", "inclusion proof does not lead to the root hash"),
+        ("proof-too-short", "inclusion proof does not lead to the root hash"),
+        ("root-hash", "inclusion proof does not lead to the root hash"),
+        ("checkpoint-other-tree", "checkpoint is for another tree"),
+        ("checkpoint-forged", "checkpoint signature does not verify"),
+        ("no-checkpoint", "inclusion proof without a checkpoint"),
+        ("index-outside-tree", "index outside the tree"),
+    ],
+)
+def test_bad_inclusion_proof_rejects_the_bundle(
+    sigstore: SigstoreInstance, key: ec.EllipticCurvePrivateKey, case: str, message: str
+) -> None:
+    node = json.loads(key_bundle(sigstore, key, in_toto_statement(DIGEST), rekor_v2=True))
+    _tamper_proof(node, case, sigstore)
+    verifier = BundleVerifier(parse_trusted_root(sigstore.trusted_root()))
+    with pytest.raises(CosignSignatureError, match=re.escape(message)):
+        verifier.verify_image(json.dumps(node).encode(), digest=DIGEST,
+                              keys=[VerifyingKey(key.public_key())])  # fmt: skip
+
+
+def test_rekor_v2_entry_for_another_payload(
+    sigstore: SigstoreInstance, key: ec.EllipticCurvePrivateKey
+) -> None:
+    data = key_bundle(sigstore, key, in_toto_statement(DIGEST), rekor_v2=True,
+                      logged_payload=in_toto_statement(OTHER))  # fmt: skip
+    verifier = BundleVerifier(parse_trusted_root(sigstore.trusted_root()))
+    with pytest.raises(CosignMismatchError, match="Rekor entry is for another artifact"):
+        verifier.verify_image(data, digest=DIGEST, keys=[VerifyingKey(key.public_key())])

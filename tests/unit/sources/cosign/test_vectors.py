@@ -8,6 +8,7 @@ import json
 import re
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -29,6 +30,7 @@ from proxy.sources.cosign import (
     verify_classic,
 )
 from proxy.sources.cosign.keys import VerifyingKey, load_pem_key
+from proxy.sources.cosign.rekor import verify_entry
 from proxy.sources.cosign.trusted_root import TrustedRoot, public_good_trusted_root_bytes
 from tests.unit.sources.cosign.vectors import (
     ABC_DIGEST,
@@ -426,3 +428,42 @@ def test_sigstore_python_trusted_root_v1_parses() -> None:
     )
     assert root.fulcio
     assert root.tlogs
+
+
+# --- our Merkle and checkpoint code on real Rekor entries (v1 and v2) ------------------
+
+
+def _entry(path: Path) -> dict[str, Any]:
+    entry: dict[str, Any] = json.loads(path.read_bytes())["verificationMaterial"]["tlogEntries"][0]
+    return entry
+
+
+@pytest.mark.parametrize(
+    ("bundle", "root_file", "drop_promise"),
+    [
+        (COSIGN_DATA / "oci-attestation.sigstore.json", PRODUCTION_ROOT, False),
+        (COSIGN_DATA / "oci-attestation.sigstore.json", PRODUCTION_ROOT, True),
+        (SIGSTORE_ASSETS / "a.dsse.staging-rekor-v2.txt.sigstore.json", STAGING_ROOT, False),
+        (SIGSTORE_ASSETS / "bundle_v3.txt.sigstore", STAGING_ROOT, True),
+    ],
+    ids=["rekor-v1-set-and-proof", "rekor-v1-proof-only", "rekor-v2-ed25519-note",
+         "staging-v1-proof-only"],
+)  # fmt: skip
+def test_real_log_entries_verify(bundle: Path, root_file: Path, drop_promise: bool) -> None:
+    entry = _entry(bundle)
+    if drop_promise:
+        entry.pop("inclusionPromise", None)
+    root = parse_trusted_root(root_file.read_bytes())
+    fact = verify_entry(entry, root, "tlogEntries[0]")
+    assert fact.log_index == int(entry["logIndex"])
+    # Tampering with any proof hash breaks it.
+    entry["inclusionProof"]["hashes"][0] = base64.b64encode(b"\0" * 32).decode()
+    entry.pop("inclusionPromise", None)
+    with pytest.raises(CosignSignatureError, match="root hash"):
+        verify_entry(entry, root, "tlogEntries[0]")
+
+
+def test_real_log_entry_against_the_other_instance_is_refused() -> None:
+    entry = _entry(COSIGN_DATA / "oci-attestation.sigstore.json")
+    with pytest.raises(CosignSignatureError, match="unknown Rekor log"):
+        verify_entry(entry, parse_trusted_root(STAGING_ROOT.read_bytes()), "tlogEntries[0]")
