@@ -30,8 +30,6 @@ Verification:
 
 from __future__ import annotations
 
-import base64
-import binascii
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -56,7 +54,7 @@ from proxy.sources.cosign.facts import CertSigner, KeySigner, Signer, VerifiedSi
 from proxy.sources.cosign.fulcio import cert_identity
 from proxy.sources.cosign.keys import VerifyingKey
 from proxy.sources.cosign.rekor import LogEntry, check_body, verify_entry
-from proxy.sources.cosign.strict_json import loads_strict
+from proxy.sources.cosign.strict_json import b64_field, int_field, loads_strict
 from proxy.sources.cosign.trusted_root import TrustedRoot
 
 __all__ = [
@@ -105,26 +103,9 @@ class _RecordOnly:
         return None
 
 
-def _b64(value: Any, field: str) -> bytes:
-    if not isinstance(value, str):
-        raise CosignFormatError("must be base64 text", field=field)
-    try:
-        return base64.b64decode(value, validate=True)
-    except (binascii.Error, ValueError) as e:
-        raise CosignFormatError("not valid base64", field=field) from e
-
-
 def _pae(payload_type: str, payload: bytes) -> bytes:
     kind = payload_type.encode("utf-8")
     return b"DSSEv1 %d %s %d %s" % (len(kind), kind, len(payload), payload)
-
-
-def _int(value: Any, field: str) -> int:
-    if isinstance(value, str) and value.isdigit() and len(value) <= 19:
-        return int(value)
-    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
-        return value
-    raise CosignFormatError("must be a non-negative integer", field=field)
 
 
 def _entries(material: Mapping[str, Any]) -> list[Mapping[str, Any]]:
@@ -139,12 +120,12 @@ def _entries(material: Mapping[str, Any]) -> list[Mapping[str, Any]]:
 
 
 def _entry_fact(entry: Mapping[str, Any], field: str) -> LogEntry:
-    log_id = _b64((entry.get("logId") or {}).get("keyId"), f"{field}.logId.keyId").hex()
+    log_id = b64_field((entry.get("logId") or {}).get("keyId"), f"{field}.logId.keyId").hex()
     time_value = entry.get("integratedTime")
-    integrated = _int(time_value, f"{field}.integratedTime") if time_value is not None else 0
+    integrated = int_field(time_value, f"{field}.integratedTime") if time_value is not None else 0
     return LogEntry(
         log_id=log_id,
-        log_index=_int(entry.get("logIndex", 0), f"{field}.logIndex"),
+        log_index=int_field(entry.get("logIndex", 0), f"{field}.logIndex"),
         integrated_time=datetime.fromtimestamp(integrated, tz=UTC) if integrated else None,
     )
 
@@ -222,6 +203,9 @@ class BundleVerifier:
                 verifier.verify_artifact(artifact, bundle, _RecordOnly())
                 payload_type, payload = "", artifact
         except (SigstoreError, ValueError) as e:
+            # sigstore-python's word for a log entry about other materials (CVE-2022-36056).
+            if "inconsistent with other materials" in str(e):
+                raise CosignMismatchError(f"bundle does not verify: {e}") from e
             raise CosignSignatureError(f"bundle does not verify: {e}") from e
         entries = _entries(material)
         fact = _entry_fact(entries[0], "tlogEntries[0]") if entries else None
@@ -242,7 +226,7 @@ class BundleVerifier:
         payload_type = envelope.get("payloadType")
         if not isinstance(payload_type, str):
             raise CosignFormatError("payloadType is required", field="dsseEnvelope")
-        payload = _b64(envelope.get("payload"), "dsseEnvelope.payload")
+        payload = b64_field(envelope.get("payload"), "dsseEnvelope.payload")
         if len(payload) > MAX_PAYLOAD_BYTES:
             raise CosignLimitError("payload too large", field="dsseEnvelope.payload")
         sigs = envelope.get("signatures")
@@ -254,7 +238,7 @@ class BundleVerifier:
         for i, sig in enumerate(sigs):
             if not isinstance(sig, Mapping):
                 raise CosignFormatError("must be an object", field=f"dsseEnvelope.signatures[{i}]")
-            signature = _b64(sig.get("sig"), f"dsseEnvelope.signatures[{i}].sig")
+            signature = b64_field(sig.get("sig"), f"dsseEnvelope.signatures[{i}].sig")
             for key in keys:
                 try:
                     key.verify(signature, message)
@@ -279,7 +263,7 @@ class BundleVerifier:
         for i, entry in enumerate(entries):
             # Every entry present must verify and record this signature (fail closed).
             fact = verify_entry(entry, self._root, f"tlogEntries[{i}]")
-            body = _b64(entry.get("canonicalizedBody"), f"tlogEntries[{i}].canonicalizedBody")
+            body = b64_field(entry.get("canonicalizedBody"), f"tlogEntries[{i}].canonicalizedBody")
             check_body(body, payload=payload, signature=signature, key=key, signed=signed)
             verified = verified or fact
         return verified

@@ -23,8 +23,6 @@ manifest that is not well-formed, or crosses a bound, is rejected as a whole.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -51,7 +49,7 @@ from proxy.sources.cosign.fulcio import (
 )
 from proxy.sources.cosign.keys import VerifyingKey
 from proxy.sources.cosign.rekor import LogEntry, check_body, parse_classic_bundle, verify_set
-from proxy.sources.cosign.strict_json import loads_strict
+from proxy.sources.cosign.strict_json import b64_field, loads_strict
 from proxy.sources.cosign.trusted_root import TrustedRoot
 
 __all__ = [
@@ -218,13 +216,6 @@ def _payload_reference(payload: bytes, digest: str, limits: ClassicLimits) -> st
     return normalise_reference(reference)
 
 
-def _b64(value: str, field: str) -> bytes:
-    try:
-        return base64.b64decode(value, validate=True)
-    except (binascii.Error, ValueError) as e:
-        raise CosignFormatError("not valid base64", field=field) from e
-
-
 def _cert_key(cert: x509.Certificate) -> VerifyingKey:
     key = cert.public_key()
     if not isinstance(key, ec.EllipticCurvePublicKey | rsa.RSAPublicKey | ed25519.Ed25519PublicKey):
@@ -273,7 +264,7 @@ def _verify_layer(
     sig_text = layer.annotations.get(ANN_SIGNATURE)
     if not sig_text:
         raise CosignFormatError("no signature annotation", field=ANN_SIGNATURE)
-    signature = _b64(sig_text, ANN_SIGNATURE)
+    signature = b64_field(sig_text, ANN_SIGNATURE)
     cert_pem = layer.annotations.get(ANN_CERT)
     if cert_pem:
         if root is None:

@@ -31,7 +31,7 @@ from proxy.sources.cosign.errors import (
     CosignSignatureError,
 )
 from proxy.sources.cosign.keys import VerifyingKey, load_pem_key
-from proxy.sources.cosign.strict_json import loads_strict
+from proxy.sources.cosign.strict_json import b64_field, int_field, loads_strict
 from proxy.sources.cosign.trusted_root import TrustedRoot
 
 __all__ = [
@@ -46,8 +46,6 @@ __all__ = [
 #: signature and verifier.
 MAX_BODY_BYTES: Final = 64 * 1024
 MAX_ANNOTATION_BYTES: Final = 128 * 1024
-#: Rekor indexes and times are JSON numbers Go reads as int64.
-MAX_INT: Final = 2**63 - 1
 
 
 @dataclass(frozen=True)
@@ -72,24 +70,6 @@ class LogEntry:
     integrated_time: datetime | None
 
 
-def _b64(value: Any, field: str) -> bytes:
-    if not isinstance(value, str):
-        raise CosignFormatError("must be base64 text", field=field)
-    try:
-        return base64.b64decode(value, validate=True)
-    except (binascii.Error, ValueError) as e:
-        raise CosignFormatError("not valid base64", field=field) from e
-
-
-def _int(value: Any, field: str) -> int:
-    # Bundles (protobuf JSON) write int64 as strings; cosign's annotation as numbers.
-    if isinstance(value, str) and value.isdigit() and len(value) <= 19:
-        value = int(value)
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_INT:
-        raise CosignFormatError("must be a non-negative integer", field=field)
-    return value
-
-
 def parse_classic_bundle(annotation: str) -> SignedEntry:
     """cosign's ``dev.sigstore.cosign/bundle`` annotation.
 
@@ -102,7 +82,7 @@ def parse_classic_bundle(annotation: str) -> SignedEntry:
         raise CosignFormatError("Payload is required", field=field)
     payload = node["Payload"]
     body_b64 = payload.get("body")
-    body = _b64(body_b64, f"{field}.Payload.body")
+    body = b64_field(body_b64, f"{field}.Payload.body")
     log_id = payload.get("logID")
     if not isinstance(log_id, str) or len(log_id) != 64:
         raise CosignFormatError("logID must be 64 hex digits", field=f"{field}.Payload.logID")
@@ -115,10 +95,10 @@ def parse_classic_bundle(annotation: str) -> SignedEntry:
     return SignedEntry(
         body=body,
         body_b64=str(body_b64),
-        integrated_time=_int(payload.get("integratedTime"), f"{field}.Payload.integratedTime"),
-        log_index=_int(payload.get("logIndex"), f"{field}.Payload.logIndex"),
+        integrated_time=int_field(payload.get("integratedTime"), f"{field}.Payload.integratedTime"),
+        log_index=int_field(payload.get("logIndex"), f"{field}.Payload.logIndex"),
         log_id=log_id.lower(),
-        set_signature=_b64(node.get("SignedEntryTimestamp"), f"{field}.SignedEntryTimestamp"),
+        set_signature=b64_field(node.get("SignedEntryTimestamp"), f"{field}.SignedEntryTimestamp"),
     )
 
 
@@ -154,7 +134,7 @@ def verify_set(entry: SignedEntry, root: TrustedRoot) -> LogEntry:
 
 def _same_material(content: Any, field: str, *, cert: x509.Certificate | None,
                    key: VerifyingKey | None) -> bool:  # fmt: skip
-    pem = _b64(content, field)
+    pem = b64_field(content, field)
     if cert is not None:
         try:
             logged = x509.load_pem_x509_certificate(pem)
@@ -173,10 +153,10 @@ def _same_der(verifier: Mapping[str, Any], *, cert: x509.Certificate | None,
               key: VerifyingKey | None) -> bool:  # fmt: skip
     x509_node, key_node = verifier.get("x509Certificate"), verifier.get("publicKey")
     if cert is not None and isinstance(x509_node, Mapping):
-        raw = _b64(x509_node.get("rawBytes"), "rekor body.verifier")
+        raw = b64_field(x509_node.get("rawBytes"), "rekor body.verifier")
         return raw == cert.public_bytes(serialization.Encoding.DER)
     if key is not None and isinstance(key_node, Mapping):
-        return _b64(key_node.get("rawBytes"), "rekor body.verifier") == key.spki_der
+        return b64_field(key_node.get("rawBytes"), "rekor body.verifier") == key.spki_der
     return False
 
 
@@ -212,7 +192,7 @@ def check_body(
             raise CosignFormatError("malformed hashedrekord", field="rekor body")
         if hashed.get("algorithm") != "sha256" or hashed.get("value") != digest:
             raise CosignMismatchError("Rekor entry is for another artifact")
-        if _b64(sig.get("content"), "rekor body.signature") != signature:
+        if b64_field(sig.get("content"), "rekor body.signature") != signature:
             raise CosignMismatchError("Rekor entry records another signature")
         pub = sig.get("publicKey", {})
         content = pub.get("content") if isinstance(pub, Mapping) else None
@@ -233,7 +213,7 @@ def check_body(
         for entry in sigs[:16]:
             if not isinstance(entry, Mapping):
                 continue
-            if _b64(entry.get("signature"), "rekor body.signatures") == signature and (
+            if b64_field(entry.get("signature"), "rekor body.signatures") == signature and (
                 _same_material(entry.get("verifier"), "rekor body.verifier", cert=cert, key=key)
             ):
                 return "dsse"
@@ -246,11 +226,11 @@ def check_body(
         sig = inner.get("signature") if isinstance(inner, Mapping) else None
         if not isinstance(data, Mapping) or not isinstance(sig, Mapping):
             raise CosignFormatError("malformed hashedrekord 0.0.2", field="rekor body")
-        if data.get("algorithm") != "SHA2_256" or _b64(data.get("digest"), "rekor body.digest") != (
-            hashlib.sha256(signed if signed is not None else payload).digest()
-        ):
+        logged_digest = b64_field(data.get("digest"), "rekor body.digest")
+        expected = hashlib.sha256(signed if signed is not None else payload).digest()
+        if data.get("algorithm") != "SHA2_256" or logged_digest != expected:
             raise CosignMismatchError("Rekor entry is for another artifact")
-        if _b64(sig.get("content"), "rekor body.signature") != signature:
+        if b64_field(sig.get("content"), "rekor body.signature") != signature:
             raise CosignMismatchError("Rekor entry records another signature")
         verifier = sig.get("verifier")
         if not isinstance(verifier, Mapping) or not _same_der(verifier, cert=cert, key=key):
@@ -353,14 +333,14 @@ def verify_entry(entry: Mapping[str, Any], root: TrustedRoot, field: str) -> Log
     """
     log_id_node = entry.get("logId")
     key_id = log_id_node.get("keyId") if isinstance(log_id_node, Mapping) else None
-    log_id = _b64(key_id, f"{field}.logId.keyId").hex()
+    log_id = b64_field(key_id, f"{field}.logId.keyId").hex()
     body_b64 = entry.get("canonicalizedBody")
-    body = _b64(body_b64, f"{field}.canonicalizedBody")
+    body = b64_field(body_b64, f"{field}.canonicalizedBody")
     if len(body) > MAX_BODY_BYTES:
         raise CosignFormatError("body too large", field=f"{field}.canonicalizedBody")
-    log_index = _int(entry.get("logIndex", 0), f"{field}.logIndex")
+    log_index = int_field(entry.get("logIndex", 0), f"{field}.logIndex")
     time_value = entry.get("integratedTime")
-    integrated = _int(time_value, f"{field}.integratedTime") if time_value is not None else 0
+    integrated = int_field(time_value, f"{field}.integratedTime") if time_value is not None else 0
     promise, proof = entry.get("inclusionPromise"), entry.get("inclusionProof")
     if not isinstance(promise, Mapping) and not isinstance(proof, Mapping):
         raise CosignSignatureError("log entry has neither an inclusion promise nor a proof")
@@ -374,7 +354,7 @@ def verify_entry(entry: Mapping[str, Any], root: TrustedRoot, field: str) -> Log
                 integrated_time=integrated,
                 log_index=log_index,
                 log_id=log_id,
-                set_signature=_b64(
+                set_signature=b64_field(
                     promise.get("signedEntryTimestamp"),
                     f"{field}.inclusionPromise.signedEntryTimestamp",
                 ),
@@ -387,13 +367,13 @@ def verify_entry(entry: Mapping[str, Any], root: TrustedRoot, field: str) -> Log
             raise CosignFormatError(
                 "hashes must be a bounded list", field=f"{field}.inclusionProof"
             )
-        root_hash = _b64(proof.get("rootHash"), f"{field}.inclusionProof.rootHash")
-        size = _int(proof.get("treeSize"), f"{field}.inclusionProof.treeSize")
+        root_hash = b64_field(proof.get("rootHash"), f"{field}.inclusionProof.rootHash")
+        size = int_field(proof.get("treeSize"), f"{field}.inclusionProof.treeSize")
         verify_inclusion(
             body,
-            _int(proof.get("logIndex"), f"{field}.inclusionProof.logIndex"),
+            int_field(proof.get("logIndex"), f"{field}.inclusionProof.logIndex"),
             size,
-            [_b64(h, f"{field}.inclusionProof.hashes") for h in hashes],
+            [b64_field(h, f"{field}.inclusionProof.hashes") for h in hashes],
             root_hash,
         )
         checkpoint = proof.get("checkpoint")

@@ -8,12 +8,14 @@ different digests from the same signed bytes, so duplicate keys are refused outr
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 from typing import Any
 
 from proxy.sources.cosign.errors import CosignFormatError, CosignLimitError
 
-__all__ = ["MAX_DEPTH", "loads_strict"]
+__all__ = ["MAX_DEPTH", "b64_field", "int_field", "loads_strict"]
 
 #: Nothing Cosign signs is nested more than a handful of levels (bundles reach about 6).
 MAX_DEPTH = 32
@@ -64,3 +66,35 @@ def loads_strict(data: bytes, *, what: str, limit: int, max_depth: int = MAX_DEP
         raise CosignFormatError(f"{what}: {e.detail}", field=what) from e
     except (UnicodeDecodeError, ValueError, RecursionError) as e:
         raise CosignFormatError(f"{what} is not valid JSON: {e}", field=what) from e
+
+
+#: Largest integer Go's int64 (Rekor's indexes and times) holds.
+MAX_INT64 = 2**63 - 1
+
+
+def b64_field(value: Any, field: str) -> bytes:
+    """Standard base64 text of a parsed field, strictly decoded.
+
+    Raises:
+        CosignFormatError: not a string, or not valid base64.
+    """
+    if not isinstance(value, str):
+        raise CosignFormatError("must be base64 text", field=field)
+    try:
+        return base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError) as e:
+        raise CosignFormatError("not valid base64", field=field) from e
+
+
+def int_field(value: Any, field: str) -> int:
+    """A non-negative int64: a JSON number (cosign's annotations) or a decimal string
+    (protobuf JSON, as bundles write int64).
+
+    Raises:
+        CosignFormatError: anything else.
+    """
+    if isinstance(value, str) and value.isdigit() and len(value) <= 19:
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_INT64:
+        raise CosignFormatError("must be a non-negative integer", field=field)
+    return value

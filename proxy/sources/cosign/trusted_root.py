@@ -10,8 +10,6 @@ as sigstore-go and sigstore-python do.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -23,7 +21,7 @@ from cryptography import x509
 
 from proxy.sources.cosign.errors import CosignFormatError
 from proxy.sources.cosign.keys import VerifyingKey, load_der_key
-from proxy.sources.cosign.strict_json import loads_strict
+from proxy.sources.cosign.strict_json import b64_field, loads_strict
 
 __all__ = [
     "CertificateAuthority",
@@ -132,15 +130,6 @@ def _window(node: Any, field: str) -> Window:
     )
 
 
-def _b64(value: Any, field: str) -> bytes:
-    if not isinstance(value, str):
-        raise CosignFormatError("must be base64 text", field=field)
-    try:
-        return base64.b64decode(value, validate=True)
-    except (binascii.Error, ValueError) as e:
-        raise CosignFormatError("not valid base64", field=field) from e
-
-
 def _list(node: Any, key: str) -> list[Any]:
     value = node.get(key, [])
     if not isinstance(value, list):
@@ -157,14 +146,14 @@ def _logs(node: Mapping[str, Any], key: str) -> tuple[TransparencyLog, ...]:
         if not isinstance(entry, Mapping) or not isinstance(entry.get("publicKey"), Mapping):
             raise CosignFormatError("publicKey is required", field=where)
         pub = entry["publicKey"]
-        der = _b64(pub.get("rawBytes"), f"{where}.publicKey.rawBytes")
+        der = b64_field(pub.get("rawBytes"), f"{where}.publicKey.rawBytes")
         key_obj = load_der_key(der, what=f"{where}.publicKey")
         # Rekor v1 and CT logs: the log ID is sha256 of the SPKI DER. Rekor v2 logs (signed
         # notes) declare another key ID, so the declared one wins when present.
         log_id = hashlib.sha256(key_obj.spki_der).hexdigest()
         declared = entry.get("logId")
         if isinstance(declared, Mapping) and "keyId" in declared:
-            log_id = _b64(declared["keyId"], f"{where}.logId.keyId").hex()
+            log_id = b64_field(declared["keyId"], f"{where}.logId.keyId").hex()
         logs.append(
             TransparencyLog(
                 base_url=str(entry.get("baseUrl", "")),
@@ -189,7 +178,7 @@ def _cas(node: Mapping[str, Any], key: str) -> tuple[CertificateAuthority, ...]:
         chain = []
         for j, cert in enumerate(certs_node):
             cwhere = f"{where}.certChain.certificates[{j}].rawBytes"
-            raw = _b64(cert.get("rawBytes") if isinstance(cert, Mapping) else None, cwhere)
+            raw = b64_field(cert.get("rawBytes") if isinstance(cert, Mapping) else None, cwhere)
             try:
                 chain.append(x509.load_der_x509_certificate(raw))
             except ValueError as e:

@@ -391,7 +391,9 @@ def test_sigstore_python_bundles(
     # DSSE bundles sign their own payload; message-signature bundles sign the artifact.
     signed = None if ".dsse." in artifact else (SIGSTORE_ASSETS / artifact).read_bytes()
     if error is not None:
-        with pytest.raises((CosignFormatError, CosignSignatureError), match=re.escape(error)):
+        with pytest.raises(
+            (CosignFormatError, CosignSignatureError, CosignMismatchError), match=re.escape(error)
+        ):
             verifier.verify(data, artifact=signed)
         return
     result = verifier.verify(data, artifact=signed)
