@@ -123,6 +123,9 @@ def _entry_fact(entry: Mapping[str, Any], field: str) -> LogEntry:
     log_id = b64_field((entry.get("logId") or {}).get("keyId"), f"{field}.logId.keyId").hex()
     time_value = entry.get("integratedTime")
     integrated = int_field(time_value, f"{field}.integratedTime") if time_value is not None else 0
+    # Only an inclusion promise signs integratedTime; otherwise it is no verified time.
+    if not isinstance(entry.get("inclusionPromise"), Mapping):
+        integrated = 0
     return LogEntry(
         log_id=log_id,
         log_index=int_field(entry.get("logIndex", 0), f"{field}.logIndex"),

@@ -76,7 +76,8 @@ class CosignSourceConfig:
     public_good: bool = False
     #: ``registry/path`` holding the ``.sig`` tags instead of the image's repository
     signature_repository: str | None = None
-    #: skip the embedded-SCT check of Fulcio certificates (unsafe; say so in logs)
+    #: skip the embedded-SCT check of Fulcio certificates in classic signatures (unsafe;
+    #: say so in logs). Bundles always get sigstore-python's SCT check.
     insecure_ignore_sct: bool = False
     limits: ClassicLimits = field(default_factory=ClassicLimits)
 
