@@ -29,9 +29,12 @@ from proxy.sources.cosign import (
     parse_trusted_root,
     verify_classic,
 )
+from proxy.sources.cosign.fulcio import verify_chain
 from proxy.sources.cosign.keys import VerifyingKey, load_pem_key
 from proxy.sources.cosign.rekor import verify_entry
 from proxy.sources.cosign.trusted_root import TrustedRoot, public_good_trusted_root_bytes
+from tests.simulators.sigstore_instance import SigstoreInstance, simple_signing_payload
+from tests.simulators.sigstore_instance import sig_manifest as simulated_manifest
 from tests.unit.sources.cosign.vectors import (
     ABC_DIGEST,
     ALICE_DIGEST,
@@ -469,3 +472,45 @@ def test_real_log_entry_against_the_other_instance_is_refused() -> None:
     entry = _entry(COSIGN_DATA / "oci-attestation.sigstore.json")
     with pytest.raises(CosignSignatureError, match="unknown Rekor log"):
         verify_entry(entry, parse_trusted_root(STAGING_ROOT.read_bytes()), "tlogEntries[0]")
+
+
+# --- sigstore-python's bogus certificates are never signing certificates ---------------
+
+
+@pytest.mark.parametrize(
+    "name", sorted(p.name for p in (SIGSTORE_ASSETS / "x509").glob("*.pem"))
+    if (SIGSTORE_ASSETS / "x509").is_dir() else [],
+)  # fmt: skip
+def test_bogus_certificates_are_refused_even_when_pinned(name: str) -> None:
+    cert = x509.load_pem_x509_certificate((SIGSTORE_ASSETS / "x509" / name).read_bytes())
+    der = base64.b64encode(cert.public_bytes(serialization.Encoding.DER)).decode()
+    root = parse_trusted_root(json.dumps({
+        "mediaType": "application/vnd.dev.sigstore.trustedroot+json;version=0.1",
+        "certificateAuthorities": [{"certChain": {"certificates": [{"rawBytes": der}]},
+                                    "validFor": {"start": "2022-01-01T00:00:00Z"}}],
+    }).encode())  # fmt: skip
+    with pytest.raises(CosignSignatureError, match="does not chain to a trusted Fulcio CA"):
+        verify_chain(cert, [], root, datetime(2024, 1, 1, tzinfo=UTC))
+
+
+# --- the simulator writes what cosign writes (tests/simulators/sigstore_instance.py) ---
+
+
+def test_simulated_classic_layout_matches_the_connaisseur_vectors() -> None:
+    # The payload bytes are exactly cosign's, for the same digest and reference.
+    blob = image_blobs()["sha256:897d9e862b4599b723442f36ed7b4cfd1628bb7656643c56855988cac161d065"]
+    assert simple_signing_payload(KEYLESS_DIGEST, "index.docker.io/phbelitz/rekor-test") == blob
+    vector = json.loads(sig_manifest(KEYLESS_DIGEST))
+    layer = SigstoreInstance().keyless_layer(KEYLESS_DIGEST, "index.docker.io/phbelitz/rekor-test")
+    made = json.loads(simulated_manifest([layer]))
+    assert made["mediaType"] == vector["mediaType"]
+    assert made["layers"][0]["mediaType"] == vector["layers"][0]["mediaType"]
+    assert set(made["layers"][0]["annotations"]) == set(vector["layers"][0]["annotations"])
+    ours = json.loads(made["layers"][0]["annotations"]["dev.sigstore.cosign/bundle"])
+    theirs = json.loads(vector["layers"][0]["annotations"]["dev.sigstore.cosign/bundle"])
+    assert set(ours) == set(theirs)
+    assert set(ours["Payload"]) == set(theirs["Payload"])
+    our_body = json.loads(base64.b64decode(ours["Payload"]["body"]))
+    their_body = json.loads(base64.b64decode(theirs["Payload"]["body"]))
+    assert (our_body["kind"], our_body["apiVersion"]) == (their_body["kind"], "0.0.1")
+    assert set(our_body["spec"]) == set(their_body["spec"])
