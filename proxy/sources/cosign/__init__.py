@@ -2,7 +2,9 @@
 
 Bytes in, verified facts or an exception out; the clock is passed in; no I/O except the
 config loader reading its files at startup. Not wired into settings, policy loading or
-enforcement yet: the source class will fetch and call these.
+enforcement yet: the source class will fetch (:mod:`.referrers` parses what it fetches for
+bundles) and hand everything to :class:`~.verify.CosignVerifier`, the one walk from
+fetched bytes to a :class:`~.policy.Verdict`.
 
 Where signatures live (the source's fetching, later)
     *Classic* (cosign ≤ 2): tag ``sha256-<hex>.sig`` in the image's repository (or the
@@ -98,11 +100,19 @@ from proxy.sources.cosign.policy import (
     Verdict,
     evaluate,
 )
+from proxy.sources.cosign.referrers import (
+    BundleRef,
+    bundle_layer,
+    bundle_referrers,
+    referrers_tag,
+)
 from proxy.sources.cosign.trusted_root import TrustedRoot, parse_trusted_root
+from proxy.sources.cosign.verify import CosignVerifier, FetchedSignatures
 
 __all__ = [
     "BUNDLE_MEDIA_TYPES",
     "COSIGN_SIGN_PREDICATE",
+    "BundleRef",
     "BundleVerifier",
     "CertSigner",
     "ClassicLimits",
@@ -113,6 +123,8 @@ __all__ = [
     "CosignPolicy",
     "CosignSignatureError",
     "CosignSourceConfig",
+    "CosignVerifier",
+    "FetchedSignatures",
     "KeyAuthority",
     "KeySigner",
     "KeylessAuthority",
@@ -122,12 +134,15 @@ __all__ = [
     "Verdict",
     "VerifiedBundle",
     "VerifiedSignature",
+    "bundle_layer",
+    "bundle_referrers",
     "evaluate",
     "load_trusted_root",
     "parse_rule_config",
     "parse_sig_manifest",
     "parse_source_config",
     "parse_trusted_root",
+    "referrers_tag",
     "signature_tag",
     "verify_classic",
 ]
