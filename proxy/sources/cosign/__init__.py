@@ -75,6 +75,7 @@ from proxy.sources.cosign.bundle import (
 from proxy.sources.cosign.classic import (
     ClassicLimits,
     ClassicResult,
+    normalise_reference,
     parse_sig_manifest,
     signature_tag,
     verify_classic,
@@ -138,6 +139,7 @@ __all__ = [
     "bundle_referrers",
     "evaluate",
     "load_trusted_root",
+    "normalise_reference",
     "parse_rule_config",
     "parse_sig_manifest",
     "parse_source_config",

@@ -35,11 +35,21 @@ def _constant(name: str) -> Any:
 
 
 def _depth_ok(data: bytes, limit: int) -> bool:
-    # Counted on the bytes before parsing, so a deeply nested document costs no recursion.
-    # Brackets inside strings inflate the count, which can only make us stricter.
+    # Counted on the bytes before parsing, so a deeply nested document costs no recursion;
+    # brackets inside strings (PEM, JSON carried as a string) do not count.
     depth = 0
+    in_string = escaped = False
     for byte in data:
-        if byte in (0x5B, 0x7B):  # [ {
+        if in_string:
+            if escaped:
+                escaped = False
+            elif byte == 0x5C:  # backslash
+                escaped = True
+            elif byte == 0x22:  # "
+                in_string = False
+        elif byte == 0x22:
+            in_string = True
+        elif byte in (0x5B, 0x7B):  # [ {
             depth += 1
             if depth > limit:
                 return False

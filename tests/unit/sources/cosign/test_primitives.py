@@ -115,6 +115,9 @@ def test_loads_strict_limits() -> None:
     assert loads_strict(b'{"a":[1,{"b":null}]}', what="x", limit=100) == {"a": [1, {"b": None}]}
     with pytest.raises(CosignLimitError, match="nested deeper than 3"):
         loads_strict(b"[[[[1]]]]", what="x", limit=100, max_depth=3)
+    # Brackets inside strings (escaped quotes included) are text, not nesting.
+    text = json.dumps({"pem": "[[[[{{{{" * 10, "q": '\\"[[[[[[' * 10}).encode()
+    assert loads_strict(text, what="x", limit=1000, max_depth=2)["pem"].startswith("[[[[")
     with pytest.raises(CosignFormatError, match="Infinity is not JSON"):
         loads_strict(b"[Infinity]", what="x", limit=100)
 
