@@ -260,7 +260,6 @@ def _verify_layer(
         layer.digest
     ):
         raise CosignMismatchError("payload bytes do not match the layer digest and size")
-    reference = _payload_reference(payload, digest, limits)
     sig_text = layer.annotations.get(ANN_SIGNATURE)
     if not sig_text:
         raise CosignFormatError("no signature annotation", field=ANN_SIGNATURE)
@@ -274,6 +273,9 @@ def _verify_layer(
             raise CosignFormatError("expected exactly one certificate", field=ANN_CERT)
         leaf = certs[0]
         _cert_key(leaf).verify(signature, payload)
+        # Payload checks after the signature (as cosign): "signature is for another image"
+        # is only said of real signatures.
+        reference = _payload_reference(payload, digest, limits)
         log_entry = _log_entry(
             layer, root, payload=payload, signature=signature, cert=leaf, key=None
         )
@@ -293,6 +295,7 @@ def _verify_layer(
             key.verify(signature, payload)
         except CosignSignatureError:
             continue
+        reference = _payload_reference(payload, digest, limits)
         log_entry = _log_entry(
             layer, root, payload=payload, signature=signature, cert=None, key=key
         )
