@@ -15,6 +15,7 @@ import yaml
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from proxy.errors import ConfigError
 from proxy.sources.cosign import (
     BundleVerifier,
     CosignFormatError,
@@ -23,13 +24,15 @@ from proxy.sources.cosign import (
     CosignSignatureError,
     KeyAuthority,
     KeylessAuthority,
+    KeySigner,
     Match,
     evaluate,
+    parse_rule_config,
     parse_sig_manifest,
     parse_trusted_root,
     verify_classic,
 )
-from proxy.sources.cosign.fulcio import verify_chain
+from proxy.sources.cosign.fulcio import load_pem_certs, verify_chain
 from proxy.sources.cosign.keys import VerifyingKey, load_pem_key
 from proxy.sources.cosign.rekor import verify_entry
 from proxy.sources.cosign.trusted_root import TrustedRoot, public_good_trusted_root_bytes
@@ -514,3 +517,66 @@ def test_simulated_classic_layout_matches_the_connaisseur_vectors() -> None:
     their_body = json.loads(base64.b64decode(theirs["Payload"]["body"]))
     assert (our_body["kind"], our_body["apiVersion"]) == (their_body["kind"], "0.0.1")
     assert set(our_body["spec"]) == set(their_body["spec"])
+
+
+# --- connaisseur's validator configs, read into ours where they have a counterpart ------
+
+
+def _connaisseur_config(name: str) -> Any:
+    return yaml.safe_load((CONNAISSEUR / name).read_text())
+
+
+def _as_rule(config: Any) -> Any:
+    if not isinstance(config, dict):
+        return config  # 03: not a mapping at all
+    roots = config.get("trustRoots")
+    if roots is None:
+        return {}
+    return {"authorities": [{"keyData": r["key"], "name": r["name"]} for r in roots if "key" in r]}
+
+
+@pytest.mark.parametrize("name", ["01_cosign.yaml", "09_full_config.yaml"])
+def test_connaisseur_key_configs_parse_and_alice_verifies(name: str, tmp_path: Path) -> None:
+    policy = parse_rule_config(_as_rule(_connaisseur_config(name)), "rule", tmp_path)
+    alice = next(a for a in policy.authorities if a.label == "alice")
+    assert isinstance(alice, KeyAuthority)
+    assert alice.key.key_id == key("alice").key_id
+    result = verify_classic(sig_manifest(ALICE_DIGEST), image_blobs(), digest=ALICE_DIGEST,
+                            keys=policy.keys, root=None, now=NOW)  # fmt: skip
+    assert [s.signer for s in result.verified] == [KeySigner(alice.key.key_id)]
+
+
+@pytest.mark.parametrize(
+    ("name", "path", "message"),
+    [
+        ("03_unmarshal_err.yaml", "rule", "must be a mapping"),
+        ("05_no_trust_roots.yaml", "rule.authorities", "must be a non-empty list"),
+    ],
+)
+def test_connaisseur_bad_configs(name: str, path: str, message: str, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_rule_config(_as_rule(_connaisseur_config(name)), "rule", tmp_path)
+    assert (info.value.path, message in info.value.message) == (path, True)
+
+
+@pytest.mark.parametrize(
+    ("name", "field"),
+    [("12_invalid_rekor_pub_key.yaml", "rekorPubkey"),
+     ("14_invalid_ct_log_pub_key.yaml", "ctLogPubkey")],
+)  # fmt: skip
+def test_connaisseur_faulty_log_keys_are_refused(name: str, field: str, tmp_path: Path) -> None:
+    pem = _connaisseur_config(name)["host"][field]
+    with pytest.raises(ConfigError, match="not a PEM public key"):
+        parse_rule_config({"authorities": [{"keyData": pem}]}, "rule", tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("name", "where"),
+    [("13_invalid_fulcio_cert.yaml", ("host", "fulcioCert")), ("10_invalid_cert.yaml", ("cert",))],
+)
+def test_connaisseur_faulty_certificates_are_refused(name: str, where: tuple[str, ...]) -> None:
+    node = _connaisseur_config(name)
+    for part in where:
+        node = node[part]
+    with pytest.raises(CosignFormatError, match="not PEM certificates"):
+        load_pem_certs(node.encode(), field="cert")
