@@ -59,6 +59,16 @@ Choices where the formats leave room
       load, are verified here, log entries included: SET and/or inclusion proof with a
       signed checkpoint (Rekor v1 and v2). An entry with only a proof carries no signed
       time; key-based signatures need none.
+    - Non-canonical JSON is accepted where the format signs exact bytes (simple-signing
+      payloads, DSSE payloads): canonicalising would verify bytes nobody signed. Only
+      duplicate keys, NaN/Infinity and excessive nesting are refused. The one place that
+      needs canonical JSON, the SET message, is built by us from parsed fields, as cosign.
+    - Keyless identities: the subject matches any SAN of the certificate; regular
+      expressions are searched, not anchored, as Go's ``regexp.MatchString`` in cosign and
+      policy-controller (see :mod:`.policy`).
+    - Certificate bundles need no clock: sigstore-python checks the chain at the verified
+      times it establishes (log and TSA). The clock is used only for a classic keyless
+      signature without a verified log entry.
     - A layer or bundle that fails does not spoil the others: several signers append
       layers to one ``.sig`` manifest, and the policy counts those that verified; the
       failures become the verdict's reasons.
