@@ -48,7 +48,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError, WatchError
+from redis.exceptions import RedisError
 
 from proxy.metrics import STORE_ERRORS, STORE_UP
 from proxy.sources.store import Judge, StoreUnavailableError
@@ -94,7 +94,36 @@ redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 return 2
 """
 
-#: optimistic transactions retried this often when another replica saves at the same time
+# Compare-and-set on the generation, atomically: replicas saving at the same time never
+# conflict (an optimistic WATCH transaction gave up under contention and lost the highest
+# save). ARGV: generation ("" forces), data, and for the second call of a save only, the
+# claim that save judged false with the sha1 of the record it judged and the size limit:
+# then that exact record (or one too large or empty to judge), and nothing else, is
+# replaced. Returns 1 (saved), or the stored claim (kept).
+_SAVE = """
+local kind = redis.call('TYPE', KEYS[1]).ok
+if kind ~= 'none' and kind ~= 'hash' then redis.call('DEL', KEYS[1]) kind = 'none' end
+local claim = false
+if kind == 'hash' then claim = redis.call('HGET', KEYS[1], 'gen') end
+local keep = false
+if ARGV[1] ~= '' and claim and tonumber(claim) and tonumber(claim) > tonumber(ARGV[1]) then
+  keep = true
+  if ARGV[3] ~= '' and claim == ARGV[3] then
+    local n = redis.call('HSTRLEN', KEYS[1], 'data')
+    if n == 0 or n > tonumber(ARGV[5]) then
+      keep = false
+    elseif redis.sha1hex(redis.call('HGET', KEYS[1], 'data')) == ARGV[4] then
+      keep = false
+    end
+  end
+end
+if keep then return claim end
+redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[1], 'gen', ARGV[1], 'data', ARGV[2])
+return 1
+"""
+
+#: a save that found a false claim re-judges this often if the record keeps changing under it
 _SAVE_ATTEMPTS = 5
 
 # Release only our own lock: after an expiry another replica may hold it.
@@ -343,6 +372,7 @@ class RedisTrustStateStore:
         self.lock_timeout = lock_timeout
         client = self._conn.client
         self._load_script = client.register_script(_LOAD)
+        self._save_script = client.register_script(_SAVE)
         self._acquire_script = client.register_script(_ACQUIRE)
         self._unlock_script = client.register_script(_UNLOCK)
 
@@ -400,49 +430,31 @@ class RedisTrustStateStore:
     async def _save_checked(
         self, key: str, data: bytes, generation: int | None, judge: Judge | None
     ) -> bool:
-        """Compare-and-set under WATCH: read what is stored (bounded), judge it here, write
-        in MULTI/EXEC, which fails if another writer touched the key meanwhile."""
+        """One atomic compare-and-set (``_SAVE``). The stored ``gen`` is only a claim: when
+        it claims more than ours, the record is read (bounded) and judged here, and a claim
+        its signed data does not back is replaced, if that record is still the one judged."""
         gen = "" if generation is None else str(int(generation))
+        result = await self._save_script(keys=[key], args=[gen, data, "", "", 0])
         for _ in range(_SAVE_ATTEMPTS):
-            async with self._conn.client.pipeline(transaction=True) as pipe:
-                try:
-                    await pipe.watch(key)
-                    kind = await pipe.type(key)
-                    if generation is not None and kind == b"hash":
-                        current = await self._current_generation(pipe, key, generation, judge)
-                        if current is not None and current > generation:
-                            await pipe.unwatch()  # type: ignore[no-untyped-call]
-                            return False
-                    pipe.multi()  # type: ignore[no-untyped-call]
-                    if kind not in (b"none", b"hash"):
-                        pipe.delete(key)
-                    pipe.hset(key, mapping={"gen": gen, "data": data})
-                    await pipe.execute()
-                    return True
-                except WatchError:
-                    continue  # another replica saved meanwhile: judge its state
-        log.warning("trust state store: %s: save gave up after %d conflicts", key, _SAVE_ATTEMPTS)
+            if result == 1 or generation is None or judge is None:
+                return bool(result == 1)
+            claim = result.decode("ascii", "replace") if isinstance(result, bytes) else ""
+            held = await self._bounded_data(key)
+            judged = judge(held) if held is not None else None
+            if judged is not None and judged > generation:
+                return False  # genuinely newer: keep it
+            # A false claim (planted, or unreadable data): replace exactly what was judged.
+            digest = hashlib.sha1(held or b"", usedforsecurity=False).hexdigest()
+            result = await self._save_script(
+                keys=[key], args=[gen, data, claim, digest, self.max_bytes]
+            )
+        log.warning("trust state store: %s: save gave up after %d changes", key, _SAVE_ATTEMPTS)
         return False
 
-    async def _current_generation(
-        self, pipe: Any, key: str, generation: int, judge: Judge | None
-    ) -> int | None:
-        """The generation of what ``key`` holds, as far as it matters to a save of
-        ``generation``: the ``gen`` field is only a claim, and only a claim *above* ours
-        could make us keep what is stored, so only then are the bytes read and judged (a
-        claim at or below ours replaces them anyway: the common case costs no transfer)."""
-        raw = await pipe.hget(key, "gen")
-        try:
-            claimed = int(raw) if raw is not None else None
-        except ValueError:
-            return None  # not ours: replaced
-        if judge is None or claimed is None or claimed <= generation:
-            return claimed
-        size = await pipe.hstrlen(key, "data")
-        if not 0 < size <= self.max_bytes:
-            return None  # nothing, or too large to judge: replaced
-        current = await pipe.hget(key, "data")
-        return judge(current) if isinstance(current, bytes) else None
+    async def _bounded_data(self, key: str) -> bytes | None:
+        """The stored record's bytes, or None when absent, empty or over ``max_bytes``."""
+        held = await self._load_script(keys=[key], args=[self.max_bytes])
+        return held if isinstance(held, bytes) else None
 
     async def acquire(self, repository: str) -> str | None:
         token = secrets.token_hex(16)
