@@ -382,7 +382,7 @@ class EnforcingGate:
             }
             key = (repository, srule, rule.tag_patterns, info.key)
             answer = await self.allowlist.check(
-                key, acceptable, digest, ctx.fetch_verified_manifest
+                key, acceptable, digest, ctx.registry.manifest if ctx.registry else None
             )
         except (NotSignedError, TrustSourceUnavailableError, TrustDataError) as e:
             return self._failure(repository, e)

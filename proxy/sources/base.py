@@ -45,6 +45,7 @@ __all__ = [
     "NotSignedError",
     "PinnedRootCerts",
     "PinnedRootKeys",
+    "RegistryReads",
     "RoleRequirement",
     "RootCA",
     "RootOfTrust",
@@ -53,6 +54,7 @@ __all__ = [
     "SignedTarget",
     "SignersDisagreeError",
     "SigningRule",
+    "TaggedManifest",
     "TooFewSignaturesError",
     "TrustDataError",
     "TrustInfo",
@@ -135,6 +137,37 @@ class SignedAnswer(Protocol):
 
     @property
     def evidence(self) -> Evidence: ...
+
+
+@dataclass(frozen=True)
+class TaggedManifest:
+    """A manifest read by tag: its bytes and the digest they hash to (computed on read)."""
+
+    digest: str
+    body: bytes
+
+
+class RegistryReads(Protocol):
+    """What a trust source (and the gate) may read from the registry, for one request, as
+    the requesting client (proxy/upstream/reader.py). Every read is bounded; reads by
+    digest are hash-checked. Raises UpstreamUnavailableError / UpstreamContentError /
+    OversizeError; what it returns is untrusted input."""
+
+    async def manifest(self, digest: str) -> bytes | None:
+        """The manifest whose bytes hash to ``digest`` (None: the upstream has none)."""
+        ...
+
+    async def manifest_by_tag(self, tag: str) -> TaggedManifest | None: ...
+
+    async def head_tag(self, tag: str) -> str | None:
+        """The digest the upstream says ``tag`` names (a hint, never evidence)."""
+        ...
+
+    async def referrers(self, digest: str) -> list[Mapping[str, Any]]:
+        """Descriptors referring to ``digest`` (referrers API, else the tag schema)."""
+        ...
+
+    async def blob(self, digest: str, max_bytes: int) -> bytes | None: ...
 
 
 @dataclass(frozen=True)

@@ -426,7 +426,7 @@ def test_request_context_reaches_the_gate(registry: FakeRegistry) -> None:
     assert (ctx.client, ctx.user_agent, ctx.user, ctx.method) == (
         "testclient", "containerd/2.0", None, "HEAD"
     )  # fmt: skip
-    assert ctx.fetch_verified_manifest is not None
+    assert ctx.registry is not None
 
 
 # --------------------------------------------------------------------------- digest gate
@@ -460,12 +460,12 @@ def test_gate_fetch_verifies_and_offers_every_type(registry: FakeRegistry) -> No
 
     class Fetching(Gate):
         async def decide_digest(self, route: Route, digest: str, ctx: RequestContext) -> None:
-            assert ctx.fetch_verified_manifest is not None
-            got["ok"] = await ctx.fetch_verified_manifest(SIGNED_DIGEST)
-            got["missing"] = await ctx.fetch_verified_manifest(sha256(b"nope"))
+            assert ctx.registry is not None
+            got["ok"] = await ctx.registry.manifest(SIGNED_DIGEST)
+            got["missing"] = await ctx.registry.manifest(sha256(b"nope"))
             registry.manifests[BLOB_DIGEST] = b"other bytes"
             try:
-                await ctx.fetch_verified_manifest(BLOB_DIGEST)
+                await ctx.registry.manifest(BLOB_DIGEST)
             except Exception as e:  # the test looks at what was raised
                 got["bad"] = type(e).__name__
             await asyncio.sleep(0)
@@ -926,8 +926,8 @@ def test_gate_fetch_uses_the_cache(registry: FakeRegistry) -> None:
 
     class Fetching(Gate):
         async def decide_digest(self, route: Route, digest: str, ctx: RequestContext) -> None:
-            assert ctx.fetch_verified_manifest is not None
-            got.append(await ctx.fetch_verified_manifest(SIGNED_DIGEST))
+            assert ctx.registry is not None
+            got.append(await ctx.registry.manifest(SIGNED_DIGEST))
 
     gate = Fetching(ServeDigest(SIGNED_DIGEST, len(SIGNED)))
     with proxy(registry, gate) as tc:

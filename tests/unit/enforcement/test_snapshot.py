@@ -27,6 +27,7 @@ from proxy.sources.notary.source import NotarySourceOptions, trust_info_of
 from proxy.sources.notary.tuf import TrustedSet, TrustOnFirstUse
 from proxy.trust_gate import RequestContext
 from tests.simulators.notary_repo import NotaryRepository
+from tests.simulators.registry_reads import DictRegistry
 from tests.unit.enforcement.helpers import Recorder, fake_match_rule, fake_tag_allowed, rule
 from tests.unit.sources.sim import GUN, Clock, SimServer, make_source
 
@@ -52,11 +53,7 @@ ROUTE = Route(UpstreamSettings(name="up", url=f"http://{REGISTRY}", registry=REG
 MANIFESTS = {sha256(INDEX): INDEX, sha256(CHILD): CHILD}
 
 
-async def fetch(digest: str) -> bytes | None:
-    return MANIFESTS.get(digest)
-
-
-CTX = RequestContext(fetch_verified_manifest=fetch)
+CTX = RequestContext(registry=DictRegistry(MANIFESTS))
 
 
 def gate_over(source: object) -> EnforcingGate:
