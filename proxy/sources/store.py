@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from proxy.errors import FetchError
 
@@ -32,6 +32,7 @@ __all__ = [
     "Judge",
     "MemoryTrustStateStore",
     "RollbackFloors",
+    "SharedFloors",
     "StoreUnavailableError",
     "TrustStateStore",
 ]
@@ -74,6 +75,34 @@ class TrustStateStore(Protocol):
 
         Raises:
             StoreUnavailableError: the store cannot be reached.
+        """
+        ...
+
+
+@runtime_checkable
+class SharedFloors(Protocol):
+    """Rollback floors shared by the processes of one host (the workers of ``serve``).
+
+    A store may offer it (the SQLite store does; with Redis, a wrapper adds the host's
+    SQLite floors, see :func:`proxy.sources.sqlite_store.with_host_floors`). A source keeps
+    its :class:`RollbackFloors` in process and raises them with these before each refresh,
+    so what one worker verified, every worker refuses to go below. What is read back can
+    only raise a floor: a refusal, never an allow.
+    """
+
+    async def load_floors(self, gun: str) -> dict[str, int]:
+        """The floors stored for ``gun`` (empty when none).
+
+        Raises:
+            StoreUnavailableError: the store cannot be read.
+        """
+        ...
+
+    async def raise_floors(self, gun: str, versions: Mapping[str, int]) -> None:
+        """Raise ``gun``'s stored floors to ``versions`` (never lowers one).
+
+        Raises:
+            StoreUnavailableError: the store cannot be written.
         """
         ...
 

@@ -30,7 +30,11 @@ signed timestamp says what is current, so every refresh fetches it (and probes f
 root); the stored state saves the rest of the walk. The rollback floors this process has
 verified live in a :class:`~proxy.sources.store.RollbackFloors` map apart from the hot cache
 (which requests for other repositories evict), and are applied on top of whatever the store
-says, so neither an eviction nor a store rolled back, flushed or down lowers them.
+says, so neither an eviction nor a store rolled back, flushed or down lowers them. When
+the store offers :class:`~proxy.sources.store.SharedFloors` (the host's state file, shared
+by the workers of ``serve``), every refresh first raises them with what the other workers
+verified, and every verified set raises the shared ones: a worker never goes below a
+version another worker of the host has seen.
 
 Concurrent requests for the same repository share one refresh; with a store that offers a
 :class:`~proxy.sources.flight.ReplicaLock` (Redis), replicas also take turns: one refreshes,
@@ -76,7 +80,13 @@ from proxy.sources.base import (
 )
 from proxy.sources.flight import ReplicaLock
 from proxy.sources.notary.fetcher import NotaryFetcher
-from proxy.sources.store import Judge, RollbackFloors, StoreUnavailableError, TrustStateStore
+from proxy.sources.store import (
+    Judge,
+    RollbackFloors,
+    SharedFloors,
+    StoreUnavailableError,
+    TrustStateStore,
+)
 from proxy.trust import (
     Limits,
     MetadataFormatError,
@@ -225,6 +235,8 @@ class NotarySource:
         self._store = store
         # A shared store that can lock (Redis) makes replicas take turns refreshing.
         self._flight = flight if flight is not None else _lock_of(store)
+        # The workers of one host share their floors (the state file): see _sync_floors.
+        self._shared_floors = store if isinstance(store, SharedFloors) else None
         self._clock = clock
         self.options = options or NotarySourceOptions()
         self._hot: OrderedDict[_Key, _Hot] = OrderedDict()
@@ -470,6 +482,7 @@ class NotarySource:
         record: tuple[datetime, TrustedState] | None,
     ) -> TrustedSet:
         opts = self.options
+        await self._sync_floors(gun)
         state = record[1] if record is not None else None
         # Floors from the higher of the stored and the hot state: a store that is down,
         # flushed or behind must not make this process forget versions it has seen.
@@ -518,7 +531,7 @@ class NotarySource:
                     e,
                 )
             TRUST_CACHE.labels(self.name, "stale_served").inc()
-            self._seen.raise_to(gun, _top_level_versions(stale))
+            await self._raise_floors(gun, _top_level_versions(stale))
             hot = self._hot_for(stale, refresh_at=now + opts.retry_after)
             self._remember(key, dataclasses.replace(hot, stale=True))
             return self._answer(self._hot[key], gun)
@@ -531,12 +544,36 @@ class NotarySource:
             raise
 
         TRUST_CACHE.labels(self.name, "miss").inc()
-        self._seen.raise_to(gun, _top_level_versions(ts))
+        await self._raise_floors(gun, _top_level_versions(ts))
         await self._save_record(gun, rule, ts, now)
         # Fresh for fresh_for from when the refresh ended (see the failures above): a slow
         # but successful refresh must not leave an entry that is due at once.
         self._remember(key, self._hot_for(ts, refresh_at=self._clock() + opts.fresh_for))
         return self._answer(self._hot[key], gun)
+
+    async def _sync_floors(self, gun: str) -> None:
+        """Raise this process's floors with the ones other workers of the host verified
+        (the shared floors can only raise ours: a refusal, never an allow)."""
+        if self._shared_floors is None:
+            return
+        try:
+            shared = await self._shared_floors.load_floors(gun)
+        except StoreUnavailableError as e:
+            log.debug("trust source %s: %s: shared floors unavailable: %s", self.name, gun, e)
+            return
+        if shared:
+            self._seen.raise_to(gun, shared)
+
+    async def _raise_floors(self, gun: str, versions: Mapping[str, int]) -> None:
+        self._seen.raise_to(gun, versions)
+        if self._shared_floors is None:
+            return
+        try:
+            await self._shared_floors.raise_floors(gun, versions)
+        except StoreUnavailableError as e:
+            # This process still remembers them; other workers refuse the rollback from
+            # the stored record, or once the file is writable again.
+            log.warning("trust source %s: %s: shared floors not raised: %s", self.name, gun, e)
 
     def _remember_failure(self, key: _Key, error: Exception, now: datetime) -> None:
         until = now + self.options.retry_after
