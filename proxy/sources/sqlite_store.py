@@ -169,17 +169,34 @@ def open_state_file(directory: Path, *, busy_timeout: float = 2.0) -> sqlite3.Co
     )
     try:
         os.chmod(path, 0o600)
-        mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()
-        if mode is None or str(mode[0]).lower() != "wal":
-            raise sqlite3.OperationalError(f"cannot use WAL mode (got {mode!r})")
-        # NORMAL in WAL mode: a power loss may lose the last transactions, never corrupt;
-        # what is lost is re-fetched and re-verified.
-        conn.execute("PRAGMA synchronous=NORMAL")
-        conn.executescript(_SCHEMA)
+        # Switching to WAL and creating the tables take locks without SQLite's busy wait
+        # when two processes open a new file at once: retry briefly (``serve`` creates
+        # the file before it starts workers, so this is for first use elsewhere).
+        deadline = time.monotonic() + busy_timeout
+        while True:
+            try:
+                _prepare(conn)
+                break
+            except sqlite3.OperationalError:
+                if time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.01)
     except BaseException:
         conn.close()
         raise
     return conn
+
+
+def _prepare(conn: sqlite3.Connection) -> None:
+    mode = conn.execute("PRAGMA journal_mode").fetchone()
+    if mode is None or str(mode[0]).lower() != "wal":
+        mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()
+        if mode is None or str(mode[0]).lower() != "wal":
+            raise sqlite3.DatabaseError(f"cannot use WAL mode (got {mode!r})")
+    # NORMAL in WAL mode: a power loss may lose the last transactions, never corrupt them;
+    # what is lost is fetched and verified again.
+    conn.execute("PRAGMA synchronous=NORMAL")
+    conn.executescript(_SCHEMA)
 
 
 def check_state_dir(directory: Path) -> None:
