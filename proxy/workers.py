@@ -37,6 +37,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import logging
+import math
 import os
 import select
 import signal
@@ -44,6 +45,7 @@ import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 __all__ = ["Master", "WorkerFilter", "bind_sockets", "cpu_count"]
 
@@ -54,12 +56,30 @@ RESTART_PAUSE = 1.0  # seconds between starts of one slot's worker
 SHUTDOWN_TIMEOUT = 20.0  # uvicorn's graceful shutdown (10 s) and closing the generations
 
 
-def cpu_count() -> int:
-    """CPUs this process may run on (affinity, cgroup cpusets), at least 1."""
+def cpu_count(cgroup: Path = Path("/sys/fs/cgroup")) -> int:
+    """CPUs this process may use: the CPUs it may run on (affinity, cpusets), and no more
+    than a CPU quota of its cgroup (``docker run --cpus 2``, a Kubernetes CPU limit), whose
+    ``cpu.max`` affinity does not show: more workers than that would only contend."""
     try:
-        return max(1, len(os.sched_getaffinity(0)))
+        cpus = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):  # not Linux
-        return max(1, os.cpu_count() or 1)
+        cpus = os.cpu_count() or 1
+    quota = _cgroup_cpu_quota(cgroup)
+    if quota is not None:
+        cpus = min(cpus, quota)
+    return max(1, cpus)
+
+
+def _cgroup_cpu_quota(cgroup: Path) -> int | None:
+    """``ceil(quota / period)`` from cgroup v2's ``cpu.max`` ("max 100000": none)."""
+    try:
+        fields = (cgroup / "cpu.max").read_text().split()
+        if len(fields) != 2 or fields[0] == "max":
+            return None
+        quota, period = int(fields[0]), int(fields[1])
+    except (OSError, ValueError):
+        return None
+    return math.ceil(quota / period) if quota > 0 and period > 0 else None
 
 
 def bind_sockets(host: str, port: int, count: int, *, backlog: int = 2048) -> list[socket.socket]:

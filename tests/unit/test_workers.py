@@ -17,8 +17,20 @@ import pytest
 from proxy.workers import Master, WorkerFilter, bind_sockets, cpu_count
 
 
-def test_cpu_count_is_what_this_process_may_use() -> None:
-    assert cpu_count() == len(os.sched_getaffinity(0))
+@pytest.mark.parametrize(
+    ("cpu_max", "limit"),
+    [(None, None), ("max 100000\n", None), ("200000 100000\n", 2), ("150000 100000", 2),
+     ("50000 100000", 1), ("garbage", None), ("0 100000", None)],
+    ids=["no-cgroup-file", "no-quota", "two", "one-and-a-half", "half", "garbage", "zero"],
+)  # fmt: skip
+def test_cpu_count_is_what_this_process_may_use(
+    tmp_path: Path, cpu_max: str | None, limit: int | None
+) -> None:
+    if cpu_max is not None:
+        (tmp_path / "cpu.max").write_text(cpu_max)
+    affinity = len(os.sched_getaffinity(0))
+    want = affinity if limit is None else min(affinity, limit)
+    assert cpu_count(tmp_path) == want
 
 
 def test_bind_sockets_share_one_port() -> None:
