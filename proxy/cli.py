@@ -20,6 +20,9 @@ from proxy.policy.cli_commands import register as register_policy_commands
 from proxy.settings import ENV_PREFIX, LimitSettings, Settings, TrustSourceSettings, load_settings
 
 if TYPE_CHECKING:
+    import socket
+
+    from proxy.reload import Builder, Generation
     from proxy.sources.base import SigningRule
 
 log = logging.getLogger("trustproxy")
@@ -170,10 +173,10 @@ def _serve_generation(
     config_path: Path,
     settings: Settings,
     listen: Settings,
-    builder: Any,
-    first: Any,
+    builder: Builder,
+    first: Generation,
     *,
-    sockets: list[Any] | None,
+    sockets: list[socket.socket] | None,
 ) -> None:
     """Run uvicorn on ``first`` (a :class:`proxy.reload.Generation`) until shutdown.
     ``listen``: the settings the listening sockets and TLS come from (a worker started
@@ -226,8 +229,6 @@ def _log_listening(settings: Settings, enforcing: bool, workers: int) -> None:
 
 def _serve_workers(args: argparse.Namespace, settings: Settings, workers: int) -> int:
     """The pre-fork master (proxy/workers.py): bind, fork ``workers`` workers, supervise."""
-    import socket
-
     from proxy.reload import Builder, restart_needed
     from proxy.workers import Master, WorkerFilter, bind_sockets
 
@@ -247,6 +248,11 @@ def _serve_workers(args: argparse.Namespace, settings: Settings, workers: int) -
         return 1
     environ = dict(os.environ)
     latest = [settings]
+    # Made before forking, held in memory only: sibling workers vouch for each other's saves
+    # in the state file with it (proxy/sources/sqlite_store.py), a writer of the file cannot.
+    import secrets
+
+    handoff_key = secrets.token_bytes(32)
 
     def reload() -> None:
         # For workers started from now on; the running ones reload themselves.
@@ -265,7 +271,7 @@ def _serve_workers(args: argparse.Namespace, settings: Settings, workers: int) -
         for handler in logging.getLogger().handlers:
             handler.addFilter(WorkerFilter(slot))
         current = latest[0]
-        builder = Builder(stdout=sys.stdout)
+        builder = Builder(stdout=sys.stdout, handoff_key=handoff_key)
         try:
             first = builder.first(current)
         except ConfigError as e:

@@ -188,6 +188,8 @@ class Builder:
     )
     _replaced: list[RedisConnection] = field(default_factory=list, init=False, repr=False)
     _state_file: SqliteStateFile | None = field(default=None, init=False, repr=False)
+    #: the key the workers of one serve authenticate their saves with (proxy.workers)
+    handoff_key: bytes | None = None
 
     def store_factory(self, settings: Settings) -> StoreFactory:
         by_name = {s.name: s for s in settings.trust.sources}
@@ -226,7 +228,7 @@ class Builder:
         """The process's state file (opened on first use). Another ``state_dir`` after a
         reload takes a restart (``restart_needed``): the running file stays."""
         if self._state_file is None and cache.state_dir is not None:
-            self._state_file = SqliteStateFile(cache.state_dir)
+            self._state_file = SqliteStateFile(cache.state_dir, handoff_key=self.handoff_key)
         return self._state_file
 
     def _redis_for(self, cache: CacheSettings) -> RedisConnection:

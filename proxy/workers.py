@@ -27,9 +27,9 @@ Signals to the master:
   a second per slot (a worker that keeps dying at start does not become a fork loop).
 
 Workers die with the master: ``PR_SET_PDEATHSIG`` (Linux) sends them SIGTERM if the master
-is killed, so none is left orphaned. What workers share (rollback floors, pins, the
-refresh lock, ``lastSigned`` state) lives in the host's state file or Redis, never in the
-master: see :mod:`proxy.sources.sqlite_store`.
+is killed, so none is left orphaned. What workers share (rollback floors, roots pinned on
+first use, the refresh lock, the last verified state of each repository) lives in the
+host's state file or Redis, never in the master: see :mod:`proxy.sources.sqlite_store`.
 """
 
 from __future__ import annotations

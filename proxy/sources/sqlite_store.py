@@ -10,7 +10,8 @@ cannot lower them). It is a file, so a restart keeps what was verified.
 Layout (one file, ``<state_dir>/trust-state.sqlite3``, WAL mode: readers never block the
 writer; ``BEGIN IMMEDIATE`` serialises writers across processes)::
 
-    state(ns, gun, gen, data)        the source's record; gen only a claim (see save)
+    state(ns, gun, gen, data, mac)   the source's record; gen only a claim (see save);
+                                     mac: HMAC of the record under the serve's key
     floors(ns, gun, role, version)   highest verified top-level versions; only ever raised
     locks(ns, gun, token, expires)   refresh lock: random token, wall-clock expiry
 
@@ -22,7 +23,11 @@ older genuine record dated "now", plant a generation or a lock. So reads are siz
 in SQL (an oversized value is never copied out), the source re-verifies every record and
 still fetches the signed timestamp before using one, saves judge the stored bytes rather
 than the ``gen`` column, a lock that none of our workers can have taken is taken over, and
-floors read back can only raise what a worker checks (a refusal, never an allow).
+floors read back can only raise what a worker checks (a refusal, never an allow). The one
+thing the file vouches for is a hand-over between sibling workers (``load_vouched``): a
+record whose HMAC verifies under the key of this ``serve`` (made by the master, never
+written) was saved by a sibling after it verified it; the source still re-verifies it and
+uses it only within the sibling's ``fresh_for`` window.
 
 sqlite3 calls block: each runs in a worker thread (``asyncio.to_thread``), on one
 connection per process guarded by a lock (SQLite serialises writers anyway; a statement
@@ -36,6 +41,8 @@ Never share a connection across ``fork``: a process opens the file on first use.
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import logging
 import os
 import re
@@ -71,6 +78,9 @@ STATE_FILE_NAME = "trust-state.sqlite3"
 _FLOOR_ROLES = ("root", "timestamp", "snapshot", "targets")
 _MAX_VERSION = 2**62  # larger "versions" read back are garbage (ignored, not trusted)
 _TOKEN = re.compile(r"[0-9a-f]{32}")
+#: seconds a lock's expiry may exceed now + lock_timeout and still be live (the wall clock
+#: may be stepped by NTP between the holder's write and our read)
+_CLOCK_SLACK = 1.0
 
 
 class LockingStore(TrustStateStore, ReplicaLock, Protocol):
@@ -79,7 +89,7 @@ class LockingStore(TrustStateStore, ReplicaLock, Protocol):
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS state (
-    ns TEXT NOT NULL, gun TEXT NOT NULL, gen INTEGER, data BLOB NOT NULL,
+    ns TEXT NOT NULL, gun TEXT NOT NULL, gen INTEGER, data BLOB NOT NULL, mac BLOB,
     PRIMARY KEY (ns, gun));
 CREATE TABLE IF NOT EXISTS floors (
     ns TEXT NOT NULL, gun TEXT NOT NULL, role TEXT NOT NULL, version INTEGER NOT NULL,
@@ -94,11 +104,17 @@ class SqliteStateFile:
     """The state file of one process: opened on first use, one connection, one lock.
 
     ``busy_timeout``: how long a statement waits for another process's write transaction
-    before the store counts as unavailable (a miss for that request).
+    before the store counts as unavailable (a miss for that request). ``handoff_key``: the
+    key the processes of one ``serve`` authenticate their saves with (see
+    :class:`~proxy.sources.store.VouchingStore`); default a fresh one, which vouches only
+    for this process's own saves.
     """
 
-    def __init__(self, directory: Path, *, busy_timeout: float = 2.0) -> None:
+    def __init__(
+        self, directory: Path, *, busy_timeout: float = 2.0, handoff_key: bytes | None = None
+    ) -> None:
         self.directory = directory
+        self.handoff_key = handoff_key if handoff_key is not None else secrets.token_bytes(32)
         self.path = directory / STATE_FILE_NAME
         self.busy_timeout = busy_timeout
         self._conn: sqlite3.Connection | None = None
@@ -284,6 +300,7 @@ class SqliteTrustStateStore:
         ``BEGIN IMMEDIATE`` transaction (no other process writes meanwhile). Without
         ``judge`` the ``gen`` column is believed."""
         ns, limit = self.namespace, self.max_bytes
+        mac = self._mac(gun, data)
 
         def write(conn: sqlite3.Connection) -> bool:
             conn.execute("BEGIN IMMEDIATE")
@@ -294,8 +311,8 @@ class SqliteTrustStateStore:
                         conn.execute("ROLLBACK")
                         return False
                 conn.execute(
-                    "INSERT OR REPLACE INTO state (ns, gun, gen, data) VALUES (?, ?, ?, ?)",
-                    (ns, gun, generation, data),
+                    "INSERT OR REPLACE INTO state (ns, gun, gen, data, mac) VALUES (?, ?, ?, ?, ?)",
+                    (ns, gun, generation, data, mac),
                 )
                 conn.execute("COMMIT")
                 return True
@@ -308,14 +325,41 @@ class SqliteTrustStateStore:
         if not stored:
             log.debug("trust state file: %s: kept a higher generation than %s", gun, generation)
 
+    def _mac(self, gun: str, data: bytes) -> bytes:
+        message = b"\0".join((self.namespace.encode(), gun.encode(), data))
+        return hmac.new(self.file.handoff_key, message, hashlib.sha256).digest()
+
+    async def load_vouched(self, gun: str) -> bytes | None:
+        """See :class:`~proxy.sources.store.VouchingStore`."""
+        ns, limit = self.namespace, self.max_bytes
+
+        def read(conn: sqlite3.Connection) -> tuple[object, object] | None:
+            row = conn.execute(
+                "SELECT CASE WHEN length(data) <= ? THEN data END, mac "
+                "FROM state WHERE ns = ? AND gun = ?",
+                (limit, ns, gun),
+            ).fetchone()
+            return None if row is None else (row[0], row[1])
+
+        found = await self.file.run("load", read)
+        if found is None:
+            return None
+        data, mac = found
+        if not isinstance(data, bytes) or not isinstance(mac, bytes):
+            return None
+        return data if hmac.compare_digest(mac, self._mac(gun, data)) else None
+
     async def acquire(self, gun: str) -> str | None:
         token = secrets.token_hex(16)
         ns, timeout = self.namespace, self.lock_timeout
-        now = self._wall_clock()
 
         def take(conn: sqlite3.Connection) -> int:
             conn.execute("BEGIN IMMEDIATE")
             try:
+                # The time is read inside the write transaction: a time read before it
+                # (waiting for the thread or the file) could be older than the holder's,
+                # whose lock would then look longer than lock_timeout, i.e. dead.
+                now = self._wall_clock()
                 row = conn.execute(
                     "SELECT token, expires FROM locks WHERE ns = ? AND gun = ?", (ns, gun)
                 ).fetchone()
@@ -326,7 +370,7 @@ class SqliteTrustStateStore:
                         isinstance(held, str)
                         and _TOKEN.fullmatch(held) is not None
                         and isinstance(expires, int | float)
-                        and now < expires <= now + timeout
+                        and now < expires <= now + timeout + _CLOCK_SLACK
                     )
                     if live:
                         conn.execute("ROLLBACK")

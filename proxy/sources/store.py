@@ -35,6 +35,7 @@ __all__ = [
     "SharedFloors",
     "StoreUnavailableError",
     "TrustStateStore",
+    "VouchingStore",
 ]
 
 #: The verified generation of stored bytes, or None when they do not verify (a state that
@@ -103,6 +104,26 @@ class SharedFloors(Protocol):
 
         Raises:
             StoreUnavailableError: the store cannot be written.
+        """
+        ...
+
+
+@runtime_checkable
+class VouchingStore(Protocol):
+    """A store that can say "a sibling process saved these bytes" (the host's state file).
+
+    Saves are authenticated with a key that only the processes of one ``serve`` hold (the
+    master makes it before it forks; it is never written anywhere), so whoever writes the
+    file cannot forge one. A source uses what a sibling verified and saved as if it had
+    verified it itself, for what is left of its ``fresh_for`` window: the workers of one
+    host then refresh a repository once per window between them, as one process does.
+    """
+
+    async def load_vouched(self, gun: str) -> bytes | None:
+        """The stored bytes when a process holding the key saved them, else None.
+
+        Raises:
+            StoreUnavailableError: the store cannot be read.
         """
         ...
 

@@ -86,6 +86,7 @@ from proxy.sources.store import (
     SharedFloors,
     StoreUnavailableError,
     TrustStateStore,
+    VouchingStore,
 )
 from proxy.trust import (
     Limits,
@@ -237,6 +238,8 @@ class NotarySource:
         self._flight = flight if flight is not None else _lock_of(store)
         # The workers of one host share their floors (the state file): see _sync_floors.
         self._shared_floors = store if isinstance(store, SharedFloors) else None
+        # Sibling workers hand over what they verified (see _handoff).
+        self._vouching = store if isinstance(store, VouchingStore) else None
         self._clock = clock
         self.options = options or NotarySourceOptions()
         self._hot: OrderedDict[_Key, _Hot] = OrderedDict()
@@ -413,12 +416,22 @@ class NotarySource:
 
     async def _update(self, key: _Key, gun: str, rule: SigningRule) -> TrustedSet:
         previous = self._hot.get(key)
-        # The stored state is a head start, never an answer: it may be an older record put
-        # back and dated "now" by whoever can write the store (issue 17, finding 1).
+        # What a sibling worker verified within its fresh_for window is as good as ours.
+        handed = await self._handoff(key, gun, rule)
+        if handed is not None:
+            return handed
+        # Otherwise the stored state is a head start, never an answer: it may be an older
+        # record put back and dated "now" by whoever can write the store (issue 17,
+        # finding 1).
         record = await self._load_record(gun)
         token: str | None = None
         if self._flight is not None:
             token, record = await self._take_turn(gun, record)
+            if token is None:
+                # Another worker refreshed while we waited: take its result.
+                handed = await self._handoff(key, gun, rule)
+                if handed is not None:
+                    return handed
         now = self._clock()  # waiting for the lock took time
         try:
             return await self._network_update(key, gun, rule, now, previous, record)
@@ -549,6 +562,43 @@ class NotarySource:
         # Fresh for fresh_for from when the refresh ended (see the failures above): a slow
         # but successful refresh must not leave an entry that is due at once.
         self._remember(key, self._hot_for(ts, refresh_at=self._clock() + opts.fresh_for))
+        return self._answer(self._hot[key], gun)
+
+    async def _handoff(self, key: _Key, gun: str, rule: SigningRule) -> TrustedSet | None:
+        """A state a sibling process of this ``serve`` verified and saved (the store vouches
+        for it with the key only they hold), used for what is left of its ``fresh_for``
+        window, as that sibling uses it: the workers of a host then ask the trust server
+        once per window between them. It is re-verified here at "now" against this
+        process's floors; anything else (not vouched, out of its window, not verifying) is
+        None: the caller refreshes from the network as usual."""
+        if self._vouching is None:
+            return None
+        try:
+            data = await self._vouching.load_vouched(gun)
+        except StoreUnavailableError:
+            return None
+        if data is None:
+            return None
+        now = self._clock()
+        try:
+            fetched_at, state = decode_record(data, max_bytes=self.options.state_max_bytes)
+        except TrustDataError:
+            return None
+        fresh_until = fetched_at + self.options.fresh_for
+        # A fetch time ahead of our clock is not one a sibling on this host wrote.
+        if not fetched_at <= now < fresh_until or state.gun != gun:
+            return None
+        await self._sync_floors(gun)
+        try:
+            ts = self._replay(state, gun, rule, now)
+        except TrustDataError as e:
+            log.info("trust source %s: %s: handed-over state unusable: %s", self.name, gun, e)
+            return None
+        if ts is None:
+            return None
+        TRUST_CACHE.labels(self.name, "hit").inc()
+        await self._raise_floors(gun, _top_level_versions(ts))
+        self._remember(key, self._hot_for(ts, refresh_at=fresh_until))
         return self._answer(self._hot[key], gun)
 
     async def _sync_floors(self, gun: str) -> None:

@@ -132,9 +132,9 @@ async def test_oversized_and_foreign_values_are_misses(
     store = files[0].store("s:", max_bytes=16)
     await store.save("big", b"x" * 17, generation=1)
     assert await store.load("big") is None  # refused in SQL, never copied out
-    raw(state_dir, "INSERT OR REPLACE INTO state VALUES ('s:', 'txt', 1, 'text, not bytes')")
+    raw(state_dir, "INSERT OR REPLACE INTO state VALUES ('s:', 'txt', 1, 'text, not bytes', NULL)")
     assert await store.load("txt") is None
-    raw(state_dir, "INSERT OR REPLACE INTO state VALUES ('s:', 'junk', 'junk', X'00')")
+    raw(state_dir, "INSERT OR REPLACE INTO state VALUES ('s:', 'junk', 'junk', X'00', NULL)")
     await store.save("junk", b"ours", generation=1)  # a gen that is not ours: replaced
     assert await store.load("junk") == b"ours"
 
@@ -354,3 +354,102 @@ async def test_redis_like_store_with_host_floors(files: list[SqliteStateFile]) -
             await b.resolve(GUN, "v1", TOFU)
     finally:
         await b.aclose()
+
+
+# -- handing over between siblings (one serve: one key) -------------------------------------------
+
+
+async def test_siblings_hand_over_what_one_verified_within_its_window(state_dir: Path) -> None:
+    """Workers of one serve share a key: the second uses the first's verified state for the
+    rest of its fresh_for window, so the trust server is asked once between them."""
+    key = b"k" * 32
+    fa, fb = (
+        SqliteStateFile(state_dir, handoff_key=key),
+        SqliteStateFile(state_dir, handoff_key=key),
+    )
+    server = SimServer()
+    server.add(repo())
+    clock = Clock()
+    server.gate = asyncio.Event()
+    a = source(server, fa.store("n:"), clock)
+    b = source(server, fb.store("n:"), clock)
+    try:
+        tasks = [
+            asyncio.ensure_future(s.resolve(GUN, "v1", TOFU)) for s in (a, b) for _ in range(5)
+        ]
+        await asyncio.sleep(0.3)
+        server.gate.set()
+        results = await asyncio.wait_for(asyncio.gather(*tasks), 10)
+        assert {t.digest for t in results} == {digest(M1)}
+        names = server.names
+        assert names.count("timestamp.json") == 1, names
+        assert names.count("root.json") == 1, names
+        # Past the window each refreshes again (the handed-over state is not kept longer).
+        before = len(server.names)
+        clock.advance(seconds=61)
+        await b.resolve(GUN, "v1", TOFU)
+        assert server.names[before:].count("timestamp.json") == 1, server.names[before:]
+    finally:
+        await a.aclose()
+        await b.aclose()
+        await fa.aclose()
+        await fb.aclose()
+
+
+async def test_a_replayed_vouched_record_past_its_window_is_not_handed_over(
+    state_dir: Path,
+) -> None:
+    """Someone who can write the file puts back an older record with its genuine MAC: its
+    fetch time is outside the window, so a sibling refreshes from the server (and refuses
+    the rollback the server then serves, from the floors)."""
+    key = b"k" * 32
+    fa, fb = (
+        SqliteStateFile(state_dir, handoff_key=key),
+        SqliteStateFile(state_dir, handoff_key=key),
+    )
+    server = SimServer()
+    r = server.add(repo())
+    old = r.checkpoint()
+    clock = Clock()
+    a = source(server, fa.store("n:"), clock)
+    b = source(server, fb.store("n:"), clock)
+    try:
+        await a.resolve(GUN, "v1", TOFU)
+        old_row = raw(state_dir, "SELECT gen, data, mac FROM state")[0]
+        r.add_target("v1", M2)
+        r.publish()
+        clock.advance(seconds=61)
+        assert (await a.resolve(GUN, "v1", TOFU)).digest == digest(M2)
+        raw(state_dir, "UPDATE state SET gen = ?, data = ?, mac = ?", *old_row)
+        r.serve(old)
+        with pytest.raises(RollbackError):
+            await b.resolve(GUN, "v1", TOFU)
+    finally:
+        await a.aclose()
+        await b.aclose()
+        await fa.aclose()
+        await fb.aclose()
+
+
+async def test_a_record_without_the_key_is_not_handed_over(state_dir: Path) -> None:
+    """Another key (another serve, or a forged MAC): a head start only, the signed
+    timestamp is fetched."""
+    fa = SqliteStateFile(state_dir, handoff_key=b"a" * 32)
+    fb = SqliteStateFile(state_dir, handoff_key=b"b" * 32)
+    server = SimServer()
+    server.add(repo())
+    clock = Clock()
+    a = source(server, fa.store("n:"), clock)
+    b = source(server, fb.store("n:"), clock)
+    try:
+        await a.resolve(GUN, "v1", TOFU)
+        assert await fb.store("n:").load_vouched(GUN) is None
+        assert await fa.store("n:").load_vouched(GUN) is not None
+        before = len(server.names)
+        await b.resolve(GUN, "v1", TOFU)
+        assert "timestamp.json" in server.names[before:]
+    finally:
+        await a.aclose()
+        await b.aclose()
+        await fa.aclose()
+        await fb.aclose()
