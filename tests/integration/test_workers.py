@@ -16,6 +16,7 @@ import json
 import os
 import re
 import signal
+import sqlite3
 import time
 import uuid
 from collections import Counter
@@ -28,6 +29,7 @@ import httpx
 import pytest
 import yaml
 
+from proxy.sources.sqlite_store import STATE_FILE_NAME
 from testbed import images
 from testbed.counting_front import CountingFront
 from testbed.enforcement_bed import (
@@ -42,6 +44,7 @@ from testbed.enforcement_bed import (
 )
 from testbed.notary_server import NotaryBed
 from testbed.proxy_server import start_proxy
+from testbed.redis_server import RedisServer, redis_binary
 from testbed.trust_scenarios import RELEASES
 from tests.conftest import RegistryBed, requires
 
@@ -87,7 +90,12 @@ class WorkerBed:
 
 
 def start_worker_bed(
-    workdir: Path, registry_url: str, notary: NotaryBed, *, label: str
+    workdir: Path,
+    registry_url: str,
+    notary: NotaryBed,
+    *,
+    label: str,
+    cache: dict[str, Any] | None = None,
 ) -> tuple[EnforcementBed, CountingFront, EnforcingProxy, dict[str, Any]]:
     ns = f"{label}{uuid.uuid4().hex[:8]}"
     bed = EnforcementBed.create(workdir / "bed", registry_url, notary, namespace=ns)
@@ -105,7 +113,11 @@ def start_worker_bed(
             source_options={"url": front.url},
         )
         config["server"] = {"workers": 2}
-        config["cache"] = {"refresh_seconds": REFRESH, "state_dir": str(workdir / "state")}
+        config["cache"] = {
+            "refresh_seconds": REFRESH,
+            "state_dir": str(workdir / "state"),
+            **(cache or {}),
+        }
         server = start_proxy(workdir, config, name="workers")
     except BaseException:
         front.stop()
@@ -362,3 +374,80 @@ def test_config_keeps_existing_tests_on_one_worker(tmp_path: Path) -> None:
         assert written["cache"]["state_dir"].startswith(str(tmp_path))
     finally:
         server.stop()
+
+
+# -- with Redis: records and lock there, floors in the host's file ------------------------------
+
+
+def test_with_redis_two_workers_share_the_state_and_keep_floors_in_the_file(
+    registry: RegistryBed, notary_bed: NotaryBed, tmp_path: Path
+) -> None:
+    """``cache.redis_url`` set: the workers share records and the refresh lock in Redis (as
+    replicas do: a state from Redis never stands in for freshness, so each worker checks
+    the signed timestamp itself) and the rollback floors in the host's file, where a Redis
+    writer cannot lower them: after Redis is flushed and both workers are replaced (nothing
+    verified left in any process), a rollback is still refused."""
+    requires("notary")
+    if redis_binary() is None:
+        pytest.skip("redis-server is not installed (run `make test` to install it)")
+    redis = RedisServer(tmp_path / "redis")
+    redis.start()
+    bed, front, proxy = None, None, None
+    try:
+        bed, front, proxy, config = start_worker_bed(
+            tmp_path, registry.url, notary_bed, label="wr",
+            cache={"redis_url": redis.url, "key_prefix": f"tp-{uuid.uuid4().hex[:8]}:"},
+        )  # fmt: skip
+        wb = WorkerBed(bed, front, proxy, tmp_path, config)
+        name = "redis/app"
+        gun, repo = bed.gun(name), bed.repo(name)
+        bed.push_and_sign(name, "old", _image(wb, "redis old"))
+        v1 = front.capture(gun)
+        bed.trust(name).remove("old")
+        new = bed.push_and_sign(name, "new", _image(wb, "redis new"))
+        since = time.monotonic()
+        paths = [f"/v2/{repo}/manifests/new"] * BURST
+        answers = asyncio.run(_get_each_on_new_connection(proxy.url, paths))
+        assert {status for status, _, _ in answers} == {200}, (answers[:3], wb.logs())
+        assert {images.sha256(body) for _, body, _ in answers} == {f"sha256:{new.sha256}"}
+        counts = front.counts(gun, since=since)
+        summary = front.summary(gun, since=since)
+        assert counts["root.json"] == 1, summary
+        assert 1 <= counts["timestamp.json"] <= 2, summary
+        assert all(n == 1 for f, n in counts.items() if f.startswith(("snapshot.", "targets."))), (
+            summary
+        )
+        floors = _floors_in_file(tmp_path / "state", gun)
+        assert floors.get("timestamp", 0) > json.loads(v1["timestamp.json"])["signed"]["version"]
+
+        redis.flushall()  # Redis forgets (or a writer rolls it back)
+        # Both workers die and are replaced: nothing verified is left in any process, only
+        # the floors in the host's file.
+        for pid in _worker_pids(wb):
+            os.kill(pid, signal.SIGKILL)
+        wait_until(lambda: len(_worker_pids(wb)) == 4, timeout=20, interval=0.1)
+        staged = time.monotonic()
+        front.override(gun, v1)
+        answers = asyncio.run(
+            _get_each_on_new_connection(proxy.url, [f"/v2/{repo}/manifests/old"] * 24)
+        )
+        assert not [b for s, b, _ in answers if s == 200], f"rolled back:\n{wb.logs()}"
+        assert {status for status, _, _ in answers} <= {404, 503}, answers[:3]
+        assert any(f.tampered for f in front.fetches(gun, since=staged))
+    finally:
+        if proxy is not None:
+            proxy.stop()
+        if front is not None:
+            front.stop()
+        if bed is not None:
+            bed.close()
+        redis.stop()
+
+
+def _floors_in_file(state_dir: Path, gun: str) -> dict[str, int]:
+    conn = sqlite3.connect(state_dir / STATE_FILE_NAME)
+    try:
+        rows = conn.execute("SELECT role, version FROM floors WHERE gun = ?", (gun,)).fetchall()
+    finally:
+        conn.close()
+    return {str(role): int(version) for role, version in rows}
