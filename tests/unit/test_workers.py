@@ -87,11 +87,13 @@ def test_master_restarts_forwards_sighup_and_stops_every_worker(
     def run_worker(slot: int, sock: socket.socket) -> int:
         # In the forked child: record the start, die at once the first time in slot 0,
         # otherwise wait for signals (SIGHUP writes a marker; SIGTERM ends the process).
-        (tmp_path / f"start-{slot}-{os.getpid()}").write_text(str(sock.getsockname()[1]))
         if slot == 0 and not (tmp_path / "died").exists():
             (tmp_path / "died").write_text("")
+            (tmp_path / f"start-{slot}-{os.getpid()}").write_text("")
             return 3
         signal.signal(signal.SIGHUP, lambda *_: (tmp_path / f"hup-{os.getpid()}").write_text(""))
+        # Written once the handler is in place: the driver's SIGHUP is not lost.
+        (tmp_path / f"start-{slot}-{os.getpid()}").write_text(str(sock.getsockname()[1]))
         while True:
             time.sleep(1)
 
@@ -99,11 +101,12 @@ def test_master_restarts_forwards_sighup_and_stops_every_worker(
         return sorted(tmp_path.glob("start-*"))
 
     def drive() -> None:
-        _wait_for(lambda: len(starts()) == 3)  # slot 0 twice (restarted), slot 1 once
-        time.sleep(0.2)  # the children install their SIGHUP handler
-        os.kill(os.getpid(), signal.SIGHUP)
-        _wait_for(lambda: len(list(tmp_path.glob("hup-*"))) == 2)
-        os.kill(os.getpid(), signal.SIGTERM)
+        try:
+            _wait_for(lambda: len(starts()) == 3)  # slot 0 twice (restarted), slot 1 once
+            os.kill(os.getpid(), signal.SIGHUP)
+            _wait_for(lambda: len(list(tmp_path.glob("hup-*"))) == 2)
+        finally:
+            os.kill(os.getpid(), signal.SIGTERM)  # never leave the master running
 
     master = Master(sockets, run_worker, reload=lambda: reloads.append(1), restart_pause=0.1)
     driver = threading.Thread(target=drive, daemon=True)
@@ -112,6 +115,7 @@ def test_master_restarts_forwards_sighup_and_stops_every_worker(
     assert master.run() == 0
     driver.join(timeout=30)
     assert reloads == [1]
+    assert len(list(tmp_path.glob("hup-*"))) == 2, "SIGHUP did not reach both workers"
     pids = [int(p.name.split("-")[2]) for p in starts()]
     for pid in pids:
         with pytest.raises(ChildProcessError):
@@ -133,8 +137,10 @@ def test_master_kills_a_worker_that_ignores_sigterm(tmp_path: Path) -> None:
             time.sleep(1)
 
     def drive() -> None:
-        _wait_for(lambda: any(tmp_path.glob("start-*")))
-        os.kill(os.getpid(), signal.SIGINT)
+        try:
+            _wait_for(lambda: any(tmp_path.glob("start-*")))
+        finally:
+            os.kill(os.getpid(), signal.SIGINT)
 
     master = Master(sockets, run_worker, shutdown_timeout=0.5)
     threading.Thread(target=drive, daemon=True).start()
