@@ -303,6 +303,10 @@ def test_sighup_reloads_every_worker_a_dead_one_is_replaced_and_none_is_left(
         repo = bed.repo(name)
         unsigned = bed.push(name, _image(wb, "unsigned"), "v1")
         wait_until(lambda: len(_worker_pids(wb)) == 2, timeout=20, interval=0.1)
+        # A worker takes SIGHUP once its app has started (before, the signal is ignored).
+        wait_until(
+            lambda: _count_msg(wb, "Application startup complete") >= 2, timeout=20, interval=0.1
+        )
         paths = [f"/v2/{repo}/manifests/v1"] * 24
 
         # Enforced: nobody serves the unsigned tag.
