@@ -44,7 +44,10 @@ from proxy.http.state import ProxyState
 from proxy.policy.loader import load_policy
 from proxy.policy.model import Policy
 from proxy.settings import CacheSettings, Settings, TrustSourceSettings, load_settings
-from proxy.sources.redis_store import RedisConnection
+from proxy.sources.flight import ReplicaLock
+from proxy.sources.notary import NotarySourceOptions
+from proxy.sources.redis_store import RedisConnection, source_namespace
+from proxy.sources.sqlite_store import SqliteStateFile, with_host_floors
 from proxy.sources.store import MemoryTrustStateStore, TrustStateStore
 
 if TYPE_CHECKING:
@@ -175,6 +178,8 @@ class Builder:
     # settings changed starts afresh: its state belongs to the server it came from.
     # With Redis the state lives there (keyed by source name and URL); the process keeps
     # one connection pool per cache settings, reused by every generation built with them.
+    # Without Redis it lives in the host's state file (cache.state_dir), shared with the
+    # other workers; with Redis that file still holds the floors the workers share.
     _stores: dict[str, tuple[TrustSourceSettings, CacheSettings, TrustStateStore]] = field(
         default_factory=dict, init=False, repr=False
     )
@@ -182,6 +187,9 @@ class Builder:
         default_factory=dict, init=False, repr=False
     )
     _replaced: list[RedisConnection] = field(default_factory=list, init=False, repr=False)
+    _state_file: SqliteStateFile | None = field(default=None, init=False, repr=False)
+    #: the key the workers of one serve authenticate their saves with (proxy.workers)
+    handoff_key: bytes | None = None
 
     def store_factory(self, settings: Settings) -> StoreFactory:
         by_name = {s.name: s for s in settings.trust.sources}
@@ -190,16 +198,38 @@ class Builder:
         if cache.redis_url is not None and settings.trust.sources:
             redis_stores = redis_store_factory(settings, self._redis_for(cache))
 
+        state_file = self._state_file_for(cache) if settings.trust.sources else None
+
         def store(name: str) -> TrustStateStore:
             source = by_name[name]
             kept = self._stores.get(name)
             if kept is not None and kept[0] == source and kept[1] == cache:
                 return kept[2]
-            new = redis_stores(name) if redis_stores is not None else MemoryTrustStateStore()
+            namespace = source_namespace(name, source.url)
+            new: TrustStateStore
+            if redis_stores is not None:
+                new = redis_stores(name)
+                if state_file is not None and isinstance(new, ReplicaLock):
+                    new = with_host_floors(new, state_file.floors(namespace))
+            elif state_file is not None:
+                new = state_file.store(
+                    namespace,
+                    max_bytes=NotarySourceOptions.state_max_bytes,
+                    lock_timeout=cache.lock_timeout,
+                )
+            else:
+                new = MemoryTrustStateStore()
             self._stores[name] = (source, cache, new)
             return new
 
         return store
+
+    def _state_file_for(self, cache: CacheSettings) -> SqliteStateFile | None:
+        """The process's state file (opened on first use). Another ``state_dir`` after a
+        reload takes a restart (``restart_needed``): the running file stays."""
+        if self._state_file is None and cache.state_dir is not None:
+            self._state_file = SqliteStateFile(cache.state_dir, handoff_key=self.handoff_key)
+        return self._state_file
 
     def _redis_for(self, cache: CacheSettings) -> RedisConnection:
         conn = self._redis.get(cache)
@@ -219,6 +249,8 @@ class Builder:
         conns = [*self._redis.values(), *self._replaced]
         self._redis.clear()
         self._replaced.clear()
+        if self._state_file is not None:
+            await self._state_file.aclose()
         for conn in conns:
             try:
                 await conn.aclose()
@@ -317,6 +349,11 @@ def restart_needed(old: Settings, new: Settings) -> list[str]:
             keys.append(f"server.{key}")
     if old.logging != new.logging:
         keys.append("logging")
+    # Workers are started by the master; the state file is opened once per process.
+    if a.workers != b.workers:
+        keys.append("server.workers")
+    if old.cache.state_dir != new.cache.state_dir:
+        keys.append("cache.state_dir")
     return keys
 
 
