@@ -77,9 +77,9 @@ RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
        --home-dir /nonexistent --shell /usr/sbin/nologin trustproxy \
     && install -d -o 10001 -g 10001 -m 0700 /var/lib/trustproxy
 
-# cache.state_dir: the trust state file the workers share (README "Workers"). Writable
-# only when something is mounted there with a read-only root (--tmpfs, a volume, emptyDir).
-VOLUME ["/var/lib/trustproxy"]
+# /var/lib/trustproxy is cache.state_dir, the trust state file the workers share (README
+# "Workers"). No VOLUME (an anonymous volume per container piles up): with a read-only root,
+# mount something writable there (--tmpfs, a volume, an emptyDir), as docs/deploy.md shows.
 
 # Relative paths in the config resolve against the config file's folder, not this one;
 # it is only where the process starts.
