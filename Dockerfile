@@ -74,7 +74,12 @@ RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
     && pip check \
     && groupadd --system --gid 10001 trustproxy \
     && useradd --system --uid 10001 --gid 10001 --no-create-home \
-       --home-dir /nonexistent --shell /usr/sbin/nologin trustproxy
+       --home-dir /nonexistent --shell /usr/sbin/nologin trustproxy \
+    && install -d -o 10001 -g 10001 -m 0700 /var/lib/trustproxy
+
+# /var/lib/trustproxy is cache.state_dir, the trust state file the workers share (README
+# "Workers"). No VOLUME (an anonymous volume per container piles up): with a read-only root,
+# mount something writable there (--tmpfs, a volume, an emptyDir), as docs/deploy.md shows.
 
 # Relative paths in the config resolve against the config file's folder, not this one;
 # it is only where the process starts.

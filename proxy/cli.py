@@ -20,6 +20,9 @@ from proxy.policy.cli_commands import register as register_policy_commands
 from proxy.settings import ENV_PREFIX, LimitSettings, Settings, TrustSourceSettings, load_settings
 
 if TYPE_CHECKING:
+    import socket
+
+    from proxy.reload import Builder, Generation
     from proxy.sources.base import SigningRule
 
 log = logging.getLogger("trustproxy")
@@ -124,12 +127,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if unreadable:
         print(f"{args.config}: {unreadable}", file=sys.stderr)
         return 1
+    if not _state_dir_usable(settings):
+        return 1
 
-    import uvicorn
+    from proxy.workers import cpu_count
 
-    from proxy.http.app import create_app
-    from proxy.http.server_protocol import guarded_protocol
-    from proxy.reload import Builder, Runtime
+    workers = settings.server.workers or cpu_count()
+    if workers > 1:
+        return _serve_workers(args, settings, workers)
+
+    from proxy.reload import Builder
 
     builder = Builder(stdout=sys.stdout)
     try:
@@ -139,9 +146,53 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except ConfigError as e:
         print(f"{args.config}: {e}", file=sys.stderr)
         return 1
-    runtime = Runtime(first, builder, config_path=args.config, environ=dict(os.environ))
+    _log_listening(settings, first.policy is not None or first.fail_closed is not None, 1)
+    _serve_generation(args.config, settings, settings, builder, first, sockets=None)
+    return 0
 
-    server = settings.server
+
+def _state_dir_usable(settings: Settings) -> bool:
+    """Create the host's state file now, so a directory that cannot be written is one clear
+    error at startup (not a miss per request in every worker)."""
+    state_dir = settings.cache.state_dir
+    if state_dir is None:
+        return True
+    import sqlite3
+
+    from proxy.sources.sqlite_store import check_state_dir
+
+    try:
+        check_state_dir(state_dir)
+    except (OSError, sqlite3.Error) as e:
+        print(
+            f"cache.state_dir: cannot use {state_dir} for the trust state file: {e} "
+            "(point it at a writable directory, e.g. an emptyDir volume)",
+            file=sys.stderr,
+        )
+        return False
+    return True
+
+
+def _serve_generation(
+    config_path: Path,
+    settings: Settings,
+    listen: Settings,
+    builder: Builder,
+    first: Generation,
+    *,
+    sockets: list[socket.socket] | None,
+) -> None:
+    """Run uvicorn on ``first`` (a :class:`proxy.reload.Generation`) until shutdown.
+    ``listen``: the settings the listening sockets and TLS come from (a worker started
+    after a reload keeps the master's, as its siblings do)."""
+    import uvicorn
+
+    from proxy.http.app import create_app
+    from proxy.http.server_protocol import guarded_protocol
+    from proxy.reload import Runtime
+
+    runtime = Runtime(first, builder, config_path=config_path, environ=dict(os.environ))
+    server = listen.server
     client_ca = server.client_auth.client_ca_file
     config = uvicorn.Config(
         create_app(settings, runtime=runtime),
@@ -164,17 +215,77 @@ def cmd_serve(args: argparse.Namespace) -> int:
         server_header=False,
         timeout_graceful_shutdown=10,
     )
+    uvicorn.Server(config).run(sockets=sockets)
+
+
+def _log_listening(settings: Settings, enforcing: bool, workers: int) -> None:
+    server = settings.server
     log.info(
         "trustproxy listening",
         extra={"listen": f"{server.host}:{server.port}", "tls": server.tls,
                "upstreams": [u.name for u in settings.upstreams],
                "policy": str(settings.policy_file) if settings.policy_file else None,
-               "enforcing": first.policy is not None or first.fail_closed is not None,
+               "enforcing": enforcing, "workers": workers,
                "audit": settings.audit.sink,
                "metrics": server.metrics_enabled},
     )  # fmt: skip
-    uvicorn.Server(config).run()
-    return 0
+
+
+def _serve_workers(args: argparse.Namespace, settings: Settings, workers: int) -> int:
+    """The pre-fork master (proxy/workers.py): bind, fork ``workers`` workers, supervise."""
+    from proxy.reload import Builder, restart_needed
+    from proxy.workers import Master, WorkerFilter, bind_sockets
+
+    try:
+        # Each worker opens its own recorder; a file that cannot be opened stops the start
+        # here, once, as it does for one process.
+        Builder(stdout=sys.stdout).recorder(settings, None).close()
+    except ConfigError as e:
+        print(f"{args.config}: {e}", file=sys.stderr)
+        return 1
+    server = settings.server
+    try:
+        sockets = bind_sockets(server.host, server.port, workers)
+    except OSError as e:
+        print(f"server.listen: cannot listen on {server.host}:{server.port}: {e}",
+              file=sys.stderr)  # fmt: skip
+        return 1
+    environ = dict(os.environ)
+    latest = [settings]
+    # Made before forking, held in memory only: sibling workers vouch for each other's saves
+    # in the state file with it (proxy/sources/sqlite_store.py), a writer of the file cannot.
+    import secrets
+
+    handoff_key = secrets.token_bytes(32)
+
+    def reload() -> None:
+        # For workers started from now on; the running ones reload themselves.
+        try:
+            new = load_settings(args.config, environ)
+        except ConfigError as e:
+            log.error("master: reload failed, workers started later use the previous "
+                      "config: %s", e)  # fmt: skip
+            return
+        latest[0] = new
+        pending = restart_needed(settings, new)
+        if pending:
+            log.warning("restart needed for: %s (kept the running values)", ", ".join(pending))
+
+    def run_worker(slot: int, sock: socket.socket) -> int:
+        for handler in logging.getLogger().handlers:
+            handler.addFilter(WorkerFilter(slot))
+        current = latest[0]
+        builder = Builder(stdout=sys.stdout, handoff_key=handoff_key)
+        try:
+            first = builder.first(current)
+        except ConfigError as e:
+            log.error("worker %d cannot start: %s", slot, e)
+            return 1
+        _serve_generation(args.config, current, settings, builder, first, sockets=[sock])
+        return 0
+
+    _log_listening(settings, settings.policy_file is not None, workers)
+    return Master(sockets, run_worker, reload).run()
 
 
 def unreadable_tls_files(settings: Settings) -> str | None:

@@ -39,6 +39,7 @@ from proxy.policy.loader import load_policy
 from proxy.policy.model import Policy
 from proxy.settings import CacheSettings, Settings, TrustSourceSettings, load_settings
 from proxy.sources.redis_store import RedisConnection
+from proxy.sources.sqlite_store import SqliteStateFile
 from proxy.sources.store import TrustStateStore
 from proxy.sources.store_factory import StoreFactory, redis_connection, state_stores, wants_redis
 from proxy.trust_gate import TrustGate
@@ -164,6 +165,8 @@ class Builder:
     # settings changed starts afresh: its state belongs to the server it came from.
     # With Redis the state lives there (keyed by source name and URL); the process keeps
     # one connection pool per cache settings, reused by every generation built with them.
+    # Without Redis it lives in the host's state file (cache.state_dir), shared with the
+    # other workers; with Redis that file still holds the floors the workers share.
     _stores: dict[str, tuple[TrustSourceSettings, CacheSettings, TrustStateStore]] = field(
         default_factory=dict, init=False, repr=False
     )
@@ -171,13 +174,17 @@ class Builder:
         default_factory=dict, init=False, repr=False
     )
     _replaced: list[RedisConnection] = field(default_factory=list, init=False, repr=False)
+    _state_file: SqliteStateFile | None = field(default=None, init=False, repr=False)
+    #: the key the workers of one serve authenticate their saves with (proxy.workers)
+    handoff_key: bytes | None = None
 
     def store_factory(self, settings: Settings) -> StoreFactory:
         by_name = {s.name: s for s in settings.trust.sources}
         cache = settings.cache
-        new_store = state_stores(
-            settings, self._redis_for(cache) if wants_redis(settings) else None
-        )
+        # The choice of store is store_factory's; this keeps stores across generations.
+        state_file = self._state_file_for(cache) if settings.trust.sources else None
+        redis = self._redis_for(cache) if wants_redis(settings) else None
+        new_store = state_stores(settings, redis, state_file)
 
         def store(name: str) -> TrustStateStore:
             source = by_name[name]
@@ -189,6 +196,13 @@ class Builder:
             return new
 
         return store
+
+    def _state_file_for(self, cache: CacheSettings) -> SqliteStateFile | None:
+        """The process's state file (opened on first use). Another ``state_dir`` after a
+        reload takes a restart (``restart_needed``): the running file stays."""
+        if self._state_file is None and cache.state_dir is not None:
+            self._state_file = SqliteStateFile(cache.state_dir, handoff_key=self.handoff_key)
+        return self._state_file
 
     def _redis_for(self, cache: CacheSettings) -> RedisConnection:
         conn = self._redis.get(cache)
@@ -208,6 +222,8 @@ class Builder:
         conns = [*self._redis.values(), *self._replaced]
         self._redis.clear()
         self._replaced.clear()
+        if self._state_file is not None:
+            await self._state_file.aclose()
         for conn in conns:
             try:
                 await conn.aclose()
@@ -307,6 +323,11 @@ def restart_needed(old: Settings, new: Settings) -> list[str]:
             keys.append(f"server.{key}")
     if old.logging != new.logging:
         keys.append("logging")
+    # Workers are started by the master; the state file is opened once per process.
+    if a.workers != b.workers:
+        keys.append("server.workers")
+    if old.cache.state_dir != new.cache.state_dir:
+        keys.append("cache.state_dir")
     return keys
 
 

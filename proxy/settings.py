@@ -41,6 +41,8 @@ AuditSink = Literal["stdout", "file", "off"]
 
 KiB = 1024
 MiB = 1024 * KiB
+DEFAULT_STATE_DIR = Path("/var/lib/trustproxy")
+MAX_WORKERS = 256
 
 
 @dataclass(frozen=True)
@@ -69,6 +71,9 @@ class ServerSettings:
     header_timeout: float = 30.0
     max_header_bytes: int = 64 * KiB
     keep_alive_timeout: float = 5.0  # uvicorn's default
+    # --- workers (README "Workers"): processes serving the one port; None ("auto"): as many
+    # as CPUs this process may run on (os.sched_getaffinity), resolved by `serve`.
+    workers: int | None = None
 
     @property
     def tls(self) -> bool:
@@ -172,6 +177,10 @@ class CacheSettings:
     lock_timeout: float = 30.0
     # Socket timeouts: a slow Redis must not stall requests (it is treated as down).
     redis_timeout: float = 1.0
+    # --- the host's state file (proxy/sources/sqlite_store.py): trust state shared by the
+    # workers (without Redis: records and refresh lock too) and kept across restarts.
+    # None (``state_dir: memory``): per-process memory, one worker only, forgotten on restart.
+    state_dir: Path | None = DEFAULT_STATE_DIR
 
 
 @dataclass(frozen=True)
@@ -588,6 +597,7 @@ def _parse_server(sec: _Section) -> ServerSettings:
     header_timeout = sec.value("header_timeout", _duration, d.header_timeout)
     max_header_bytes = sec.value("max_header_bytes", _size, d.max_header_bytes)
     keep_alive_timeout = sec.value("keep_alive_timeout", _duration, d.keep_alive_timeout)
+    workers = sec.value("workers", _workers, d.workers)
     sec.finish()
     return ServerSettings(
         host=host,
@@ -599,7 +609,17 @@ def _parse_server(sec: _Section) -> ServerSettings:
         header_timeout=header_timeout,
         max_header_bytes=max_header_bytes,
         keep_alive_timeout=keep_alive_timeout,
+        workers=workers,
     )
+
+
+def _workers(v: Any, path: str) -> int | None:
+    if v == "auto":
+        return None
+    n = _count(v, path)
+    if not 1 <= n <= MAX_WORKERS:
+        raise ConfigError(path, f"must be auto or 1..{MAX_WORKERS}, not {n}")
+    return n
 
 
 def _parse_upstream(sec: _Section) -> UpstreamSettings:
@@ -743,7 +763,9 @@ def _parse_cache(sec: _Section) -> CacheSettings:
         key_prefix=prefix,
         lock_timeout=sec.value("lock_timeout", _duration, d.lock_timeout),
         redis_timeout=sec.value("redis_timeout", _duration, d.redis_timeout),
-    )
+        state_dir=None if sec.get("state_dir") == "memory" else
+        sec.path_value("state_dir") or d.state_dir,
+    )  # fmt: skip
     sec.finish()
     return cache
 
@@ -827,6 +849,10 @@ def parse_settings(
     upstreams = _parse_upstreams(top.get("upstreams"), base_dir, check_files)
     trust = _parse_trust(top.section("trust"), warnings)
     cache = _parse_cache(top.section("cache"))
+    if cache.state_dir is None and server.workers != 1:
+        # Per-process memory is not shared: several workers would each keep their own
+        # rollback floors and pins, a weaker check than one process.
+        raise ConfigError("cache.state_dir", "memory needs server.workers: 1")
     passthrough = [u.name for u in upstreams if u.auth.mode == "passthrough"]
     if server.client_auth.htpasswd_file is not None and passthrough:
         # Both would use the client's Authorization header; it cannot mean two things.

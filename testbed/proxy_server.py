@@ -21,7 +21,15 @@ def start_proxy(
     config = dict(config)
     server_cfg = dict(config.get("server") or {})
     server_cfg["listen"] = f"127.0.0.1:{port}"
+    # One process unless a test asks for more: the default (every CPU) would multiply the
+    # suite's processes, and most tests count what one process does.
+    server_cfg.setdefault("workers", 1)
     config["server"] = server_cfg
+    # The host's state file: per proxy (a restart on the same name keeps it), never the
+    # machine's default directory.
+    cache_cfg = dict(config.get("cache") or {})
+    cache_cfg.setdefault("state_dir", str(workdir / f"{name}-state"))
+    config["cache"] = cache_cfg
     workdir.mkdir(parents=True, exist_ok=True)
     config_path = workdir / f"{name}.yaml"
     config_path.write_text(yaml.safe_dump(config, sort_keys=False))

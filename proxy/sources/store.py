@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from proxy.errors import FetchError
 
@@ -33,8 +33,10 @@ __all__ = [
     "Judge",
     "MemoryTrustStateStore",
     "RollbackFloors",
+    "SharedFloors",
     "StoreUnavailableError",
     "TrustStateStore",
+    "VouchingStore",
 ]
 
 #: The largest stored record a source reads back (its whole verified state of a repository).
@@ -78,6 +80,54 @@ class TrustStateStore(Protocol):
 
         Raises:
             StoreUnavailableError: the store cannot be reached.
+        """
+        ...
+
+
+@runtime_checkable
+class SharedFloors(Protocol):
+    """Rollback floors shared by the processes of one host (the workers of ``serve``).
+
+    A store may offer it (the SQLite store does; with Redis, a wrapper adds the host's
+    SQLite floors, see :func:`proxy.sources.sqlite_store.with_host_floors`). A source keeps
+    its :class:`RollbackFloors` in process and raises them with these before each refresh,
+    so what one worker verified, every worker refuses to go below. What is read back can
+    only raise a floor: a refusal, never an allow.
+    """
+
+    async def load_floors(self, gun: str) -> dict[str, int]:
+        """The floors stored for ``gun`` (empty when none).
+
+        Raises:
+            StoreUnavailableError: the store cannot be read.
+        """
+        ...
+
+    async def raise_floors(self, gun: str, versions: Mapping[str, int]) -> None:
+        """Raise ``gun``'s stored floors to ``versions`` (never lowers one).
+
+        Raises:
+            StoreUnavailableError: the store cannot be written.
+        """
+        ...
+
+
+@runtime_checkable
+class VouchingStore(Protocol):
+    """A store that can say "a sibling process saved these bytes" (the host's state file).
+
+    Saves are authenticated with a key that only the processes of one ``serve`` hold (the
+    master makes it before it forks; it is never written anywhere), so whoever writes the
+    file cannot forge one. A source uses what a sibling verified and saved as if it had
+    verified it itself, for what is left of its ``fresh_for`` window: the workers of one
+    host then refresh a repository once per window between them, as one process does.
+    """
+
+    async def load_vouched(self, gun: str) -> bytes | None:
+        """The stored bytes when a process holding the key saved them, else None.
+
+        Raises:
+            StoreUnavailableError: the store cannot be read.
         """
         ...
 

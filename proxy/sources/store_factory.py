@@ -2,8 +2,10 @@
 
 With ``cache.redis_url`` every source gets a store on one shared connection (one pool per
 process), each under its own key namespace (its name and a digest of its server URL: trust
-state belongs to the server it came from); without it, one in-memory store each. Stores are
-keyed by repository inside, so sources never share one.
+state belongs to the server it came from), with the host's shared rollback floors on top
+when the workers of ``serve`` share a state file (``cache.state_dir``); without Redis, a
+store in that state file; without either, one in-memory store each. Stores are keyed by
+repository inside, so sources never share one.
 """
 
 from __future__ import annotations
@@ -11,7 +13,9 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from proxy.settings import CacheSettings, Settings
+from proxy.sources.flight import ReplicaLock
 from proxy.sources.redis_store import RedisConnection, source_namespace
+from proxy.sources.sqlite_store import SqliteStateFile, with_host_floors
 from proxy.sources.store import STATE_MAX_BYTES, MemoryTrustStateStore, TrustStateStore
 
 __all__ = ["StoreFactory", "redis_connection", "state_stores", "wants_redis"]
@@ -35,21 +39,33 @@ def redis_connection(cache: CacheSettings) -> RedisConnection:
     return RedisConnection(cache.redis_url, timeout=cache.redis_timeout)
 
 
-def state_stores(settings: Settings, redis: RedisConnection | None) -> StoreFactory:
+def state_stores(
+    settings: Settings,
+    redis: RedisConnection | None,
+    state_file: SqliteStateFile | None = None,
+) -> StoreFactory:
     """The stores of ``settings``' sources: on ``redis`` when given (see :func:`wants_redis`),
-    else one in-memory store each."""
-    if redis is None:
-        return lambda _name: MemoryTrustStateStore()
+    with ``state_file``'s shared floors on top when given; else in ``state_file``; else one
+    in-memory store each."""
     by_name = {s.name: s for s in settings.trust.sources}
     cache = settings.cache
-    connection = redis
 
     def store(name: str) -> TrustStateStore:
-        return connection.store(
-            source_namespace(name, by_name[name].url),
-            key_prefix=cache.key_prefix,
-            max_bytes=STATE_MAX_BYTES,
-            lock_timeout=cache.lock_timeout,
-        )
+        namespace = source_namespace(name, by_name[name].url)
+        if redis is not None:
+            shared = redis.store(
+                namespace,
+                key_prefix=cache.key_prefix,
+                max_bytes=STATE_MAX_BYTES,
+                lock_timeout=cache.lock_timeout,
+            )
+            if state_file is not None and isinstance(shared, ReplicaLock):
+                return with_host_floors(shared, state_file.floors(namespace))
+            return shared
+        if state_file is not None:
+            return state_file.store(
+                namespace, max_bytes=STATE_MAX_BYTES, lock_timeout=cache.lock_timeout
+            )
+        return MemoryTrustStateStore()
 
     return store

@@ -153,6 +153,8 @@ def run_container(
     name = f"tp-{uuid.uuid4().hex[:10]}"
     r = engine.docker(
         "run", "-d", "--name", name, "--read-only", "--network", "host",
+        # as docs/deploy.md runs it: the workers' state file needs a writable mount
+        "--tmpfs", "/var/lib/trustproxy:uid=10001,gid=10001,mode=0700",
         "--health-interval", "1s", "--health-start-period", "1s",
         "-v", f"{config_dir}:/etc/trustproxy:ro",
         "-e", f"TRUSTPROXY_SERVER__LISTEN=127.0.0.1:{port}",

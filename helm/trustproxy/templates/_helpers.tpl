@@ -73,6 +73,7 @@ app.kubernetes.io/component: redis
 {{- define "trustproxy.tlsDir" -}}/run/trustproxy/tls{{- end }}
 {{- define "trustproxy.clientCADir" -}}/run/trustproxy/client-ca{{- end }}
 {{- define "trustproxy.htpasswdDir" -}}/run/trustproxy/htpasswd{{- end }}
+{{- define "trustproxy.stateDir" -}}/var/lib/trustproxy{{- end }}
 {{- define "trustproxy.caDir" -}}/run/trustproxy/ca{{- end }}
 {{- define "trustproxy.port" -}}8443{{- end }}
 
@@ -123,6 +124,8 @@ Fails the render on settings the chart cannot run with.
 {{- if $url }}
 {{- $_ := set $cache "redis_url" $url }}
 {{- end }}
+{{- /* The host's trust state file (shared by the pod's workers): on the emptyDir. */}}
+{{- $_ := set $cache "state_dir" (include "trustproxy.stateDir" .) }}
 {{- $_ := set $cfg "cache" $cache }}
 {{- $shared := or $cache.redis_url .Values.externalRedis.existingSecret }}
 {{- if and (not $shared) (or .Values.autoscaling.enabled (gt (int .Values.replicaCount) 1)) }}

@@ -30,7 +30,11 @@ signed timestamp says what is current, so every refresh fetches it (and probes f
 root); the stored state saves the rest of the walk. The rollback floors this process has
 verified live in a :class:`~proxy.sources.store.RollbackFloors` map apart from the hot cache
 (which requests for other repositories evict), and are applied on top of whatever the store
-says, so neither an eviction nor a store rolled back, flushed or down lowers them.
+says, so neither an eviction nor a store rolled back, flushed or down lowers them. When
+the store offers :class:`~proxy.sources.store.SharedFloors` (the host's state file, shared
+by the workers of ``serve``), every refresh first raises them with what the other workers
+verified, and every verified set raises the shared ones: a worker never goes below a
+version another worker of the host has seen.
 
 Concurrent requests for the same repository share one refresh; with a store that offers a
 :class:`~proxy.sources.flight.ReplicaLock` (Redis), replicas also take turns: one refreshes,
@@ -96,8 +100,10 @@ from proxy.sources.store import (
     STATE_MAX_BYTES,
     Judge,
     RollbackFloors,
+    SharedFloors,
     StoreUnavailableError,
     TrustStateStore,
+    VouchingStore,
 )
 from proxy.upstream.auth import UpstreamAuthenticator
 from proxy.upstream.client import make_http_client
@@ -232,6 +238,10 @@ class NotarySource:
         self._store = store
         # A shared store that can lock (Redis) makes replicas take turns refreshing.
         self._flight = flight if flight is not None else _lock_of(store)
+        # The workers of one host share their floors (the state file): see _sync_floors.
+        self._shared_floors = store if isinstance(store, SharedFloors) else None
+        # Sibling workers hand over what they verified (see _handoff).
+        self._vouching = store if isinstance(store, VouchingStore) else None
         self._clock = clock
         self.options = options or NotarySourceOptions()
         self._hot: OrderedDict[_Key, _Hot] = OrderedDict()
@@ -425,12 +435,22 @@ class NotarySource:
 
     async def _update(self, key: _Key, gun: str, rule: SigningRule) -> TrustedSet:
         previous = self._hot.get(key)
-        # The stored state is a head start, never an answer: it may be an older record put
-        # back and dated "now" by whoever can write the store (issue 17, finding 1).
+        # What a sibling worker verified within its fresh_for window is as good as ours.
+        handed = await self._handoff(key, gun, rule)
+        if handed is not None:
+            return handed
+        # Otherwise the stored state is a head start, never an answer: it may be an older
+        # record put back and dated "now" by whoever can write the store (issue 17,
+        # finding 1).
         record = await self._load_record(gun)
         token: str | None = None
         if self._flight is not None:
             token, record = await self._take_turn(gun, record)
+            if token is None:
+                # Another worker refreshed while we waited: take its result.
+                handed = await self._handoff(key, gun, rule)
+                if handed is not None:
+                    return handed
         now = self._clock()  # waiting for the lock took time
         try:
             return await self._network_update(key, gun, rule, now, previous, record)
@@ -494,6 +514,7 @@ class NotarySource:
         record: tuple[datetime, TrustedState] | None,
     ) -> TrustedSet:
         opts = self.options
+        await self._sync_floors(gun)
         state = record[1] if record is not None else None
         # Floors from the higher of the stored and the hot state: a store that is down,
         # flushed or behind must not make this process forget versions it has seen.
@@ -542,7 +563,7 @@ class NotarySource:
                     e,
                 )
             TRUST_CACHE.labels(self.name, "stale_served").inc()
-            self._seen.raise_to(gun, _top_level_versions(stale))
+            await self._raise_floors(gun, _top_level_versions(stale))
             hot = self._hot_for(stale, refresh_at=now + opts.retry_after)
             self._remember(key, dataclasses.replace(hot, stale=True))
             return self._answer(self._hot[key], gun)
@@ -555,12 +576,73 @@ class NotarySource:
             raise
 
         TRUST_CACHE.labels(self.name, "miss").inc()
-        self._seen.raise_to(gun, _top_level_versions(ts))
+        await self._raise_floors(gun, _top_level_versions(ts))
         await self._save_record(gun, rule, ts, now)
         # Fresh for fresh_for from when the refresh ended (see the failures above): a slow
         # but successful refresh must not leave an entry that is due at once.
         self._remember(key, self._hot_for(ts, refresh_at=self._clock() + opts.fresh_for))
         return self._answer(self._hot[key], gun)
+
+    async def _handoff(self, key: _Key, gun: str, rule: SigningRule) -> TrustedSet | None:
+        """A state a sibling process of this ``serve`` verified and saved (the store vouches
+        for it with the key only they hold), used for what is left of its ``fresh_for``
+        window, as that sibling uses it: the workers of a host then ask the trust server
+        once per window between them. It is re-verified here at "now" against this
+        process's floors; anything else (not vouched, out of its window, not verifying) is
+        None: the caller refreshes from the network as usual."""
+        if self._vouching is None:
+            return None
+        try:
+            data = await self._vouching.load_vouched(gun)
+        except StoreUnavailableError:
+            return None
+        if data is None:
+            return None
+        now = self._clock()
+        try:
+            fetched_at, state = decode_record(data, max_bytes=self.options.state_max_bytes)
+        except TrustDataError:
+            return None
+        fresh_until = fetched_at + self.options.fresh_for
+        # A fetch time ahead of our clock is not one a sibling on this host wrote.
+        if not fetched_at <= now < fresh_until or state.gun != gun:
+            return None
+        await self._sync_floors(gun)
+        try:
+            ts = self._replay(state, gun, rule, now)
+        except TrustDataError as e:
+            log.info("trust source %s: %s: handed-over state unusable: %s", self.name, gun, e)
+            return None
+        if ts is None:
+            return None
+        TRUST_CACHE.labels(self.name, "hit").inc()
+        await self._raise_floors(gun, _top_level_versions(ts))
+        self._remember(key, self._hot_for(ts, refresh_at=fresh_until))
+        return self._answer(self._hot[key], gun)
+
+    async def _sync_floors(self, gun: str) -> None:
+        """Raise this process's floors with the ones other workers of the host verified
+        (the shared floors can only raise ours: a refusal, never an allow)."""
+        if self._shared_floors is None:
+            return
+        try:
+            shared = await self._shared_floors.load_floors(gun)
+        except StoreUnavailableError as e:
+            log.debug("trust source %s: %s: shared floors unavailable: %s", self.name, gun, e)
+            return
+        if shared:
+            self._seen.raise_to(gun, shared)
+
+    async def _raise_floors(self, gun: str, versions: Mapping[str, int]) -> None:
+        self._seen.raise_to(gun, versions)
+        if self._shared_floors is None:
+            return
+        try:
+            await self._shared_floors.raise_floors(gun, versions)
+        except StoreUnavailableError as e:
+            # This process still remembers them; other workers refuse the rollback from
+            # the stored record, or once the file is writable again.
+            log.warning("trust source %s: %s: shared floors not raised: %s", self.name, gun, e)
 
     def _remember_failure(self, key: _Key, error: Exception, now: datetime) -> None:
         until = now + self.options.retry_after

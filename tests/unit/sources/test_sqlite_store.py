@@ -1,0 +1,455 @@
+"""The SQLite trust-state store (the host's state file): the same contract as the Redis store
+(compare-and-set saves judged by signed data, bounded reads, the refresh lock, namespaces),
+shared floors, and sources sharing one file as the workers of ``serve`` do. Two
+:class:`SqliteStateFile` objects on one directory stand for two processes (each has its
+own connection, as a worker does after fork)."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import sqlite3
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from proxy.sources import SigningRule
+from proxy.sources.notary.source import NotarySource, NotarySourceOptions
+from proxy.sources.notary.tuf import RollbackError, TrustOnFirstUse
+from proxy.sources.sqlite_store import (
+    STATE_FILE_NAME,
+    SqliteStateFile,
+    SqliteTrustStateStore,
+    check_state_dir,
+    with_host_floors,
+)
+from proxy.sources.store import MemoryTrustStateStore, SharedFloors, StoreUnavailableError
+from tests.simulators.notary_repo import NotaryRepository
+from tests.unit.sources.sim import GUN, Clock, SimServer, make_source
+
+pytestmark = pytest.mark.anyio
+
+TOFU = SigningRule(TrustOnFirstUse())
+M1 = b'{"manifest": 1}'
+M2 = b'{"manifest": 2}'
+
+
+@pytest.fixture
+def state_dir(tmp_path: Path) -> Path:
+    return tmp_path / "state"
+
+
+@pytest.fixture
+async def files(state_dir: Path) -> AsyncIterator[list[SqliteStateFile]]:
+    opened = [SqliteStateFile(state_dir), SqliteStateFile(state_dir)]
+    yield opened
+    for f in opened:
+        await f.aclose()
+
+
+def digest(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def repo() -> NotaryRepository:
+    r = NotaryRepository(GUN)
+    r.add_target("v1", M1)
+    r.publish()
+    return r
+
+
+def source(server: SimServer, store: object, clock: Clock) -> NotarySource:
+    return make_source(server, clock=clock, store=store, options=NotarySourceOptions())  # type: ignore[arg-type]
+
+
+def raw(state_dir: Path, sql: str, *args: object) -> list[tuple[object, ...]]:
+    """A statement on the file from outside (someone who can write it)."""
+    conn = sqlite3.connect(state_dir / STATE_FILE_NAME, isolation_level=None)
+    try:
+        return conn.execute(sql, args).fetchall()
+    finally:
+        conn.close()
+
+
+# -- the store ----------------------------------------------------------------------------------
+
+
+async def test_file_is_created_in_wal_mode_private(
+    files: list[SqliteStateFile], state_dir: Path
+) -> None:
+    store = files[0].store("s:")
+    assert await store.load("g") is None  # opened on first use
+    path = state_dir / STATE_FILE_NAME
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert raw(state_dir, "PRAGMA journal_mode")[0][0] == "wal"
+
+
+async def test_save_is_compare_and_set_on_generation(files: list[SqliteStateFile]) -> None:
+    store = files[0].store("s:")
+    await store.save("g", b"v5", generation=5)
+    await store.save("g", b"v3", generation=3)  # a worker that saw less, saving late
+    assert await store.load("g") == b"v5"
+    await store.save("g", b"v5-later", generation=5)  # equal: the newer fetch time wins
+    assert await store.load("g") == b"v5-later"
+    await store.save("g", b"v6", generation=6)
+    assert await store.load("g") == b"v6"
+    await store.save("g", b"forced", generation=None)
+    assert await store.load("g") == b"forced"
+
+
+async def test_concurrent_saves_from_two_processes_keep_the_highest(
+    files: list[SqliteStateFile],
+) -> None:
+    a, b = files[0].store("s:"), files[1].store("s:")
+    saves = [(a if g % 2 else b).save("g", str(g).encode(), generation=g) for g in range(40, 0, -1)]
+    await asyncio.gather(*saves)
+    assert await a.load("g") == b"40"
+    assert await b.load("g") == b"40"
+
+
+async def test_judged_save_keeps_a_genuinely_higher_generation(
+    files: list[SqliteStateFile], state_dir: Path
+) -> None:
+    store = files[0].store("s:")
+    await store.save("g", b"seven", generation=7, judge=lambda _d: None)
+    judge = {b"seven": 7, b"five": 5}.get
+    await store.save("g", b"five", generation=5, judge=judge)  # a late, older save
+    assert await store.load("g") == b"seven"
+    await store.save("g", b"eight", generation=8, judge=judge)
+    assert await store.load("g") == b"eight"
+    await store.save("g", b"six", generation=6, judge=lambda _d: None)  # "eight" unverifiable
+    assert await store.load("g") == b"six"
+    # A planted generation does not freeze saves: the judge reads the bytes.
+    raw(state_dir, "UPDATE state SET gen = 999999")
+    await store.save("g", b"seven-again", generation=7, judge={b"six": 6}.get)
+    assert await store.load("g") == b"seven-again"
+
+
+async def test_oversized_and_foreign_values_are_misses(
+    files: list[SqliteStateFile], state_dir: Path
+) -> None:
+    store = files[0].store("s:", max_bytes=16)
+    await store.save("big", b"x" * 17, generation=1)
+    assert await store.load("big") is None  # refused in SQL, never copied out
+    raw(state_dir, "INSERT OR REPLACE INTO state VALUES ('s:', 'txt', 1, 'text, not bytes', NULL)")
+    assert await store.load("txt") is None
+    raw(state_dir, "INSERT OR REPLACE INTO state VALUES ('s:', 'junk', 'junk', X'00', NULL)")
+    await store.save("junk", b"ours", generation=1)  # a gen that is not ours: replaced
+    assert await store.load("junk") == b"ours"
+
+
+async def test_namespaces_are_apart(files: list[SqliteStateFile]) -> None:
+    await files[0].store("a:").save("g", b"A", generation=1)
+    assert await files[0].store("b:").load("g") is None
+
+
+async def test_lock_is_exclusive_across_processes_expires_and_releases_only_its_own(
+    files: list[SqliteStateFile],
+) -> None:
+    now = [1000.0]
+    a = SqliteTrustStateStore(files[0], "s:", lock_timeout=30, wall_clock=lambda: now[0])
+    b = SqliteTrustStateStore(files[1], "s:", lock_timeout=30, wall_clock=lambda: now[0])
+    token = await a.acquire("g")
+    assert token is not None
+    assert await b.acquire("g") is None
+    await b.release("g", "someone-else")
+    assert await b.acquire("g") is None
+    now[0] += 31  # the holder "crashed": its lock expires
+    other = await b.acquire("g")
+    assert other is not None
+    await a.release("g", token)  # the old holder's late release does not free it
+    assert await a.acquire("g") is None
+    await b.release("g", other)
+    assert await a.acquire("g") is not None
+
+
+@pytest.mark.parametrize(
+    ("token", "expires_in"),
+    [("0" * 32, 10**9), ("not-a-token", 10), (None, 10)],
+    ids=["eternal", "garbage-token", "null-token"],
+)
+async def test_a_lock_no_worker_can_hold_is_taken_over(
+    files: list[SqliteStateFile], state_dir: Path, token: str | None, expires_in: float
+) -> None:
+    store = SqliteTrustStateStore(files[0], "s:", lock_timeout=30, wall_clock=lambda: 1000.0)
+    await store.load("g")  # creates the schema
+    value = token if token is not None else ""
+    raw(state_dir, "INSERT INTO locks VALUES ('s:', 'g', ?, ?)", value, 1000.0 + expires_in)
+    assert await store.acquire("g") is not None
+
+
+async def test_unwritable_directory_is_store_unavailable(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("a file, not a directory")
+    f = SqliteStateFile(blocker / "state")
+    try:
+        with pytest.raises(StoreUnavailableError):
+            await f.store("s:").load("g")
+        with pytest.raises(NotADirectoryError):
+            check_state_dir(blocker / "state")
+    finally:
+        await f.aclose()
+
+
+# -- shared floors ------------------------------------------------------------------------------
+
+
+async def test_floors_only_rise_and_garbage_is_ignored(
+    files: list[SqliteStateFile], state_dir: Path
+) -> None:
+    a, b = files[0].floors("s:"), files[1].floors("s:")
+    await a.raise_floors("g", {"root": 1, "timestamp": 5, "targets/releases": 9})
+    await b.raise_floors("g", {"root": 2, "timestamp": 3})
+    assert await a.load_floors("g") == {"root": 2, "timestamp": 5}  # delegations left out
+    raw(state_dir, "INSERT INTO floors VALUES ('s:', 'g', 'snapshot', 'junk')")
+    raw(state_dir, "INSERT INTO floors VALUES ('s:', 'g', 'other', 7)")
+    assert await b.load_floors("g") == {"root": 2, "timestamp": 5}
+    assert await b.load_floors("unknown") == {}
+
+
+async def test_stores_offer_shared_floors_memory_does_not(files: list[SqliteStateFile]) -> None:
+    assert isinstance(files[0].store("s:"), SharedFloors)
+    wrapped = with_host_floors(files[0].store("r:"), files[0].floors("r:"))
+    assert isinstance(wrapped, SharedFloors)
+    assert not isinstance(MemoryTrustStateStore(), SharedFloors)
+
+
+# -- sources sharing the file (workers) -----------------------------------------------------------
+
+
+async def test_two_workers_share_rollback_floors_and_a_restart_keeps_them(
+    files: list[SqliteStateFile], state_dir: Path
+) -> None:
+    server = SimServer()
+    r = server.add(repo())
+    old = r.checkpoint()
+    clock = Clock()
+    a = source(server, files[0].store("n:"), clock)
+    b = source(server, files[1].store("n:"), clock)
+    try:
+        assert (await b.resolve(GUN, "v1", TOFU)).digest == digest(M1)
+        r.add_target("v1", M2)
+        r.publish()
+        clock.advance(seconds=61)
+        assert (await a.resolve(GUN, "v1", TOFU)).digest == digest(M2)  # A sees newer
+        r.serve(old)  # the server replays the older, validly signed files
+        clock.advance(seconds=61)
+        with pytest.raises(RollbackError):
+            await b.resolve(GUN, "v1", TOFU)  # B never saw the newer version itself
+    finally:
+        await a.aclose()
+        await b.aclose()
+    # A restart (a new process on the same file) refuses it too.
+    restarted = SqliteStateFile(state_dir)
+    c = source(server, restarted.store("n:"), clock)
+    try:
+        with pytest.raises(RollbackError):
+            await c.resolve(GUN, "v1", TOFU)
+    finally:
+        await c.aclose()
+        await restarted.aclose()
+
+
+async def test_floors_hold_when_the_record_is_rolled_back(
+    files: list[SqliteStateFile], state_dir: Path
+) -> None:
+    """Someone puts back the older record (genuine, v1) after A saved v2: B, cold, reads
+    it, but the shared floors A raised make B refuse the server's rollback to v1."""
+    server = SimServer()
+    r = server.add(repo())
+    old = r.checkpoint()
+    clock = Clock()
+    store_a = files[0].store("n:")
+    a = source(server, store_a, clock)
+    b = source(server, files[1].store("n:"), clock)
+    try:
+        await a.resolve(GUN, "v1", TOFU)
+        v1_record = await store_a.load(GUN)
+        assert v1_record is not None
+        r.add_target("v1", M2)
+        r.publish()
+        clock.advance(seconds=61)
+        assert (await a.resolve(GUN, "v1", TOFU)).digest == digest(M2)
+        await store_a.save(GUN, v1_record, generation=None)  # the record rolled back
+        r.serve(old)
+        with pytest.raises(RollbackError):
+            await b.resolve(GUN, "v1", TOFU)
+    finally:
+        await a.aclose()
+        await b.aclose()
+
+
+async def test_one_worker_refreshes_the_other_waits_and_reuses(
+    files: list[SqliteStateFile],
+) -> None:
+    server = SimServer()
+    server.add(repo())
+    clock = Clock()
+    server.gate = asyncio.Event()
+    a = source(server, files[0].store("n:"), clock)
+    b = source(server, files[1].store("n:"), clock)
+    try:
+        tasks = [
+            asyncio.ensure_future(s.resolve(GUN, "v1", TOFU)) for s in (a, b) for _ in range(5)
+        ]
+        await asyncio.sleep(0.3)  # one holds the lock and waits on notary
+        server.gate.set()
+        results = await asyncio.wait_for(asyncio.gather(*tasks), 10)
+        assert {t.digest for t in results} == {digest(M1)}
+        names = server.names
+        # One walk; the other worker checks the signed timestamp (and probes for a new
+        # root) itself: a stored state never stands in for freshness.
+        assert names.count("timestamp.json") == 2, names
+        assert names.count("root.json") == 1, names
+        assert len([n for n in names if n.startswith(("snapshot.", "targets."))]) == 2, names
+    finally:
+        await a.aclose()
+        await b.aclose()
+
+
+async def test_corrupted_record_is_refetched_never_allowed(
+    files: list[SqliteStateFile], state_dir: Path
+) -> None:
+    server = SimServer()
+    server.add(repo())
+    clock = Clock()
+    a = source(server, files[0].store("n:"), clock)
+    try:
+        await a.resolve(GUN, "v1", TOFU)
+    finally:
+        await a.aclose()
+    raw(state_dir, "UPDATE state SET data = ?", b"trustproxy-notary-state/1 garbage\n{}")
+    before = len(server.names)
+    b = source(server, files[1].store("n:"), clock)
+    try:
+        assert (await b.resolve(GUN, "v1", TOFU)).digest == digest(M1)
+        assert "root.json" in server.names[before:]  # started over from the server
+    finally:
+        await b.aclose()
+
+
+async def test_redis_like_store_with_host_floors(files: list[SqliteStateFile]) -> None:
+    """Records in one store (here another namespace of the file, standing in for Redis),
+    floors in the host's file: a wiped record store does not lower them."""
+    server = SimServer()
+    r = server.add(repo())
+    old = r.checkpoint()
+    clock = Clock()
+    records = files[0].store("redis:")
+    a = source(server, with_host_floors(records, files[0].floors("n:")), clock)
+    try:
+        await a.resolve(GUN, "v1", TOFU)
+        r.add_target("v1", M2)
+        r.publish()
+        clock.advance(seconds=61)
+        await a.resolve(GUN, "v1", TOFU)
+    finally:
+        await a.aclose()
+    await records.save(GUN, b"", generation=None)  # "Redis flushed"
+    r.serve(old)
+    b = source(server, with_host_floors(files[1].store("redis:"), files[1].floors("n:")), clock)
+    try:
+        with pytest.raises(RollbackError):
+            await b.resolve(GUN, "v1", TOFU)
+    finally:
+        await b.aclose()
+
+
+# -- handing over between siblings (one serve: one key) -------------------------------------------
+
+
+async def test_siblings_hand_over_what_one_verified_within_its_window(state_dir: Path) -> None:
+    """Workers of one serve share a key: the second uses the first's verified state for the
+    rest of its fresh_for window, so the trust server is asked once between them."""
+    key = b"k" * 32
+    fa, fb = (
+        SqliteStateFile(state_dir, handoff_key=key),
+        SqliteStateFile(state_dir, handoff_key=key),
+    )
+    server = SimServer()
+    server.add(repo())
+    clock = Clock()
+    server.gate = asyncio.Event()
+    a = source(server, fa.store("n:"), clock)
+    b = source(server, fb.store("n:"), clock)
+    try:
+        tasks = [
+            asyncio.ensure_future(s.resolve(GUN, "v1", TOFU)) for s in (a, b) for _ in range(5)
+        ]
+        await asyncio.sleep(0.3)
+        server.gate.set()
+        results = await asyncio.wait_for(asyncio.gather(*tasks), 10)
+        assert {t.digest for t in results} == {digest(M1)}
+        names = server.names
+        assert names.count("timestamp.json") == 1, names
+        assert names.count("root.json") == 1, names
+        # Past the window each refreshes again (the handed-over state is not kept longer).
+        before = len(server.names)
+        clock.advance(seconds=61)
+        await b.resolve(GUN, "v1", TOFU)
+        assert server.names[before:].count("timestamp.json") == 1, server.names[before:]
+    finally:
+        await a.aclose()
+        await b.aclose()
+        await fa.aclose()
+        await fb.aclose()
+
+
+async def test_a_replayed_vouched_record_past_its_window_is_not_handed_over(
+    state_dir: Path,
+) -> None:
+    """Someone who can write the file puts back an older record with its genuine MAC: its
+    fetch time is outside the window, so a sibling refreshes from the server (and refuses
+    the rollback the server then serves, from the floors)."""
+    key = b"k" * 32
+    fa, fb = (
+        SqliteStateFile(state_dir, handoff_key=key),
+        SqliteStateFile(state_dir, handoff_key=key),
+    )
+    server = SimServer()
+    r = server.add(repo())
+    old = r.checkpoint()
+    clock = Clock()
+    a = source(server, fa.store("n:"), clock)
+    b = source(server, fb.store("n:"), clock)
+    try:
+        await a.resolve(GUN, "v1", TOFU)
+        old_row = raw(state_dir, "SELECT gen, data, mac FROM state")[0]
+        r.add_target("v1", M2)
+        r.publish()
+        clock.advance(seconds=61)
+        assert (await a.resolve(GUN, "v1", TOFU)).digest == digest(M2)
+        raw(state_dir, "UPDATE state SET gen = ?, data = ?, mac = ?", *old_row)
+        r.serve(old)
+        with pytest.raises(RollbackError):
+            await b.resolve(GUN, "v1", TOFU)
+    finally:
+        await a.aclose()
+        await b.aclose()
+        await fa.aclose()
+        await fb.aclose()
+
+
+async def test_a_record_without_the_key_is_not_handed_over(state_dir: Path) -> None:
+    """Another key (another serve, or a forged MAC): a head start only, the signed
+    timestamp is fetched."""
+    fa = SqliteStateFile(state_dir, handoff_key=b"a" * 32)
+    fb = SqliteStateFile(state_dir, handoff_key=b"b" * 32)
+    server = SimServer()
+    server.add(repo())
+    clock = Clock()
+    a = source(server, fa.store("n:"), clock)
+    b = source(server, fb.store("n:"), clock)
+    try:
+        await a.resolve(GUN, "v1", TOFU)
+        assert await fb.store("n:").load_vouched(GUN) is None
+        assert await fa.store("n:").load_vouched(GUN) is not None
+        before = len(server.names)
+        await b.resolve(GUN, "v1", TOFU)
+        assert "timestamp.json" in server.names[before:]
+    finally:
+        await a.aclose()
+        await b.aclose()
+        await fa.aclose()
+        await fb.aclose()
