@@ -36,7 +36,7 @@ from proxy.routing import Route
 from proxy.sources.base import (
     NoTrustDataError,
     SignedAnswer,
-    SigningRule,
+    SourceRule,
     TrustInfo,
     TrustSource,
 )
@@ -110,7 +110,7 @@ class Evaluation:
     visible: list[str] = field(default_factory=list)
 
 
-def signing_rule_for(rule: RepositoryRule) -> SigningRule:
+def signing_rule_for(rule: RepositoryRule) -> SourceRule:
     """The signing rule a policy rule's trust source applies (its verification part, read
     by the source's type, with the rule's expiry grace).
 
@@ -167,9 +167,9 @@ class EnforcingGate:
         self._tag_allowed = tag_allowed or _default_tag_allowed
         self._clock = clock
         self.allowlist = allowlist or DigestAllowlist()
-        # Policy rules are few and immutable: one SigningRule each, so sources' caches
+        # Policy rules are few and immutable: one source rule each, so sources' caches
         # keyed on it stay hot.
-        self._signing_rules: dict[RepositoryRule, SigningRule] = {}
+        self._signing_rules: dict[RepositoryRule, SourceRule] = {}
 
     # --- the TrustGate interface -------------------------------------------------------
 
@@ -271,13 +271,13 @@ class EnforcingGate:
 
     # --- evaluations: what rule + source say (no mode here) ----------------------------
 
-    def _signing_rule(self, rule: RepositoryRule) -> SigningRule:
+    def _signing_rule(self, rule: RepositoryRule) -> SourceRule:
         srule = self._signing_rules.get(rule)
         if srule is None:
             srule = self._signing_rules[rule] = signing_rule_for(rule)
         return srule
 
-    def _source(self, rule: RepositoryRule) -> tuple[TrustSource, SigningRule] | Evaluation:
+    def _source(self, rule: RepositoryRule) -> tuple[TrustSource, SourceRule] | Evaluation:
         """The rule's source and signing rule, or an ``unavailable`` evaluation (a
         misconfiguration the loader should have caught: fail closed, loudly)."""
         name = rule.source
@@ -379,7 +379,7 @@ class EnforcingGate:
             signed, info = state.tags, state.info
             acceptable = {
                 t.digest for tag, t in signed.items() if self._pattern_refusal(rule, tag) is None
-            }
+            } | state.digests
             key = (repository, srule, rule.tag_patterns, info.key)
             answer = await self.allowlist.check(
                 key, acceptable, digest, ctx.registry.manifest if ctx.registry else None
@@ -455,7 +455,7 @@ def _served_digest(
     return None  # refused, or the upstream's answer under a tag (not known here)
 
 
-async def _info(source: TrustSource, repository: str, rule: SigningRule) -> TrustInfo | None:
+async def _info(source: TrustSource, repository: str, rule: SourceRule) -> TrustInfo | None:
     try:
         return await source.trust_info(repository, rule)
     except TrustproxyError:

@@ -15,7 +15,7 @@ from proxy.decisions import Decision, DecisionRecorder, NullRecorder
 from proxy.enforcement.enforcing_gate import Clock, rfc3339, utc_now
 from proxy.errors import FetchError, TrustSourceUnavailableError
 from proxy.routing import Route
-from proxy.sources.base import SignedAnswer, SignedState, SigningRule, TrustInfo
+from proxy.sources.base import SignedAnswer, SignedState, SourceRule, TrustInfo
 from proxy.trust_gate import ListingKind, RequestContext, TagDecision
 
 __all__ = ["FailClosedGate", "PolicyUnavailableError", "UnavailableSource"]
@@ -103,16 +103,16 @@ class UnavailableSource:
     def _error(self) -> TrustSourceUnavailableError:
         return TrustSourceUnavailableError(self._name, self.reason)
 
-    async def resolve(self, repository: str, tag: str, rule: SigningRule) -> SignedAnswer:
+    async def resolve(self, repository: str, tag: str, rule: SourceRule) -> SignedAnswer:
         raise self._error()
 
-    async def signed_tags(self, repository: str, rule: SigningRule) -> Mapping[str, SignedAnswer]:
+    async def signed_tags(self, repository: str, rule: SourceRule) -> Mapping[str, SignedAnswer]:
         raise self._error()
 
-    async def trust_info(self, repository: str, rule: SigningRule) -> TrustInfo:
+    async def trust_info(self, repository: str, rule: SourceRule) -> TrustInfo:
         raise self._error()
 
-    async def signed_state(self, repository: str, rule: SigningRule) -> SignedState:
+    async def signed_state(self, repository: str, rule: SourceRule) -> SignedState:
         raise self._error()
 
     async def aclose(self) -> None:

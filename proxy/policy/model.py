@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal, Protocol
 
 if TYPE_CHECKING:
-    from proxy.sources.base import SigningRule
+    from proxy.sources.base import SourceRule
 
 Mode = Literal["enforce", "audit", "off"]
 DigestMode = Literal["allow", "signed"]
@@ -36,7 +36,7 @@ class Verification(Protocol):
     """The verification part of a rule: whose signatures count. Parsed by the rule's source
     type (proxy/sources/registry.py), opaque here; hashable (gates key caches on rules)."""
 
-    def signing_rule(self, expiry_grace: timedelta) -> SigningRule:
+    def signing_rule(self, expiry_grace: timedelta) -> SourceRule:
         """What the rule's trust source applies."""
         ...
 

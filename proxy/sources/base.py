@@ -54,6 +54,7 @@ __all__ = [
     "SignedTarget",
     "SignersDisagreeError",
     "SigningRule",
+    "SourceRule",
     "TaggedManifest",
     "TooFewSignaturesError",
     "TrustDataError",
@@ -111,6 +112,10 @@ class SignersDisagreeError(NotSignedError):
         said = ", ".join(f"{role} signs {digest}" for role, digest in claims)
         super().__init__(f"signers disagree on tag {tag}: {said}")
 
+
+#: What a source's type made of a policy rule's verification part (Notary: a
+#: :class:`SigningRule`): opaque outside the source's package, hashable (caches key on it).
+SourceRule = Any
 
 #: Per-source facts behind an answer, for the audit record (JSON-able values; Notary:
 #: ``roles``, ``key_ids``, ``metadata_versions``). Never read for a decision.
@@ -200,6 +205,8 @@ class SignedState:
     #: every tag acceptable under the rule, by tag
     tags: Mapping[str, SignedAnswer]
     info: TrustInfo
+    #: digests acceptable apart from any tag (pulls by digest under ``digests: signed``)
+    digests: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -252,7 +259,7 @@ class TrustSource(Protocol):
     @property
     def name(self) -> str: ...
 
-    async def resolve(self, repository: str, tag: str, rule: SigningRule) -> SignedAnswer:
+    async def resolve(self, repository: str, tag: str, rule: SourceRule) -> SignedAnswer:
         """The signed target of ``tag`` in ``repository`` under ``rule``.
 
         Raises:
@@ -262,14 +269,14 @@ class TrustSource(Protocol):
         """
         ...
 
-    async def signed_tags(self, repository: str, rule: SigningRule) -> Mapping[str, SignedAnswer]:
+    async def signed_tags(self, repository: str, rule: SourceRule) -> Mapping[str, SignedAnswer]:
         """Every tag acceptable under ``rule``, by tag (for a filtered tag list).
 
         Raises: as :meth:`resolve`, except that an unsigned tag is simply absent.
         """
         ...
 
-    async def trust_info(self, repository: str, rule: SigningRule) -> TrustInfo:
+    async def trust_info(self, repository: str, rule: SourceRule) -> TrustInfo:
         """What :meth:`resolve` / :meth:`signed_tags` under ``rule`` answer from right now
         (cheap right after either: no network when the state is cached). For audit records
         only: it may already describe a newer state than the call before it.
@@ -278,7 +285,7 @@ class TrustSource(Protocol):
         """
         ...
 
-    async def signed_state(self, repository: str, rule: SigningRule) -> SignedState:
+    async def signed_state(self, repository: str, rule: SourceRule) -> SignedState:
         """:meth:`signed_tags` and :meth:`trust_info` of one and the same trust state (one
         load): what anything keyed by the trust state must be built from.
 

@@ -85,6 +85,8 @@ class SourceType:
 SOURCE_TYPES: dict[str, str] = {
     # Notary v1 / Docker Content Trust (TUF metadata from a notary-server).
     "notary": "proxy.sources.notary.entry",
+    # A file of pins (repository:tag -> digest): tests, break-glass pins, trust snapshots.
+    "static": "proxy.sources.static.entry",
 }
 
 _loaded: dict[str, SourceType] = {}
