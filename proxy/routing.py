@@ -61,7 +61,7 @@ class Router:
 
 def _upstream_name(up: UpstreamSettings, repo: str) -> str:
     # Docker Hub: official images live under library/; `docker pull alpine` means
-    # library/alpine, and their GUN is docker.io/library/alpine.
+    # library/alpine, and their repository name is docker.io/library/alpine.
     if up.registry == DOCKER_HUB and "/" not in repo:
         return f"library/{repo}"
     return repo

@@ -114,7 +114,7 @@ class UpstreamAuthSettings:
 class UpstreamSettings:
     name: str
     url: str  # scheme://host[:port], no path
-    registry: str  # the registry name in GUNs and policy patterns (docker.io for Docker Hub)
+    registry: str  # the registry name in repository names and policy patterns (docker.io for Hub)
     prefix: str | None = None  # /v2/<prefix>/<repo>/... routes here, as <repo>
     ca_file: Path | None = None
     auth: UpstreamAuthSettings = field(default_factory=UpstreamAuthSettings)
@@ -142,12 +142,12 @@ class UpstreamSettings:
 @dataclass(frozen=True)
 class TrustSourceSettings:
     name: str
-    type: str  # a proxy.sources.registry type name ("notary")
+    type: str  # a proxy.sources.registry type name
     url: str
     ca_file: Path | None = None
     credentials: CredentialSettings = field(default_factory=CredentialSettings)
     # How long verified trust data is used before a request refreshes it: the longest a
-    # revocation (`notary remove` + publish) takes to reach clients. None: use
+    # revocation (a signature removed and published) takes to reach clients. None: use
     # ``cache.refresh_seconds`` (see :meth:`fresh_for`).
     refresh_interval: float | None = None
     # After a failed refresh (outage, bad data), how long before the next attempt.
@@ -538,7 +538,7 @@ def _registry_name(v: Any, path: str) -> str:
     return registry_for_host(text)
 
 
-#: Docker Hub's host names. Its repositories are docker.io/<repo> in Notary GUNs, in
+#: Docker Hub's host names. Its repositories are docker.io/<repo> in trust data, in
 #: policy patterns and in Docker's own reference normalisation (index.docker.io is
 #: docker.io), whichever host the API is reached at.
 DOCKER_HUB_HOSTS = frozenset(
@@ -547,9 +547,9 @@ DOCKER_HUB_HOSTS = frozenset(
 
 
 def registry_for_host(host: str) -> str:
-    """The registry name GUNs use for ``host`` (host[:port], lower case): ``docker.io`` for
-    Docker Hub (also at :443), the host itself otherwise. Without it, an upstream whose url
-    is https://registry-1.docker.io and whose ``registry`` is left out named its
+    """The registry part of repository names for ``host`` (host[:port], lower case):
+    ``docker.io`` for Docker Hub (also at :443), the host itself otherwise. Without it, an
+    upstream whose url is https://registry-1.docker.io and whose ``registry`` is left out named its
     repositories registry-1.docker.io/..., which no docker.io/... rule matches (and missed
     the library/ prefix of official images)."""
     name, _, port = host.partition(":")

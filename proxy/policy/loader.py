@@ -85,8 +85,8 @@ def load_policy(
     ``source`` uses the only one (or is an error when there are several or none). When None
     (checking a policy on its own) source names are not checked and missing ones stay None.
     A rule's verification keys are those of its source's type; where the type is not known
-    (no config, or only names) they are read as the first registered type's (Notary v1), as
-    every policy file written before there were several types.
+    (no config, or only names) they are read as the first registered type's, as every policy
+    file written before there were several types.
 
     Relative ``rootCA`` files are resolved against the policy file's folder and read now.
     Raises ConfigError naming the offending key; never returns a partial policy.

@@ -9,7 +9,7 @@ Semantics (documented in the README, enforced by the loader):
   what enforce would serve where it can, otherwise passes through, and records what enforce
   would have denied; ``off`` passes through. ``require_signatures: false`` means ``off``.
 - ``verification``: whose signatures count, read by the source type of the rule's
-  ``source`` (Notary v1: root of trust and signers, proxy/sources/notary/policy.py).
+  ``source`` (``proxy/sources/<type>/``, through the source registry).
 - ``tag_patterns``: globs a tag must match to be served at all (empty: any tag).
 - ``expiry_grace``: when the trust server cannot be reached, cached verified data is served
   up to this long past its expiry (zero: never past expiry).

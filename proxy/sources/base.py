@@ -1,65 +1,43 @@
 """The trust-source interface: "which digest is this tag signed at, and by whom?".
 
-Every trust source (Notary v1 now; Notation and Cosign later) implements
-:class:`TrustSource`. The enforcement layer builds its policy on four outcomes::
+Every trust source (one package under ``proxy/sources/<type>/``, one registry entry)
+implements :class:`TrustSource`. The enforcement layer builds its policy on four outcomes::
 
-    resolve(repository, tag, rule) -> SignedAnswer          the tag is signed: pull by this digest
+    resolve(repository, tag, rule) -> SignedAnswer   the tag is signed: pull by this digest
                             raises NotSignedError    the tag is not signed under the rule
                                    └── NoTrustDataError   the repository has no trust data
                             raises TrustSourceUnavailableError  could not fetch, nothing
                                                      valid cached (the proxy answers 503)
                             raises TrustDataError    the trust data is bad (never trusted)
 
-A :class:`SigningRule` is what a policy configures per repository: the root of trust, which
-roles must sign, which may not disagree, and how long past expiry cached data may serve
-during an outage. It carries no I/O and is hashable, so sources may key caches on it.
-
-``NotSignedError`` subclasses say *why* in words users know (the enforcement layer shows
-``str(error)`` to clients): :class:`NotSignedByError`, :class:`TooFewSignaturesError`,
-:class:`SignersDisagreeError`. A source may also raise a plain ``NotSignedError``.
+``rule`` is a :data:`SourceRule`: what the source's type made of a policy rule's
+verification part, opaque here, hashable so sources may key caches on it. A
+``SignedAnswer`` carries the digest, its length when known, who signed (display strings)
+and the source's evidence for the audit record; ``TrustInfo`` an opaque key of the trust
+state. ``NotSignedError`` subclasses of a source say *why* in its users' words (the
+enforcement layer shows ``str(error)`` to clients).
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection, Hashable, Mapping
+from collections.abc import Hashable, Mapping
 from dataclasses import dataclass, field
-from datetime import timedelta
 from types import MappingProxyType
 from typing import Any, Protocol
 
 from proxy.errors import NotSignedError, TrustDataError, TrustSourceUnavailableError
-from proxy.sources.notary.tuf import (
-    PinnedRootCerts,
-    PinnedRootKeys,
-    RoleRequirement,
-    RootCA,
-    RootOfTrust,
-    SignedTarget,
-    TrustOnFirstUse,
-)
 
 __all__ = [
     "Evidence",
     "NoTrustDataError",
-    "NotSignedByError",
     "NotSignedError",
-    "PinnedRootCerts",
-    "PinnedRootKeys",
     "RegistryReads",
-    "RoleRequirement",
-    "RootCA",
-    "RootOfTrust",
     "SignedAnswer",
     "SignedState",
-    "SignedTarget",
-    "SignersDisagreeError",
-    "SigningRule",
     "SourceRule",
     "TaggedManifest",
-    "TooFewSignaturesError",
     "TrustDataError",
     "TrustInfo",
-    "TrustOnFirstUse",
     "TrustSource",
     "TrustSourceUnavailableError",
 ]
@@ -78,43 +56,8 @@ class NoTrustDataError(NotSignedError):
         super().__init__(f"{server} does not have trust data for {repository}")
 
 
-class NotSignedByError(NotSignedError):
-    """No acceptable role signs the tag: "tag v1 is not signed by targets/releases or
-    targets". ``roles`` are the roles that would have had to sign it."""
-
-    def __init__(self, tag: str, roles: tuple[str, ...], note: str = "") -> None:
-        self.tag = tag
-        self.roles = roles
-        text = f"tag {tag} is not signed by {' or '.join(roles)}"
-        super().__init__(f"{text} ({note})" if note else text)
-
-
-class TooFewSignaturesError(NotSignedError):
-    """A required role signs the tag, with fewer valid signatures than its threshold."""
-
-    def __init__(self, tag: str, role: str, valid: int, required: int) -> None:
-        self.tag = tag
-        self.role = role
-        self.valid = valid
-        self.required = required
-        super().__init__(
-            f"tag {tag} is signed by {role} with {valid} valid signature(s), {required} required"
-        )
-
-
-class SignersDisagreeError(NotSignedError):
-    """Signers sign the tag at different digests; never resolved by picking one.
-    ``claims`` are ``(role, digest)`` pairs in rule order."""
-
-    def __init__(self, tag: str, claims: tuple[tuple[str, str], ...]) -> None:
-        self.tag = tag
-        self.claims = claims
-        said = ", ".join(f"{role} signs {digest}" for role, digest in claims)
-        super().__init__(f"signers disagree on tag {tag}: {said}")
-
-
 #: What a source's type made of a policy rule's verification part (Notary: a
-#: :class:`SigningRule`): opaque outside the source's package, hashable (caches key on it).
+#: ``SigningRule``): opaque outside the source's package, hashable (caches key on it).
 SourceRule = Any
 
 #: Per-source facts behind an answer, for the audit record (JSON-able values; Notary:
@@ -207,49 +150,6 @@ class SignedState:
     info: TrustInfo
     #: digests acceptable apart from any tag (pulls by digest under ``digests: signed``)
     digests: frozenset[str] = frozenset()
-
-
-@dataclass(frozen=True)
-class SigningRule:
-    """How a repository's signatures are judged.
-
-    ``root_of_trust`` has no default on purpose: trust on first use must be chosen, not
-    fallen into. ``required_roles`` None means Docker's rule (``targets/releases``, else
-    ``targets``); otherwise every listed role must sign the tag at one digest with at
-    least its ``min_signatures``. ``optional_roles`` need not sign, but a tag one of them
-    signs at another digest (or length) than the answer is refused
-    (``SignersDisagreeError``). ``allow_expired_root_cert`` accepts a root whose leaf
-    certificate expired (sources log it on every use). ``expiry_grace``: when the trust
-    server cannot be reached, cached verified data may be used up to this long past its
-    expiry (zero: never past expiry); never when the server answers.
-    """
-
-    root_of_trust: RootOfTrust
-    required_roles: tuple[RoleRequirement, ...] | None = None
-    allow_expired_root_cert: bool = False
-    optional_roles: tuple[str, ...] = ()
-    expiry_grace: timedelta = timedelta(0)
-
-    def __post_init__(self) -> None:
-        if self.required_roles is not None and not self.required_roles:
-            raise ValueError("required_roles must name at least one role (or be None)")
-        if self.expiry_grace < timedelta(0):
-            raise ValueError("expiry_grace must not be negative")
-        required = {r.name for r in self.required_roles or ()}
-        if required & set(self.optional_roles):
-            raise ValueError("a role cannot be both required and optional")
-
-    @property
-    def docker(self) -> bool:
-        """True for Docker's rule."""
-        return self.required_roles is None
-
-    @property
-    def role_names(self) -> Collection[str]:
-        """Roles the rule reads."""
-        if self.required_roles is None:
-            return ("targets/releases", "targets")
-        return tuple(r.name for r in self.required_roles)
 
 
 class TrustSource(Protocol):

@@ -1,7 +1,7 @@
 """Cross-replica single flight: at most one replica walks a repository's trust data at a time.
 
 Inside one process, concurrent misses for a repository already share one refresh task
-(:class:`~proxy.sources.notary.NotarySource`). Across replicas a store may also offer a
+(the source's own single flight). Across replicas a store may also offer a
 lock (:class:`ReplicaLock`; the Redis store does, with ``SET key token NX PX timeout``):
 
     acquired          -> refresh from the network, save, release

@@ -79,6 +79,8 @@ class SourceType:
     #: the evidence keys its answers carry, each with its empty value: every audit line
     #: has them (Notary: roles, key_ids, metadata_versions), whoever answered
     evidence_fields: Mapping[str, Any] = field(default_factory=dict)
+    #: adds the type's own commands under ``trustproxy trust`` (argparse subparsers)
+    add_cli: Callable[[Any], None] | None = None
 
 
 #: ``type:`` -> the module whose ``SOURCE_TYPE`` describes it (loaded on first use).

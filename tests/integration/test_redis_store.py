@@ -15,7 +15,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from proxy.metrics import REGISTRY
-from proxy.sources import SigningRule
+from proxy.sources.notary.rules import SigningRule
 from proxy.sources.notary.source import (
     NotarySource,
     NotarySourceOptions,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import datetime
+from typing import Any
 
 from proxy.settings import (
     CacheSettings,
@@ -56,6 +57,13 @@ def build(
     return NotarySource.from_settings(settings, limits, store, clock=clock, cache=cache)
 
 
+def add_cli(trust_sub: Any) -> None:
+    """``trustproxy trust inspect`` (loaded only when the CLI builds its parser)."""
+    from proxy.sources.notary.inspect_cli import add_cli as add
+
+    add(trust_sub)
+
+
 SOURCE_TYPE = SourceType(
     name="notary",
     title="Notary v1 (Docker Content Trust)",
@@ -64,4 +72,5 @@ SOURCE_TYPE = SourceType(
     parse_rule=parse_rule,
     build=build,
     evidence_fields={"roles": [], "key_ids": [], "metadata_versions": {}},
+    add_cli=add_cli,
 )

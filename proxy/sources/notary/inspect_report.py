@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from proxy.errors import NotSignedError
-from proxy.sources.base import SigningRule
+from proxy.sources.notary.rules import SigningRule
 from proxy.sources.notary.source import acceptable_tags
 from proxy.sources.notary.tuf import (
     PinnedRootCerts,

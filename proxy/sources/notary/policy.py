@@ -18,7 +18,7 @@ from typing import Any, Final
 from proxy.errors import ConfigError
 from proxy.policy.loader import RuleContext, RuleSection, kind_of, parse_bool, parse_list, parse_str
 from proxy.policy.model import Mode
-from proxy.sources.base import SigningRule
+from proxy.sources.notary.rules import SigningRule
 from proxy.sources.notary.tuf import (
     PinnedRootCerts,
     PinnedRootKeys,

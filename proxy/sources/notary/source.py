@@ -69,17 +69,15 @@ from prometheus_client import Counter
 from proxy.errors import NotSignedError, TrustDataError, TrustSourceUnavailableError
 from proxy.metrics import TRUST_CACHE, TRUST_REFRESH_SECONDS
 from proxy.settings import CacheSettings, LimitSettings, TrustSourceSettings
-from proxy.sources.base import (
-    NoTrustDataError,
+from proxy.sources.base import NoTrustDataError, SignedState, TrustInfo
+from proxy.sources.flight import ReplicaLock
+from proxy.sources.notary.fetcher import NotaryFetcher
+from proxy.sources.notary.rules import (
     NotSignedByError,
-    SignedState,
     SignersDisagreeError,
     SigningRule,
     TooFewSignaturesError,
-    TrustInfo,
 )
-from proxy.sources.flight import ReplicaLock
-from proxy.sources.notary.fetcher import NotaryFetcher
 from proxy.sources.notary.tuf import (
     Limits,
     MetadataFormatError,

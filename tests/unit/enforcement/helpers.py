@@ -22,16 +22,11 @@ from proxy.enforcement.enforcing_gate import EnforcingGate
 from proxy.errors import TrustproxyError
 from proxy.http.app import create_app
 from proxy.policy.model import Mode, Policy, RepositoryRule
-from proxy.sources.base import (
-    NotSignedByError,
-    SignedState,
-    SignedTarget,
-    SigningRule,
-    TrustInfo,
-)
+from proxy.sources.base import SignedState, TrustInfo
 from proxy.sources.notary.policy import NotaryVerification, SignerRequirement
+from proxy.sources.notary.rules import NotSignedByError, SigningRule
 from proxy.sources.notary.source import trust_info_of
-from proxy.sources.notary.tuf import TrustOnFirstUse
+from proxy.sources.notary.tuf import SignedTarget, TrustOnFirstUse
 from proxy.trust_gate import TrustGate
 from tests.unit.test_handlers import REPO, FakeRegistry, make_settings
 

@@ -11,7 +11,8 @@ from proxy.enforcement.enforcing_gate import Finding, decide
 from proxy.errors import NotSignedError, TrustSourceUnavailableError
 from proxy.metrics import UPSTREAM_ERRORS
 from proxy.policy.model import Mode
-from proxy.sources.base import NoTrustDataError, SignersDisagreeError, TooFewSignaturesError
+from proxy.sources.base import NoTrustDataError
+from proxy.sources.notary.rules import SignersDisagreeError, TooFewSignaturesError
 from proxy.sources.notary.tuf import ThresholdError
 from tests.unit.enforcement.helpers import (
     GUN,

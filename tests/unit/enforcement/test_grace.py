@@ -16,7 +16,7 @@ from proxy.metrics import REGISTRY
 from proxy.policy.model import Policy
 from proxy.routing import Route
 from proxy.settings import UpstreamSettings
-from proxy.sources import SigningRule
+from proxy.sources.notary.rules import SigningRule
 from proxy.sources.notary.tuf import ExpiredError, TrustOnFirstUse
 from proxy.trust_gate import RequestContext, ServeDigest
 from tests.simulators.notary_repo import NotaryRepository

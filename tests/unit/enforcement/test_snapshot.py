@@ -22,9 +22,10 @@ from proxy.errors import NotSignedError
 from proxy.policy.model import Policy
 from proxy.routing import Route
 from proxy.settings import UpstreamSettings
-from proxy.sources.base import SignedState, SignedTarget, SigningRule, TrustInfo
+from proxy.sources.base import SignedState, TrustInfo
+from proxy.sources.notary.rules import SigningRule
 from proxy.sources.notary.source import NotarySourceOptions, trust_info_of
-from proxy.sources.notary.tuf import TrustedSet, TrustOnFirstUse
+from proxy.sources.notary.tuf import SignedTarget, TrustedSet, TrustOnFirstUse
 from proxy.trust_gate import RequestContext
 from tests.simulators.notary_repo import NotaryRepository
 from tests.simulators.registry_reads import DictRegistry

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from proxy.cli import _UsageError, main, parse_image
-from proxy.sources import SigningRule
 from proxy.sources.notary.inspect_report import build_report, format_compact, format_pretty
+from proxy.sources.notary.rules import SigningRule
 from proxy.sources.notary.tuf import PinnedRootKeys, RoleRequirement, TrustedSet, TrustOnFirstUse
 from tests.simulators.notary_repo import NotaryRepository
 from tests.unit.sources.sim import GUN, SIM_TIME

@@ -12,7 +12,8 @@ import pytest
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from proxy.metrics import REGISTRY
-from proxy.sources import MemoryTrustStateStore, SigningRule
+from proxy.sources import MemoryTrustStateStore
+from proxy.sources.notary.rules import SigningRule
 from proxy.sources.notary.tuf import TrustOnFirstUse
 from proxy.sources.redis_store import (
     RedisConnection,

@@ -16,8 +16,9 @@ import httpx
 import pytest
 
 from proxy.errors import NotSignedError, TrustSourceUnavailableError
-from proxy.sources import MemoryTrustStateStore, NoTrustDataError, SigningRule
+from proxy.sources import MemoryTrustStateStore, NoTrustDataError
 from proxy.sources.base import TrustInfo
+from proxy.sources.notary.rules import SigningRule
 from proxy.sources.notary.source import (
     NotarySource,
     NotarySourceOptions,

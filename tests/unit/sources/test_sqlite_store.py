@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from proxy.sources import SigningRule
+from proxy.sources.notary.rules import SigningRule
 from proxy.sources.notary.source import NotarySource, NotarySourceOptions
 from proxy.sources.notary.tuf import RollbackError, TrustOnFirstUse
 from proxy.sources.sqlite_store import (

@@ -11,7 +11,7 @@ from types import MappingProxyType
 
 import pytest
 
-from proxy.sources import SigningRule
+from proxy.sources.notary.rules import SigningRule
 from proxy.sources.notary.source import (
     NotarySource,
     decode_record,
