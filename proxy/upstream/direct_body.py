@@ -69,7 +69,7 @@ class _BoundedReads(asyncio.Protocol):
     connection could queue megabytes ahead of the relay (profiled: ~2 MiB per stream with
     50 concurrent blobs). anyio resumes reading when its queue is empty, as before."""
 
-    def __init__(self, inner: Any, transport: asyncio.Transport, limit: int) -> None:
+    def __init__(self, inner: Any, transport: Any, limit: int) -> None:
         self._inner = inner
         self._transport = transport
         self._limit = limit
@@ -103,11 +103,12 @@ def _bound_reads(network_stream: Any, limit: int) -> None:
     stream = getattr(network_stream, "_stream", None)  # httpcore AnyIOStream → anyio
     stream = getattr(stream, "transport_stream", stream)  # under TLS: the socket stream
     protocol = getattr(stream, "_protocol", None)
-    transport = getattr(stream, "_transport", None)
+    transport: Any = getattr(stream, "_transport", None)
     if (
         isinstance(protocol, asyncio.Protocol)
         and hasattr(protocol, "read_queue")
-        and isinstance(transport, asyncio.Transport)
+        # uvloop's transports are not asyncio.Transport subclasses: ask for what is used.
+        and all(hasattr(transport, m) for m in ("get_protocol", "set_protocol", "pause_reading"))
         and transport.get_protocol() is protocol
     ):
         transport.set_protocol(_BoundedReads(protocol, transport, limit))

@@ -19,9 +19,17 @@ pytestmark = pytest.mark.anyio
 BODY = bytes(range(251)) * (64 * 1024 + 3)  # ~16 MiB, not a multiple of any read size
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
+@pytest.fixture(
+    params=[
+        pytest.param(("asyncio", {}), id="asyncio"),
+        pytest.param(("asyncio", {"use_uvloop": True}), id="uvloop"),
+    ]
+)
+def anyio_backend(request: pytest.FixtureRequest) -> tuple[str, dict[str, bool]]:
+    # uvloop is what the proxy runs on (its transports are no asyncio.Transport).
+    pytest.importorskip("uvloop")
+    backend: tuple[str, dict[str, bool]] = request.param
+    return backend
 
 
 async def _serve(
