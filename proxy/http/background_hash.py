@@ -31,10 +31,10 @@ from typing import Any
 
 #: Chunks go to the worker in batches of at least this many bytes: one hand-off (a queue
 #: put, a thread wake-up, a GIL hand-over) per few socket reads instead of one per read.
-BATCH_BYTES = 256 * 1024
+BATCH_BYTES = 1024 * 1024
 #: Bytes handed to the worker and not hashed yet before the relay waits for it: enough
 #: for the hash to keep up, little memory held (this many per blob, plus one batch).
-MAX_BACKLOG = 512 * 1024
+MAX_BACKLOG = 1024 * 1024
 
 
 class _Workers:
