@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import ssl
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -13,6 +15,7 @@ import pytest
 from proxy.settings import LimitSettings
 from proxy.upstream.client import UPSTREAM_READ_BYTES, make_http_client
 from proxy.upstream.direct_body import _BoundedReads, direct_body
+from testbed.tls import make_ca
 
 pytestmark = pytest.mark.anyio
 
@@ -33,7 +36,12 @@ def anyio_backend(request: pytest.FixtureRequest) -> tuple[str, dict[str, bool]]
 
 
 async def _serve(
-    head: bytes, body: bytes, *, then: bytes = b"", close_early: bool = False
+    head: bytes,
+    body: bytes,
+    *,
+    then: bytes = b"",
+    close_early: bool = False,
+    tls: ssl.SSLContext | None = None,
 ) -> tuple[asyncio.Server, str]:
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await reader.readuntil(b"\r\n\r\n")
@@ -53,8 +61,9 @@ async def _serve(
         finally:
             writer.close()
 
-    server = await asyncio.start_server(handle, "127.0.0.1", 0)
-    return server, f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    server = await asyncio.start_server(handle, "127.0.0.1", 0, ssl=tls)
+    scheme = "https" if tls else "http"
+    return server, f"{scheme}://127.0.0.1:{server.sockets[0].getsockname()[1]}"
 
 
 @pytest.fixture
@@ -140,3 +149,30 @@ async def test_read_ahead_is_bounded(http: httpx.AsyncClient) -> None:
         finally:
             await response.aclose()
     assert first + b"".join(rest) == BODY
+
+
+async def test_over_tls_the_body_is_exact_and_read_ahead_bounded(tmp_path: Path) -> None:
+    """Under TLS the network stream is anyio's TLSStream: the bound goes on the socket
+    stream beneath it."""
+    ca = make_ca(tmp_path)
+    pair = ca.issue_server(tmp_path, "upstream")
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_ctx.load_cert_chain(pair.cert, pair.key)
+    server, url = await _serve(_head(len(BODY)), BODY, tls=server_ctx)
+    http = make_http_client(LimitSettings(), str(ca.cert))
+    try:
+        async with server:
+            response = await http.send(http.build_request("GET", url), stream=True)
+            try:
+                body = direct_body(response, read_bytes=UPSTREAM_READ_BYTES)
+                assert body is not None
+                first = await anext(body)
+                tls_stream = response.extensions["network_stream"]._stream
+                transport = tls_stream.transport_stream._transport
+                assert isinstance(transport.get_protocol(), _BoundedReads)
+                rest = [c async for c in body]
+            finally:
+                await response.aclose()
+    finally:
+        await http.aclose()
+    assert hashlib.sha256(first + b"".join(rest)).digest() == hashlib.sha256(BODY).digest()
