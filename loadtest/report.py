@@ -20,6 +20,8 @@ def _fmt(value: float, unit: str) -> str:
         return f"{value:.0f} MiB"
     if unit == "%":
         return f"{value:.1f} %"
+    if unit == "s/GB":
+        return f"{value:.2f} s/GB"
     return f"{value:g}"
 
 
@@ -38,10 +40,10 @@ def targets_table(results: dict[str, Any]) -> list[str]:
     """The headline: every target with what was measured and whether it is met."""
     lines = ["| What | Measured | Target | Met |", "|---|---:|---:|:---:|"]
     for t in results["targets"]:
-        limit = _fmt(t["limit"], t["unit"])
         op = {">=": "≥", "<=": "≤"}[t["op"]]
+        target = f"{op} {_fmt(t['limit'], t['unit'])}"
         met = "yes" if t["met"] else "**no**"
-        lines.append(f"| {t['label']} | {_fmt(t['measured'], t['unit'])} | {op} {limit} | {met} |")
+        lines.append(f"| {t['label']} | {_fmt(t['measured'], t['unit'])} | {target} | {met} |")
     return lines
 
 

@@ -514,6 +514,9 @@ class Target:
 
 
 def targets(results: dict[str, Any]) -> list[Target]:
+    """Every row of the "Performance" issue's table that this suite measures, against the
+    issue's target, in the issue's order; then the single-flight rows. Not measured here
+    (docs/performance.md says so): memory per cached repository (1,000 x 100 tags)."""
     m, bs, bc = results["manifests"], results["blob_single"], results["blob_concurrent"]
     cold, core, sf = results["cold"], results["trust_core"], results["single_flight"]
     return [
@@ -523,7 +526,7 @@ def targets(results: dict[str, Any]) -> list[Target]:
             m["trustproxy_vs_registry_rps"],
             "×",
             ">=",
-            1.0,
+            2.5,
         ),
         Target(
             "manifest_added_p99_ms",
@@ -531,15 +534,33 @@ def targets(results: dict[str, Any]) -> list[Target]:
             m["trustproxy_added_p99_ms"],
             "ms",
             "<=",
-            5.0,
+            2.0,
         ),
         Target(
             "blob_single_ratio",
-            "single-stream blob throughput, trustproxy / nginx",
+            f"single-stream {bs['blob_bytes'] // MiB} MiB blob throughput, trustproxy / nginx "
+            "(blob verification on)",
             bs["trustproxy_vs_nginx"],
             "×",
             ">=",
             0.9,
+        ),
+        Target(
+            "blob_concurrent_ratio",
+            f"{bc['streams']} concurrent {bc['blob_bytes'] // MiB} MiB blobs, aggregate "
+            "throughput, trustproxy / nginx",
+            bc["trustproxy_vs_nginx"],
+            "×",
+            ">=",
+            0.9,
+        ),
+        Target(
+            "blob_cpu_s_per_gb",
+            "trustproxy CPU seconds per GB relayed (all blob runs, verification on)",
+            results["cpu"]["trustproxy"]["cpu_s_per_gb_streamed"],
+            "s/GB",
+            "<=",
+            0.5,
         ),
         Target(
             "blob_concurrent_rss_mib",
@@ -560,11 +581,11 @@ def targets(results: dict[str, Any]) -> list[Target]:
         ),
         Target(
             "verify_targets_ms",
-            f"verify a {core['tags']:,}-tag targets role",
+            f"parse + verify a {core['tags']:,}-tag targets role",
             core["verify_targets_ms"],
             "ms",
             "<=",
-            50.0,
+            40.0,
         ),
         Target(
             "single_flight_max_per_file",

@@ -36,13 +36,22 @@ import anyio
 import httpx
 from starlette.types import Receive, Scope, Send
 
+from proxy.http.background_hash import BackgroundHash
 from proxy.http.relay import framed_length
 from proxy.metrics import UPSTREAM_ERRORS
+from proxy.upstream.client import UPSTREAM_READ_BYTES
+from proxy.upstream.direct_body import direct_body
 
 log = logging.getLogger("trustproxy.stream")
 
 #: Hash algorithms a blob digest may name (proxy/reference.py accepts these).
 _DIGEST_ALGORITHMS = ("sha256", "sha512")
+#: A blob is hashed on the event loop up to this many bytes, then on a worker thread.
+INLINE_HASH_BYTES = 1024 * 1024
+#: From this declared length on, the body is read from the connection past h11
+#: (proxy/upstream/direct_body.py): fewer copies and layers per chunk, but the connection
+#: is closed afterwards instead of pooled, which only pays off for large bodies.
+DIRECT_BODY_BYTES = 8 * 1024 * 1024
 
 
 class _Cut(Exception):
@@ -182,6 +191,9 @@ class UpstreamBodyResponse:
         """Every body chunk but the final empty one; raises _Cut to leave it unfinished."""
         expected = self.expected_digest
         hasher = hashlib.new(expected.partition(":")[0]) if expected else None
+        # Past the first INLINE_HASH_BYTES the hash moves to a worker thread and runs beside
+        # the relay (proxy/http/background_hash.py): small blobs do not pay the hand-off.
+        background: BackgroundHash | None = None
         # With a digest to check, the chunk that completes the blob waits for the hash, so a
         # bad blob never arrives whole. With a declared length that chunk is known when it
         # arrives and every other one goes out at once, undelayed and uncopied; without
@@ -192,7 +204,10 @@ class UpstreamBodyResponse:
         waited = 0.0  # seconds spent waiting for the upstream (not for the client)
         asked = time.monotonic()
         try:
-            async for chunk in self.upstream.aiter_raw():
+            body = None
+            if length is not None and length >= DIRECT_BODY_BYTES:
+                body = direct_body(self.upstream, read_bytes=UPSTREAM_READ_BYTES)
+            async for chunk in body or self.upstream.aiter_raw():
                 waited += time.monotonic() - asked
                 if chunk:
                     received += len(chunk)
@@ -206,10 +221,13 @@ class UpstreamBodyResponse:
                     if hasher is None:
                         await send({"type": "http.response.body", "body": chunk, "more_body": True})
                     else:
-                        # Inline. sha256 adds ~0.6 CPU s/GB to the relay's ~0.8; hashing in
-                        # a worker thread per chunk was tried and cost more CPU (the
-                        # hand-off) than the overlap saved on 2 CPUs.
-                        hasher.update(chunk)
+                        if background is not None:
+                            await background.update(chunk)
+                        elif received > INLINE_HASH_BYTES:
+                            background = BackgroundHash(hasher)
+                            await background.update(chunk)
+                        else:
+                            hasher.update(chunk)
                         if length is not None and received < length:
                             await send({"type": "http.response.body", "body": chunk,
                                         "more_body": True})  # fmt: skip
@@ -219,14 +237,24 @@ class UpstreamBodyResponse:
                                             "more_body": True})  # fmt: skip
                             held = chunk
                 asked = time.monotonic()
+            if hasher is not None:
+                if background is None:
+                    actual = f"{hasher.name}:{hasher.hexdigest()}"
+                else:
+                    try:
+                        actual = await background.digest()
+                    except RuntimeError as e:  # the worker failed: no digest, no last chunk
+                        actual = f"none ({e})"
         except httpx.HTTPError as e:
             self._count("broken")
             raise _Cut(
                 "upstream_broke",
                 f"upstream {self.upstream_name} body broke after {received} bytes: {e!r}",
             ) from e
+        finally:
+            if background is not None:
+                background.abandon()  # a cut or a cancelled relay: skip what is still queued
         if hasher is not None:
-            actual = f"{hasher.name}:{hasher.hexdigest()}"
             if actual != expected:
                 self._count("mismatch")
                 raise _Cut(

@@ -14,7 +14,7 @@ Redis is untrusted storage: anyone who can write it may put back an older record
   being transferred (checked by a script on the server), and the source re-verifies what it
   gets. Nothing read here stands in for freshness (the source always asks the trust server
   for its signed timestamp before it uses a stored state).
-* Saves are a compare-and-set (``WATCH``/``MULTI``): a replica that fetched an older
+* Saves are an atomic compare-and-set (a script): a replica that fetched an older
   timestamp and saves late never lowers the rollback floors another replica saved. The
   ``gen`` field is only a claim: one above the saver's generation is checked by the
   caller's ``judge`` against the stored bytes' signed data, so a planted ``gen=999999``
