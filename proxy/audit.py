@@ -21,7 +21,7 @@ import os
 import queue
 import threading
 from collections.abc import Mapping
-from dataclasses import asdict, replace
+from dataclasses import fields
 from pathlib import Path
 from typing import Any, Protocol, TextIO
 
@@ -102,20 +102,23 @@ class FileSink:
             os.close(fd)
 
 
+_RECORD_FIELDS = tuple(f.name for f in fields(Decision) if f.name != "evidence")
+_RECORD_FIELD_SET = frozenset(_RECORD_FIELDS)
+
+
 def decision_json(decision: Decision) -> str:
     """The audit line for ``decision``: every field of the record, one JSON object."""
-    record: dict[str, Any] = asdict(replace(decision, evidence={}))
-    del record["evidence"]
-    record["signers"] = list(decision.signers)
+    # The record's own fields are strings, None and tuples (JSON lists): no deep copy.
+    record: dict[str, Any] = {name: getattr(decision, name) for name in _RECORD_FIELDS}
     # The source's evidence as top-level fields (never over a field of the record), and
     # every registered type's fields on every line, empty when this decision has none: the
     # lines keep one shape whatever source answered.
-    common = set(record)
     for key, value in decision.evidence.items():
-        if key not in common:
+        if key not in _RECORD_FIELD_SET:
             record[key] = _plain(value)
-    for key, empty in audit_evidence_fields().items():
-        record.setdefault(key, empty)
+    for key, empty in audit_evidence_fields():
+        if key not in record:
+            record[key] = _plain(empty)
     # JSON escapes control characters: a newline in a User-Agent cannot split the line.
     return json.dumps(record, separators=(",", ":"), default=str)
 

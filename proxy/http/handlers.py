@@ -195,7 +195,7 @@ def request_context(
     registry = RegistryReader(
         client,
         route,
-        accept=_signed_fetch_headers(request),
+        accept=lambda: _signed_fetch_headers(request),
         authorization=request.headers.get("authorization"),
         manifest_max_bytes=state.settings.limits.manifest_max_bytes,
         cache=state.manifest_cache,

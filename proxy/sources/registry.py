@@ -112,10 +112,18 @@ def source_type(name: str) -> SourceType:
     return found
 
 
-def audit_evidence_fields() -> dict[str, Any]:
-    """Every registered type's evidence keys with their empty values (fresh copies)."""
-    out: dict[str, Any] = {}
-    for name in SOURCE_TYPES:
-        for key, empty in source_type(name).evidence_fields.items():
-            out.setdefault(key, copy.copy(empty))
-    return out
+def audit_evidence_fields() -> tuple[tuple[str, Any], ...]:
+    """Every registered type's evidence keys with their empty values (the audit writes them
+    on every line; computed once per set of types: it is asked for every decision)."""
+    names = tuple(SOURCE_TYPES)
+    cached = _evidence_fields.get(names)
+    if cached is None:
+        out: dict[str, Any] = {}
+        for name in names:
+            for key, empty in source_type(name).evidence_fields.items():
+                out.setdefault(key, copy.copy(empty))
+        cached = _evidence_fields[names] = tuple(out.items())
+    return cached
+
+
+_evidence_fields: dict[tuple[str, ...], tuple[tuple[str, Any], ...]] = {}

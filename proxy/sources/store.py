@@ -95,16 +95,16 @@ class SharedFloors(Protocol):
     only raise a floor: a refusal, never an allow.
     """
 
-    async def load_floors(self, gun: str) -> dict[str, int]:
-        """The floors stored for ``gun`` (empty when none).
+    async def load_floors(self, repository: str) -> dict[str, int]:
+        """The floors stored for ``repository`` (empty when none).
 
         Raises:
             StoreUnavailableError: the store cannot be read.
         """
         ...
 
-    async def raise_floors(self, gun: str, versions: Mapping[str, int]) -> None:
-        """Raise ``gun``'s stored floors to ``versions`` (never lowers one).
+    async def raise_floors(self, repository: str, versions: Mapping[str, int]) -> None:
+        """Raise ``repository``'s stored floors to ``versions`` (never lowers one).
 
         Raises:
             StoreUnavailableError: the store cannot be written.
@@ -123,7 +123,7 @@ class VouchingStore(Protocol):
     host then refresh a repository once per window between them, as one process does.
     """
 
-    async def load_vouched(self, gun: str) -> bytes | None:
+    async def load_vouched(self, repository: str) -> bytes | None:
         """The stored bytes when a process holding the key saved them, else None.
 
         Raises:

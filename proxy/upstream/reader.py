@@ -49,8 +49,9 @@ class RegistryReader:
 
     client: UpstreamClient
     route: Route
-    #: the Accept sent for manifests (the client's plus every manifest type known)
-    accept: Mapping[str, str]
+    #: the Accept sent for manifests (the client's plus every manifest type known), or how
+    #: to make it: most requests never read through the reader, so it is made on first use
+    accept: Mapping[str, str] | Callable[[], Mapping[str, str]]
     #: the requesting client's Authorization header (used by passthrough upstreams only)
     authorization: str | None
     manifest_max_bytes: int
@@ -58,6 +59,11 @@ class RegistryReader:
     flights: Flights = field(default_factory=dict)
     #: keeps a verified manifest (default: the manifest cache, without headers)
     remember: Remember | None = None
+
+    def _accept(self) -> Mapping[str, str]:
+        if callable(self.accept):  # made on first use
+            self.accept = self.accept()
+        return self.accept
 
     @property
     def _shared(self) -> bool:
@@ -110,7 +116,7 @@ class RegistryReader:
 
     async def _fetch_manifest(self, digest: str) -> bytes | None:
         what = f"manifest {self.route.client_name}@{digest}"
-        resp = await self._open("GET", self._path("manifests", digest), self.accept)
+        resp = await self._open("GET", self._path("manifests", digest), self._accept())
         if resp.status_code == 404:
             await resp.aclose()
             return None
@@ -128,7 +134,7 @@ class RegistryReader:
     async def manifest_by_tag(self, tag: str) -> TaggedManifest | None:
         """What the upstream has under ``tag`` now (None: not there). Tags move: nothing
         read by tag is cached."""
-        resp = await self._open("GET", self._path("manifests", tag), self.accept)
+        resp = await self._open("GET", self._path("manifests", tag), self._accept())
         if resp.status_code == 404:
             await resp.aclose()
             return None
@@ -141,7 +147,7 @@ class RegistryReader:
     async def head_tag(self, tag: str) -> str | None:
         """The digest the upstream says ``tag`` names (its Docker-Content-Digest: a hint to
         fetch by, never evidence), or None when the tag is not there."""
-        resp = await self._open("HEAD", self._path("manifests", tag), self.accept)
+        resp = await self._open("HEAD", self._path("manifests", tag), self._accept())
         await resp.aclose()
         if resp.status_code == 404:
             return None

@@ -112,8 +112,8 @@ def test_signed_tag_serves_the_signed_digest_not_the_upstreams_tag(
     assert d.served_digest == sha256(SIGNED)
     assert d.signers == ("targets/releases",)
     assert d.evidence == {
-        "roles": ["targets/releases"],
-        "key_ids": ["key1"],
+        "roles": ("targets/releases",),
+        "key_ids": ("key1",),
         "metadata_versions": {"root": 1, "targets": 1},
     }
     assert (d.rule, d.mode, d.method, d.user_agent) == (

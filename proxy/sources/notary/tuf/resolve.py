@@ -55,7 +55,7 @@ class SignedTarget:
 
     @property
     def evidence(self) -> Mapping[str, Any]:
-        return {"roles": list(self.roles), "key_ids": list(self.key_ids)}
+        return {"roles": self.roles, "key_ids": self.key_ids}
 
 
 @dataclass(frozen=True)
