@@ -44,10 +44,11 @@ __all__ = [
 
 
 class NoTrustDataError(NotSignedError):
-    """The trust server has no trust data for the repository at all (notary: 404).
+    """The source has no trust data for the repository at all (a trust server's 404, no
+    entry in a pins file).
 
-    A distinct outcome, not an error page: the repository was never signed, or was deleted
-    (``notary delete --remote``). The message is the one Docker users recognise.
+    A distinct outcome, not an error page: the repository was never signed, or its trust
+    data was deleted. The message is the one Docker users recognise.
     """
 
     def __init__(self, server: str, repository: str) -> None:
@@ -56,12 +57,12 @@ class NoTrustDataError(NotSignedError):
         super().__init__(f"{server} does not have trust data for {repository}")
 
 
-#: What a source's type made of a policy rule's verification part (Notary: a
-#: ``SigningRule``): opaque outside the source's package, hashable (caches key on it).
+#: What a source's type made of a policy rule's verification part: opaque outside the
+#: source's package, hashable (caches key on it).
 SourceRule = Any
 
-#: Per-source facts behind an answer, for the audit record (JSON-able values; Notary:
-#: ``roles``, ``key_ids``, ``metadata_versions``). Never read for a decision.
+#: Per-source facts behind an answer, for the audit record (JSON-able values: which keys
+#: signed, which versions of the trust data). Never read for a decision.
 Evidence = Mapping[str, Any]
 
 
@@ -125,7 +126,7 @@ class TrustInfo:
 
     #: an opaque, hashable identity of the trust state (equal states, equal keys)
     state_key: Hashable = ()
-    #: the facts of that state for the audit record (Notary: ``metadata_versions``)
+    #: the facts of that state for the audit record (versions of the trust data)
     evidence: Evidence = field(default_factory=lambda: MappingProxyType({}))
     #: served from cache past a failed refresh (possibly within ``expiry_grace``)
     stale: bool = False

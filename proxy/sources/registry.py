@@ -77,7 +77,7 @@ class SourceType:
     parse_rule: ParseRule
     build: BuildSource
     #: the evidence keys its answers carry, each with its empty value: every audit line
-    #: has them (Notary: roles, key_ids, metadata_versions), whoever answered
+    #: has them, whoever answered
     evidence_fields: Mapping[str, Any] = field(default_factory=dict)
     #: adds the type's own commands under ``trustproxy trust`` (argparse subparsers)
     add_cli: Callable[[Any], None] | None = None
