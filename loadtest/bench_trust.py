@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from datetime import timedelta
 
-from proxy.trust import (
+from proxy.sources.notary.tuf import (
     Limits,
     TrustedSet,
     TrustOnFirstUse,
@@ -24,7 +24,7 @@ from proxy.trust import (
     resolve_docker,
     signed_tags,
 )
-from proxy.trust.trusted_set import verify_threshold
+from proxy.sources.notary.tuf.trusted_set import verify_threshold
 from tests.simulators.notary_repo import DEFAULT_NOW, NotaryRepository
 
 REFERENCE_TIME = DEFAULT_NOW + timedelta(days=1)
@@ -87,7 +87,7 @@ def benchmarks(tags: int) -> tuple[Callable[[], object], list[tuple[str, Callabl
     state_bytes = state.to_bytes()
 
     def restore() -> None:
-        from proxy.trust import TrustedState
+        from proxy.sources.notary.tuf import TrustedState
 
         TrustedSet.from_state(
             TrustedState.from_bytes(state_bytes),

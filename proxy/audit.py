@@ -20,13 +20,15 @@ import logging
 import os
 import queue
 import threading
-from dataclasses import asdict
+from collections.abc import Mapping
+from dataclasses import fields
 from pathlib import Path
 from typing import Any, Protocol, TextIO
 
 from proxy.decisions import Decision, DecisionRecorder
 from proxy.metrics import DECISIONS
 from proxy.settings import AuditSettings
+from proxy.sources.registry import audit_evidence_fields
 
 log = logging.getLogger("trustproxy.audit")
 
@@ -100,13 +102,34 @@ class FileSink:
             os.close(fd)
 
 
+_RECORD_FIELDS = tuple(f.name for f in fields(Decision) if f.name != "evidence")
+_RECORD_FIELD_SET = frozenset(_RECORD_FIELDS)
+
+
 def decision_json(decision: Decision) -> str:
     """The audit line for ``decision``: every field of the record, one JSON object."""
-    record: dict[str, Any] = asdict(decision)
-    record["roles"] = list(decision.roles)
-    record["key_ids"] = list(decision.key_ids)
+    # The record's own fields are strings, None and tuples (JSON lists): no deep copy.
+    record: dict[str, Any] = {name: getattr(decision, name) for name in _RECORD_FIELDS}
+    # The source's evidence as top-level fields (never over a field of the record), and
+    # every registered type's fields on every line, empty when this decision has none: the
+    # lines keep one shape whatever source answered.
+    for key, value in decision.evidence.items():
+        if key not in _RECORD_FIELD_SET:
+            record[key] = _plain(value)
+    for key, empty in audit_evidence_fields():
+        if key not in record:
+            record[key] = _plain(empty)
     # JSON escapes control characters: a newline in a User-Agent cannot split the line.
     return json.dumps(record, separators=(",", ":"), default=str)
+
+
+def _plain(value: Any) -> Any:
+    """Evidence as JSON types (sources hand out read-only mappings and tuples)."""
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
 
 
 _REOPEN = object()

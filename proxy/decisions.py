@@ -6,8 +6,9 @@ writes the audit record and counts metrics. The gate never formats logs itself.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 Outcome = Literal[
     "served_signed",  # enforce/audit: served the signed digest
@@ -25,15 +26,16 @@ class Decision:
     time: str  # RFC 3339 UTC
     kind: Literal["manifest", "digest", "tags", "referrers"]
     outcome: Outcome
-    repository: str  # <registry>/<repo> (the GUN)
+    repository: str  # <registry>/<repo>
     reference: str  # tag or digest asked for
     reason: str
     rule: str | None = None  # the matching policy pattern
     mode: str | None = None
     served_digest: str | None = None
-    roles: tuple[str, ...] = ()
-    key_ids: tuple[str, ...] = ()
-    metadata_versions: dict[str, int] = field(default_factory=dict)
+    signers: tuple[str, ...] = ()  # who signed what was served, as people name them
+    #: the trust source's facts behind the decision (its answer's and its state's);
+    #: the audit line carries them as top-level fields (proxy/audit.py)
+    evidence: Mapping[str, Any] = field(default_factory=dict)
     client: str | None = None
     user_agent: str | None = None
     user: str | None = None

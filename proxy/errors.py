@@ -7,7 +7,7 @@ Three kinds of failure, three roots (plus configuration), so that callers can te
     ├── ConfigError                  the operator's config or policy is invalid (startup)
     ├── BadDataError                 untrusted bytes are wrong: never served, never trusted
     │   ├── TrustDataError           trust metadata failed verification   (role, field)
-    │   │   └── ...                  leaves in proxy/trust/errors.py
+    │   │   └── ...                  leaves in each source's verification core
     │   ├── UpstreamContentError     registry bytes are wrong (digest, size, syntax) -> 502
     │   └── OversizeError            a size-bounded read crossed its limit
     ├── FetchError                   something could not be fetched
@@ -46,8 +46,9 @@ class BadDataError(TrustproxyError):
 class TrustDataError(BadDataError):
     """Trust metadata failed parsing or verification.
 
-    ``role`` names the TUF role (``root``, ``targets/releases``, ...) and ``field`` the
-    offending field when there is one, so an operator can find the problem.
+    ``role`` names the part of the trust data at fault (a metadata role, a signature
+    artifact) and ``field`` the offending field when there is one, so an operator can find
+    the problem.
     """
 
     def __init__(self, message: str, *, role: str = "", field: str = "") -> None:

@@ -30,25 +30,19 @@ from typing import TYPE_CHECKING, Any, Protocol, TextIO
 
 from proxy.audit import AuditRecorder, build_recorder
 from proxy.decisions import DecisionRecorder
-from proxy.enforcement.build import (
-    FailClosedGate,
-    StoreFactory,
-    build_enforcement,
-    redis_connection,
-    redis_store_factory,
-)
+from proxy.enforcement.build import GateOwner, build_enforcement
+from proxy.enforcement.fail_closed import FailClosedGate
 from proxy.errors import ConfigError
-from proxy.gate import TrustGate
 from proxy.http.app import build_state
 from proxy.http.state import ProxyState
 from proxy.policy.loader import load_policy
 from proxy.policy.model import Policy
 from proxy.settings import CacheSettings, Settings, TrustSourceSettings, load_settings
-from proxy.sources.flight import ReplicaLock
-from proxy.sources.notary import NotarySourceOptions
-from proxy.sources.redis_store import RedisConnection, source_namespace
-from proxy.sources.sqlite_store import SqliteStateFile, with_host_floors
-from proxy.sources.store import MemoryTrustStateStore, TrustStateStore
+from proxy.sources.redis_store import RedisConnection
+from proxy.sources.sqlite_store import SqliteStateFile
+from proxy.sources.store import TrustStateStore
+from proxy.sources.store_factory import StoreFactory, redis_connection, state_stores, wants_redis
+from proxy.trust_gate import TrustGate
 
 if TYPE_CHECKING:
     from starlette.applications import Starlette
@@ -59,17 +53,10 @@ NO_POLICY_WARNING = "no policy_file: nothing is enforced, every tag passes throu
 DEFAULT_RETIRE_TIMEOUT = 3600.0  # longest a request may keep a replaced generation alive
 
 
-class Enforcement(Protocol):
-    """What ``proxy.enforcement.build.build_enforcement`` returns."""
-
-    @property
-    def gate(self) -> TrustGate: ...
-
-    async def aclose(self) -> None: ...
-
-
 class LoadPolicy(Protocol):
-    def __call__(self, path: Path, *, known_sources: Collection[str] | None = None) -> Policy: ...
+    def __call__(
+        self, path: Path, *, known_sources: Collection[str] | Mapping[str, str] | None = None
+    ) -> Policy: ...
 
 
 class BuildEnforcement(Protocol):
@@ -80,7 +67,7 @@ class BuildEnforcement(Protocol):
         *,
         recorder: DecisionRecorder,
         store_factory: StoreFactory | None = None,
-    ) -> Enforcement: ...
+    ) -> GateOwner: ...
 
 
 BuildState = Callable[[Settings, TrustGate], ProxyState]
@@ -151,7 +138,7 @@ class Generation:
     policy: Policy | None
     state: ProxyState
     recorder: AuditRecorder
-    enforcement: Enforcement | None = None
+    enforcement: GateOwner | None = None
     # Why the gate refuses everything (a configured policy that could not be loaded).
     fail_closed: str | None = None
 
@@ -194,31 +181,17 @@ class Builder:
     def store_factory(self, settings: Settings) -> StoreFactory:
         by_name = {s.name: s for s in settings.trust.sources}
         cache = settings.cache
-        redis_stores: StoreFactory | None = None
-        if cache.redis_url is not None and settings.trust.sources:
-            redis_stores = redis_store_factory(settings, self._redis_for(cache))
-
+        # The choice of store is store_factory's; this keeps stores across generations.
         state_file = self._state_file_for(cache) if settings.trust.sources else None
+        redis = self._redis_for(cache) if wants_redis(settings) else None
+        new_store = state_stores(settings, redis, state_file)
 
         def store(name: str) -> TrustStateStore:
             source = by_name[name]
             kept = self._stores.get(name)
             if kept is not None and kept[0] == source and kept[1] == cache:
                 return kept[2]
-            namespace = source_namespace(name, source.url)
-            new: TrustStateStore
-            if redis_stores is not None:
-                new = redis_stores(name)
-                if state_file is not None and isinstance(new, ReplicaLock):
-                    new = with_host_floors(new, state_file.floors(namespace))
-            elif state_file is not None:
-                new = state_file.store(
-                    namespace,
-                    max_bytes=NotarySourceOptions.state_max_bytes,
-                    lock_timeout=cache.lock_timeout,
-                )
-            else:
-                new = MemoryTrustStateStore()
+            new = new_store(name)
             self._stores[name] = (source, cache, new)
             return new
 
@@ -264,7 +237,8 @@ class Builder:
         if path is None:
             return None
         try:
-            return self.load_policy(path, known_sources=[s.name for s in settings.trust.sources])
+            known = {s.name: s.type for s in settings.trust.sources}
+            return self.load_policy(path, known_sources=known)
         except ConfigError as e:
             if e.path.startswith(str(path)):
                 raise
@@ -315,7 +289,7 @@ class Builder:
         return Generation(settings, policy, state, recorder, enforcement)
 
 
-def _close_soon(enforcement: Enforcement) -> None:
+def _close_soon(enforcement: GateOwner) -> None:
     try:
         loop = asyncio.get_running_loop()
     except RuntimeError:

@@ -1,4 +1,5 @@
-"""Which upstream serves a repository name, under which name, and its GUN (pure)."""
+"""Which upstream serves a repository name, under which name, and its fully qualified name
+(``<registry>/<repo>``, what policies and trust sources know it by). Pure."""
 
 from __future__ import annotations
 
@@ -19,8 +20,9 @@ class Route:
     upstream_name: str  # what the upstream registry calls it
 
     @property
-    def gun(self) -> str:
-        """The Notary GUN: ``<registry>/<repo>`` (``docker.io/library/alpine`` for Hub)."""
+    def repository(self) -> str:
+        """The fully qualified repository name policies and trust sources know it by:
+        ``<registry>/<repo>`` (``docker.io/library/alpine`` for Hub)."""
         return f"{self.upstream.registry}/{self.upstream_name}"
 
     @property
@@ -59,7 +61,7 @@ class Router:
 
 def _upstream_name(up: UpstreamSettings, repo: str) -> str:
     # Docker Hub: official images live under library/; `docker pull alpine` means
-    # library/alpine, and their GUN is docker.io/library/alpine.
+    # library/alpine, and their repository name is docker.io/library/alpine.
     if up.registry == DOCKER_HUB and "/" not in repo:
         return f"library/{repo}"
     return repo

@@ -29,6 +29,7 @@ from urllib.parse import urlsplit
 import yaml
 
 from proxy.errors import ConfigError
+from proxy.sources.registry import source_type, source_type_names
 from proxy.upstream.redirects import HostPattern, default_redirect_hosts
 
 ENV_PREFIX = "TRUSTPROXY_"
@@ -113,7 +114,7 @@ class UpstreamAuthSettings:
 class UpstreamSettings:
     name: str
     url: str  # scheme://host[:port], no path
-    registry: str  # the registry name in GUNs and policy patterns (docker.io for Docker Hub)
+    registry: str  # the registry name in repository names and policy patterns (docker.io for Hub)
     prefix: str | None = None  # /v2/<prefix>/<repo>/... routes here, as <repo>
     ca_file: Path | None = None
     auth: UpstreamAuthSettings = field(default_factory=UpstreamAuthSettings)
@@ -141,12 +142,12 @@ class UpstreamSettings:
 @dataclass(frozen=True)
 class TrustSourceSettings:
     name: str
-    type: Literal["notary"]
+    type: str  # a proxy.sources.registry type name
     url: str
     ca_file: Path | None = None
     credentials: CredentialSettings = field(default_factory=CredentialSettings)
     # How long verified trust data is used before a request refreshes it: the longest a
-    # revocation (`notary remove` + publish) takes to reach clients. None: use
+    # revocation (a signature removed and published) takes to reach clients. None: use
     # ``cache.refresh_seconds`` (see :meth:`fresh_for`).
     refresh_interval: float | None = None
     # After a failed refresh (outage, bad data), how long before the next attempt.
@@ -537,7 +538,7 @@ def _registry_name(v: Any, path: str) -> str:
     return registry_for_host(text)
 
 
-#: Docker Hub's host names. Its repositories are docker.io/<repo> in Notary GUNs, in
+#: Docker Hub's host names. Its repositories are docker.io/<repo> in trust data, in
 #: policy patterns and in Docker's own reference normalisation (index.docker.io is
 #: docker.io), whichever host the API is reached at.
 DOCKER_HUB_HOSTS = frozenset(
@@ -546,9 +547,9 @@ DOCKER_HUB_HOSTS = frozenset(
 
 
 def registry_for_host(host: str) -> str:
-    """The registry name GUNs use for ``host`` (host[:port], lower case): ``docker.io`` for
-    Docker Hub (also at :443), the host itself otherwise. Without it, an upstream whose url
-    is https://registry-1.docker.io and whose ``registry`` is left out named its
+    """The registry part of repository names for ``host`` (host[:port], lower case):
+    ``docker.io`` for Docker Hub (also at :443), the host itself otherwise. Without it, an
+    upstream whose url is https://registry-1.docker.io and whose ``registry`` is left out named its
     repositories registry-1.docker.io/..., which no docker.io/... rule matches (and missed
     the library/ prefix of official images)."""
     name, _, port = host.partition(":")
@@ -710,20 +711,9 @@ def _parse_trust(sec: _Section, warnings: list[str]) -> TrustSettings:
             s = _Section(src_raw[name], path, sec.base_dir, sec.check_files)
             if not _NAME.match(str(name)):
                 raise ConfigError(path, "source names use letters, digits, '.', '_', '-'")
-            typ = s.required("type", _choice("notary"))
-            url = s.required("url", _url)
-            ca_file = s.path_value("ca_file")
-            if ca_file is not None and sec.check_files and not ca_file.is_file():
-                # Not fatal at load: the source is unusable until the file exists, so every
-                # request that needs it fails closed (503) instead of the proxy not starting.
-                warnings.append(f"{s.sub('ca_file')}: file not found: {ca_file}")
-            auth = s.section("auth")
-            creds = _credentials(auth)
-            auth.finish()
-            refresh = s.value("refresh_interval", _duration, None)
-            retry = s.value("retry_interval", _duration, TrustSourceSettings.retry_interval)
-            s.finish()
-            sources.append(TrustSourceSettings(str(name), typ, url, ca_file, creds, refresh, retry))
+            # The type's own entry parses the rest of its section (proxy/sources/registry.py).
+            typ = s.required("type", _choice(*source_type_names()))
+            sources.append(source_type(typ).parse_settings(s, str(name), warnings))
     sec.finish()
     return TrustSettings(sources=tuple(sources))
 
@@ -890,3 +880,11 @@ def parse_settings(
         source_file=source_file,
         warnings=tuple(warnings),
     )
+
+
+# For the trust source types' own settings parsers (proxy/sources/<type>/entry.py): the
+# section reader and the value parsers every section uses, so messages read the same.
+ConfigSection = _Section
+parse_url = _url
+parse_duration = _duration
+parse_credentials = _credentials

@@ -28,7 +28,7 @@ import httpx
 from redis import Redis
 
 from proxy.sources.notary.source import decode_record, encode_record
-from proxy.trust.state import TrustedState
+from proxy.sources.notary.tuf.state import TrustedState
 from testbed import images
 from testbed.counting_front import CountingFront
 from testbed.enforcement_bed import (

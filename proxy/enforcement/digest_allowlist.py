@@ -7,7 +7,7 @@ multi-arch pull resolves to). Everything else is refused.
 Two bounded LRU caches:
 
 * children per index digest: content-addressed, so an entry never goes stale;
-* the whole allowlist per (GUN, signing rule, tag patterns, trust state), so a repeat
+* the whole allowlist per (repository, signing rule, tag patterns, trust state), so a repeat
   request costs one set lookup until the trust data changes.
 
 Fail closed: an index that cannot be fetched (upstream down) raises, so the pull is not
@@ -26,8 +26,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from proxy.errors import BadDataError, InvalidDigestError, UpstreamContentError
-from proxy.gate import FetchVerifiedManifest
 from proxy.reference import validate_digest
+from proxy.trust_gate import FetchVerifiedManifest
 
 __all__ = ["AllowlistAnswer", "DigestAllowlist", "index_children"]
 

@@ -21,7 +21,6 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from proxy.errors import FetchError
-from proxy.gate import PassThroughGate, TrustGate
 from proxy.http.access_log import AccessLogMiddleware
 from proxy.http.client_auth import Htpasswd
 from proxy.http.errors import oci_error_response
@@ -32,6 +31,7 @@ from proxy.metrics import REGISTRY
 from proxy.routing import Router
 from proxy.settings import Settings, UpstreamSettings
 from proxy.sources.redis_store import store_status
+from proxy.trust_gate import PassThroughGate, TrustGate
 from proxy.upstream.auth import AuthLimits, UpstreamAuthenticator
 from proxy.upstream.client import UpstreamClient, make_http_client
 

@@ -26,7 +26,6 @@ from proxy.errors import (
     UpstreamContentError,
     UpstreamUnavailableError,
 )
-from proxy.gate import PassThrough, RequestContext, ServeDigest
 from proxy.http.client_input import check_forwarded_headers
 from proxy.http.errors import API_VERSION_HEADER, oci_error_response, response_for_exception
 from proxy.http.relay import (
@@ -43,7 +42,9 @@ from proxy.metrics import UPSTREAM_ERRORS
 from proxy.reference import RepoPath, parse_repo_path
 from proxy.routing import Route
 from proxy.tag_pages import paginate, parse_page_query
+from proxy.trust_gate import PassThrough, RequestContext, ServeDigest
 from proxy.upstream.client import FORWARDED_REQUEST_HEADERS, REDIRECT_STATUSES, UpstreamClient
+from proxy.upstream.reader import RegistryReader
 from proxy.upstream.redirects import resolve_location
 
 log = logging.getLogger("trustproxy.handlers")
@@ -182,47 +183,32 @@ async def manifest(
 def request_context(
     request: Request, state: ProxyState, client: UpstreamClient, route: Route
 ) -> RequestContext:
-    """Who asked (for audit records), and a verified by-digest fetch for the gate."""
+    """Who asked (for audit records), and the registry as that client, for the gate."""
 
-    async def fetch_verified_manifest(digest: str) -> bytes | None:
-        # No passthrough check on a hit here: these bytes only inform the gate (the
-        # children of a signed index, which DigestAllowlist keeps for every client anyway)
-        # and never reach the client; what it is then served goes through
-        # manifest_by_digest, which asks the upstream on the client's behalf.
-        cached = state.manifest_cache.get(client.name, route.upstream_name, digest)
-        if cached is not None:
-            log.debug("manifest cache hit for the gate: %s %s@%s",
-                      client.name, route.upstream_name, digest)  # fmt: skip
-            return cached.body
-        headers = _signed_fetch_headers(request)
-        resp = await client.open(
-            "GET",
-            f"/v2/{route.upstream_name}/manifests/{digest}",
-            scope=route.scope,
-            client_headers=headers,
-            client_authorization=request.headers.get("authorization"),
-        )
-        if resp.status_code == 404:
-            await resp.aclose()
-            return None
-        if resp.status_code != 200:
-            await resp.aclose()
-            raise UpstreamUnavailableError(
-                client.name, f"answered HTTP {resp.status_code} for manifest {digest}"
-            )
-        limit = state.settings.limits.manifest_max_bytes
-        body = await client.read_bounded(resp, limit, "manifest")
-        verify_digest(body, digest, what=f"manifest {route.client_name}@{digest}")
-        _remember(state, client, route, digest, body, resp.headers)
-        return body
+    def remember(digest: str, body: bytes, headers: Mapping[str, str]) -> None:
+        _remember(state, client, route, digest, body, headers)
 
+    # A cache hit needs no passthrough check here: what the reader returns only informs
+    # the gate (the children of a signed index, which DigestAllowlist keeps for every
+    # client anyway) and never reaches the client; what it is then served goes through
+    # manifest_by_digest, which asks the upstream on the client's behalf.
+    registry = RegistryReader(
+        client,
+        route,
+        accept=lambda: _signed_fetch_headers(request),
+        authorization=request.headers.get("authorization"),
+        manifest_max_bytes=state.settings.limits.manifest_max_bytes,
+        cache=state.manifest_cache,
+        flights=state.reader_flights,
+        remember=remember,
+    )
     peer = request.client
     return RequestContext(
         client=peer.host if peer is not None else None,
         user_agent=request.headers.get("user-agent"),
         user=getattr(request.state, "user", None),
         method=request.method,
-        fetch_verified_manifest=fetch_verified_manifest,
+        registry=registry,
     )
 
 
@@ -521,14 +507,14 @@ def _report_mismatch(
         "upstream %s sent bytes that do not match the signed digest: %s:%s expected %s "
         "(%s bytes), got %s (%d bytes)",
         client.name,
-        route.gun,
+        route.repository,
         tag,
         decision.digest,
         decision.length if decision.length is not None else "?",
         actual,
         len(body),
         extra={
-            "gun": route.gun,
+            "repository": route.repository,
             "tag": tag,
             "expected_digest": decision.digest,
             "actual_digest": actual,

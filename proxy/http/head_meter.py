@@ -57,7 +57,7 @@ class HeadMeter:
 
     @property
     def head_bytes(self) -> int:
-        """Bytes of a request head begun and not complete (0 between requests)."""
+        """Bytes of a request head started and not complete (0 between requests)."""
         return len(self._buf) if self._state == _HEAD else 0
 
     @property

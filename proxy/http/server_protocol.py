@@ -24,7 +24,7 @@ cuts a request in progress (the app running, or a response streaming):
 * ``header_timeout``: a connection with no request in progress, just opened or since its
   last response, must have a complete request head within this time; a client that sent
   part of one gets a 408, a silent one is just closed (as nginx's client_header_timeout).
-  A head begun while an answer was in progress has this time from that answer's end.
+  A head started while an answer was in progress has this time from that answer's end.
 
 Both answers are OCI error bodies, written straight to the socket (no request reached the
 app), and the connection is then closed lingeringly (see ``_refuse``), so that a client

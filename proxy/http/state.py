@@ -5,13 +5,14 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 
-from proxy.gate import TrustGate
 from proxy.http.client_auth import Htpasswd
 from proxy.http.token_relay import TokenRelay
 from proxy.manifest_cache import ManifestCache
 from proxy.routing import Router
 from proxy.settings import Settings
+from proxy.trust_gate import TrustGate
 from proxy.upstream.client import UpstreamClient
+from proxy.upstream.reader import Flights
 
 BASIC_REALM = "trustproxy"
 
@@ -44,6 +45,10 @@ class ProxyState:
     manifest_fetches: dict[tuple[str, str, str], asyncio.Future[SignedFetch]] = field(
         init=False, default_factory=dict
     )
+
+    # The registry reader's reads by digest in flight (proxy/upstream/reader.py), shared
+    # by every request of this generation.
+    reader_flights: Flights = field(init=False, default_factory=dict)
 
     def __post_init__(self) -> None:
         self.token_relay = TokenRelay(self.router)

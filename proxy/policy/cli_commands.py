@@ -9,13 +9,13 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Collection
+from collections.abc import Mapping
 from pathlib import Path
 
 from proxy import reference
 from proxy.errors import ClientRequestError, ConfigError
 from proxy.policy.explain import explain as explain_lines
-from proxy.policy.explain import format_grace, root_kind
+from proxy.policy.explain import format_grace
 from proxy.policy.loader import load_policy
 from proxy.policy.matcher import compile_pattern, matcher_for, tag_allowed
 from proxy.policy.model import Policy, RepositoryRule
@@ -111,7 +111,7 @@ def _load_config(path: Path) -> Settings:
         raise _Failed from e
 
 
-def _load_policy(path: Path, known_sources: Collection[str] | None) -> Policy:
+def _load_policy(path: Path, known_sources: Mapping[str, str] | None) -> Policy:
     try:
         return load_policy(path, known_sources=known_sources)
     except ConfigError as e:
@@ -124,8 +124,9 @@ def _message(e: ConfigError, file: Path) -> str:
     return e.message if e.path == str(file) else str(e)
 
 
-def _sources(settings: Settings) -> list[str]:
-    return [s.name for s in settings.trust.sources]
+def _sources(settings: Settings) -> dict[str, str]:
+    """The config's trust sources, name -> type (a rule's keys depend on its source's type)."""
+    return {s.name: s.type for s in settings.trust.sources}
 
 
 # --------------------------------------------------------------------------- check
@@ -161,20 +162,8 @@ def _summary(rule: RepositoryRule) -> str:
     parts: list[str] = [rule.mode]
     if rule.source:
         parts.append(f"source {rule.source}")
-    if rule.root_of_trust is not None:
-        parts.append(root_kind(rule.root_of_trust))
-    if rule.signers:
-        parts.append(
-            "signers "
-            + ", ".join(
-                s.role
-                + ("" if s.required else " (optional)")
-                + (f" x{s.threshold}" if s.threshold > 1 else "")
-                for s in rule.signers
-            )
-        )
-    else:
-        parts.append("Docker's rule")
+    if rule.verification is not None:
+        parts.extend(rule.verification.summary())
     if rule.tag_patterns:
         parts.append(f"tags {', '.join(rule.tag_patterns)}")
     if rule.digests != "allow":

@@ -10,9 +10,8 @@ from datetime import timedelta
 
 from proxy.policy.matcher import compile_pattern, matcher_for, nested_gap, tag_allowed
 from proxy.policy.model import Policy, RepositoryRule
-from proxy.trust import PinnedRootCerts, PinnedRootKeys, RootCA, RootOfTrust, TrustOnFirstUse
 
-__all__ = ["NO_RULE", "describe_root", "explain", "format_grace", "root_kind"]
+__all__ = ["NO_RULE", "explain", "format_grace"]
 
 NO_RULE = "no rule matches: refused (fail closed)"
 
@@ -29,7 +28,6 @@ _DIGESTS = {
     "signed": "signed: pulls by digest are served only for signed digests (and manifests "
     "listed in a signed index)",
 }
-DOCKER_RULE = "Docker's rule: targets/releases, then targets"
 
 
 def explain(policy: Policy, repository: str, tag: str | None) -> list[str]:
@@ -72,14 +70,10 @@ def explain(policy: Policy, repository: str, tag: str | None) -> list[str]:
             )
         return lines
     lines.append(f"source: {rule.source or '(not named: the config must define exactly one)'}")
-    root = describe_root(rule.root_of_trust) if rule.root_of_trust else "(none: refused)"
-    lines.append(f"root of trust: {root}")
-    if rule.allow_expired_root_cert:
-        lines.append(
-            "  allowExpiredRootCert: a root whose certificate expired is accepted "
-            "(unsafe, logged on every use)"
-        )
-    lines.extend(_signer_lines(rule))
+    if rule.verification is None:
+        lines.append("verification: (none: refused)")
+    else:
+        lines.extend(rule.verification.explain())  # what the source's type checks
     lines.append(_tag_line(rule, tag))
     lines.append(f"digests: {_DIGESTS[rule.digests]}")
     lines.append(f"expiry grace: {_grace_line(rule.expiry_grace)}")
@@ -102,46 +96,6 @@ def _missed_by_one_segment(
                 f"  note: {rule.pattern!r} ({rule.mode}) does not cover this repository "
                 f"('*' is one path segment); did you mean {gap.suggestion!r}?"
             )
-    return out
-
-
-def describe_root(root: RootOfTrust) -> str:
-    """One line naming the kind of root of trust and its IDs."""
-    if isinstance(root, PinnedRootKeys):
-        return f"pinned root keys: {', '.join(sorted(root.key_ids))}"
-    if isinstance(root, PinnedRootCerts):
-        return f"pinned root certificates: {', '.join(sorted(root.cert_ids))}"
-    if isinstance(root, RootCA):
-        subjects = "; ".join(ca.subject.rfc4514_string() or "(empty subject)" for ca in root.cas)
-        return f"root certificate must chain to a CA: {subjects}"
-    if isinstance(root, TrustOnFirstUse):
-        return (
-            "trust on first use (NOT pinned: the first root seen is trusted; for trying things out)"
-        )
-    raise RuntimeError(f"unknown root of trust {root!r}")
-
-
-def root_kind(root: RootOfTrust) -> str:
-    """A short name for the kind of root of trust (for one-line summaries)."""
-    if isinstance(root, PinnedRootKeys):
-        return "pinned root keys"
-    if isinstance(root, PinnedRootCerts):
-        return "pinned root certificates"
-    if isinstance(root, RootCA):
-        return "root CA"
-    return "trust on first use"
-
-
-def _signer_lines(rule: RepositoryRule) -> list[str]:
-    if not rule.signers:
-        return [f"signers: {DOCKER_RULE}"]
-    out = [
-        "signers: every required signer signs the tag at one digest (an optional signer "
-        "that signs another digest makes the tag refused):"
-    ]
-    for s in rule.signers:
-        keys = "1 valid key" if s.threshold == 1 else f">= {s.threshold} distinct valid keys"
-        out.append(f"  {s.role}: {'required' if s.required else 'optional'}, {keys}")
     return out
 
 

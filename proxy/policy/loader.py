@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import difflib
 import re
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
@@ -37,56 +37,37 @@ from proxy.policy.matcher import (
     overlap_example,
     validate_tag_pattern,
 )
-from proxy.policy.model import DigestMode, Mode, Policy, RepositoryRule, SignerRequirement
-from proxy.trust import PinnedRootCerts, PinnedRootKeys, RootCA, RootOfTrust, TrustOnFirstUse
-from proxy.trust.metadata import is_delegation_name
+from proxy.policy.model import DigestMode, Mode, Policy, RepositoryRule
+from proxy.sources.registry import source_type, source_type_names
 
 __all__ = [
     "MAX_POLICY_BYTES",
     "SUPPORTED_VERSIONS",
-    "TOFU_WARNING",
+    "RuleContext",
+    "RuleSection",
+    "kind_of",
     "load_policy",
+    "parse_bool",
     "parse_duration",
+    "parse_list",
     "parse_policy",
-    "role_name",
+    "parse_str",
 ]
 
 MAX_POLICY_BYTES: Final = 1024 * 1024  # a policy is hand-written; anything bigger is a mistake
-MAX_CA_BYTES: Final = 1024 * 1024
 SUPPORTED_VERSIONS: Final = ("2.0", "2")
 MAX_EXPIRY_GRACE: Final = timedelta(days=365)  # more than a year past expiry defeats expiry
 
-TOFU_WARNING: Final = (
-    "trust on first use: the first root seen for each repository is trusted, whoever signed "
-    "it; fine for trying things out, real deployments pin rootKeys, rootCerts or rootCA"
-)
-
 _TOP_KEYS = ("version", "trust")
 _TRUST_KEYS = ("repositories",)
-_RULE_KEYS = (
-    "requireSignatures",
-    "mode",
-    "source",
-    "rootKeys",
-    "rootCerts",
-    "rootCA",
-    "trustOnFirstUse",
-    "allowExpiredRootCert",
-    "signers",
-    "thresholds",
-    "allow",
-    "digests",
-)
-_SIGNER_KEYS = ("role", "required")
+# A rule's own keys; its source type's keys (its verification part) go between them.
+_RULE_KEYS_BEFORE = ("requireSignatures", "mode", "source")
+_RULE_KEYS_AFTER = ("allow", "digests")
 _ALLOW_KEYS = ("paths", "expires")
-_ROOT_KEYS = ("rootKeys", "rootCerts", "rootCA", "trustOnFirstUse")
 
-_KEY_ID = re.compile(r"^[0-9a-fA-F]{64}\Z")  # hex SHA-256: notary's key and certificate IDs
 _SOURCE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")  # as settings' source names
 _DURATION = re.compile(r"^\s*(\d+)\s*(s|m|h|d|w)\s*\Z")
 _DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
-# Top-level roles other than targets never list targets: naming one as a signer is a mistake.
-_NOT_SIGNERS = ("root", "snapshot", "timestamp")
 
 T = TypeVar("T")
 
@@ -94,13 +75,18 @@ T = TypeVar("T")
 # --------------------------------------------------------------------------- reading
 
 
-def load_policy(path: Path, *, known_sources: Collection[str] | None = None) -> Policy:
+def load_policy(
+    path: Path, *, known_sources: Collection[str] | Mapping[str, str] | None = None
+) -> Policy:
     """Read, parse and validate the policy file at ``path``.
 
-    ``known_sources`` are the ``trust.sources`` names of the main config: when given,
-    every ``source`` must be one of them, and an enforcing rule without ``source`` uses the
-    only one (or is an error when there are several or none). When None (checking a policy
-    on its own) source names are not checked and missing ones stay None.
+    ``known_sources`` are the ``trust.sources`` of the main config (names, or names ->
+    types): when given, every ``source`` must be one of them, and an enforcing rule without
+    ``source`` uses the only one (or is an error when there are several or none). When None
+    (checking a policy on its own) source names are not checked and missing ones stay None.
+    A rule's verification keys are those of its source's type; where the type is not known
+    (no config, or only names) they are read as the first registered type's, as every policy
+    file written before there were several types.
 
     Relative ``rootCA`` files are resolved against the policy file's folder and read now.
     Raises ConfigError naming the offending key; never returns a partial policy.
@@ -171,7 +157,7 @@ def _yaml_load(text: str) -> Any:
 # --------------------------------------------------------------------------- helpers
 
 
-class _Map:
+class RuleSection:
     """A mapping in the policy with its key path; unknown keys are rejected up front so that
     a misspelt key is reported as such, not as whatever its absence causes."""
 
@@ -179,7 +165,7 @@ class _Map:
         if data is None:
             data = {}
         if not isinstance(data, dict):
-            raise ConfigError(path, f"must be a mapping, not {_kind(data)}")
+            raise ConfigError(path, f"must be a mapping, not {kind_of(data)}")
         for key in data:
             if key not in allowed:
                 where = self._join(path, str(key))
@@ -210,7 +196,7 @@ class _Map:
         return parse(raw, self.sub(key))
 
 
-def _kind(v: Any) -> str:
+def kind_of(v: Any) -> str:
     names = {
         dict: "a mapping",
         list: "a list",
@@ -222,21 +208,21 @@ def _kind(v: Any) -> str:
     return "nothing" if v is None else names.get(type(v), type(v).__name__)
 
 
-def _str(v: Any, path: str) -> str:
+def parse_str(v: Any, path: str) -> str:
     if not isinstance(v, str):
-        raise ConfigError(path, f"must be a string, not {_kind(v)}")
+        raise ConfigError(path, f"must be a string, not {kind_of(v)}")
     return v
 
 
-def _bool(v: Any, path: str) -> bool:
+def parse_bool(v: Any, path: str) -> bool:
     if not isinstance(v, bool):
         raise ConfigError(path, f"must be true or false, not {v!r}")
     return v
 
 
-def _list(v: Any, path: str) -> list[Any]:
+def parse_list(v: Any, path: str) -> list[Any]:
     if not isinstance(v, list):
-        raise ConfigError(path, f"must be a list, not {_kind(v)}")
+        raise ConfigError(path, f"must be a list, not {kind_of(v)}")
     return v
 
 
@@ -264,7 +250,7 @@ def _version(v: Any, path: str) -> str:
 
 
 def _source(v: Any, path: str) -> str:
-    name = _str(v, path)
+    name = parse_str(v, path)
     if not _SOURCE_NAME.match(name):
         raise ConfigError(path, f"not a trust source name: {name!r}")
     return name
@@ -289,74 +275,34 @@ def parse_duration(v: Any, path: str) -> timedelta:
     return timedelta(seconds=seconds)
 
 
-def role_name(v: Any, path: str) -> str:
-    """A signer role as written (``security-team``, ``targets/x``, ``targets``) -> the full
-    Notary role name (``targets/security-team``). Raises ConfigError on a bad name."""
-    text = _str(v, path)
-    if text in _NOT_SIGNERS:
-        raise ConfigError(path, f"{text!r} is a top-level role that never signs tags")
-    full = text if text == "targets" or text.startswith("targets/") else f"targets/{text}"
-    # notary's data.IsDelegation: lower-case letters, digits, '-', '_', '/', no '..'.
-    if full != "targets" and not is_delegation_name(full):
-        raise ConfigError(
-            path,
-            f"not a role name: {text!r} (use lower-case letters, digits, '-', '_' and '/', "
-            "e.g. security-team or targets/releases)",
-        )
-    return full
-
-
-def _threshold(v: Any, path: str) -> int:
-    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-        raise ConfigError(path, f"must be a whole number >= 1, not {v!r}")
-    return v
-
-
-def _key_ids(v: Any, path: str) -> list[str]:
-    items = _list(v, path)
-    if not items:
-        raise ConfigError(path, "must list at least one ID")
-    ids: list[str] = []
-    for i, item in enumerate(items):
-        text = _str(item, f"{path}[{i}]").strip()
-        if not _KEY_ID.match(text):
-            raise ConfigError(f"{path}[{i}]", f"not a key ID (64 hex digits): {text!r}")
-        ids.append(text.lower())
-    return ids
-
-
-def _read_ca(v: Any, path: str, base_dir: Path) -> RootCA:
-    file = Path(_str(v, path)).expanduser()
-    if not file.is_absolute():
-        file = (base_dir / file).resolve()
-    try:
-        with file.open("rb") as f:
-            pem = f.read(MAX_CA_BYTES + 1)
-    except OSError as e:
-        raise ConfigError(path, f"cannot read {file}: {e.strerror or e}") from e
-    if len(pem) > MAX_CA_BYTES:
-        raise ConfigError(path, f"{file} is larger than {MAX_CA_BYTES} bytes")
-    try:
-        return RootCA(pem)
-    except ValueError as e:
-        raise ConfigError(path, f"{file}: no PEM certificates ({e})") from e
-
-
 # --------------------------------------------------------------------------- parsing
 
 
-class _Context:
-    def __init__(self, base_dir: Path, known_sources: Collection[str] | None) -> None:
+class RuleContext:
+    """What parsing a rule may need beyond the rule: the policy's folder (relative files),
+    the config's sources (name -> type, when known) and where warnings go."""
+
+    def __init__(
+        self, base_dir: Path, known_sources: Collection[str] | Mapping[str, str] | None
+    ) -> None:
         self.base_dir = base_dir
         self.known_sources = None if known_sources is None else tuple(known_sources)
+        self.source_types: Mapping[str, str] = (
+            dict(known_sources) if isinstance(known_sources, Mapping) else {}
+        )
         self.warnings: list[str] = []
+
+    def type_of(self, source: str | None) -> str:
+        """The registry type a rule naming ``source`` is read as (see load_policy)."""
+        found = self.source_types.get(source) if source is not None else None
+        return found if found is not None else source_type_names()[0]
 
 
 def parse_policy(
     raw: Any,
     *,
     base_dir: Path,
-    known_sources: Collection[str] | None = None,
+    known_sources: Collection[str] | Mapping[str, str] | None = None,
     source_file: Path | None = None,
 ) -> Policy:
     """Validate a policy tree (as YAML-loaded) and build the model. Raises ConfigError.
@@ -364,30 +310,30 @@ def parse_policy(
     ``base_dir`` resolves relative ``rootCA`` files; ``known_sources`` as for load_policy.
     """
     if not isinstance(raw, dict):
-        what = "empty" if raw is None else f"{_kind(raw)}"
+        what = "empty" if raw is None else f"{kind_of(raw)}"
         raise ConfigError("", f"the policy must be a mapping at the top level, not {what}")
-    top = _Map(raw, "", _TOP_KEYS)
+    top = RuleSection(raw, "", _TOP_KEYS)
     version = top.required("version", _version)
-    trust = _Map(top.data.get("trust"), "trust", _TRUST_KEYS)
+    trust = RuleSection(top.data.get("trust"), "trust", _TRUST_KEYS)
     if "repositories" not in trust.data:
         raise ConfigError("trust.repositories", "is required (a mapping of pattern -> rule)")
     repos_raw = trust.data["repositories"]
     if repos_raw is None:
         repos_raw = {}
     if not isinstance(repos_raw, dict):
-        raise ConfigError("trust.repositories", f"must be a mapping, not {_kind(repos_raw)}")
-    ctx = _Context(base_dir, known_sources)
+        raise ConfigError("trust.repositories", f"must be a mapping, not {kind_of(repos_raw)}")
+    ctx = RuleContext(base_dir, known_sources)
     rules: list[RepositoryRule] = []
     compiled: list[CompiledPattern] = []
     for pattern, body in repos_raw.items():
         path = f"trust.repositories[{pattern!r}]"
         if not isinstance(pattern, str):
-            raise ConfigError(path, f"a pattern must be a string, not {_kind(pattern)}")
+            raise ConfigError(path, f"a pattern must be a string, not {kind_of(pattern)}")
         try:
             compiled.append(compile_pattern(pattern))
         except ValueError as e:
             raise ConfigError(path, f"bad pattern: {e}") from e
-        rules.append(_parse_rule(pattern, _Map(body, path, _RULE_KEYS), ctx))
+        rules.append(_parse_rule(pattern, body, path, ctx))
     _check_ambiguity(compiled, rules)
     if not rules:
         ctx.warnings.append("trust.repositories is empty: every repository is refused")
@@ -398,8 +344,13 @@ def parse_policy(
     return replace(policy, warnings=tuple(ctx.warnings))
 
 
-def _parse_rule(pattern: str, node: _Map, ctx: _Context) -> RepositoryRule:
-    require = node.value("requireSignatures", _bool, None)
+def _parse_rule(pattern: str, body: Any, path: str, ctx: RuleContext) -> RepositoryRule:
+    # The source decides which verification keys the rule may have: read it first (the
+    # unknown-key check below then names the keys of that source's type).
+    named = body.get("source") if isinstance(body, dict) else None
+    entry = source_type(ctx.type_of(named if isinstance(named, str) else None))
+    node = RuleSection(body, path, (*_RULE_KEYS_BEFORE, *entry.rule_keys, *_RULE_KEYS_AFTER))
+    require = node.value("requireSignatures", parse_bool, None)
     written_mode = node.value("mode", _mode, None)
     mode: Mode
     if require is False:
@@ -418,15 +369,10 @@ def _parse_rule(pattern: str, node: _Map, ctx: _Context) -> RepositoryRule:
             )
 
     source = _resolve_source(node, mode, ctx)
-    root = _root_of_trust(node, mode, ctx)
-    allow_expired = node.value("allowExpiredRootCert", _bool, False)
-    if allow_expired and mode != "off":
-        ctx.warnings.append(
-            f"{node.sub('allowExpiredRootCert')}: roots whose certificate "
-            "expired are accepted (unsafe; logged on every use)"
-        )
-    signers = _signers(node)
-    allow = _Map(node.data.get("allow"), node.sub("allow"), _ALLOW_KEYS)
+    if source is not None and source in ctx.source_types:
+        entry = source_type(ctx.type_of(source))  # the only one, when not named
+    verification = entry.parse_rule(node, mode, ctx)
+    allow = RuleSection(node.data.get("allow"), node.sub("allow"), _ALLOW_KEYS)
     tag_patterns = _tag_patterns(allow)
     grace = allow.value("expires", parse_duration, timedelta(0))
     digests: DigestMode = node.value("digests", _digests, "allow")
@@ -434,17 +380,15 @@ def _parse_rule(pattern: str, node: _Map, ctx: _Context) -> RepositoryRule:
         pattern=pattern,
         mode=mode,
         source=source,
-        root_of_trust=root,
-        signers=signers,
+        verification=verification,
         tag_patterns=tag_patterns,
         expiry_grace=grace,
         digests=digests,
-        allow_expired_root_cert=allow_expired,
         path=node.path,
     )
 
 
-def _resolve_source(node: _Map, mode: Mode, ctx: _Context) -> str | None:
+def _resolve_source(node: RuleSection, mode: Mode, ctx: RuleContext) -> str | None:
     source = node.value("source", _source, None)
     known = ctx.known_sources
     if known is None:
@@ -472,81 +416,12 @@ def _resolve_source(node: _Map, mode: Mode, ctx: _Context) -> str | None:
     )
 
 
-def _root_of_trust(node: _Map, mode: Mode, ctx: _Context) -> RootOfTrust | None:
-    # trustOnFirstUse: false is the same as not choosing it.
-    tofu = node.value("trustOnFirstUse", _bool, False)
-    chosen = [k for k in _ROOT_KEYS if node.has(k) and (k != "trustOnFirstUse" or tofu)]
-    if len(chosen) > 1:
-        raise ConfigError(node.sub(chosen[1]), f"choose one root of trust: {chosen[0]} is also set")
-    if not chosen:
-        if mode == "off":
-            return None
-        raise ConfigError(
-            node.path,
-            f"mode {mode} needs a root of trust: set rootKeys, rootCerts, rootCA or "
-            "trustOnFirstUse: true",
-        )
-    # Validated even when the mode is off, so that switching a rule back on cannot fail;
-    # the enforcement layer ignores it while off.
-    key = chosen[0]
-    path = node.sub(key)
-    if key == "rootKeys":
-        return PinnedRootKeys(_key_ids(node.data[key], path))
-    if key == "rootCerts":
-        return PinnedRootCerts(_key_ids(node.data[key], path))
-    if key == "rootCA":
-        return _read_ca(node.data[key], path, ctx.base_dir)
-    if mode != "off":
-        ctx.warnings.append(f"{path}: {TOFU_WARNING}")
-    return TrustOnFirstUse()
-
-
-def _signers(node: _Map) -> tuple[SignerRequirement, ...]:
-    # Ordered, with the YAML path that introduced each role (for duplicate messages).
-    found: dict[str, tuple[bool, int, str]] = {}
-    items: list[Any] = node.value("signers", _list, [])
-    for i, item in enumerate(items):
-        s = _Map(item, f"{node.sub('signers')}[{i}]", _SIGNER_KEYS)
-        role = s.required("role", role_name)
-        required = s.value("required", _bool, True)
-        if role in found:
-            raise ConfigError(s.sub("role"), f"{role} is already listed at {found[role][2]}")
-        found[role] = (required, 1, s.sub("role"))
-    thresholds = node.data.get("thresholds")
-    if thresholds is not None:
-        if not isinstance(thresholds, dict):
-            raise ConfigError(
-                node.sub("thresholds"),
-                f"must be a mapping of role -> number, not {_kind(thresholds)}",
-            )
-        seen: dict[str, str] = {}
-        for name, value in thresholds.items():
-            path = f"{node.sub('thresholds')}[{name!r}]"
-            role = role_name(name, path)
-            if role in seen:
-                raise ConfigError(path, f"{role} already has a threshold at {seen[role]}")
-            seen[role] = path
-            n = _threshold(value, path)
-            required, _, where = found.get(role, (True, 1, path))
-            # A role with a threshold but not listed as a signer is a required signer:
-            # "release-managers: 2" means two of its keys must sign.
-            found[role] = (required, n, where)
-    signers = tuple(SignerRequirement(role, req, n) for role, (req, n, _) in found.items())
-    if signers and not any(s.required for s in signers):
-        raise ConfigError(
-            node.sub("signers"),
-            "at least one signer must be required (optional signers can only refuse a tag, "
-            "never accept one); remove signers for Docker's rule",
-        )
-    return signers
-
-
-def _tag_patterns(allow: _Map) -> tuple[str, ...]:
-    items: list[Any] = allow.value("paths", _list, [])
+def _tag_patterns(allow: RuleSection) -> tuple[str, ...]:
+    items: list[Any] = allow.value("paths", parse_list, [])
     out: list[str] = []
     for i, item in enumerate(items):
         path = f"{allow.sub('paths')}[{i}]"
-        text = _str(item, path)
+        text = parse_str(item, path)
         try:
             validate_tag_pattern(text)
         except ValueError as e:

@@ -2,7 +2,8 @@
 
 Pattern grammar (``docs/policy.md`` "Matching"):
 
-* A pattern is matched against the whole ``<registry>/<repo>`` string (the Notary GUN,
+* A pattern is matched against the whole ``<registry>/<repo>`` string (the fully qualified
+  repository name,
   ``docker.io/library/alpine`` for Docker Hub), split into ``/``-separated segments; the
   first segment is the registry ``host[:port]``.
 * ``*`` matches any run of characters within one segment (never a ``/``), ``?`` exactly one

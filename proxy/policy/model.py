@@ -8,10 +8,8 @@ Semantics (documented in the README, enforced by the loader):
 - ``mode``: ``enforce`` serves only signed tags at their signed digest; ``audit`` serves
   what enforce would serve where it can, otherwise passes through, and records what enforce
   would have denied; ``off`` passes through. ``require_signatures: false`` means ``off``.
-- ``signers`` empty: Docker's rule (``targets/releases``, then ``targets``). Otherwise every
-  *required* signer must sign the tag at one digest with at least its threshold of distinct
-  valid keys; an optional signer that signs the tag at another digest makes it refused
-  (signers that disagree are never resolved by picking one).
+- ``verification``: whose signatures count, read by the source type of the rule's
+  ``source`` (``proxy/sources/<type>/``, through the source registry).
 - ``tag_patterns``: globs a tag must match to be served at all (empty: any tag).
 - ``expiry_grace``: when the trust server cannot be reached, cached verified data is served
   up to this long past its expiry (zero: never past expiry).
@@ -25,19 +23,30 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal, Protocol
 
-from proxy.trust import RootOfTrust
+if TYPE_CHECKING:
+    from proxy.sources.base import SourceRule
 
 Mode = Literal["enforce", "audit", "off"]
 DigestMode = Literal["allow", "signed"]
 
 
-@dataclass(frozen=True)
-class SignerRequirement:
-    role: str  # full role name: "targets/security-team" (YAML "security-team"), or "targets"
-    required: bool = True
-    threshold: int = 1  # distinct valid keys of this role that must sign
+class Verification(Protocol):
+    """The verification part of a rule: whose signatures count. Parsed by the rule's source
+    type (proxy/sources/registry.py), opaque here; hashable (gates key caches on rules)."""
+
+    def signing_rule(self, expiry_grace: timedelta) -> SourceRule:
+        """What the rule's trust source applies."""
+        ...
+
+    def explain(self) -> list[str]:
+        """``policy explain`` lines."""
+        ...
+
+    def summary(self) -> list[str]:
+        """``policy check`` one-line parts."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -45,12 +54,11 @@ class RepositoryRule:
     pattern: str  # as written in the policy, e.g. "registry.example.com/myorg/*"
     mode: Mode
     source: str | None = None  # a trust.sources name from the main config
-    root_of_trust: RootOfTrust | None = None  # required when mode != "off"
-    signers: tuple[SignerRequirement, ...] = ()
+    # whose signatures count, as the source's type reads it; required when mode != "off"
+    verification: Verification | None = None
     tag_patterns: tuple[str, ...] = ()
     expiry_grace: timedelta = timedelta(0)
     digests: DigestMode = "allow"
-    allow_expired_root_cert: bool = False  # legacy repositories; logged on every use
     path: str = ""  # where it was defined: "trust.repositories['registry.example.com/myorg/*']"
 
     @property

@@ -1,127 +1,140 @@
 """The trust-source interface: "which digest is this tag signed at, and by whom?".
 
-Every trust source (Notary v1 now; Notation and Cosign later) implements
-:class:`TrustSource`. The enforcement layer builds its policy on four outcomes::
+Every trust source (one package under ``proxy/sources/<type>/``, one registry entry)
+implements :class:`TrustSource`. The enforcement layer builds its policy on four outcomes::
 
-    resolve(gun, tag, rule) -> SignedTarget          the tag is signed: pull by this digest
+    resolve(repository, tag, rule) -> SignedAnswer   the tag is signed: pull by this digest
                             raises NotSignedError    the tag is not signed under the rule
                                    └── NoTrustDataError   the repository has no trust data
                             raises TrustSourceUnavailableError  could not fetch, nothing
                                                      valid cached (the proxy answers 503)
                             raises TrustDataError    the trust data is bad (never trusted)
 
-A :class:`SigningRule` is what a policy configures per repository: the root of trust, which
-roles must sign, which may not disagree, and how long past expiry cached data may serve
-during an outage. It carries no I/O and is hashable, so sources may key caches on it.
-
-``NotSignedError`` subclasses say *why* in words users know (the enforcement layer shows
-``str(error)`` to clients): :class:`NotSignedByError`, :class:`TooFewSignaturesError`,
-:class:`SignersDisagreeError`. A source may also raise a plain ``NotSignedError``.
+``rule`` is a :data:`SourceRule`: what the source's type made of a policy rule's
+verification part, opaque here, hashable so sources may key caches on it. A
+``SignedAnswer`` carries the digest, its length when known, who signed (display strings)
+and the source's evidence for the audit record; ``TrustInfo`` an opaque key of the trust
+state. ``NotSignedError`` subclasses of a source say *why* in its users' words (the
+enforcement layer shows ``str(error)`` to clients).
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
+from collections.abc import Hashable, Mapping
 from dataclasses import dataclass, field
-from datetime import timedelta
 from types import MappingProxyType
-from typing import Protocol
+from typing import Any, Protocol
 
 from proxy.errors import NotSignedError, TrustDataError, TrustSourceUnavailableError
-from proxy.trust import (
-    PinnedRootCerts,
-    PinnedRootKeys,
-    RoleRequirement,
-    RootCA,
-    RootOfTrust,
-    SignedTarget,
-    TrustOnFirstUse,
-)
 
 __all__ = [
+    "Evidence",
     "NoTrustDataError",
-    "NotSignedByError",
     "NotSignedError",
-    "PinnedRootCerts",
-    "PinnedRootKeys",
-    "RoleRequirement",
-    "RootCA",
-    "RootOfTrust",
+    "RegistryReads",
+    "SignedAnswer",
     "SignedState",
-    "SignedTarget",
-    "SignersDisagreeError",
-    "SigningRule",
-    "TooFewSignaturesError",
+    "SourceRule",
+    "TaggedManifest",
     "TrustDataError",
     "TrustInfo",
-    "TrustOnFirstUse",
     "TrustSource",
     "TrustSourceUnavailableError",
 ]
 
 
 class NoTrustDataError(NotSignedError):
-    """The trust server has no trust data for the repository at all (notary: 404).
+    """The source has no trust data for the repository at all (a trust server's 404, no
+    entry in a pins file).
 
-    A distinct outcome, not an error page: the repository was never signed, or was deleted
-    (``notary delete --remote``). The message is the one Docker users recognise.
+    A distinct outcome, not an error page: the repository was never signed, or its trust
+    data was deleted. The message is the one Docker users recognise.
     """
 
-    def __init__(self, server: str, gun: str) -> None:
+    def __init__(self, server: str, repository: str) -> None:
         self.server = server
-        self.gun = gun
-        super().__init__(f"{server} does not have trust data for {gun}")
+        self.repository = repository
+        super().__init__(f"{server} does not have trust data for {repository}")
 
 
-class NotSignedByError(NotSignedError):
-    """No acceptable role signs the tag: "tag v1 is not signed by targets/releases or
-    targets". ``roles`` are the roles that would have had to sign it."""
+#: What a source's type made of a policy rule's verification part: opaque outside the
+#: source's package, hashable (caches key on it).
+SourceRule = Any
 
-    def __init__(self, tag: str, roles: tuple[str, ...], note: str = "") -> None:
-        self.tag = tag
-        self.roles = roles
-        text = f"tag {tag} is not signed by {' or '.join(roles)}"
-        super().__init__(f"{text} ({note})" if note else text)
+#: Per-source facts behind an answer, for the audit record (JSON-able values: which keys
+#: signed, which versions of the trust data). Never read for a decision.
+Evidence = Mapping[str, Any]
 
 
-class TooFewSignaturesError(NotSignedError):
-    """A required role signs the tag, with fewer valid signatures than its threshold."""
+class SignedAnswer(Protocol):
+    """A tag as signed, as every source answers it."""
 
-    def __init__(self, tag: str, role: str, valid: int, required: int) -> None:
-        self.tag = tag
-        self.role = role
-        self.valid = valid
-        self.required = required
-        super().__init__(
-            f"tag {tag} is signed by {role} with {valid} valid signature(s), {required} required"
-        )
+    @property
+    def digest(self) -> str:
+        """``sha256:<hex>`` of the manifest bytes the signatures vouch for."""
+        ...
+
+    @property
+    def length(self) -> int | None:
+        """Their length, when the signature says."""
+        ...
+
+    @property
+    def signers(self) -> tuple[str, ...]:
+        """Who signed, as people name them (roles, identities), for reasons and logs."""
+        ...
+
+    @property
+    def evidence(self) -> Evidence: ...
 
 
-class SignersDisagreeError(NotSignedError):
-    """Signers sign the tag at different digests; never resolved by picking one.
-    ``claims`` are ``(role, digest)`` pairs in rule order."""
+@dataclass(frozen=True)
+class TaggedManifest:
+    """A manifest read by tag: its bytes and the digest they hash to (computed on read)."""
 
-    def __init__(self, tag: str, claims: tuple[tuple[str, str], ...]) -> None:
-        self.tag = tag
-        self.claims = claims
-        said = ", ".join(f"{role} signs {digest}" for role, digest in claims)
-        super().__init__(f"signers disagree on tag {tag}: {said}")
+    digest: str
+    body: bytes
+
+
+class RegistryReads(Protocol):
+    """What a trust source (and the gate) may read from the registry, for one request, as
+    the requesting client (proxy/upstream/reader.py). Every read is bounded; reads by
+    digest are hash-checked. Raises UpstreamUnavailableError / UpstreamContentError /
+    OversizeError; what it returns is untrusted input."""
+
+    async def manifest(self, digest: str) -> bytes | None:
+        """The manifest whose bytes hash to ``digest`` (None: the upstream has none)."""
+        ...
+
+    async def manifest_by_tag(self, tag: str) -> TaggedManifest | None: ...
+
+    async def head_tag(self, tag: str) -> str | None:
+        """The digest the upstream says ``tag`` names (a hint, never evidence)."""
+        ...
+
+    async def referrers(self, digest: str) -> list[Mapping[str, Any]]:
+        """Descriptors referring to ``digest`` (referrers API, else the tag schema)."""
+        ...
+
+    async def blob(self, digest: str, max_bytes: int) -> bytes | None: ...
 
 
 @dataclass(frozen=True)
 class TrustInfo:
     """What a source's last answer for a repository was based on (for audit records and
-    as a cache key: it changes whenever the trust data does)."""
+    as a cache key: ``key`` changes whenever the trust data does)."""
 
-    #: metadata version per role (``{"root": 1, "timestamp": 7, "targets/releases": 3}``)
-    versions: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}))
+    #: an opaque, hashable identity of the trust state (equal states, equal keys)
+    state_key: Hashable = ()
+    #: the facts of that state for the audit record (versions of the trust data)
+    evidence: Evidence = field(default_factory=lambda: MappingProxyType({}))
     #: served from cache past a failed refresh (possibly within ``expiry_grace``)
     stale: bool = False
 
     @property
-    def key(self) -> tuple[tuple[str, int], ...]:
+    def key(self) -> Hashable:
         """A hashable identity of the trust state."""
-        return tuple(sorted(self.versions.items()))
+        return self.state_key
 
 
 @dataclass(frozen=True)
@@ -134,51 +147,10 @@ class SignedState:
     """
 
     #: every tag acceptable under the rule, by tag
-    tags: Mapping[str, SignedTarget]
+    tags: Mapping[str, SignedAnswer]
     info: TrustInfo
-
-
-@dataclass(frozen=True)
-class SigningRule:
-    """How a repository's signatures are judged.
-
-    ``root_of_trust`` has no default on purpose: trust on first use must be chosen, not
-    fallen into. ``required_roles`` None means Docker's rule (``targets/releases``, else
-    ``targets``); otherwise every listed role must sign the tag at one digest with at
-    least its ``min_signatures``. ``optional_roles`` need not sign, but a tag one of them
-    signs at another digest (or length) than the answer is refused
-    (``SignersDisagreeError``). ``allow_expired_root_cert`` accepts a root whose leaf
-    certificate expired (sources log it on every use). ``expiry_grace``: when the trust
-    server cannot be reached, cached verified data may be used up to this long past its
-    expiry (zero: never past expiry); never when the server answers.
-    """
-
-    root_of_trust: RootOfTrust
-    required_roles: tuple[RoleRequirement, ...] | None = None
-    allow_expired_root_cert: bool = False
-    optional_roles: tuple[str, ...] = ()
-    expiry_grace: timedelta = timedelta(0)
-
-    def __post_init__(self) -> None:
-        if self.required_roles is not None and not self.required_roles:
-            raise ValueError("required_roles must name at least one role (or be None)")
-        if self.expiry_grace < timedelta(0):
-            raise ValueError("expiry_grace must not be negative")
-        required = {r.name for r in self.required_roles or ()}
-        if required & set(self.optional_roles):
-            raise ValueError("a role cannot be both required and optional")
-
-    @property
-    def docker(self) -> bool:
-        """True for Docker's rule."""
-        return self.required_roles is None
-
-    @property
-    def role_names(self) -> Collection[str]:
-        """Roles the rule reads."""
-        if self.required_roles is None:
-            return ("targets/releases", "targets")
-        return tuple(r.name for r in self.required_roles)
+    #: digests acceptable apart from any tag (pulls by digest under ``digests: signed``)
+    digests: frozenset[str] = frozenset()
 
 
 class TrustSource(Protocol):
@@ -188,8 +160,8 @@ class TrustSource(Protocol):
     @property
     def name(self) -> str: ...
 
-    async def resolve(self, gun: str, tag: str, rule: SigningRule) -> SignedTarget:
-        """The signed target of ``tag`` in ``gun`` under ``rule``.
+    async def resolve(self, repository: str, tag: str, rule: SourceRule) -> SignedAnswer:
+        """The signed target of ``tag`` in ``repository`` under ``rule``.
 
         Raises:
             NotSignedError: not signed under the rule (``NoTrustDataError``: no trust data).
@@ -198,14 +170,14 @@ class TrustSource(Protocol):
         """
         ...
 
-    async def signed_tags(self, gun: str, rule: SigningRule) -> dict[str, SignedTarget]:
+    async def signed_tags(self, repository: str, rule: SourceRule) -> Mapping[str, SignedAnswer]:
         """Every tag acceptable under ``rule``, by tag (for a filtered tag list).
 
         Raises: as :meth:`resolve`, except that an unsigned tag is simply absent.
         """
         ...
 
-    async def trust_info(self, gun: str, rule: SigningRule) -> TrustInfo:
+    async def trust_info(self, repository: str, rule: SourceRule) -> TrustInfo:
         """What :meth:`resolve` / :meth:`signed_tags` under ``rule`` answer from right now
         (cheap right after either: no network when the state is cached). For audit records
         only: it may already describe a newer state than the call before it.
@@ -214,7 +186,7 @@ class TrustSource(Protocol):
         """
         ...
 
-    async def signed_state(self, gun: str, rule: SigningRule) -> SignedState:
+    async def signed_state(self, repository: str, rule: SourceRule) -> SignedState:
         """:meth:`signed_tags` and :meth:`trust_info` of one and the same trust state (one
         load): what anything keyed by the trust state must be built from.
 

@@ -1,7 +1,7 @@
 """Cross-replica single flight: at most one replica walks a repository's trust data at a time.
 
 Inside one process, concurrent misses for a repository already share one refresh task
-(:class:`~proxy.sources.notary.NotarySource`). Across replicas a store may also offer a
+(the source's own single flight). Across replicas a store may also offer a
 lock (:class:`ReplicaLock`; the Redis store does, with ``SET key token NX PX timeout``):
 
     acquired          -> refresh from the network, save, release
@@ -32,15 +32,15 @@ class ReplicaLock(Protocol):
     #: seconds until a lock whose holder never released it expires by itself
     lock_timeout: float
 
-    async def acquire(self, gun: str) -> str | None:
-        """A token when this caller now holds the lock for ``gun``; None when another does.
+    async def acquire(self, repository: str) -> str | None:
+        """A token when this caller now holds the lock for ``repository``; None when another does.
 
         Raises:
             StoreUnavailableError: the lock cannot be reached (proceed without it).
         """
         ...
 
-    async def release(self, gun: str, token: str) -> None:
+    async def release(self, repository: str, token: str) -> None:
         """Release the lock if ``token`` still holds it (never someone else's lock).
 
         Raises:

@@ -2,10 +2,10 @@
 
 Layout, per trust source (``<prefix>`` = ``cache.key_prefix`` + the source's namespace)::
 
-    <prefix>state:<gun>   hash  gen  = generation (the timestamp version the source passes;
+    <prefix>state:<repository>   hash  gen  = generation (the timestamp version the source passes;
                                        informative only, see below)
                                 data = the source's record (fetch time + TrustedState bytes)
-    <prefix>lock:<gun>    string  random token, PX lock_timeout (cross-replica single flight)
+    <prefix>lock:<repository>    string  random token, PX lock_timeout (cross-replica single flight)
 
 Redis is untrusted storage: anyone who can write it may put back an older record, date it
 "now", change ``gen`` or plant a lock. So:
@@ -384,14 +384,14 @@ class RedisTrustStateStore:
     def health(self) -> StoreHealth:
         return self._conn.health
 
-    def state_key(self, gun: str) -> str:
-        return f"{self.key_prefix}state:{gun}"
+    def state_key(self, repository: str) -> str:
+        return f"{self.key_prefix}state:{repository}"
 
-    def lock_key(self, gun: str) -> str:
-        return f"{self.key_prefix}lock:{gun}"
+    def lock_key(self, repository: str) -> str:
+        return f"{self.key_prefix}lock:{repository}"
 
-    async def load(self, gun: str) -> bytes | None:
-        key = self.state_key(gun)
+    async def load(self, repository: str) -> bytes | None:
+        key = self.state_key(repository)
         result = await self._conn.call(
             "load", lambda: self._load_script(keys=[key], args=[self.max_bytes])
         )
@@ -400,7 +400,7 @@ class RedisTrustStateStore:
         if isinstance(result, int):  # -1: larger than max_bytes, not transferred
             log.warning(
                 "trust state store: %s: stored state larger than %d bytes, ignored",
-                gun,
+                repository,
                 self.max_bytes,
             )
             return None
@@ -410,7 +410,7 @@ class RedisTrustStateStore:
 
     async def save(
         self,
-        gun: str,
+        repository: str,
         data: bytes,
         *,
         generation: int | None = None,
@@ -418,12 +418,14 @@ class RedisTrustStateStore:
     ) -> None:
         """See :meth:`proxy.sources.store.TrustStateStore.save`. Without ``judge`` the
         stored ``gen`` field is believed (for callers whose writers are all trusted)."""
-        key = self.state_key(gun)
+        key = self.state_key(repository)
         stored = await self._conn.call(
             "save", lambda: self._save_checked(key, data, generation, judge)
         )
         if not stored:
-            log.debug("trust state store: %s: kept a higher generation than %s", gun, generation)
+            log.debug(
+                "trust state store: %s: kept a higher generation than %s", repository, generation
+            )
 
     async def _save_checked(
         self, key: str, data: bytes, generation: int | None, judge: Judge | None
@@ -454,10 +456,10 @@ class RedisTrustStateStore:
         held = await self._load_script(keys=[key], args=[self.max_bytes])
         return held if isinstance(held, bytes) else None
 
-    async def acquire(self, gun: str) -> str | None:
+    async def acquire(self, repository: str) -> str | None:
         token = secrets.token_hex(16)
         ms = max(1, int(self.lock_timeout * 1000))
-        key = self.lock_key(gun)
+        key = self.lock_key(repository)
         got = await self._conn.call(
             "lock", lambda: self._acquire_script(keys=[key], args=[token, ms])
         )
@@ -465,13 +467,13 @@ class RedisTrustStateStore:
             log.warning(
                 "trust state store: %s: took over a refresh lock that no replica can hold "
                 "(not a lock token, no expiry, or one longer than lock_timeout %.0fs)",
-                gun,
+                repository,
                 self.lock_timeout,
             )
         return token if got in (1, 2) else None
 
-    async def release(self, gun: str, token: str) -> None:
-        key = self.lock_key(gun)
+    async def release(self, repository: str, token: str) -> None:
+        key = self.lock_key(repository)
         await self._conn.call("unlock", lambda: self._unlock_script(keys=[key], args=[token]))
 
     async def aclose(self) -> None:

@@ -1,6 +1,6 @@
 """Where trust state lives between refreshes: a small interface, in memory or in Redis.
 
-A store holds opaque bytes per repository (GUN). What comes back is **untrusted**: the
+A store holds opaque bytes per repository. What comes back is **untrusted**: the
 source bounds its size and re-verifies it like freshly downloaded metadata, so a poisoned
 store can only cause a refusal or a refetch (python-tuf ``_load_timestamp``). The shared
 store (:mod:`proxy.sources.redis_store`) implements the same two methods.
@@ -29,6 +29,7 @@ from typing import Protocol, runtime_checkable
 from proxy.errors import FetchError
 
 __all__ = [
+    "STATE_MAX_BYTES",
     "Judge",
     "MemoryTrustStateStore",
     "RollbackFloors",
@@ -37,6 +38,9 @@ __all__ = [
     "TrustStateStore",
     "VouchingStore",
 ]
+
+#: The largest stored record a source reads back (its whole verified state of a repository).
+STATE_MAX_BYTES = 64 * 1024 * 1024
 
 #: The verified generation of stored bytes, or None when they do not verify (a state that
 #: is not genuine, or that cannot be checked any more, is replaced by any save).
@@ -52,8 +56,8 @@ class StoreUnavailableError(FetchError):
 
 
 class TrustStateStore(Protocol):
-    async def load(self, gun: str) -> bytes | None:
-        """The bytes last saved for ``gun``, or None.
+    async def load(self, repository: str) -> bytes | None:
+        """The bytes last saved for ``repository``, or None.
 
         Raises:
             StoreUnavailableError: the store cannot be reached.
@@ -62,13 +66,13 @@ class TrustStateStore(Protocol):
 
     async def save(
         self,
-        gun: str,
+        repository: str,
         data: bytes,
         *,
         generation: int | None = None,
         judge: Judge | None = None,
     ) -> None:
-        """Replace what is stored for ``gun``, unless it holds a higher ``generation``
+        """Replace what is stored for ``repository``, unless it holds a higher ``generation``
         (compare-and-set: equal generations replace, so a newer fetch time is kept).
         ``generation=None`` replaces unconditionally. ``judge`` gives the generation of
         the bytes currently stored (None: not genuine, replaced); a store that others can
@@ -91,16 +95,16 @@ class SharedFloors(Protocol):
     only raise a floor: a refusal, never an allow.
     """
 
-    async def load_floors(self, gun: str) -> dict[str, int]:
-        """The floors stored for ``gun`` (empty when none).
+    async def load_floors(self, repository: str) -> dict[str, int]:
+        """The floors stored for ``repository`` (empty when none).
 
         Raises:
             StoreUnavailableError: the store cannot be read.
         """
         ...
 
-    async def raise_floors(self, gun: str, versions: Mapping[str, int]) -> None:
-        """Raise ``gun``'s stored floors to ``versions`` (never lowers one).
+    async def raise_floors(self, repository: str, versions: Mapping[str, int]) -> None:
+        """Raise ``repository``'s stored floors to ``versions`` (never lowers one).
 
         Raises:
             StoreUnavailableError: the store cannot be written.
@@ -119,7 +123,7 @@ class VouchingStore(Protocol):
     host then refresh a repository once per window between them, as one process does.
     """
 
-    async def load_vouched(self, gun: str) -> bytes | None:
+    async def load_vouched(self, repository: str) -> bytes | None:
         """The stored bytes when a process holding the key saved them, else None.
 
         Raises:
@@ -144,15 +148,15 @@ class MemoryTrustStateStore:
     def __len__(self) -> int:
         return len(self._data)
 
-    async def load(self, gun: str) -> bytes | None:
-        data = self._data.get(gun)
+    async def load(self, repository: str) -> bytes | None:
+        data = self._data.get(repository)
         if data is not None:
-            self._data.move_to_end(gun)
+            self._data.move_to_end(repository)
         return data
 
     async def save(
         self,
-        gun: str,
+        repository: str,
         data: bytes,
         *,
         generation: int | None = None,
@@ -162,14 +166,14 @@ class MemoryTrustStateStore:
         # own, so ``judge`` (for stores others can write) is not needed here.
         del judge
         if generation is not None:
-            kept = self._generations.get(gun)
-            if kept is not None and kept > generation and gun in self._data:
+            kept = self._generations.get(repository)
+            if kept is not None and kept > generation and repository in self._data:
                 return
-            self._generations[gun] = generation
+            self._generations[repository] = generation
         else:
-            self._generations.pop(gun, None)
-        self._data[gun] = data
-        self._data.move_to_end(gun)
+            self._generations.pop(repository, None)
+        self._data[repository] = data
+        self._data.move_to_end(repository)
         while len(self._data) > self.max_entries:
             old, _ = self._data.popitem(last=False)
             self._generations.pop(old, None)
@@ -195,16 +199,16 @@ class RollbackFloors:
     def __len__(self) -> int:
         return len(self._floors)
 
-    def get(self, gun: str) -> dict[str, int]:
-        """A copy of ``gun``'s floors (empty when never verified here)."""
-        return dict(self._floors.get(gun, {}))
+    def get(self, repository: str) -> dict[str, int]:
+        """A copy of ``repository``'s floors (empty when never verified here)."""
+        return dict(self._floors.get(repository, {}))
 
-    def raise_to(self, gun: str, versions: Mapping[str, int]) -> None:
-        """Raise ``gun``'s floors to ``versions`` (never lowers one)."""
-        floors = self._floors.setdefault(gun, {})
+    def raise_to(self, repository: str, versions: Mapping[str, int]) -> None:
+        """Raise ``repository``'s floors to ``versions`` (never lowers one)."""
+        floors = self._floors.setdefault(repository, {})
         for role, version in versions.items():
             if version > floors.get(role, 0):
                 floors[role] = version
-        self._floors.move_to_end(gun)
+        self._floors.move_to_end(repository)
         while len(self._floors) > self.max_entries:
             self._floors.popitem(last=False)

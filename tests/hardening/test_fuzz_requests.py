@@ -48,7 +48,7 @@ from starlette.applications import Starlette
 from starlette.types import Message
 
 from proxy.decisions import Decision
-from proxy.enforcement.gate import EnforcingGate
+from proxy.enforcement.enforcing_gate import EnforcingGate
 from proxy.http.app import create_app
 from proxy.http.client_auth import Htpasswd
 from proxy.observability import ACCESS_LOGGER, JsonFormatter

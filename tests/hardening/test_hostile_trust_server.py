@@ -700,7 +700,7 @@ def test_withheld_delegation(world: World) -> None:
     drops it from a new snapshot, or announces a copy re-signed by a stranger, or garbage.
     notary skips an invalid delegation, and Docker's rule would then let ``targets``
     answer ``v1`` with the digest releases replaced. Warm only: at first contact there is
-    nothing to compare with, and notary's skip applies (see proxy.trust.refresh)."""
+    nothing to compare with, and notary's skip applies (see proxy.sources.notary.tuf.refresh)."""
     target = sim_target(world, "withheld-releases", delegation=True)
     repo = _sim(target)
     body = _signed(repo.current[RELEASES])
@@ -901,7 +901,7 @@ def _huge_nesting(world: World, target: Target) -> None:
 
     cases = [
         # parses, then the canonical encoder (slow path: two frames a level) recursed past
-        # Python's limit: a 500 before the fix in proxy.trust.canonical
+        # Python's limit: a 500 before the fix in proxy.sources.notary.tuf.canonical
         _timestamp_case(target, "500 nested arrays and an escaped string", deep(500, True), world),
         _timestamp_case(target, "900 nested arrays", deep(900, False), world),
         _timestamp_case(target, "30,000 nested arrays", deep(30_000, False), world),

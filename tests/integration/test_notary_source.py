@@ -12,9 +12,10 @@ import pytest
 
 from proxy.errors import NotSignedError
 from proxy.settings import LimitSettings, TrustSourceSettings
-from proxy.sources import MemoryTrustStateStore, NoTrustDataError, SigningRule
-from proxy.sources.notary import NotarySource, NotarySourceOptions
-from proxy.trust import (
+from proxy.sources import MemoryTrustStateStore, NoTrustDataError
+from proxy.sources.notary.rules import SigningRule
+from proxy.sources.notary.source import NotarySource, NotarySourceOptions
+from proxy.sources.notary.tuf import (
     PinnedRootCerts,
     PinnedRootKeys,
     RoleRequirement,

@@ -15,12 +15,17 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from proxy.metrics import REGISTRY
-from proxy.sources import SigningRule
-from proxy.sources.notary import NotarySource, NotarySourceOptions, decode_record, encode_record
-from proxy.sources.notary.source import state_generation
+from proxy.sources.notary.rules import SigningRule
+from proxy.sources.notary.source import (
+    NotarySource,
+    NotarySourceOptions,
+    decode_record,
+    encode_record,
+    state_generation,
+)
+from proxy.sources.notary.tuf import RollbackError, TrustedState, TrustOnFirstUse
 from proxy.sources.redis_store import RedisConnection, RedisTrustStateStore, store_status
 from proxy.sources.store import StoreUnavailableError
-from proxy.trust import RollbackError, TrustedState, TrustOnFirstUse
 from testbed.redis_server import RedisServer, redis_binary
 from tests.simulators.notary_repo import NotaryRepository
 from tests.unit.sources.sim import GUN, Clock, SimServer, make_source

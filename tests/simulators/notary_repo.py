@@ -31,8 +31,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from proxy.trust.canonical import encode_canonical
-from proxy.trust.keys import compute_key_id
+from proxy.sources.notary.tuf.canonical import encode_canonical
+from proxy.sources.notary.tuf.keys import compute_key_id
 
 __all__ = [
     "DEFAULT_NOW",
@@ -149,7 +149,7 @@ def generate_key(kind: KeyKind = "ecdsa") -> SimKey:
 def make_ca(
     cn: str = "Test Root CA", *, now: datetime = DEFAULT_NOW
 ) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
-    """A self-signed CA (for :class:`proxy.trust.RootCA` tests)."""
+    """A self-signed CA (for :class:`proxy.sources.notary.tuf.RootCA` tests)."""
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
     cert = (

@@ -32,9 +32,12 @@ FULL = Decision(
     rule="registry.example.com/team/*",
     mode="enforce",
     served_digest="sha256:" + "a" * 64,
-    roles=("targets/releases",),
-    key_ids=("k1", "k2"),
-    metadata_versions={"root": 1, "targets": 4, "snapshot": 9, "timestamp": 12},
+    signers=("targets/releases",),
+    evidence={
+        "roles": ["targets/releases"],
+        "key_ids": ["k1", "k2"],
+        "metadata_versions": {"root": 1, "targets": 4, "snapshot": 9, "timestamp": 12},
+    },
     client="10.0.0.7",
     user_agent="containerd/1.7",
     user="ci",
@@ -105,6 +108,7 @@ def test_decision_json_has_every_field() -> None:
         "rule": "registry.example.com/team/*",
         "mode": "enforce",
         "served_digest": "sha256:" + "a" * 64,
+        "signers": ["targets/releases"],
         "roles": ["targets/releases"],
         "key_ids": ["k1", "k2"],
         "metadata_versions": {"root": 1, "targets": 4, "snapshot": 9, "timestamp": 12},
@@ -239,3 +243,28 @@ def test_multi_recorder_tells_every_recorder_even_after_a_failure() -> None:
 
     MultiRecorder(Exploding(), Listing()).record(FULL)
     assert seen == [FULL]
+
+
+def test_every_line_has_the_evidence_fields_of_every_source_type() -> None:
+    """A refusal without a trust answer has the same keys as a served one (empty values):
+    consumers of the audit log see one shape whatever source answered, or none."""
+    bare = Decision(
+        time="2024-05-01T12:00:00Z",
+        kind="tags",
+        outcome="unavailable",
+        repository="r.test/app",
+        reference="",
+        reason="policy not loaded",
+    )
+    record = json.loads(decision_json(bare))
+    assert set(record) == set(json.loads(decision_json(FULL)))
+    assert (record["signers"], record["roles"], record["key_ids"]) == ([], [], [])
+    assert record["metadata_versions"] == {}
+
+
+def test_evidence_never_overwrites_a_field_of_the_record() -> None:
+    forged = Decision(**{**FULL.__dict__, "evidence": {"outcome": "served_signed", "x": (1,)}})
+    forged = Decision(**{**forged.__dict__, "outcome": "denied"})
+    record = json.loads(decision_json(forged))
+    assert record["outcome"] == "denied"
+    assert record["x"] == [1]

@@ -18,9 +18,10 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from proxy.policy.loader import load_policy
 from proxy.policy.model import Policy
 from proxy.settings import Settings, load_settings
-from proxy.trust import PinnedRootKeys, RootCA, TrustOnFirstUse
+from proxy.sources.notary.tuf import PinnedRootKeys, RootCA, TrustOnFirstUse
 from testbed.processes import free_port
 from testbed.tls import self_signed_certificate
+from tests.unit.notary_rules import notary
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "config"
 # Main configs; the policy examples (policy*.yaml) are checked by tests/unit/policy.
@@ -137,7 +138,7 @@ def test_docker_hub_front_enforces_pinned_official_images_and_refuses_the_rest(
     policy = _load_policy_for(settings.policy_file, settings, tmp_path)
     assert policy.rules
     assert all(r.pattern.startswith("docker.io/library/") for r in policy.rules)
-    assert all(r.mode == "enforce" and isinstance(r.root_of_trust, PinnedRootKeys)
+    assert all(r.mode == "enforce" and isinstance(notary(r).root_of_trust, PinnedRootKeys)
                for r in policy.rules)  # fmt: skip
     assert "*" not in [r.pattern for r in policy.rules]  # everything else is refused
     assert not policy.warnings
@@ -147,11 +148,11 @@ def test_internal_registry_enforces_everything_with_signers(tmp_path: Path) -> N
     settings = _settings(CONFIG_DIR / "internal-registry.yaml")
     assert settings.policy_file is not None
     policy = _load_policy_for(settings.policy_file, settings, tmp_path)
-    assert {type(r.root_of_trust) for r in policy.rules} == {RootCA, PinnedRootKeys}
+    assert {type(notary(r).root_of_trust) for r in policy.rules} == {RootCA, PinnedRootKeys}
     for rule in policy.rules:
         assert rule.mode == "enforce"
-        assert rule.signers
-        assert all(s.required for s in rule.signers)
+        assert notary(rule).signers
+        assert all(s.required for s in notary(rule).signers)
         assert rule.digests == "signed"
     assert not policy.warnings
     assert settings.server.client_auth.client_ca_file is not None  # nodes need mTLS
@@ -167,5 +168,5 @@ def test_audit_first_audits_everything_to_a_file(tmp_path: Path) -> None:
     assert {r.mode for r in policy.rules} == {"audit"}
     assert {r.source for r in policy.rules} == {s.name for s in settings.trust.sources}
     # Trust on first use is only acceptable because audit refuses nothing; it is warned.
-    assert all(isinstance(r.root_of_trust, TrustOnFirstUse) for r in policy.rules)
+    assert all(isinstance(notary(r).root_of_trust, TrustOnFirstUse) for r in policy.rules)
     assert len(policy.warnings) == len(policy.rules)

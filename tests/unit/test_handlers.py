@@ -23,11 +23,11 @@ import pytest
 from starlette.exceptions import StarletteDeprecationWarning
 
 from proxy.errors import NotSignedError, TrustSourceUnavailableError
-from proxy.gate import ListingKind, PassThrough, RequestContext, ServeDigest, TagDecision
 from proxy.http.app import create_app
 from proxy.manifest_cache import ManifestCache
 from proxy.routing import Route
 from proxy.settings import LimitSettings, MiB, ServerSettings, Settings, UpstreamSettings
+from proxy.trust_gate import ListingKind, PassThrough, RequestContext, ServeDigest, TagDecision
 
 with warnings.catch_warnings():
     # Starlette 1.x prefers the httpx2 package for its TestClient; httpx works the same.
@@ -168,14 +168,14 @@ class Gate:
     listings: list[str] = field(default_factory=list)
 
     async def decide_tag(self, route: Route, tag: str, ctx: RequestContext) -> TagDecision:
-        self.asked.append(f"{route.gun}:{tag}")
+        self.asked.append(f"{route.repository}:{tag}")
         self.contexts.append(ctx)
         if isinstance(self.decision, BaseException):
             raise self.decision
         return self.decision
 
     async def decide_digest(self, route: Route, digest: str, ctx: RequestContext) -> None:
-        self.digests.append(f"{route.gun}@{digest}")
+        self.digests.append(f"{route.repository}@{digest}")
         self.contexts.append(ctx)
         if self.digest_error is not None:
             raise self.digest_error
@@ -190,7 +190,7 @@ class Gate:
     async def admit_listing(
         self, route: Route, kind: ListingKind, reference: str, ctx: RequestContext
     ) -> bool:
-        self.listings.append(f"{kind} {route.gun}")
+        self.listings.append(f"{kind} {route.repository}")
         return self.admit
 
     def report_mismatch(
@@ -426,7 +426,7 @@ def test_request_context_reaches_the_gate(registry: FakeRegistry) -> None:
     assert (ctx.client, ctx.user_agent, ctx.user, ctx.method) == (
         "testclient", "containerd/2.0", None, "HEAD"
     )  # fmt: skip
-    assert ctx.fetch_verified_manifest is not None
+    assert ctx.registry is not None
 
 
 # --------------------------------------------------------------------------- digest gate
@@ -460,12 +460,12 @@ def test_gate_fetch_verifies_and_offers_every_type(registry: FakeRegistry) -> No
 
     class Fetching(Gate):
         async def decide_digest(self, route: Route, digest: str, ctx: RequestContext) -> None:
-            assert ctx.fetch_verified_manifest is not None
-            got["ok"] = await ctx.fetch_verified_manifest(SIGNED_DIGEST)
-            got["missing"] = await ctx.fetch_verified_manifest(sha256(b"nope"))
+            assert ctx.registry is not None
+            got["ok"] = await ctx.registry.manifest(SIGNED_DIGEST)
+            got["missing"] = await ctx.registry.manifest(sha256(b"nope"))
             registry.manifests[BLOB_DIGEST] = b"other bytes"
             try:
-                await ctx.fetch_verified_manifest(BLOB_DIGEST)
+                await ctx.registry.manifest(BLOB_DIGEST)
             except Exception as e:  # the test looks at what was raised
                 got["bad"] = type(e).__name__
             await asyncio.sleep(0)
@@ -926,8 +926,8 @@ def test_gate_fetch_uses_the_cache(registry: FakeRegistry) -> None:
 
     class Fetching(Gate):
         async def decide_digest(self, route: Route, digest: str, ctx: RequestContext) -> None:
-            assert ctx.fetch_verified_manifest is not None
-            got.append(await ctx.fetch_verified_manifest(SIGNED_DIGEST))
+            assert ctx.registry is not None
+            got.append(await ctx.registry.manifest(SIGNED_DIGEST))
 
     gate = Fetching(ServeDigest(SIGNED_DIGEST, len(SIGNED)))
     with proxy(registry, gate) as tc:

@@ -11,7 +11,7 @@ from starlette.responses import Response
 
 from proxy import errors as e
 from proxy.http.errors import ERROR_TABLE, oci_error_body, response_for_exception
-from proxy.trust import errors as trust_errors
+from proxy.sources.notary.tuf import errors as trust_errors
 from proxy.upstream.auth import UpstreamUnauthorizedError
 
 

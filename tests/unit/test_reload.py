@@ -23,9 +23,7 @@ import yaml
 from starlette.applications import Starlette
 
 from proxy.decisions import DecisionRecorder
-from proxy.enforcement.build import StoreFactory
 from proxy.errors import ConfigError, TrustSourceUnavailableError
-from proxy.gate import PassThroughGate, RequestContext, TagDecision, TrustGate
 from proxy.http.app import create_app
 from proxy.policy.model import Policy
 from proxy.reload import (
@@ -39,6 +37,8 @@ from proxy.reload import (
 from proxy.routing import Route
 from proxy.settings import Settings, load_settings
 from proxy.sources.store import TrustStateStore
+from proxy.sources.store_factory import StoreFactory
+from proxy.trust_gate import PassThroughGate, RequestContext, TagDecision, TrustGate
 
 pytestmark = pytest.mark.anyio
 

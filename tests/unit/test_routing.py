@@ -47,12 +47,12 @@ def test_route(name: str, upstream: UpstreamSettings, upstream_name: str) -> Non
     assert route.upstream is upstream
     assert route.client_name == name
     assert route.upstream_name == upstream_name
-    assert route.gun == f"{upstream.registry}/{upstream_name}"
+    assert route.repository == f"{upstream.registry}/{upstream_name}"
     assert route.scope == f"repository:{upstream_name}:pull"
 
 
 def test_hub_gun_is_docker_io_library() -> None:
-    assert ROUTER.route("hub/alpine").gun == "docker.io/library/alpine"
+    assert ROUTER.route("hub/alpine").repository == "docker.io/library/alpine"
 
 
 def test_library_rule_only_for_docker_hub() -> None:

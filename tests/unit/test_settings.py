@@ -808,8 +808,8 @@ def test_docker_hub_host_names_become_docker_io(
     route = Router(s.upstreams).route("alpine")
     if expected == "docker.io":
         # Official images get library/, and a docker.io rule applies (fail closed otherwise).
-        assert route.gun == "docker.io/library/alpine"
+        assert route.repository == "docker.io/library/alpine"
         rules = (RepositoryRule(pattern="docker.io/library/*", mode="off"),)
-        assert match_rule(Policy(rules=rules), route.gun) is not None
+        assert match_rule(Policy(rules=rules), route.repository) is not None
     else:
-        assert route.gun == f"{expected}/alpine"
+        assert route.repository == f"{expected}/alpine"

@@ -1,23 +1,10 @@
-"""Notary v1 / Docker Content Trust as a trust source: fetch over HTTP, verify in
-:mod:`proxy.trust`, keep state in a :class:`~proxy.sources.store.TrustStateStore`."""
+"""Notary v1 / Docker Content Trust as a trust source.
 
-from __future__ import annotations
+:mod:`.tuf` is the pure verification core (bytes in, verified facts or an exception out);
+:mod:`.fetcher` reads metadata over HTTP; :mod:`.source` is the :class:`TrustSource` that
+drives the walk and keeps state in a :class:`~proxy.sources.store.TrustStateStore`;
+:mod:`.inspect_report` renders ``trustproxy trust inspect``.
 
-from proxy.sources.notary.fetcher import NotaryFetcher, role_of
-from proxy.sources.notary.source import (
-    NotarySource,
-    NotarySourceOptions,
-    acceptable_tags,
-    decode_record,
-    encode_record,
-)
-
-__all__ = [
-    "NotaryFetcher",
-    "NotarySource",
-    "NotarySourceOptions",
-    "acceptable_tags",
-    "decode_record",
-    "encode_record",
-    "role_of",
-]
+Nothing is imported here on purpose: the shared interface (:mod:`proxy.sources.base`) and
+this package's modules import each other's leaves, never this package's namespace.
+"""

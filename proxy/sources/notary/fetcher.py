@@ -12,10 +12,10 @@ Outcomes, translated here once so the source sees only our exception tree:
   (:class:`~proxy.upstream.auth.UpstreamAuthenticator`, scope ``repository:<gun>:pull``);
 * network error, TLS error, timeout, any other status, auth failure →
   :class:`~proxy.errors.TrustSourceUnavailableError`;
-* more than ``max_bytes`` → :class:`~proxy.trust.OversizeMetadataError` (bad data);
+* more than ``max_bytes`` → :class:`~proxy.sources.notary.tuf.OversizeMetadataError` (bad data);
 * a ``Content-Encoding`` other than identity (we ask for identity: hashes are over the
   bytes as served, and decoding would inflate before counting) →
-  :class:`~proxy.trust.MetadataFormatError` (bad data), the body unread.
+  :class:`~proxy.sources.notary.tuf.MetadataFormatError` (bad data), the body unread.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from proxy.errors import (
     UnauthorizedError,
     UpstreamUnavailableError,
 )
-from proxy.trust import MetadataFormatError, OversizeMetadataError
+from proxy.sources.notary.tuf import MetadataFormatError, OversizeMetadataError
 from proxy.upstream.auth import UpstreamAuthenticator
 
 __all__ = ["NotaryFetcher", "role_of"]

@@ -1,6 +1,6 @@
 """The Notary v1 trust source: fetcher + state store + the pure verification core.
 
-Per repository (GUN) and root of trust, one verified :class:`~proxy.trust.TrustedSet` is
+Per repository (GUN) and root of trust, one verified :class:`~.tuf.TrustedSet` is
 kept in process for ``fresh_for``; after that the next request refreshes it::
 
     hot set fresh?            -> use it (it was verified in this process)
@@ -16,7 +16,7 @@ kept in process for ``fresh_for``; after that the next request refreshes it::
                                  ``refresh_deadline``; an invalid delegation is skipped
                                  (notary), unless it is rolled back or withheld (one the
                                  stored state verified, still declared as then): that
-                                 ends the refresh (``proxy.trust.refresh``)
+                                 ends the refresh (``proxy.sources.notary.tuf.refresh``)
     refresh could not fetch   -> (unreachable, timed out, past the refresh deadline)
                                  the last state, re-verified at "now" (so only while
                                  unexpired), with a warning; failing that, and only
@@ -55,7 +55,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import hashlib
 import logging
 import time
 from collections import OrderedDict
@@ -70,18 +69,33 @@ from prometheus_client import Counter
 from proxy.errors import NotSignedError, TrustDataError, TrustSourceUnavailableError
 from proxy.metrics import TRUST_CACHE, TRUST_REFRESH_SECONDS
 from proxy.settings import CacheSettings, LimitSettings, TrustSourceSettings
-from proxy.sources.base import (
-    NoTrustDataError,
+from proxy.sources.base import NoTrustDataError, SignedState, TrustInfo
+from proxy.sources.flight import ReplicaLock
+from proxy.sources.notary.fetcher import NotaryFetcher
+from proxy.sources.notary.rules import (
     NotSignedByError,
-    SignedState,
     SignersDisagreeError,
     SigningRule,
     TooFewSignaturesError,
-    TrustInfo,
 )
-from proxy.sources.flight import ReplicaLock
-from proxy.sources.notary.fetcher import NotaryFetcher
+from proxy.sources.notary.tuf import (
+    Limits,
+    MetadataFormatError,
+    MissingTimestampError,
+    RollbackError,
+    RootOfTrust,
+    SignedTarget,
+    TargetFile,
+    TrustedSet,
+    TrustedState,
+    resolve_docker,
+    resolve_required_roles,
+    signed_tags,
+    walk,
+)
+from proxy.sources.notary.tuf.resolve import DOCKER_ROLES, lookup
 from proxy.sources.store import (
+    STATE_MAX_BYTES,
     Judge,
     RollbackFloors,
     SharedFloors,
@@ -89,22 +103,6 @@ from proxy.sources.store import (
     TrustStateStore,
     VouchingStore,
 )
-from proxy.trust import (
-    Limits,
-    MetadataFormatError,
-    MissingMetadataError,
-    RollbackError,
-    RootOfTrust,
-    SignedTarget,
-    TargetFile,
-    TrustedSet,
-    TrustedState,
-    check_withheld,
-    resolve_docker,
-    resolve_required_roles,
-    signed_tags,
-)
-from proxy.trust.resolve import DOCKER_ROLES, lookup
 from proxy.upstream.auth import UpstreamAuthenticator
 from proxy.upstream.client import make_http_client
 
@@ -117,6 +115,7 @@ __all__ = [
     "metadata_versions",
     "resolve_under_rule",
     "state_generation",
+    "trust_info_of",
     "verified_generation",
 ]
 
@@ -145,7 +144,7 @@ class NotarySourceOptions:
     #: cache (least recently raised out; only verified repositories count)
     max_floor_entries: int = 65_536
     #: the largest stored state accepted from the store (it holds every role, base64)
-    state_max_bytes: int = 64 * 1024 * 1024
+    state_max_bytes: int = STATE_MAX_BYTES
     #: size and count limits of the verification core (byte limits also cap fetches)
     limits: Limits = field(default_factory=Limits)
     #: while another replica holds the refresh lock, how often to look for its result
@@ -350,11 +349,10 @@ class NotarySource:
         """The :class:`TrustInfo` of ``ts``, cached on its hot entry."""
         hot = self._hot.get(self._key(gun, rule))
         if hot is None or hot.ts is not ts:
-            return TrustInfo(versions=metadata_versions(ts), stale=False)
+            return trust_info_of(metadata_versions(ts), stale=False)
         if hot.info is None:
             # Read-only: the same object answers every request until the entry is replaced.
-            versions = MappingProxyType(metadata_versions(ts))
-            hot.info = TrustInfo(versions=versions, stale=hot.stale)
+            hot.info = trust_info_of(metadata_versions(ts), stale=hot.stale)
         return hot.info
 
     # --- loading -----------------------------------------------------------------------------
@@ -813,7 +811,7 @@ class NotarySource:
         except StoreUnavailableError as e:
             log.debug("trust source %s: %s: state not saved: %s", self.name, gun, e)
 
-    # --- the refresh walk (mirrors proxy.trust.refresh over the async fetcher) --------------
+    # --- the refresh: tuf.refresh.walk over the async fetcher ---
 
     async def _fetch(self, gun: str, name: str, role: str) -> bytes | None:
         if (asked := _ASKED.get()) is not None:
@@ -870,50 +868,21 @@ class NotarySource:
                 limits=limits,
                 allow_expired_root_cert=rule.allow_expired_root_cert,
             )
-        while (raw := await self._fetch(gun, ts.next_root_filename(), "root")) is not None:
-            ts.update_root(raw)
-        raw = await self._fetch(gun, "timestamp.json", "timestamp")
-        if raw is None:
+        # The one walk (tuf.refresh.walk, which the attack tests drive too), over the async
+        # fetcher. Verified bytes we hold are reused when the parent announces the same
+        # hash: a refresh of an unchanged repository costs a root probe and timestamp.json.
+        steps = walk(ts, previous=state, known=state.metadata if state is not None else None)
+        try:
+            need = next(steps)
+            while True:
+                need = steps.send(await self._fetch(gun, need.name, need.role))
+        except StopIteration as done:
+            skipped: list[TrustDataError] = done.value
+        except MissingTimestampError as e:
             # notary delete --remote: every file is gone, the stored root stays pinned.
-            raise NoTrustDataError(self.name, gun)
-        ts.update_timestamp(raw)
-        # Verified bytes we already hold are reused when the parent announces the same
-        # hash (python-tuf loads its local snapshot the same way): a refresh of an unchanged
-        # repository costs a root probe and timestamp.json. update_* checks them again.
-        known = state.metadata if state is not None else {}
-        for role in ("snapshot", "targets"):
-            name = ts.filename_for(role)
-            raw = _reusable(known, role, name) or await self._fetch(gun, name, role)
-            if raw is None:
-                raise MissingMetadataError(f"{name} not found", role=role)
-            if role == "snapshot":
-                ts.update_snapshot(raw)
-            else:
-                ts.update_targets(raw)
-        while pending := ts.pending_delegations():
-            for p in pending:
-                raw = _reusable(known, p.name, p.filename) or await self._fetch(
-                    gun, p.filename, p.name
-                )
-                if raw is None:
-                    err = MissingMetadataError(f"{p.filename} not found", role=p.name)
-                    ts.skip_delegation(p.name, err)
-                    log.warning("trust source %s: %s: skipped: %s", self.name, gun, err)
-                    continue
-                try:
-                    ts.update_delegated_targets(raw, p.name, p.parent)
-                except RollbackError:
-                    # Older than a version of this (still declared) role that we verified:
-                    # the server is rolling it back. Skipping it, as notary does with an
-                    # invalid delegation, would hand its tags to targets (releases wins).
-                    raise
-                except TrustDataError as e:
-                    # notary skips an invalid delegation; resolution then ignores it
-                    log.warning("trust source %s: %s: skipped: %s", self.name, gun, e)
-        if state is not None:
-            # ... unless we had verified it and it is still declared as then: a server
-            # withholding it must not hand its tags to the parent (proxy.trust.refresh).
-            check_withheld(ts, state)
+            raise NoTrustDataError(self.name, gun) from e
+        for err in skipped:
+            log.warning("trust source %s: %s: skipped: %s", self.name, gun, err)
         if ts.expired_root_cert_used:
             log.warning(
                 "trust source %s: %s: root certificate expired; accepted because "
@@ -1011,13 +980,6 @@ def _lock_of(store: TrustStateStore) -> ReplicaLock | None:
     return store if isinstance(store, ReplicaLock) else None
 
 
-def _reusable(known: Mapping[str, bytes], role: str, filename: str) -> bytes | None:
-    raw = known.get(role)
-    if raw is not None and filename == f"{role}.{hashlib.sha256(raw).hexdigest()}.json":
-        return raw
-    return None
-
-
 def acceptable_tags(ts: TrustedSet, rule: SigningRule) -> dict[str, SignedTarget]:
     """Every tag of a loaded set acceptable under ``rule``, sorted by tag."""
     out: dict[str, SignedTarget] = {}
@@ -1110,6 +1072,16 @@ def _check_optional(
             raise _disagree(
                 tag, [(target.role, target.digest, target.length), (role, tf.digest, tf.length)]
             )
+
+
+def trust_info_of(versions: Mapping[str, int], *, stale: bool = False) -> TrustInfo:
+    """The shared :class:`TrustInfo` of a Notary state: keyed by its role versions (they
+    change whenever the trust data does), which the audit record shows."""
+    return TrustInfo(
+        state_key=tuple(sorted(versions.items())),
+        evidence=MappingProxyType({"metadata_versions": MappingProxyType(dict(versions))}),
+        stale=stale,
+    )
 
 
 def metadata_versions(ts: TrustedSet) -> dict[str, int]:

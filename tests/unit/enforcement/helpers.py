@@ -18,19 +18,16 @@ import httpx
 from starlette.exceptions import StarletteDeprecationWarning
 
 from proxy.decisions import Decision
-from proxy.enforcement.gate import EnforcingGate
+from proxy.enforcement.enforcing_gate import EnforcingGate
 from proxy.errors import TrustproxyError
-from proxy.gate import TrustGate
 from proxy.http.app import create_app
-from proxy.policy.model import Mode, Policy, RepositoryRule, SignerRequirement
-from proxy.sources.base import (
-    NotSignedByError,
-    SignedState,
-    SignedTarget,
-    SigningRule,
-    TrustInfo,
-)
-from proxy.trust import TrustOnFirstUse
+from proxy.policy.model import Mode, Policy, RepositoryRule
+from proxy.sources.base import SignedState, TrustInfo
+from proxy.sources.notary.policy import NotaryVerification, SignerRequirement
+from proxy.sources.notary.rules import NotSignedByError, SigningRule
+from proxy.sources.notary.source import trust_info_of
+from proxy.sources.notary.tuf import SignedTarget, TrustOnFirstUse
+from proxy.trust_gate import TrustGate
 from tests.unit.test_handlers import REPO, FakeRegistry, make_settings
 
 with warnings.catch_warnings():
@@ -96,14 +93,14 @@ class FakeSource:
     async def trust_info(self, gun: str, rule: SigningRule) -> TrustInfo:
         if self.error is not None:
             raise self.error
-        return TrustInfo(MappingProxyType({"root": 1, "targets": self.version}))
+        return trust_info_of({"root": 1, "targets": self.version})
 
     async def signed_state(self, gun: str, rule: SigningRule) -> SignedState:
         self.calls.append(f"signed_state {gun}")
         self.rules.append(rule)
         if self.error is not None:
             raise self.error
-        info = TrustInfo(MappingProxyType({"root": 1, "targets": self.version}))
+        info = trust_info_of({"root": 1, "targets": self.version})
         return SignedState(MappingProxyType(dict(self.targets)), info)
 
     async def aclose(self) -> None:
@@ -145,8 +142,7 @@ def rule(
         pattern=pattern,
         mode=mode,
         source=source,
-        root_of_trust=TrustOnFirstUse(),
-        signers=signers,
+        verification=NotaryVerification(TrustOnFirstUse(), signers=signers),
         tag_patterns=tag_patterns,
         expiry_grace=expiry_grace,
         digests="signed" if digests == "signed" else "allow",

@@ -14,10 +14,10 @@ from proxy.enforcement import (
     build_enforcement,
     policy_unavailable,
 )
-from proxy.gate import PassThroughGate, RequestContext
 from proxy.policy.model import Policy
 from proxy.settings import Settings, TrustSettings, TrustSourceSettings
-from proxy.sources.notary import NotarySource
+from proxy.sources.notary.source import NotarySource
+from proxy.trust_gate import PassThroughGate, RequestContext
 from tests.unit.enforcement.helpers import (
     Recorder,
     fake_match_rule,
@@ -115,7 +115,7 @@ def test_fail_closed_gate_refuses_every_decision_with_503_but_not_blobs() -> Non
 
 async def test_fail_closed_gate_with_one_argument() -> None:
     """``proxy.reload`` builds it as ``FailClosedGate(reason)``."""
-    from proxy.enforcement.build import FailClosedGate as Direct
+    from proxy.enforcement.fail_closed import FailClosedGate as Direct
     from proxy.routing import Router
 
     gate = Direct("broken")

@@ -7,12 +7,13 @@ from typing import Any
 
 import pytest
 
-from proxy.enforcement.gate import Finding, decide
+from proxy.enforcement.enforcing_gate import Finding, decide
 from proxy.errors import NotSignedError, TrustSourceUnavailableError
 from proxy.metrics import UPSTREAM_ERRORS
 from proxy.policy.model import Mode
-from proxy.sources.base import NoTrustDataError, SignersDisagreeError, TooFewSignaturesError
-from proxy.trust import ThresholdError
+from proxy.sources.base import NoTrustDataError
+from proxy.sources.notary.rules import SignersDisagreeError, TooFewSignaturesError
+from proxy.sources.notary.tuf import ThresholdError
 from tests.unit.enforcement.helpers import (
     GUN,
     FakeSource,
@@ -109,8 +110,12 @@ def test_signed_tag_serves_the_signed_digest_not_the_upstreams_tag(
         "v1",
     )
     assert d.served_digest == sha256(SIGNED)
-    assert (d.roles, d.key_ids) == (("targets/releases",), ("key1",))
-    assert d.metadata_versions == {"root": 1, "targets": 1}
+    assert d.signers == ("targets/releases",)
+    assert d.evidence == {
+        "roles": ("targets/releases",),
+        "key_ids": ("key1",),
+        "metadata_versions": {"root": 1, "targets": 1},
+    }
     assert (d.rule, d.mode, d.method, d.user_agent) == (
         "registry.test/team/*", "enforce", method, "skopeo/1.18"
     )  # fmt: skip
@@ -251,7 +256,7 @@ def test_bad_trust_data_is_503(registry: FakeRegistry) -> None:
 def test_misconfigured_source_fails_closed(
     registry: FakeRegistry, rule_source: str | None, configured: str | None
 ) -> None:
-    from proxy.enforcement.gate import EnforcingGate
+    from proxy.enforcement.enforcing_gate import EnforcingGate
     from proxy.policy.model import Policy
     from tests.unit.enforcement.helpers import fake_match_rule, fake_tag_allowed
 

@@ -10,15 +10,15 @@ from datetime import timedelta
 import httpx
 import pytest
 
-from proxy.enforcement.gate import EnforcingGate
+from proxy.enforcement.enforcing_gate import EnforcingGate
 from proxy.errors import TrustSourceUnavailableError
-from proxy.gate import RequestContext, ServeDigest
 from proxy.metrics import REGISTRY
 from proxy.policy.model import Policy
 from proxy.routing import Route
 from proxy.settings import UpstreamSettings
-from proxy.sources import SigningRule
-from proxy.trust import ExpiredError, TrustOnFirstUse
+from proxy.sources.notary.rules import SigningRule
+from proxy.sources.notary.tuf import ExpiredError, TrustOnFirstUse
+from proxy.trust_gate import RequestContext, ServeDigest
 from tests.simulators.notary_repo import NotaryRepository
 from tests.unit.enforcement.helpers import Recorder, fake_match_rule, fake_tag_allowed, rule
 from tests.unit.sources.sim import GUN, SIM_TIME, Clock, SimServer, make_source

@@ -9,13 +9,14 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from proxy.enforcement.gate import EnforcingGate
+from proxy.enforcement.enforcing_gate import EnforcingGate
 from proxy.errors import NotSignedError
-from proxy.gate import RequestContext, ServeDigest
-from proxy.policy.model import Policy, SignerRequirement
+from proxy.policy.model import Policy
 from proxy.routing import Route
 from proxy.settings import UpstreamSettings
-from proxy.sources.notary import NotarySource
+from proxy.sources.notary.policy import SignerRequirement
+from proxy.sources.notary.source import NotarySource
+from proxy.trust_gate import RequestContext, ServeDigest
 from tests.simulators.notary_repo import NotaryRepository, generate_key
 from tests.unit.enforcement.helpers import Recorder, fake_match_rule, fake_tag_allowed, rule
 from tests.unit.sources.sim import GUN, SimServer, make_source
@@ -123,8 +124,8 @@ async def test_signer_rules(
         assert got.digest == expected
         (d,) = rec.decisions
         assert d.outcome == "served_signed"
-        assert d.key_ids  # who signed is in the record
-        assert {"root", "timestamp", "snapshot", "targets"} <= set(d.metadata_versions)
+        assert d.evidence["key_ids"]  # who signed is in the record
+        assert {"root", "timestamp", "snapshot", "targets"} <= set(d.evidence["metadata_versions"])
     else:
         with pytest.raises(NotSignedError) as ei:
             await g.decide_tag(ROUTE, tag, CTX)

@@ -17,16 +17,18 @@ from types import MappingProxyType
 
 import pytest
 
-from proxy.enforcement.gate import EnforcingGate
+from proxy.enforcement.enforcing_gate import EnforcingGate
 from proxy.errors import NotSignedError
-from proxy.gate import RequestContext
 from proxy.policy.model import Policy
 from proxy.routing import Route
 from proxy.settings import UpstreamSettings
-from proxy.sources.base import SignedState, SignedTarget, SigningRule, TrustInfo
-from proxy.sources.notary import NotarySourceOptions
-from proxy.trust import TrustedSet
+from proxy.sources.base import SignedState, TrustInfo
+from proxy.sources.notary.rules import SigningRule
+from proxy.sources.notary.source import NotarySourceOptions, trust_info_of
+from proxy.sources.notary.tuf import SignedTarget, TrustedSet, TrustOnFirstUse
+from proxy.trust_gate import RequestContext
 from tests.simulators.notary_repo import NotaryRepository
+from tests.simulators.registry_reads import DictRegistry
 from tests.unit.enforcement.helpers import Recorder, fake_match_rule, fake_tag_allowed, rule
 from tests.unit.sources.sim import GUN, Clock, SimServer, make_source
 
@@ -52,11 +54,7 @@ ROUTE = Route(UpstreamSettings(name="up", url=f"http://{REGISTRY}", registry=REG
 MANIFESTS = {sha256(INDEX): INDEX, sha256(CHILD): CHILD}
 
 
-async def fetch(digest: str) -> bytes | None:
-    return MANIFESTS.get(digest)
-
-
-CTX = RequestContext(fetch_verified_manifest=fetch)
+CTX = RequestContext(registry=DictRegistry(MANIFESTS))
 
 
 def gate_over(source: object) -> EnforcingGate:
@@ -96,8 +94,8 @@ class FlippingSource:
                     "multi", sha256(INDEX), len(INDEX), "targets", ("k",), ("targets",)
                 )
             }
-            return signed, TrustInfo(MappingProxyType({"root": 1, "targets": 1}))
-        return {}, TrustInfo(MappingProxyType({"root": 1, "targets": 2}))
+            return signed, trust_info_of({"root": 1, "targets": 1})
+        return {}, trust_info_of({"root": 1, "targets": 2})
 
     async def resolve(self, gun: str, tag: str, rule: SigningRule) -> SignedTarget:
         raise NotSignedError(f"tag {tag} is not signed")
@@ -168,7 +166,7 @@ async def test_signed_state_is_one_load() -> None:
     repo.add_target("multi", INDEX)
     repo.publish()
     source = make_source(server)
-    srule = SigningRule(rule().root_of_trust)  # type: ignore[arg-type]
+    srule = SigningRule(TrustOnFirstUse())
     try:
         state = await source.signed_state(GUN, srule)
         assert set(state.tags) == {"multi"}

@@ -11,9 +11,11 @@ from typing import Any
 import pytest
 
 from proxy.errors import ConfigError
-from proxy.policy.loader import MAX_POLICY_BYTES, load_policy, parse_policy, role_name
-from proxy.policy.model import RepositoryRule, SignerRequirement
-from proxy.trust import PinnedRootCerts, PinnedRootKeys, RootCA, TrustOnFirstUse
+from proxy.policy.loader import MAX_POLICY_BYTES, load_policy, parse_policy
+from proxy.policy.model import RepositoryRule
+from proxy.sources.notary.policy import NotaryVerification, SignerRequirement, role_name
+from proxy.sources.notary.tuf import PinnedRootCerts, PinnedRootKeys, RootCA, TrustOnFirstUse
+from tests.unit.notary_rules import notary
 
 CONFIG_DIR = Path(__file__).resolve().parents[3] / "config"
 KEY_A = "a" * 64
@@ -64,16 +66,18 @@ def test_issue_example_loads_and_means_what_it_says(tmp_path: Path) -> None:
         pattern="registry.example.com/myorg/*",
         mode="enforce",
         source="notary",
-        root_of_trust=PinnedRootKeys([KEY_A]),
-        signers=(
-            SignerRequirement("targets/security-team", required=True, threshold=1),
-            SignerRequirement("targets/developer", required=True, threshold=1),
-            SignerRequirement("targets/release-managers", required=True, threshold=2),
+        verification=NotaryVerification(
+            PinnedRootKeys([KEY_A]),
+            signers=(
+                SignerRequirement("targets/security-team", required=True, threshold=1),
+                SignerRequirement("targets/developer", required=True, threshold=1),
+                SignerRequirement("targets/release-managers", required=True, threshold=2),
+            ),
+            allow_expired_root_cert=False,
         ),
         tag_patterns=("v*.*.*",),
         expiry_grace=timedelta(days=15),
         digests="allow",
-        allow_expired_root_cert=False,
         path="trust.repositories['registry.example.com/myorg/*']",
     )
     assert org.enforced
@@ -91,7 +95,7 @@ def test_shipped_example_and_demo_policy_load() -> None:
     assert (enforced.pattern, enforced.mode, enforced.source) == (
         "127.0.0.1:5000/**", "enforce", "notary"
     )  # fmt: skip
-    assert isinstance(enforced.root_of_trust, TrustOnFirstUse)
+    assert isinstance(notary(enforced).root_of_trust, TrustOnFirstUse)
     assert catch_all.mode == "off"
     assert any("trust on first use" in w for w in demo.warnings)
 
@@ -155,7 +159,12 @@ def test_shipped_example_and_demo_policy_load() -> None:
 )  # fmt: skip
 def test_rule_fields(rule: dict[str, Any], field: str, expected: Any) -> None:
     (parsed,) = _parse(_policy(rule)).rules
-    assert getattr(parsed, field) == expected
+    # The Notary fields live in the rule's verification part (None: mode off, no root).
+    part = parsed.verification if field in _NOTARY_FIELDS else parsed
+    assert getattr(part, field, None) == expected
+
+
+_NOTARY_FIELDS = ("root_of_trust", "signers", "allow_expired_root_cert")
 
 
 @pytest.mark.parametrize("version", ["2.0", "2", 2, 2.0], ids=["str-2.0", "str-2", "int", "float"])
@@ -169,8 +178,9 @@ def test_root_ca_is_read_relative_to_the_policy_file(tmp_path: Path, ca_pem: Pat
     path = _write(tmp_path, f'version: "2.0"\ntrust:\n  repositories:\n    "{ORG}":\n'
                             f"      rootCA: {ca_pem.name}\n")  # fmt: skip
     (rule,) = load_policy(path).rules
-    assert isinstance(rule.root_of_trust, RootCA)
-    assert rule.root_of_trust.pem == ca_pem.read_bytes()
+    root = notary(rule).root_of_trust
+    assert isinstance(root, RootCA)
+    assert root.pem == ca_pem.read_bytes()
     assert rule.source is None  # no known sources: not resolved, not checked
 
 

@@ -14,7 +14,8 @@ from datetime import datetime, timedelta
 
 import httpx
 
-from proxy.sources.notary import NotaryFetcher, NotarySource, NotarySourceOptions
+from proxy.sources.notary.fetcher import NotaryFetcher
+from proxy.sources.notary.source import NotarySource, NotarySourceOptions
 from proxy.sources.store import MemoryTrustStateStore, TrustStateStore
 from tests.simulators.notary_repo import DEFAULT_NOW, NotaryRepository
 

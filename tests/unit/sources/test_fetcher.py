@@ -10,8 +10,8 @@ import httpx
 import pytest
 
 from proxy.errors import TrustSourceUnavailableError
-from proxy.sources.notary import NotaryFetcher, role_of
-from proxy.trust import MetadataFormatError, OversizeMetadataError
+from proxy.sources.notary.fetcher import NotaryFetcher, role_of
+from proxy.sources.notary.tuf import MetadataFormatError, OversizeMetadataError
 from proxy.upstream.auth import UpstreamAuthenticator
 from tests.simulators.notary_repo import NotaryRepository
 from tests.unit.sources.sim import GUN, URL, SimServer

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from proxy.cli import _UsageError, main, parse_image
-from proxy.inspect_report import build_report, format_compact, format_pretty
-from proxy.sources import SigningRule
-from proxy.trust import PinnedRootKeys, RoleRequirement, TrustedSet, TrustOnFirstUse
+from proxy.sources.notary.inspect_report import build_report, format_compact, format_pretty
+from proxy.sources.notary.rules import SigningRule
+from proxy.sources.notary.tuf import PinnedRootKeys, RoleRequirement, TrustedSet, TrustOnFirstUse
 from tests.simulators.notary_repo import NotaryRepository
 from tests.unit.sources.sim import GUN, SIM_TIME
 
@@ -84,7 +84,7 @@ def d(b: bytes) -> str:
 
 
 def loaded(repo: NotaryRepository, rule: SigningRule) -> TrustedSet:
-    from proxy.trust import refresh
+    from proxy.sources.notary.tuf import refresh
 
     ts = TrustedSet(
         repo.root_bytes(), gun=repo.gun, root_of_trust=rule.root_of_trust, reference_time=SIM_TIME

@@ -12,7 +12,9 @@ import pytest
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from proxy.metrics import REGISTRY
-from proxy.sources import MemoryTrustStateStore, SigningRule
+from proxy.sources import MemoryTrustStateStore
+from proxy.sources.notary.rules import SigningRule
+from proxy.sources.notary.tuf import TrustOnFirstUse
 from proxy.sources.redis_store import (
     RedisConnection,
     StoreHealth,
@@ -21,7 +23,6 @@ from proxy.sources.redis_store import (
     store_status,
 )
 from proxy.sources.store import Judge, StoreUnavailableError
-from proxy.trust import TrustOnFirstUse
 from tests.simulators.notary_repo import NotaryRepository
 from tests.unit.sources.sim import GUN, Clock, SimServer, make_source
 

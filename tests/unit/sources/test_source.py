@@ -9,21 +9,23 @@ import hashlib
 import json
 import logging
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import timedelta
 
 import httpx
 import pytest
 
 from proxy.errors import NotSignedError, TrustSourceUnavailableError
-from proxy.sources import MemoryTrustStateStore, NoTrustDataError, SigningRule
-from proxy.sources.notary import (
+from proxy.sources import MemoryTrustStateStore, NoTrustDataError
+from proxy.sources.base import TrustInfo
+from proxy.sources.notary.rules import SigningRule
+from proxy.sources.notary.source import (
     NotarySource,
     NotarySourceOptions,
     decode_record,
     encode_record,
 )
-from proxy.trust import (
+from proxy.sources.notary.tuf import (
     MissingMetadataError,
     PinnedRootKeys,
     RoleRequirement,
@@ -762,7 +764,7 @@ async def test_missing_targets_file_is_bad_data() -> None:
 
 
 async def test_endless_timestamp_is_cut_by_the_role_limit() -> None:
-    from proxy.trust import Limits, OversizeMetadataError
+    from proxy.sources.notary.tuf import Limits, OversizeMetadataError
 
     server = SimServer(faults={"timestamp.json": "endless"})
     server.add(repo_with_roles())
@@ -833,18 +835,18 @@ async def test_trust_info_is_built_once_per_verified_set_and_follows_refreshes()
         assert await source.trust_info(GUN, TOFU) is first
         assert first.stale is False
         with pytest.raises(TypeError):
-            first.versions["timestamp"] = 0  # type: ignore[index]  # shared: read-only
+            versions_of(first)["timestamp"] = 0  # type: ignore[index]  # shared: read-only
         repo.add_target("v2", M3, role="targets/releases")
         repo.publish()
         clock.advance(seconds=61)
         second = await source.trust_info(GUN, TOFU)
         assert second is not first
-        assert second.versions["timestamp"] > first.versions["timestamp"]
+        assert versions_of(second)["timestamp"] > versions_of(first)["timestamp"]
         server.down = lambda r: httpx.ConnectError("refused", request=r)
         clock.advance(seconds=61)
         stale = await source.trust_info(GUN, TOFU)
         assert stale.stale is True
-        assert dict(stale.versions) == dict(second.versions)
+        assert dict(versions_of(stale)) == dict(versions_of(second))
     finally:
         await source.aclose()
 
@@ -869,3 +871,9 @@ async def test_signed_tags_is_computed_once_per_verified_set_and_rule() -> None:
         assert set(await source.signed_tags(GUN, TOFU)) == {"v1", "v2", "owner-only"}
     finally:
         await source.aclose()
+
+
+def versions_of(info: TrustInfo) -> Mapping[str, int]:
+    """A Notary state's role versions, as its TrustInfo shows them to the audit record."""
+    versions: Mapping[str, int] = info.evidence["metadata_versions"]
+    return versions

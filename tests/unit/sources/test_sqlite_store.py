@@ -14,8 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from proxy.sources import SigningRule
-from proxy.sources.notary import NotarySource, NotarySourceOptions
+from proxy.sources.notary.rules import SigningRule
+from proxy.sources.notary.source import NotarySource, NotarySourceOptions
+from proxy.sources.notary.tuf import RollbackError, TrustOnFirstUse
 from proxy.sources.sqlite_store import (
     STATE_FILE_NAME,
     SqliteStateFile,
@@ -24,7 +25,6 @@ from proxy.sources.sqlite_store import (
     with_host_floors,
 )
 from proxy.sources.store import MemoryTrustStateStore, SharedFloors, StoreUnavailableError
-from proxy.trust import RollbackError, TrustOnFirstUse
 from tests.simulators.notary_repo import NotaryRepository
 from tests.unit.sources.sim import GUN, Clock, SimServer, make_source
 

@@ -6,9 +6,9 @@ from datetime import UTC, datetime
 
 import pytest
 
-from proxy.sources.notary import decode_record, encode_record
+from proxy.sources.notary.source import decode_record, encode_record
+from proxy.sources.notary.tuf import MetadataFormatError, OversizeMetadataError, TrustedState
 from proxy.sources.store import MemoryTrustStateStore
-from proxy.trust import MetadataFormatError, OversizeMetadataError, TrustedState
 
 pytestmark = pytest.mark.anyio
 

@@ -11,11 +11,15 @@ from types import MappingProxyType
 
 import pytest
 
-from proxy.sources import SigningRule
-from proxy.sources.notary import NotarySource, decode_record, encode_record
-from proxy.sources.notary.source import verified_generation
+from proxy.sources.notary.rules import SigningRule
+from proxy.sources.notary.source import (
+    NotarySource,
+    decode_record,
+    encode_record,
+    verified_generation,
+)
+from proxy.sources.notary.tuf import Limits, PinnedRootKeys, TrustedState, TrustOnFirstUse
 from proxy.sources.store import MemoryTrustStateStore, RollbackFloors
-from proxy.trust import Limits, PinnedRootKeys, TrustedState, TrustOnFirstUse
 from tests.simulators.notary_repo import NotaryRepository, generate_key
 from tests.unit.sources.sim import GUN, SIM_TIME, Clock, SimServer, make_source
 

@@ -14,8 +14,8 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from proxy.trust import TrustedSet, TrustOnFirstUse
-from proxy.trust.roots import RootOfTrust
+from proxy.sources.notary.tuf import TrustedSet, TrustOnFirstUse
+from proxy.sources.notary.tuf.roots import RootOfTrust
 from tests.simulators.notary_repo import (
     DEFAULT_NOW,
     NotaryRepository,

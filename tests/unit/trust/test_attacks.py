@@ -11,7 +11,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from proxy.errors import NotSignedError
-from proxy.trust import (
+from proxy.sources.notary.tuf import (
     ExpiredError,
     HashMismatchError,
     KeyIdMismatchError,
@@ -30,8 +30,8 @@ from proxy.trust import (
     refresh,
     resolve_docker,
 )
-from proxy.trust.keys import parse_key
-from proxy.trust.roots import leaf_problem
+from proxy.sources.notary.tuf.keys import parse_key
+from proxy.sources.notary.tuf.roots import leaf_problem
 from tests.simulators.notary_repo import (
     NotaryRepository,
     SimKey,

@@ -6,8 +6,8 @@ from collections.abc import Callable
 
 import pytest
 
-from proxy.trust.canonical import encode_canonical, encode_parsed
-from proxy.trust.errors import MetadataFormatError
+from proxy.sources.notary.tuf.canonical import encode_canonical, encode_parsed
+from proxy.sources.notary.tuf.errors import MetadataFormatError
 
 
 @pytest.mark.parametrize(

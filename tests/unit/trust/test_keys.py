@@ -7,9 +7,9 @@ import pytest
 import yaml
 from cryptography.hazmat.primitives import serialization
 
-from proxy.trust.errors import MetadataFormatError, SignatureError, UnsupportedKeyError
-from proxy.trust.keys import compute_key_id, parse_key
-from proxy.trust.metadata import parse_root, parse_targets
+from proxy.sources.notary.tuf.errors import MetadataFormatError, SignatureError, UnsupportedKeyError
+from proxy.sources.notary.tuf.keys import compute_key_id, parse_key
+from proxy.sources.notary.tuf.metadata import parse_root, parse_targets
 from tests.simulators.notary_repo import generate_key, x509_key
 from tests.unit.trust.helpers import COMPAT, CONN_DATA, CONN_KEYS, CONNAISSEUR, needs_vectors
 

@@ -13,14 +13,14 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from proxy.trust import metadata
-from proxy.trust.errors import (
+from proxy.sources.notary.tuf import metadata
+from proxy.sources.notary.tuf.errors import (
     MetadataFormatError,
     OversizeMetadataError,
     TrustDataError,
     UnsupportedKeyError,
 )
-from proxy.trust.metadata import (
+from proxy.sources.notary.tuf.metadata import (
     Limits,
     is_delegation_name,
     parse_expires,

@@ -7,14 +7,14 @@ import hashlib
 import pytest
 
 from proxy.errors import NotSignedError
-from proxy.trust import (
+from proxy.sources.notary.tuf import (
     RoleRequirement,
     refresh,
     resolve_docker,
     resolve_required_roles,
     signed_tags,
 )
-from proxy.trust.trusted_set import TrustedSet
+from proxy.sources.notary.tuf.trusted_set import TrustedSet
 from tests.simulators.notary_repo import NotaryRepository, generate_key
 from tests.unit.trust.helpers import sim_set
 

@@ -9,7 +9,7 @@ from datetime import datetime
 
 import pytest
 
-from proxy.trust import (
+from proxy.sources.notary.tuf import (
     HashMismatchError,
     MetadataFormatError,
     RollbackError,
@@ -233,7 +233,7 @@ def test_raw_control_character_is_not_json(repo: NotaryRepository) -> None:
 
 
 def test_too_many_delegated_roles_are_skipped(repo: NotaryRepository) -> None:
-    from proxy.trust import Limits
+    from proxy.sources.notary.tuf import Limits
 
     ts = sim_set(repo, limits=Limits(max_delegated_roles=1))
     errors = refresh(ts, repo.fetch)

@@ -9,7 +9,7 @@ import yaml
 from cryptography.hazmat.primitives import serialization
 
 from proxy.errors import NotSignedError
-from proxy.trust import (
+from proxy.sources.notary.tuf import (
     ExpiredError,
     HashMismatchError,
     MetadataFormatError,
@@ -25,9 +25,9 @@ from proxy.trust import (
     resolve_required_roles,
     signed_tags,
 )
-from proxy.trust.errors import TrustDataError
-from proxy.trust.keys import compute_key_id
-from proxy.trust.roots import RootOfTrust
+from proxy.sources.notary.tuf.errors import TrustDataError
+from proxy.sources.notary.tuf.keys import compute_key_id
+from proxy.sources.notary.tuf.roots import RootOfTrust
 from tests.unit.trust.helpers import (
     COMPAT,
     COMPAT_TIME,

@@ -2,7 +2,7 @@
 
 Every public method works in three steps::
 
-    rule  = match_rule(policy, gun)                 no rule: refused (fail closed)
+    rule  = match_rule(policy, repository)                 no rule: refused (fail closed)
     ev    = Evaluation(finding, reason, target)     what the rule and the source say
     v     = decide(mode, ev.finding, ev.reason)     THE decision: outcome + action, by mode
     record(Decision(...)); return / raise per v.action
@@ -31,17 +31,16 @@ from proxy.errors import (
     TrustproxyError,
     TrustSourceUnavailableError,
 )
-from proxy.gate import ListingKind, PassThrough, RequestContext, ServeDigest, TagDecision
 from proxy.policy.model import Mode, Policy, RepositoryRule
 from proxy.routing import Route
 from proxy.sources.base import (
     NoTrustDataError,
-    SignedTarget,
-    SigningRule,
+    SignedAnswer,
+    SourceRule,
     TrustInfo,
     TrustSource,
 )
-from proxy.trust import RoleRequirement
+from proxy.trust_gate import ListingKind, PassThrough, RequestContext, ServeDigest, TagDecision
 
 __all__ = [
     "Action",
@@ -103,7 +102,7 @@ def decide(mode: Mode | None, finding: Finding, reason: str) -> Verdict:
 class Evaluation:
     finding: Finding
     reason: str
-    target: SignedTarget | None = None
+    target: SignedAnswer | None = None
     #: what enforce raises for ``unavailable`` / ``bad_trust_data``
     error: TrustproxyError | None = None
     info: TrustInfo | None = None
@@ -111,26 +110,16 @@ class Evaluation:
     visible: list[str] = field(default_factory=list)
 
 
-def signing_rule_for(rule: RepositoryRule) -> SigningRule:
-    """The source-neutral signing rule of a policy rule.
-
-    No required signer: Docker's rule (``targets/releases``, else ``targets``), with any
-    optional signers still able to veto by disagreeing.
+def signing_rule_for(rule: RepositoryRule) -> SourceRule:
+    """The signing rule a policy rule's trust source applies (its verification part, read
+    by the source's type, with the rule's expiry grace).
 
     Raises:
-        ValueError: the rule has no root of trust (the loader refuses such rules).
+        ValueError: the rule has no verification part (the loader refuses such rules).
     """
-    if rule.root_of_trust is None:
-        raise ValueError(f"policy rule {rule.pattern!r} has no root_of_trust")
-    required = tuple(RoleRequirement(s.role, s.threshold) for s in rule.signers if s.required)
-    optional = tuple(s.role for s in rule.signers if not s.required)
-    return SigningRule(
-        rule.root_of_trust,
-        required_roles=required or None,
-        allow_expired_root_cert=rule.allow_expired_root_cert,
-        optional_roles=optional,
-        expiry_grace=rule.expiry_grace,
-    )
+    if rule.verification is None:
+        raise ValueError(f"policy rule {rule.pattern!r} says nothing to verify")
+    return rule.verification.signing_rule(rule.expiry_grace)
 
 
 def _default_match_rule(policy: Policy, repository: str) -> RepositoryRule | None:
@@ -154,7 +143,7 @@ def rfc3339(t: datetime) -> str:
 
 
 class EnforcingGate:
-    """A :class:`~proxy.gate.TrustGate` that enforces a :class:`Policy`.
+    """A :class:`~proxy.trust_gate.TrustGate` that enforces a :class:`Policy`.
 
     ``sources`` by ``trust.sources`` name; ``match_rule`` / ``tag_allowed`` default to
     ``proxy.policy.matcher`` (tests inject their own); ``clock`` stamps the records.
@@ -178,35 +167,35 @@ class EnforcingGate:
         self._tag_allowed = tag_allowed or _default_tag_allowed
         self._clock = clock
         self.allowlist = allowlist or DigestAllowlist()
-        # Policy rules are few and immutable: one SigningRule each, so sources' caches
+        # Policy rules are few and immutable: one source rule each, so sources' caches
         # keyed on it stay hot.
-        self._signing_rules: dict[RepositoryRule, SigningRule] = {}
+        self._signing_rules: dict[RepositoryRule, SourceRule] = {}
 
     # --- the TrustGate interface -------------------------------------------------------
 
     async def decide_tag(self, route: Route, tag: str, ctx: RequestContext) -> TagDecision:
-        gun = route.gun
-        rule = self._match_rule(self.policy, gun)
+        repository = route.repository
+        rule = self._match_rule(self.policy, repository)
         if rule is None:
-            ev = Evaluation("refused", f"no policy rule matches {gun}")
+            ev = Evaluation("refused", f"no policy rule matches {repository}")
         elif rule.mode == "off":
             ev = Evaluation("allowed", "not checked")
         else:
-            ev = await self._evaluate_tag(gun, tag, rule)
+            ev = await self._evaluate_tag(repository, tag, rule)
         v = decide(rule.mode if rule else None, ev.finding, ev.reason)
-        self._record("manifest", gun, tag, rule, v, ev, ctx)
+        self._record("manifest", repository, tag, rule, v, ev, ctx)
         if v.action == "serve_signed" and ev.target is not None:
             t = ev.target
-            return ServeDigest(t.digest, t.length, signers=(*t.roles, *t.key_ids))
+            return ServeDigest(t.digest, t.length, signers=t.signers)
         if v.action == "pass_through":
             return PassThrough(v.reason)
         raise self._error(v, ev)
 
     async def decide_digest(self, route: Route, digest: str, ctx: RequestContext) -> None:
-        gun = route.gun
-        rule = self._match_rule(self.policy, gun)
+        repository = route.repository
+        rule = self._match_rule(self.policy, repository)
         if rule is None:
-            ev = Evaluation("refused", f"no policy rule matches {gun}")
+            ev = Evaluation("refused", f"no policy rule matches {repository}")
         elif rule.mode == "off":
             ev = Evaluation("allowed", "not checked")
         elif rule.digests == "allow":
@@ -214,24 +203,24 @@ class EnforcingGate:
             # content; the bytes are still checked against the digest by the handler).
             ev = Evaluation("allowed", "pulls by digest are allowed (digests: allow)")
         else:
-            ev = await self._evaluate_digest(gun, digest, rule, ctx)
+            ev = await self._evaluate_digest(repository, digest, rule, ctx)
         v = decide(rule.mode if rule else None, ev.finding, ev.reason)
-        self._record("digest", gun, digest, rule, v, ev, ctx)
+        self._record("digest", repository, digest, rule, v, ev, ctx)
         if v.action in ("serve_signed", "pass_through"):
             return None
         raise self._error(v, ev)
 
     async def filter_tags(self, route: Route, tags: list[str], ctx: RequestContext) -> list[str]:
-        gun = route.gun
-        rule = self._match_rule(self.policy, gun)
+        repository = route.repository
+        rule = self._match_rule(self.policy, repository)
         if rule is None:
-            ev = Evaluation("refused", f"no policy rule matches {gun}")
+            ev = Evaluation("refused", f"no policy rule matches {repository}")
         elif rule.mode == "off":
             ev = Evaluation("allowed", "not checked", visible=list(tags))
         else:
-            ev = await self._evaluate_tags(gun, tags, rule)
+            ev = await self._evaluate_tags(repository, tags, rule)
         v = decide(rule.mode if rule else None, ev.finding, ev.reason)
-        self._record("tags", gun, "", rule, v, ev, ctx)
+        self._record("tags", repository, "", rule, v, ev, ctx)
         if v.action == "pass_through":
             return tags
         if v.action == "fail":
@@ -246,18 +235,20 @@ class EnforcingGate:
         # Only "no rule" is decided here: under a rule the tag list is filtered once the
         # upstream has answered (filter_tags), and referrers are descriptors whose
         # manifests go through decide_digest when pulled.
-        gun = route.gun
-        if self._match_rule(self.policy, gun) is not None:
+        repository = route.repository
+        if self._match_rule(self.policy, repository) is not None:
             return True
-        ev = Evaluation("refused", f"no policy rule matches {gun}")
-        self._record(kind, gun, reference, None, decide(None, ev.finding, ev.reason), ev, ctx)
+        ev = Evaluation("refused", f"no policy rule matches {repository}")
+        self._record(
+            kind, repository, reference, None, decide(None, ev.finding, ev.reason), ev, ctx
+        )
         return False
 
     def report_mismatch(
         self, route: Route, tag: str, expected: str, actual: str, ctx: RequestContext
     ) -> None:
         try:
-            rule = self._match_rule(self.policy, route.gun)
+            rule = self._match_rule(self.policy, route.repository)
         except Exception:  # must not raise: the handler is already answering 502
             rule = None
         reason = f"upstream sent bytes with digest {actual} for tag {tag}, signed at {expected}"
@@ -266,7 +257,7 @@ class EnforcingGate:
                 time=rfc3339(self._clock()),
                 kind="manifest",
                 outcome="upstream_mismatch",
-                repository=route.gun,
+                repository=route.repository,
                 reference=tag,
                 reason=reason,
                 rule=rule.pattern if rule else None,
@@ -280,13 +271,13 @@ class EnforcingGate:
 
     # --- evaluations: what rule + source say (no mode here) ----------------------------
 
-    def _signing_rule(self, rule: RepositoryRule) -> SigningRule:
+    def _signing_rule(self, rule: RepositoryRule) -> SourceRule:
         srule = self._signing_rules.get(rule)
         if srule is None:
             srule = self._signing_rules[rule] = signing_rule_for(rule)
         return srule
 
-    def _source(self, rule: RepositoryRule) -> tuple[TrustSource, SigningRule] | Evaluation:
+    def _source(self, rule: RepositoryRule) -> tuple[TrustSource, SourceRule] | Evaluation:
         """The rule's source and signing rule, or an ``unavailable`` evaluation (a
         misconfiguration the loader should have caught: fail closed, loudly)."""
         name = rule.source
@@ -300,8 +291,8 @@ class EnforcingGate:
                 if name is None
                 else f"trust source {name!r} is not configured"
             )
-        elif rule.root_of_trust is None:
-            problem = f"policy rule {rule.pattern!r} has no root_of_trust"
+        elif rule.verification is None:
+            problem = f"policy rule {rule.pattern!r} says nothing to verify"
         if problem is not None or source is None:
             log.error("enforcement: %s: refusing its repositories", problem)
             err = TrustSourceUnavailableError(name or "none", problem or "not configured")
@@ -316,20 +307,22 @@ class EnforcingGate:
         return f"tag {tag} does not match allowed patterns {', '.join(rule.tag_patterns)}"
 
     @staticmethod
-    def _failure(gun: str, e: TrustproxyError) -> Evaluation:
+    def _failure(repository: str, e: TrustproxyError) -> Evaluation:
         """A source's refusal or failure as a finding (never a decision)."""
         if isinstance(e, NoTrustDataError):
-            return Evaluation("refused", f"no trust data for {gun}")
+            return Evaluation("refused", f"no trust data for {repository}")
         if isinstance(e, NotSignedError):
             return Evaluation("refused", e.reason)
         if isinstance(e, TrustSourceUnavailableError):
             return Evaluation("unavailable", str(e), error=e)
         if isinstance(e, TrustDataError):
-            return Evaluation("bad_trust_data", f"trust data for {gun} is not valid: {e}", error=e)
+            return Evaluation(
+                "bad_trust_data", f"trust data for {repository} is not valid: {e}", error=e
+            )
         # The gate's own fetches (signed index children): upstream failures fail closed.
         return Evaluation("unavailable", str(e), error=e)
 
-    async def _evaluate_tag(self, gun: str, tag: str, rule: RepositoryRule) -> Evaluation:
+    async def _evaluate_tag(self, repository: str, tag: str, rule: RepositoryRule) -> Evaluation:
         # The pattern first: it is cheap and needs no trust data.
         if (why := self._pattern_refusal(rule, tag)) is not None:
             return Evaluation("refused", why)
@@ -338,18 +331,20 @@ class EnforcingGate:
             return found
         source, srule = found
         try:
-            target = await source.resolve(gun, tag, srule)
-            info = await source.trust_info(gun, srule)
+            target = await source.resolve(repository, tag, srule)
+            info = await source.trust_info(repository, srule)
         except (NotSignedError, TrustSourceUnavailableError, TrustDataError) as e:
-            ev = self._failure(gun, e)
+            ev = self._failure(repository, e)
             if ev.finding == "refused" and not isinstance(e, NoTrustDataError):
                 # Which trust data refused it belongs in the audit record too.
-                ev = Evaluation(ev.finding, ev.reason, info=await _info(source, gun, srule))
+                ev = Evaluation(ev.finding, ev.reason, info=await _info(source, repository, srule))
             return ev
-        reason = f"tag {tag} is signed by {', '.join(target.roles) or target.role}"
+        reason = f"tag {tag} is signed by {', '.join(target.signers)}"
         return Evaluation("signed", reason, target=target, info=info)
 
-    async def _evaluate_tags(self, gun: str, tags: list[str], rule: RepositoryRule) -> Evaluation:
+    async def _evaluate_tags(
+        self, repository: str, tags: list[str], rule: RepositoryRule
+    ) -> Evaluation:
         found = self._source(rule)
         if isinstance(found, Evaluation):
             return found
@@ -357,10 +352,10 @@ class EnforcingGate:
         try:
             # One call per listing, not one per tag, and one state: the record's versions
             # are those of the set the list was filtered by.
-            state = await source.signed_state(gun, srule)
+            state = await source.signed_state(repository, srule)
             signed, info = state.tags, state.info
         except (NotSignedError, TrustSourceUnavailableError, TrustDataError) as e:
-            return self._failure(gun, e)
+            return self._failure(repository, e)
         visible = [t for t in tags if t in signed and self._pattern_refusal(rule, t) is None]
         hidden = len(tags) - len(visible)
         if hidden:
@@ -369,7 +364,7 @@ class EnforcingGate:
         return Evaluation("signed", f"all {len(tags)} tags are signed", info=info, visible=visible)
 
     async def _evaluate_digest(
-        self, gun: str, digest: str, rule: RepositoryRule, ctx: RequestContext
+        self, repository: str, digest: str, rule: RepositoryRule, ctx: RequestContext
     ) -> Evaluation:
         found = self._source(rule)
         if isinstance(found, Evaluation):
@@ -380,22 +375,24 @@ class EnforcingGate:
             # key must come from the same trust state. Read apart, a refresh between the two
             # reads cached the old state's allowed set (a revoked index and its children)
             # under the new state's key, until the trust data changed again.
-            state = await source.signed_state(gun, srule)
+            state = await source.signed_state(repository, srule)
             signed, info = state.tags, state.info
             acceptable = {
                 t.digest for tag, t in signed.items() if self._pattern_refusal(rule, tag) is None
-            }
-            key = (gun, srule, rule.tag_patterns, info.key)
+            } | state.digests
+            key = (repository, srule, rule.tag_patterns, info.key)
             answer = await self.allowlist.check(
-                key, acceptable, digest, ctx.fetch_verified_manifest
+                key, acceptable, digest, ctx.registry.manifest if ctx.registry else None
             )
         except (NotSignedError, TrustSourceUnavailableError, TrustDataError) as e:
-            return self._failure(gun, e)
+            return self._failure(repository, e)
         except (FetchError, BadDataError) as e:  # the upstream, fetching a signed index
-            return self._failure(gun, e)
+            return self._failure(repository, e)
         if answer.allowed:
             return Evaluation("signed", answer.reason, info=info)
-        return Evaluation("refused", f"digest {digest} is not signed for {gun}{answer.reason}")
+        return Evaluation(
+            "refused", f"digest {digest} is not signed for {repository}{answer.reason}"
+        )
 
     # --- records -----------------------------------------------------------------------
 
@@ -410,7 +407,7 @@ class EnforcingGate:
     def _record(
         self,
         kind: DecisionKind,
-        gun: str,
+        repository: str,
         reference: str,
         rule: RepositoryRule | None,
         v: Verdict,
@@ -423,15 +420,17 @@ class EnforcingGate:
                 time=rfc3339(self._clock()),
                 kind=kind,
                 outcome=v.outcome,
-                repository=gun,
+                repository=repository,
                 reference=reference,
                 reason=v.reason,
                 rule=rule.pattern if rule else None,
                 mode=rule.mode if rule else None,
                 served_digest=_served_digest(kind, reference, v, t),
-                roles=t.roles if t is not None else (),
-                key_ids=t.key_ids if t is not None else (),
-                metadata_versions=dict(ev.info.versions) if ev.info is not None else {},
+                signers=t.signers if t is not None else (),
+                evidence={
+                    **(ev.info.evidence if ev.info is not None else {}),
+                    **(t.evidence if t is not None else {}),
+                },
                 client=ctx.client,
                 user_agent=ctx.user_agent,
                 user=ctx.user,
@@ -447,7 +446,7 @@ class EnforcingGate:
 
 
 def _served_digest(
-    kind: DecisionKind, reference: str, v: Verdict, target: SignedTarget | None
+    kind: DecisionKind, reference: str, v: Verdict, target: SignedAnswer | None
 ) -> str | None:
     if v.action == "serve_signed" and target is not None:
         return target.digest
@@ -456,8 +455,8 @@ def _served_digest(
     return None  # refused, or the upstream's answer under a tag (not known here)
 
 
-async def _info(source: TrustSource, gun: str, rule: SigningRule) -> TrustInfo | None:
+async def _info(source: TrustSource, repository: str, rule: SourceRule) -> TrustInfo | None:
     try:
-        return await source.trust_info(gun, rule)
+        return await source.trust_info(repository, rule)
     except TrustproxyError:
         return None

@@ -1,5 +1,5 @@
 """``trustproxy trust inspect``: what a verified Notary repository holds, and why each tag
-is or is not acceptable (pure: a loaded :class:`~proxy.trust.TrustedSet` in, text out).
+is or is not acceptable (pure: a loaded :class:`~proxy.sources.notary.tuf.TrustedSet` in, text out).
 
 :func:`build_report` makes one JSON-able dict (the ``--json`` output); :func:`format_pretty`
 (like ``docker trust inspect --pretty``) and :func:`format_compact` render it for people.
@@ -14,9 +14,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from proxy.errors import NotSignedError
-from proxy.sources.base import SigningRule
+from proxy.sources.notary.rules import SigningRule
 from proxy.sources.notary.source import acceptable_tags
-from proxy.trust import (
+from proxy.sources.notary.tuf import (
     PinnedRootCerts,
     PinnedRootKeys,
     RootCA,
@@ -28,7 +28,7 @@ from proxy.trust import (
     resolve_required_roles,
     signed_tags,
 )
-from proxy.trust.resolve import lookup
+from proxy.sources.notary.tuf.resolve import lookup
 
 __all__ = [
     "TOFU_WARNING",

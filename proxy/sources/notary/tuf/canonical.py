@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import re
 
-from proxy.trust.errors import MetadataFormatError
+from proxy.sources.notary.tuf.errors import MetadataFormatError
 
 __all__ = ["MAX_SAFE_INT", "encode_canonical", "encode_parsed"]
 

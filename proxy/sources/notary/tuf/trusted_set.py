@@ -35,7 +35,7 @@ from datetime import datetime
 from types import MappingProxyType
 from typing import Literal
 
-from proxy.trust.errors import (
+from proxy.sources.notary.tuf.errors import (
     ExpiredError,
     HashMismatchError,
     KeyIdMismatchError,
@@ -47,8 +47,8 @@ from proxy.trust.errors import (
     ThresholdError,
     TrustDataError,
 )
-from proxy.trust.keys import PublicKey
-from proxy.trust.metadata import (
+from proxy.sources.notary.tuf.keys import PublicKey
+from proxy.sources.notary.tuf.metadata import (
     DEFAULT_LIMITS,
     DelegatedRole,
     Limits,
@@ -63,8 +63,8 @@ from proxy.trust.metadata import (
     parse_targets,
     parse_timestamp,
 )
-from proxy.trust.roots import RootOfTrust, is_expired, leaf_problem
-from proxy.trust.state import TrustedState
+from proxy.sources.notary.tuf.roots import RootOfTrust, is_expired, leaf_problem
+from proxy.sources.notary.tuf.state import TrustedState
 
 __all__ = [
     "PendingRole",

@@ -10,13 +10,13 @@ Two modes:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
 
 from proxy.errors import NotSignedError
-from proxy.trust.metadata import TargetFile
-from proxy.trust.trusted_set import TrustedSet
+from proxy.sources.notary.tuf.metadata import TargetFile
+from proxy.sources.notary.tuf.trusted_set import TrustedSet
 
 __all__ = [
     "DOCKER_ROLES",
@@ -45,6 +45,17 @@ class SignedTarget:
     key_ids: tuple[str, ...]
     #: every considered role that signs the tag at this digest
     roles: tuple[str, ...]
+
+    # The shared answer shape (proxy.sources.base.SignedAnswer): who signed, for people,
+    # and the Notary facts behind it, for the audit record.
+    @property
+    def signers(self) -> tuple[str, ...]:
+        """The roles that sign the tag at this digest (the authoritative one if none)."""
+        return self.roles or (self.role,)
+
+    @property
+    def evidence(self) -> Mapping[str, Any]:
+        return {"roles": self.roles, "key_ids": self.key_ids}
 
 
 @dataclass(frozen=True)

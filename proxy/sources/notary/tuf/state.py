@@ -1,7 +1,7 @@
 """Persisted trust state of one repository, for rollback/freeze protection across refreshes.
 
 What comes back from a store is untrusted: :meth:`TrustedSet.from_state` re-verifies every
-byte. Caveat: under :class:`~proxy.trust.roots.TrustOnFirstUse` the stored root *is* the
+byte. Caveat: under :class:`~.roots.TrustOnFirstUse` the stored root *is* the
 trust anchor, so whoever can write the store can choose it (as with notary's local cache).
 A store that lies about ``versions`` can only cause refusals (rollback errors), never
 acceptance. Nothing in a state says whether it is current: a store writer can put back an
@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Final
 
-from proxy.trust.canonical import MAX_SAFE_INT
-from proxy.trust.errors import MetadataFormatError, OversizeMetadataError
+from proxy.sources.notary.tuf.canonical import MAX_SAFE_INT
+from proxy.sources.notary.tuf.errors import MetadataFormatError, OversizeMetadataError
 
 __all__ = ["STATE_FORMAT", "TrustedState"]
 

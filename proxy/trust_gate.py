@@ -8,8 +8,8 @@ NotSignedError (404) / TrustSourceUnavailableError (503). Blobs are not gated: t
 content-addressed and only reachable through a manifest that was.
 
 The handler hands the gate a :class:`RequestContext`: who asked (for the audit record) and a
-way to read manifests by digest, verified, for the gate's own checks (the children of a
-signed index under ``digests: signed``).
+registry reader as that client (:class:`~proxy.sources.base.RegistryReads`), for the gate's
+own checks (the children of a signed index under ``digests: signed``).
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
 from proxy.routing import Route
+from proxy.sources.base import RegistryReads
 
 #: ``fetch(digest)`` -> the manifest bytes whose hash is ``digest`` (verified by the
 #: handler, bounded by ``limits.manifest_max_bytes``), or None when the upstream does not
@@ -34,9 +35,8 @@ class RequestContext:
     user_agent: str | None = None
     user: str | None = None  # the proxy user (client auth), if any
     method: str | None = None  # GET / HEAD
-    fetch_verified_manifest: FetchVerifiedManifest | None = field(
-        default=None, compare=False, repr=False
-    )
+    #: the registry as this client (proxy/upstream/reader.py), for the gate's own reads
+    registry: RegistryReads | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -45,7 +45,7 @@ class ServeDigest:
 
     digest: str
     length: int | None = None
-    signers: tuple[str, ...] = ()  # roles/key IDs, for logs
+    signers: tuple[str, ...] = ()  # who signed (as the source names them), for logs
 
 
 @dataclass(frozen=True)
@@ -73,7 +73,7 @@ class TrustGate(Protocol):
         """Whether a pull by ``digest`` may be served; returns None when it may.
 
         Raises NotSignedError (404) or TrustSourceUnavailableError (503), or what
-        ``ctx.fetch_verified_manifest`` raises (never allows on an error).
+        ``ctx.registry`` raises (never allows on an error).
         """
         ...
 

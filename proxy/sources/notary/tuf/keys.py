@@ -29,8 +29,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
-from proxy.trust.canonical import encode_canonical
-from proxy.trust.errors import MetadataFormatError, SignatureError, UnsupportedKeyError
+from proxy.sources.notary.tuf.canonical import encode_canonical
+from proxy.sources.notary.tuf.errors import MetadataFormatError, SignatureError, UnsupportedKeyError
 
 __all__ = [
     "KEY_TYPES",

@@ -25,7 +25,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.x509.oid import NameOID
 
-from proxy.trust.keys import PublicKey
+from proxy.sources.notary.tuf.keys import PublicKey
 
 __all__ = [
     "PinnedRootCerts",

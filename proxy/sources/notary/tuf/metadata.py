@@ -1,7 +1,7 @@
 """Parse Notary v1 metadata bytes into frozen role models.
 
 Parsing checks shape only (types, required fields, limits); signatures, thresholds, hashes,
-versions and expiry are checked by :mod:`proxy.trust.trusted_set`. Unknown fields are
+versions and expiry are checked by :mod:`proxy.sources.notary.tuf.trusted_set`. Unknown fields are
 ignored, as Go's ``encoding/json`` does; duplicate object keys and non-integer numbers are
 refused, so that no two parsers can read the same bytes differently.
 """
@@ -18,9 +18,9 @@ from datetime import UTC, datetime, timedelta, timezone
 from types import MappingProxyType
 from typing import Final, Generic, NamedTuple, TypeVar
 
-from proxy.trust.canonical import MAX_SAFE_INT, encode_parsed
-from proxy.trust.errors import MetadataFormatError, OversizeMetadataError
-from proxy.trust.keys import PublicKey, parse_key
+from proxy.sources.notary.tuf.canonical import MAX_SAFE_INT, encode_parsed
+from proxy.sources.notary.tuf.errors import MetadataFormatError, OversizeMetadataError
+from proxy.sources.notary.tuf.keys import PublicKey, parse_key
 
 __all__ = [
     "HASH_SIZES",

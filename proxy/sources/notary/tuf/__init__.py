@@ -24,15 +24,17 @@ How a caller (the I/O shell) drives it, per repository (GUN)::
     store(ts.state().to_bytes())
     signed = resolve_docker(ts, tag)          # or resolve_required_roles(ts, tag, reqs)
 
-:func:`refresh` is that loop for a synchronous fetch callable. A cache hit is
+:func:`walk` is that loop, sans I/O (it yields the file it needs and is sent its bytes);
+:func:`refresh` drives it over a synchronous fetch callable, ``NotarySource`` over its
+async fetcher: one walk, so the attack tests drive what production runs. A cache hit is
 ``TrustedSet.from_state(state, ...)`` (replay: every stored byte is verified again).
 Any ``TrustDataError`` from root/timestamp/snapshot/targets is fatal for the refresh.
 """
 
 from __future__ import annotations
 
-from proxy.trust.canonical import encode_canonical
-from proxy.trust.errors import (
+from proxy.sources.notary.tuf.canonical import encode_canonical
+from proxy.sources.notary.tuf.errors import (
     ExpiredError,
     HashMismatchError,
     KeyIdMismatchError,
@@ -45,8 +47,8 @@ from proxy.trust.errors import (
     ThresholdError,
     UnsupportedKeyError,
 )
-from proxy.trust.keys import PublicKey, compute_key_id, parse_key
-from proxy.trust.metadata import (
+from proxy.sources.notary.tuf.keys import PublicKey, compute_key_id, parse_key
+from proxy.sources.notary.tuf.metadata import (
     DelegatedRole,
     Delegations,
     Limits,
@@ -62,23 +64,32 @@ from proxy.trust.metadata import (
     parse_targets,
     parse_timestamp,
 )
-from proxy.trust.refresh import Fetch, MissingMetadataError, check_withheld, refresh
-from proxy.trust.resolve import (
+from proxy.sources.notary.tuf.refresh import (
+    Fetch,
+    MissingMetadataError,
+    MissingTimestampError,
+    Need,
+    Walk,
+    check_withheld,
+    refresh,
+    walk,
+)
+from proxy.sources.notary.tuf.resolve import (
     RoleRequirement,
     SignedTarget,
     resolve_docker,
     resolve_required_roles,
     signed_tags,
 )
-from proxy.trust.roots import (
+from proxy.sources.notary.tuf.roots import (
     PinnedRootCerts,
     PinnedRootKeys,
     RootCA,
     RootOfTrust,
     TrustOnFirstUse,
 )
-from proxy.trust.state import TrustedState
-from proxy.trust.trusted_set import PendingRole, TrustedSet, consistent_filename
+from proxy.sources.notary.tuf.state import TrustedState
+from proxy.sources.notary.tuf.trusted_set import PendingRole, TrustedSet, consistent_filename
 
 __all__ = [
     "DelegatedRole",
@@ -92,6 +103,8 @@ __all__ = [
     "Metadata",
     "MetadataFormatError",
     "MissingMetadataError",
+    "MissingTimestampError",
+    "Need",
     "OversizeMetadataError",
     "PendingRole",
     "PinnedRootCerts",
@@ -115,6 +128,7 @@ __all__ = [
     "TrustedSet",
     "TrustedState",
     "UnsupportedKeyError",
+    "Walk",
     "check_withheld",
     "compute_key_id",
     "consistent_filename",
@@ -128,4 +142,5 @@ __all__ = [
     "resolve_docker",
     "resolve_required_roles",
     "signed_tags",
+    "walk",
 ]

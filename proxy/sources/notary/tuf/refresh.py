@@ -1,8 +1,10 @@
-"""A synchronous driver of :class:`TrustedSet` over a fetch callable (tests, tools, bench).
+"""The Notary refresh walk, once: :func:`walk` is the sans-I/O driver of a :class:`TrustedSet`
+(it yields which file it needs and is sent its bytes); :func:`refresh` runs it over a
+synchronous fetch callable (tests, tools, bench) and ``NotarySource`` over its async fetcher
+(production). Both run this code, so the attack tests test what serves.
 
-The I/O shell can mirror this loop with its own (async) fetcher. ``fetch(name)`` returns the
-bytes of ``/v2/<gun>/_trust/tuf/<name>``, or None for 404; it should read at most the
-role's byte limit plus one (so oversize data fails here, not in memory).
+A fetch returns the bytes of ``/v2/<gun>/_trust/tuf/<name>``, or None for 404; it should read
+at most the role's byte limit plus one (so oversize data fails here, not in memory).
 
 Delegations: notary skips an invalid one, and under Docker's rule ``targets`` then answers
 for its tags. Two cases end the refresh instead, because only a trust server working
@@ -16,15 +18,31 @@ against us produces them and skipping would let it bring back what a delegation 
 
 from __future__ import annotations
 
+import hashlib
 import posixpath
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Generator, Mapping
+from dataclasses import dataclass
 
-from proxy.trust.errors import ExpiredError, HashMismatchError, RollbackError, TrustDataError
-from proxy.trust.metadata import DelegatedRole, is_delegation_name, parse_targets
-from proxy.trust.state import TrustedState
-from proxy.trust.trusted_set import TrustedSet
+from proxy.sources.notary.tuf.errors import (
+    ExpiredError,
+    HashMismatchError,
+    RollbackError,
+    TrustDataError,
+)
+from proxy.sources.notary.tuf.metadata import DelegatedRole, is_delegation_name, parse_targets
+from proxy.sources.notary.tuf.state import TrustedState
+from proxy.sources.notary.tuf.trusted_set import TrustedSet
 
-__all__ = ["Fetch", "MissingMetadataError", "check_withheld", "refresh"]
+__all__ = [
+    "Fetch",
+    "MissingMetadataError",
+    "MissingTimestampError",
+    "Need",
+    "Walk",
+    "check_withheld",
+    "refresh",
+    "walk",
+]
 
 Fetch = Callable[[str], bytes | None]
 
@@ -33,42 +51,71 @@ class MissingMetadataError(HashMismatchError):
     """A role that the parent announces is absent on the server."""
 
 
-def refresh(
+class MissingTimestampError(MissingMetadataError):
+    """``timestamp.json`` is gone (``notary delete --remote`` removes every file; the root
+    we hold stays pinned). A source reports it as "no trust data"."""
+
+
+@dataclass(frozen=True)
+class Need:
+    """The file the walk needs next: ``name`` under ``_trust/tuf/``, read with ``role``'s
+    byte limit."""
+
+    name: str
+    role: str
+
+
+#: ``walk(...)``: yields what it needs, is sent the bytes (None: 404), returns the errors
+#: of skipped delegations.
+Walk = Generator[Need, bytes | None, list[TrustDataError]]
+
+
+def walk(
     ts: TrustedSet,
-    fetch: Fetch,
     *,
     delegations: Collection[str] | None = None,
     previous: TrustedState | None = None,
-) -> list[TrustDataError]:
+    known: Mapping[str, bytes] | None = None,
+) -> Walk:
     """Walk root versions, then timestamp, snapshot, targets and delegations.
 
     ``delegations`` limits which delegated roles are fetched (``{"targets/releases"}`` for
     Docker's rule; None = all). ``previous``: the last verified state, for
-    :func:`check_withheld`. Returns the errors of skipped delegations.
+    :func:`check_withheld`. ``known``: verified bytes already held, by role; reused
+    without a fetch when the parent announces exactly their hash (python-tuf loads its
+    local snapshot the same way), and checked again by the update like fetched bytes.
+    Returns the errors of skipped delegations.
 
     Raises:
         TrustDataError: any failure of root, timestamp, snapshot or targets, or a missing
-            top-level file.
+            top-level file (:class:`MissingTimestampError` for the timestamp).
         RollbackError: also for a delegated role (a rollback is never skipped).
         MissingMetadataError: a delegation of ``previous`` is withheld.
     """
-    while (raw := fetch(ts.next_root_filename())) is not None:
+    held = known or {}
+    while (raw := (yield Need(ts.next_root_filename(), "root"))) is not None:
         ts.update_root(raw)
-    for role in ("timestamp", "snapshot", "targets"):
-        name = "timestamp.json" if role == "timestamp" else ts.filename_for(role)
-        raw = fetch(name)
+    raw = yield Need("timestamp.json", "timestamp")
+    if raw is None:
+        raise MissingTimestampError("timestamp.json not found", role="timestamp")
+    ts.update_timestamp(raw)
+    for role in ("snapshot", "targets"):
+        name = ts.filename_for(role)
+        raw = _reusable(held, role, name)
+        if raw is None:
+            raw = yield Need(name, role)
         if raw is None:
             raise MissingMetadataError(f"{name} not found", role=role)
-        if role == "timestamp":
-            ts.update_timestamp(raw)
-        elif role == "snapshot":
+        if role == "snapshot":
             ts.update_snapshot(raw)
         else:
             ts.update_targets(raw)
     errors: list[TrustDataError] = []
     while pending := ts.pending_delegations(delegations):
         for p in pending:
-            raw = fetch(p.filename)
+            raw = _reusable(held, p.name, p.filename)
+            if raw is None:
+                raw = yield Need(p.filename, p.name)
             if raw is None:
                 err: TrustDataError = MissingMetadataError(f"{p.filename} not found", role=p.name)
                 ts.skip_delegation(p.name, err)
@@ -77,12 +124,43 @@ def refresh(
             try:
                 ts.update_delegated_targets(raw, p.name, p.parent)
             except RollbackError:
-                raise  # never skipped: see TrustedSet.update_delegated_targets
+                # Older than a version of this (still declared) role that we verified:
+                # the server is rolling it back. Skipping it, as notary does with an
+                # invalid delegation, would hand its tags to targets (releases wins).
+                raise
             except TrustDataError as e:
-                errors.append(e)
+                errors.append(e)  # notary skips an invalid delegation; resolution ignores it
     if previous is not None:
+        # ... unless we had verified it and it is still declared as then: a server
+        # withholding it must not hand its tags to the parent.
         check_withheld(ts, previous)
     return errors
+
+
+def refresh(
+    ts: TrustedSet,
+    fetch: Fetch,
+    *,
+    delegations: Collection[str] | None = None,
+    previous: TrustedState | None = None,
+    known: Mapping[str, bytes] | None = None,
+) -> list[TrustDataError]:
+    """:func:`walk` over a synchronous ``fetch(name)``. Raises what :func:`walk` raises."""
+    steps = walk(ts, delegations=delegations, previous=previous, known=known)
+    try:
+        need = next(steps)
+        while True:
+            need = steps.send(fetch(need.name))
+    except StopIteration as done:
+        errors: list[TrustDataError] = done.value
+        return errors
+
+
+def _reusable(known: Mapping[str, bytes], role: str, filename: str) -> bytes | None:
+    raw = known.get(role)
+    if raw is not None and filename == f"{role}.{hashlib.sha256(raw).hexdigest()}.json":
+        return raw
+    return None
 
 
 def check_withheld(ts: TrustedSet, previous: TrustedState) -> None:
