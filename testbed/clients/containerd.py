@@ -24,6 +24,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from testbed.clients import CommandResult
 from testbed.processes import Server, start_server
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -102,17 +103,7 @@ state = "{directory / "state"}"
 """
 
 
-@dataclass(frozen=True)
-class CtrResult:
-    argv: list[str]
-    returncode: int
-    stdout: str
-    stderr: str
-
-    @property
-    def ok(self) -> bool:
-        return self.returncode == 0
-
+class CtrResult(CommandResult):
     @property
     def error(self) -> str:
         """ctr's last line: ``ctr: <what failed>``."""
@@ -151,7 +142,7 @@ class Containerd:
     def ctr(self, *args: str, namespace: str = "default", timeout: float = 180) -> CtrResult:
         argv = ["ctr", "--address", str(self.socket), "--namespace", namespace, *args]
         done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
-        return CtrResult(argv, done.returncode, done.stdout, done.stderr)
+        return CtrResult.of(argv, done)
 
     def pull(
         self,
@@ -167,7 +158,7 @@ class Containerd:
             args += ["--platform", platform]
         argv = ["ctr", "--address", str(self.socket), "--namespace", namespace, *args, ref]
         done = subprocess.run(argv, capture_output=True, text=True, timeout=180, check=False)
-        return CtrResult(argv, done.returncode, done.stdout, done.stderr)
+        return CtrResult.of(argv, done)
 
     def image_digest(self, ref: str, *, namespace: str) -> str | None:
         """The target digest containerd recorded for ``ref`` (None: no such image)."""

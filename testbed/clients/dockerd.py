@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from testbed.clients import CommandResult
 from testbed.processes import Server, free_port, start_server
 from testbed.tls import CA
 
@@ -86,17 +87,7 @@ def docker_cli() -> str | None:
     return None
 
 
-@dataclass
-class DockerResult:
-    argv: list[str]
-    returncode: int
-    stdout: str
-    stderr: str
-
-    @property
-    def ok(self) -> bool:
-        return self.returncode == 0
-
+class DockerResult(CommandResult):
     @property
     def output(self) -> str:
         return (self.stdout + self.stderr).strip()
@@ -136,7 +127,7 @@ class Dockerd:
         done = subprocess.run(
             argv, capture_output=True, text=True, timeout=timeout, check=False, env=full
         )
-        return DockerResult(argv, done.returncode, done.stdout, done.stderr)
+        return DockerResult.of(argv, done)
 
     def version(self) -> str:
         r = self.docker("version", "--format", "{{.Server.Version}}")

@@ -29,8 +29,9 @@ import re
 import shutil
 import subprocess
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
+
+from testbed.clients import CommandResult
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 INSTALL_SCRIPT = REPO_ROOT / "scripts" / "install-client-deps.sh"
@@ -52,17 +53,7 @@ _MOUNT_AND_RUN = (
 )
 
 
-@dataclass(frozen=True)
-class Result:
-    argv: tuple[str, ...]
-    returncode: int
-    stdout: str
-    stderr: str
-
-    @property
-    def ok(self) -> bool:
-        return self.returncode == 0
-
+class Result(CommandResult):
     @property
     def error(self) -> str:
         """The client's error line (``Error: ...`` or logrus ``msg="..."``)."""
@@ -195,7 +186,7 @@ class ContainersHost:
             env={**self._env(), **(env or {})},
             check=False,
         )
-        return Result(tuple(argv), done.returncode, done.stdout, done.stderr)
+        return Result.of(argv, done)
 
     def podman(self, *args: str, timeout: float = 180, env: dict[str, str] | None = None) -> Result:
         return self.run(
