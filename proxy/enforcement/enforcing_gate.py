@@ -181,7 +181,7 @@ class EnforcingGate:
         elif rule.mode == "off":
             ev = Evaluation("allowed", "not checked")
         else:
-            ev = await self._evaluate_tag(repository, tag, rule)
+            ev = await self._evaluate_tag(repository, tag, rule, ctx)
         v = decide(rule.mode if rule else None, ev.finding, ev.reason)
         self._record("manifest", repository, tag, rule, v, ev, ctx)
         if v.action == "serve_signed" and ev.target is not None:
@@ -218,7 +218,7 @@ class EnforcingGate:
         elif rule.mode == "off":
             ev = Evaluation("allowed", "not checked", visible=list(tags))
         else:
-            ev = await self._evaluate_tags(repository, tags, rule)
+            ev = await self._evaluate_tags(repository, tags, rule, ctx)
         v = decide(rule.mode if rule else None, ev.finding, ev.reason)
         self._record("tags", repository, "", rule, v, ev, ctx)
         if v.action == "pass_through":
@@ -322,7 +322,9 @@ class EnforcingGate:
         # The gate's own fetches (signed index children): upstream failures fail closed.
         return Evaluation("unavailable", str(e), error=e)
 
-    async def _evaluate_tag(self, repository: str, tag: str, rule: RepositoryRule) -> Evaluation:
+    async def _evaluate_tag(
+        self, repository: str, tag: str, rule: RepositoryRule, ctx: RequestContext
+    ) -> Evaluation:
         # The pattern first: it is cheap and needs no trust data.
         if (why := self._pattern_refusal(rule, tag)) is not None:
             return Evaluation("refused", why)
@@ -331,7 +333,7 @@ class EnforcingGate:
             return found
         source, srule = found
         try:
-            target = await source.resolve(repository, tag, srule)
+            target = await source.resolve(repository, tag, srule, registry=ctx.registry)
             info = await source.trust_info(repository, srule)
         except (NotSignedError, TrustSourceUnavailableError, TrustDataError) as e:
             ev = self._failure(repository, e)
@@ -343,7 +345,7 @@ class EnforcingGate:
         return Evaluation("signed", reason, target=target, info=info)
 
     async def _evaluate_tags(
-        self, repository: str, tags: list[str], rule: RepositoryRule
+        self, repository: str, tags: list[str], rule: RepositoryRule, ctx: RequestContext
     ) -> Evaluation:
         found = self._source(rule)
         if isinstance(found, Evaluation):
@@ -352,7 +354,7 @@ class EnforcingGate:
         try:
             # One call per listing, not one per tag, and one state: the record's versions
             # are those of the set the list was filtered by.
-            state = await source.signed_state(repository, srule)
+            state = await source.signed_state(repository, srule, registry=ctx.registry, tags=tags)
             signed, info = state.tags, state.info
         except (NotSignedError, TrustSourceUnavailableError, TrustDataError) as e:
             return self._failure(repository, e)
@@ -375,7 +377,9 @@ class EnforcingGate:
             # key must come from the same trust state. Read apart, a refresh between the two
             # reads cached the old state's allowed set (a revoked index and its children)
             # under the new state's key, until the trust data changed again.
-            state = await source.signed_state(repository, srule)
+            state = await source.signed_state(
+                repository, srule, registry=ctx.registry, digests=(digest,)
+            )
             signed, info = state.tags, state.info
             acceptable = {
                 t.digest for tag, t in signed.items() if self._pattern_refusal(rule, tag) is None

@@ -103,16 +103,20 @@ class UnavailableSource:
     def _error(self) -> TrustSourceUnavailableError:
         return TrustSourceUnavailableError(self._name, self.reason)
 
-    async def resolve(self, repository: str, tag: str, rule: SourceRule) -> SignedAnswer:
+    async def resolve(
+        self, repository: str, tag: str, rule: SourceRule, **_: object
+    ) -> SignedAnswer:
         raise self._error()
 
-    async def signed_tags(self, repository: str, rule: SourceRule) -> Mapping[str, SignedAnswer]:
+    async def signed_tags(
+        self, repository: str, rule: SourceRule, **_: object
+    ) -> Mapping[str, SignedAnswer]:
         raise self._error()
 
     async def trust_info(self, repository: str, rule: SourceRule) -> TrustInfo:
         raise self._error()
 
-    async def signed_state(self, repository: str, rule: SourceRule) -> SignedState:
+    async def signed_state(self, repository: str, rule: SourceRule, **_: object) -> SignedState:
         raise self._error()
 
     async def aclose(self) -> None:

@@ -20,7 +20,7 @@ enforcement layer shows ``str(error)`` to clients).
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Mapping
+from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Protocol
@@ -160,8 +160,21 @@ class TrustSource(Protocol):
     @property
     def name(self) -> str: ...
 
-    async def resolve(self, repository: str, tag: str, rule: SourceRule) -> SignedAnswer:
+    async def resolve(
+        self,
+        repository: str,
+        tag: str,
+        rule: SourceRule,
+        /,
+        *,
+        registry: RegistryReads | None = None,
+    ) -> SignedAnswer:
         """The signed target of ``tag`` in ``repository`` under ``rule``.
+
+        ``registry`` is the registry as the requesting client: a source whose signatures
+        live in the registry (Cosign, Notation) reads them through it, with that client's
+        credentials. None when no request is being served (a CLI command): such a source
+        then raises TrustSourceUnavailableError unless it was built with a reader of its own.
 
         Raises:
             NotSignedError: not signed under the rule (``NoTrustDataError``: no trust data).
@@ -170,14 +183,27 @@ class TrustSource(Protocol):
         """
         ...
 
-    async def signed_tags(self, repository: str, rule: SourceRule) -> Mapping[str, SignedAnswer]:
+    async def signed_tags(
+        self,
+        repository: str,
+        rule: SourceRule,
+        /,
+        *,
+        registry: RegistryReads | None = None,
+        tags: Sequence[str] | None = None,
+    ) -> Mapping[str, SignedAnswer]:
         """Every tag acceptable under ``rule``, by tag (for a filtered tag list).
+
+        ``tags``: the tags the caller asks about (the upstream's listing). A source whose
+        trust data names every signed tag (Notary, static pins) may answer all of its own
+        and ignore it; a source that judges tags one at a time (signatures on digests)
+        answers among these only, and among the tags it remembers when None.
 
         Raises: as :meth:`resolve`, except that an unsigned tag is simply absent.
         """
         ...
 
-    async def trust_info(self, repository: str, rule: SourceRule) -> TrustInfo:
+    async def trust_info(self, repository: str, rule: SourceRule, /) -> TrustInfo:
         """What :meth:`resolve` / :meth:`signed_tags` under ``rule`` answer from right now
         (cheap right after either: no network when the state is cached). For audit records
         only: it may already describe a newer state than the call before it.
@@ -186,9 +212,22 @@ class TrustSource(Protocol):
         """
         ...
 
-    async def signed_state(self, repository: str, rule: SourceRule) -> SignedState:
+    async def signed_state(
+        self,
+        repository: str,
+        rule: SourceRule,
+        /,
+        *,
+        registry: RegistryReads | None = None,
+        tags: Sequence[str] | None = None,
+        digests: Sequence[str] = (),
+    ) -> SignedState:
         """:meth:`signed_tags` and :meth:`trust_info` of one and the same trust state (one
         load): what anything keyed by the trust state must be built from.
+
+        ``registry`` and ``tags`` as for :meth:`signed_tags`. ``digests``: digests the
+        caller asks about (a pull by digest); a source that judges digests one at a time
+        puts those whose signatures verify into ``SignedState.digests``.
 
         Raises: as :meth:`signed_tags`.
         """

@@ -58,7 +58,7 @@ import dataclasses
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -69,7 +69,7 @@ from prometheus_client import Counter
 from proxy.errors import NotSignedError, TrustDataError, TrustSourceUnavailableError
 from proxy.metrics import TRUST_CACHE, TRUST_REFRESH_SECONDS
 from proxy.settings import CacheSettings, LimitSettings, TrustSourceSettings
-from proxy.sources.base import NoTrustDataError, SignedState, TrustInfo
+from proxy.sources.base import NoTrustDataError, RegistryReads, SignedState, TrustInfo
 from proxy.sources.flight import ReplicaLock
 from proxy.sources.notary.fetcher import NotaryFetcher
 from proxy.sources.notary.rules import (
@@ -309,12 +309,29 @@ class NotarySource:
 
     # --- the TrustSource interface ----------------------------------------------------------
 
-    async def resolve(self, gun: str, tag: str, rule: SigningRule) -> SignedTarget:
+    # ``registry``, ``tags`` and ``digests`` are not needed: the trust server's data names
+    # every signed tag and digest of the repository.
+
+    async def resolve(
+        self,
+        gun: str,
+        tag: str,
+        rule: SigningRule,
+        *,
+        registry: RegistryReads | None = None,
+    ) -> SignedTarget:
         """See :meth:`proxy.sources.base.TrustSource.resolve`."""
         ts = await self.load(gun, rule)
         return resolve_under_rule(ts, tag, rule)
 
-    async def signed_tags(self, gun: str, rule: SigningRule) -> dict[str, SignedTarget]:
+    async def signed_tags(
+        self,
+        gun: str,
+        rule: SigningRule,
+        *,
+        registry: RegistryReads | None = None,
+        tags: Sequence[str] | None = None,
+    ) -> dict[str, SignedTarget]:
         """See :meth:`proxy.sources.base.TrustSource.signed_tags`."""
         ts = await self.load(gun, rule)
         # The caller's own copy (a dict copy is ~1000x cheaper than building it).
@@ -325,12 +342,20 @@ class NotarySource:
         ts = await self._load(gun, rule, count=False)
         return self._info_of(gun, rule, ts)
 
-    async def signed_state(self, gun: str, rule: SigningRule) -> SignedState:
+    async def signed_state(
+        self,
+        gun: str,
+        rule: SigningRule,
+        *,
+        registry: RegistryReads | None = None,
+        tags: Sequence[str] | None = None,
+        digests: Sequence[str] = (),
+    ) -> SignedState:
         """See :meth:`proxy.sources.base.TrustSource.signed_state`: one load, and both
         answers derived from that one verified set with no ``await`` in between."""
         ts = await self.load(gun, rule)
-        tags = MappingProxyType(self._acceptable_of(gun, rule, ts))  # read-only, no copy
-        return SignedState(tags, self._info_of(gun, rule, ts))
+        signed = MappingProxyType(self._acceptable_of(gun, rule, ts))  # read-only, no copy
+        return SignedState(signed, self._info_of(gun, rule, ts))
 
     def _acceptable_of(
         self, gun: str, rule: SigningRule, ts: TrustedSet

@@ -10,13 +10,19 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
 
 from proxy.errors import TrustSourceUnavailableError
-from proxy.sources.base import NoTrustDataError, SignedAnswer, SignedState, TrustInfo
+from proxy.sources.base import (
+    NoTrustDataError,
+    RegistryReads,
+    SignedAnswer,
+    SignedState,
+    TrustInfo,
+)
 from proxy.sources.static.pins import MAX_PINS_BYTES, Pins, PinsFormatError, parse_pins
 
 __all__ = ["PINNED", "StaticRule", "StaticSource"]
@@ -70,27 +76,52 @@ class StaticSource:
             raise NoTrustDataError(self.path.name, repository)
         return pins, repo.tags
 
-    async def resolve(self, repository: str, tag: str, rule: StaticRule) -> SignedAnswer:
+    # ``registry``, ``tags`` and ``digests`` are not needed: the pins name every tag and
+    # digest of the repository.
+
+    async def resolve(
+        self,
+        repository: str,
+        tag: str,
+        rule: StaticRule,
+        *,
+        registry: RegistryReads | None = None,
+    ) -> SignedAnswer:
         _, tags = await self._repository(repository)
         pin = tags.get(tag)
         if pin is None:
             raise _not_pinned(tag, self.path.name)
         return pin
 
-    async def signed_tags(self, repository: str, rule: StaticRule) -> Mapping[str, SignedAnswer]:
-        _, tags = await self._repository(repository)
-        return tags
+    async def signed_tags(
+        self,
+        repository: str,
+        rule: StaticRule,
+        *,
+        registry: RegistryReads | None = None,
+        tags: Sequence[str] | None = None,
+    ) -> Mapping[str, SignedAnswer]:
+        _, pinned = await self._repository(repository)
+        return pinned
 
     async def trust_info(self, repository: str, rule: StaticRule) -> TrustInfo:
         return (await self.signed_state(repository, rule)).info
 
-    async def signed_state(self, repository: str, rule: StaticRule) -> SignedState:
-        pins, tags = await self._repository(repository)
+    async def signed_state(
+        self,
+        repository: str,
+        rule: StaticRule,
+        *,
+        registry: RegistryReads | None = None,
+        tags: Sequence[str] | None = None,
+        digests: Sequence[str] = (),
+    ) -> SignedState:
+        pins, pinned = await self._repository(repository)
         info = TrustInfo(
             state_key=pins.file_digest,
             evidence=MappingProxyType({"pins_digest": pins.file_digest}),
         )
-        return SignedState(tags, info, pins.repositories[repository].digests)
+        return SignedState(pinned, info, pins.repositories[repository].digests)
 
     async def aclose(self) -> None:
         return None

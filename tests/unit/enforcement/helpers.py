@@ -22,7 +22,7 @@ from proxy.enforcement.enforcing_gate import EnforcingGate
 from proxy.errors import TrustproxyError
 from proxy.http.app import create_app
 from proxy.policy.model import Mode, Policy, RepositoryRule
-from proxy.sources.base import SignedState, TrustInfo
+from proxy.sources.base import RegistryReads, SignedState, TrustInfo
 from proxy.sources.notary.policy import NotaryVerification, SignerRequirement
 from proxy.sources.notary.rules import NotSignedByError, SigningRule
 from proxy.sources.notary.source import trust_info_of
@@ -73,7 +73,9 @@ class FakeSource:
     def name(self) -> str:
         return "notary"
 
-    async def resolve(self, gun: str, tag: str, rule: SigningRule) -> SignedTarget:
+    async def resolve(
+        self, gun: str, tag: str, rule: SigningRule, *, registry: RegistryReads | None = None
+    ) -> SignedTarget:
         self.calls.append(f"resolve {gun}:{tag}")
         self.rules.append(rule)
         if self.error is not None:
@@ -83,7 +85,9 @@ class FakeSource:
             raise NotSignedByError(tag, tuple(rule.role_names))
         return found
 
-    async def signed_tags(self, gun: str, rule: SigningRule) -> dict[str, SignedTarget]:
+    async def signed_tags(
+        self, gun: str, rule: SigningRule, **_: object
+    ) -> dict[str, SignedTarget]:
         self.calls.append(f"signed_tags {gun}")
         self.rules.append(rule)
         if self.error is not None:
@@ -95,7 +99,7 @@ class FakeSource:
             raise self.error
         return trust_info_of({"root": 1, "targets": self.version})
 
-    async def signed_state(self, gun: str, rule: SigningRule) -> SignedState:
+    async def signed_state(self, gun: str, rule: SigningRule, **_: object) -> SignedState:
         self.calls.append(f"signed_state {gun}")
         self.rules.append(rule)
         if self.error is not None:

@@ -97,16 +97,18 @@ class FlippingSource:
             return signed, trust_info_of({"root": 1, "targets": 1})
         return {}, trust_info_of({"root": 1, "targets": 2})
 
-    async def resolve(self, gun: str, tag: str, rule: SigningRule) -> SignedTarget:
+    async def resolve(self, gun: str, tag: str, rule: SigningRule, **_: object) -> SignedTarget:
         raise NotSignedError(f"tag {tag} is not signed")
 
-    async def signed_tags(self, gun: str, rule: SigningRule) -> dict[str, SignedTarget]:
+    async def signed_tags(
+        self, gun: str, rule: SigningRule, **_: object
+    ) -> dict[str, SignedTarget]:
         return self._read()[0]
 
     async def trust_info(self, gun: str, rule: SigningRule) -> TrustInfo:
         return self._read()[1]
 
-    async def signed_state(self, gun: str, rule: SigningRule) -> SignedState:
+    async def signed_state(self, gun: str, rule: SigningRule, **_: object) -> SignedState:
         tags, info = self._read()
         return SignedState(MappingProxyType(tags), info)
 
