@@ -348,6 +348,9 @@ def _add_trust_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
         add = source_type(name).add_cli
         if add is not None:
             add(trust_sub)
+    from proxy.trust_migrate import add_cli as add_migrate  # reads any source: not a type's
+
+    add_migrate(trust_sub)
 
 
 def parse_image(ref: str) -> tuple[str, str | None]:

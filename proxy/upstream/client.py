@@ -180,8 +180,12 @@ class UpstreamClient:
         client_authorization: str | None = None,
         query: str = "",
         follow_redirects: bool = False,
+        content: bytes | None = None,
     ) -> httpx.Response:
         """Send a request upstream and return the streaming response (caller closes it).
+
+        ``content``: a request body (the registry writes of ``trust migrate``; the proxy
+        itself never writes).
 
         In passthrough mode ``client_authorization`` is sent and a 401 is returned as is;
         otherwise a 401 challenge is answered once with the proxy's own credentials.
@@ -189,6 +193,8 @@ class UpstreamClient:
         """
         headers = {k: v for k, v in (client_headers or {}).items()
                    if k.lower() in FORWARDED_REQUEST_HEADERS}  # fmt: skip
+        if content is not None and client_headers and "content-type" in client_headers:
+            headers["content-type"] = client_headers["content-type"]
         # Exact bytes matter (manifests are hashed): never let a hop compress them.
         headers["accept-encoding"] = "identity"
         url = f"{self.settings.url}{path}" + (f"?{query}" if query else "")
@@ -202,7 +208,7 @@ class UpstreamClient:
             if cached:
                 headers["authorization"] = cached
 
-        response = await self._send(method, url, headers, deadline)
+        response = await self._send(method, url, headers, deadline, content)
         if response.status_code == 401 and not passthrough and self._auth and scope:
             challenge = response.headers.get("www-authenticate")
             if challenge:
@@ -211,7 +217,7 @@ class UpstreamClient:
                 headers["authorization"] = await self._auth.authorize(
                     challenge, scope, rejected=headers.get("authorization")
                 )
-                response = await self._send(method, url, headers, deadline)
+                response = await self._send(method, url, headers, deadline, content)
         if follow_redirects and response.status_code in REDIRECT_STATUSES:
             response = await self._follow(response, method, headers, deadline)
         self._deadlines[response] = deadline
@@ -360,9 +366,14 @@ class UpstreamClient:
         return response
 
     async def _send(
-        self, method: str, url: str, headers: dict[str, str], deadline: float
+        self,
+        method: str,
+        url: str,
+        headers: dict[str, str],
+        deadline: float,
+        content: bytes | None = None,
     ) -> httpx.Response:
-        request = self._http.build_request(method, url, headers=headers)
+        request = self._http.build_request(method, url, headers=headers, content=content)
         try:
             # The deadline covers the response headers: a registry trickling them byte by
             # byte is cut here (httpcore closes the half-read connection on cancellation).
