@@ -5,7 +5,7 @@ section, no verification keys in policy rules (the file is the authority)."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -53,11 +53,11 @@ class StaticSettings(TrustSourceSettings):
     snapshot_file: Path | None = None
     key_files: tuple[Path, ...] = ()
     #: the pinned keys as read at load (empty when file checks were off)
-    keys: tuple[VerifyingKey, ...] = ()
+    keys: tuple[VerifyingKey, ...] = field(default=(), compare=False)
     registries: tuple[str, ...] = ()
     #: the verified statement's digest: a changed snapshot makes other settings
     snapshot_digest: str = ""
-    loaded: Snapshot | None = None
+    loaded: Snapshot | None = field(default=None, compare=False)
 
 
 def _registries(v: Any, path: str) -> tuple[str, ...]:
