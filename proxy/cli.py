@@ -1,6 +1,6 @@
 """Command line: ``trustproxy serve``, ``trustproxy config check``, ``trustproxy trust
-inspect``. The only place (with ``__main__``) that reads argv and the environment and
-configures logging."""
+inspect``, ``trustproxy trust snapshot``. The only place (with ``__main__``) that reads argv
+and the environment and configures logging."""
 
 from __future__ import annotations
 
@@ -348,6 +348,10 @@ def _add_trust_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
         add = source_type(name).add_cli
         if add is not None:
             add(trust_sub)
+    # Trust snapshots drive every source: the entry point's own command.
+    from proxy.snapshot_cli import add_cli as add_snapshot_cli
+
+    add_snapshot_cli(trust_sub)
 
 
 def parse_image(ref: str) -> tuple[str, str | None]:
