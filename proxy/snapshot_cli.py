@@ -202,7 +202,7 @@ async def _export(args: argparse.Namespace, key: Any) -> int:
             tags = {
                 tag: SnapshotTag(
                     tag, a.digest, a.length, tuple(a.signers), now, _jsonable(a.evidence)
-                )  # fmt: skip
+                )
                 for tag, a in state.tags.items()
                 if tag_allowed(rule, tag)
             }
@@ -437,7 +437,7 @@ def _as_json(snap: Any, checked: str) -> dict[str, Any]:
                         "length": t.length,
                         "signers": list(t.signers),
                         "verified_at": t.verified_at,
-                    }  # fmt: skip
+                    }
                     for tag, t in sorted(r.tags.items())
                 },
                 "digests": sorted(r.digests),
