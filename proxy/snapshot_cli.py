@@ -225,7 +225,7 @@ async def _export(args: argparse.Namespace, key: Any) -> int:
     if problems:
         for line in problems:
             _err(f"error: {line}")
-        raise _Failed(f"{len(problems)} repositories could not be verified: nothing written")
+        raise _Failed(f"{_repos(len(problems))} could not be verified: nothing written")
     if not exported:
         raise _Failed("no repository with verified trust data matched: nothing written")
     created = datetime.now(UTC)
@@ -235,7 +235,7 @@ async def _export(args: argparse.Namespace, key: Any) -> int:
     snap = verify_snapshot(envelope, [key.public], now=created, registries=None)
     _write(args.output, envelope)
     print(
-        f"{args.output}: {len(snap.repositories)} repositories, {snap.tag_count} tags, "
+        f"{args.output}: {_repos(len(snap.repositories))}, {_count(snap.tag_count, 'tag')}, "
         f"signed by {key.public.key_id} ({key.kind}), statement {snap.statement_digest}"
     )
     return EXIT_OK
@@ -265,6 +265,14 @@ def _jsonable(value: Any) -> Any:
     if value is None or isinstance(value, str | int | float | bool):
         return value
     return str(value)
+
+
+def _count(n: int, what: str) -> str:
+    return f"{n} {what}" if n == 1 else f"{n} {what}s"
+
+
+def _repos(n: int) -> str:
+    return f"{n} repository" if n == 1 else f"{n} repositories"
 
 
 def _rfc3339(t: datetime) -> str:
@@ -377,8 +385,9 @@ def cmd_verify(args: argparse.Namespace) -> int:
         return EXIT_NO
     print(
         f"{args.file}: OK: signed by {', '.join(snap.signed_by)}; created "
-        f"{_rfc3339(snap.created)}; {len(snap.repositories)} repositories, {snap.tag_count} "
-        f"tags; registries {', '.join(snap.registries)}; statement {snap.statement_digest}"
+        f"{_rfc3339(snap.created)}; {_repos(len(snap.repositories))}, "
+        f"{_count(snap.tag_count, 'tag')}; registries {', '.join(snap.registries)}; "
+        f"statement {snap.statement_digest}"
     )
     return EXIT_OK
 

@@ -160,7 +160,7 @@ def test_snapshot_serves_after_the_trust_server_is_gone(
             str(snapshot),
         )
         assert out.returncode == 0, out.stderr
-        assert "1 repositories, 2 tags" in out.stdout
+        assert "1 repository, 2 tags" in out.stdout
         statement = statement_of(snapshot)
         exported = statement["predicate"]["repositories"][gun]
         assert exported["tags"]["v1"]["digest"] == f"sha256:{v1.sha256}"
@@ -282,7 +282,7 @@ def test_snapshot_serves_after_the_trust_server_is_gone(
             json.dumps(st).encode(), load_private_key(key.read_bytes())
         )
         expected = {
-            "tampered": "not signed by a pinned key",
+            "tampered": "tampered (changed after it was signed)",
             "other-key": "not signed by a pinned key",
             "other-registry": f"a snapshot of {moved}, not of {bed.registry_host}",
         }

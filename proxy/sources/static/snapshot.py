@@ -244,10 +244,16 @@ def verify_snapshot(
             if key.key_id not in signed_by:
                 signed_by.append(key.key_id)
     if not signed_by:
-        pinned = ", ".join(k.key_id[:16] for k in keys)
+        pinned = {k.key_id for k in keys}
+        named = [s for s in seen if s in pinned]
+        if named:
+            raise SnapshotError(
+                f"{name}: the signature by pinned key {named[0][:16]} does not verify: "
+                "tampered (changed after it was signed)"
+            )
         raise SnapshotError(
-            f"{name}: not signed by a pinned key (signatures by {', '.join(s[:16] for s in seen)}"
-            f" do not verify with the pinned {pinned}): tampered, or signed by another key"
+            f"{name}: not signed by a pinned key (signed by {', '.join(s[:16] for s in seen)}; "
+            f"pinned: {', '.join(sorted(k[:16] for k in pinned))})"
         )
     snap = _statement(payload, name)
     if snap.created > now + MAX_CLOCK_SKEW:
