@@ -14,6 +14,8 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from proxy.errors import ConfigError, NotSignedError
 from proxy.settings import parse_settings
@@ -419,3 +421,41 @@ def test_a_signature_without_keyid_is_tried_with_every_pinned_key() -> None:
         else:
             with pytest.raises(SnapshotError, match=r"not signed by a pinned key \(signed by \(no"):
                 verify(data)
+
+
+GOOD = envelope()
+GOOD_STATEMENT = json.loads(base64.b64decode(json.loads(GOOD)["payload"]))
+
+
+@settings(max_examples=300, derandomize=True, database=None, deadline=None)
+@given(st.data())
+def test_any_change_to_a_snapshot_is_refused_or_means_the_same(data: st.DataObject) -> None:
+    """Flip, drop or insert bytes anywhere in the envelope or in the signed statement: the
+    result is a SnapshotError, or (a change JSON does not see, like whitespace in the
+    envelope) exactly the original facts. Never another exception, never other facts."""
+    where = data.draw(st.sampled_from(["envelope", "statement"]))
+    original = GOOD if where == "envelope" else base64.b64decode(json.loads(GOOD)["payload"])
+    raw = bytearray(original)
+    for _ in range(data.draw(st.integers(1, 3))):
+        i = data.draw(st.integers(0, len(raw) - 1))
+        kind = data.draw(st.sampled_from(["flip", "drop", "insert"]))
+        if kind == "flip":
+            raw[i] ^= data.draw(st.integers(1, 255))
+        elif kind == "drop":
+            del raw[i]
+        else:
+            raw.insert(i, data.draw(st.integers(0, 255)))
+    if bytes(raw) == original:
+        return  # the changes cancelled out
+    if where == "statement":
+        doc = json.loads(GOOD)
+        doc["payload"] = base64.b64encode(bytes(raw)).decode()
+        candidate = json.dumps(doc).encode()
+    else:
+        candidate = bytes(raw)
+    try:
+        snap = verify(candidate)
+    except SnapshotError:
+        return
+    assert where == "envelope"
+    assert snap.repositories == verify(GOOD).repositories
