@@ -122,3 +122,60 @@ def test_export_needs_a_policy(tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert main(args) == 1
     assert "no policy_file" in capsys.readouterr().err
     assert not (tmp_path / "out.json").exists()
+
+
+def test_export_from_a_pins_source_in_process(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Export drives the rule's source as serve does (here a pins file: no server needed),
+    keeps only tags the rule allows, lists repositories without data, and writes a snapshot
+    that verifies with the public key."""
+    key, priv, pub = _key(tmp_path, "ok")
+    other = "sha256:" + "b" * 64
+    (tmp_path / "pins.yaml").write_text(
+        f"repositories:\n  {REPO}:\n    tags:\n      v1: {{digest: '{DIGEST}', length: 7}}\n"
+        f"      dev: '{other}'\n    digests: ['{other}']\n"
+    )
+    (tmp_path / "policy.yaml").write_text(
+        f'version: "2.0"\ntrust:\n  repositories:\n    "{REG}/**":\n'
+        "      allow: {paths: ['v*']}\n"
+    )
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        f"upstreams: [{{name: u, url: 'http://{REG}', registry: '{REG}'}}]\n"
+        "trust: {sources: {pins: {type: static, file: pins.yaml}}}\npolicy_file: policy.yaml\n"
+    )
+    out = tmp_path / "out.json"
+    args = [
+        "trust",
+        "snapshot",
+        "export",
+        "--config",
+        str(config),
+        "--key",
+        str(priv),
+        "-o",
+        str(out),
+        "--repos",
+        REPO,
+        f"{REG}/team/none",
+    ]
+    assert main(args) == 0
+    captured = capsys.readouterr()
+    assert "1 repository, 1 tag" in captured.out
+    assert f"left out: {REG}/team/none" in captured.err
+    assert main(["trust", "snapshot", "inspect", str(out), "--key", str(pub), "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    repo = doc["repositories"][REPO]
+    assert repo["source"] == "pins"
+    assert repo["source_type"] == "static"
+    assert repo["tags"] == {
+        "v1": {
+            "digest": DIGEST,
+            "length": 7,
+            "signers": ["pinned in pins.yaml"],
+            "verified_at": repo["verified_at"],
+        }
+    }
+    assert repo["digests"] == [other]
+    assert key.public.key_id in doc["signature"]
