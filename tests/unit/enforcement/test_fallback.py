@@ -196,3 +196,22 @@ async def test_digest_pulls_under_digests_signed_use_the_fallback() -> None:
     assert recorder.decisions[-1].evidence["fallback"]["source"] == "archive"
     with pytest.raises(NotSignedError):
         await g.decide_digest(ROUTE, sha256(LIVE), CTX)
+
+
+async def test_readyz_lists_the_repositories_on_fallback() -> None:
+    from tests.unit.enforcement.helpers import serve
+    from tests.unit.test_handlers import FakeRegistry
+
+    primary = FakeSource(error=TrustSourceUnavailableError("notary", "down"))
+    g, _ = gate(primary)
+    await g.decide_tag(ROUTE, "v1", CTX)
+    with serve(FakeRegistry(), g) as client:
+        body = client.get("/readyz").json()
+    assert body["ready"] is True  # answering from the snapshot is not a reason to drain
+    assert body["fallback"][GUN]["fallback"] == "archive"
+    assert body["fallback"][GUN]["primary"] == "notary"
+    primary.error = None
+    primary.targets = {"v1": target("v1", LIVE)}
+    await g.decide_tag(ROUTE, "v1", CTX)
+    with serve(FakeRegistry(), g) as client:
+        assert client.get("/readyz").json()["fallback"] == {}
