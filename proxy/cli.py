@@ -1,6 +1,6 @@
 """Command line: ``trustproxy serve``, ``trustproxy config check``, ``trustproxy trust
-inspect``. The only place (with ``__main__``) that reads argv and the environment and
-configures logging."""
+inspect``, ``trustproxy trust snapshot``. The only place (with ``__main__``) that reads argv
+and the environment and configures logging."""
 
 from __future__ import annotations
 
@@ -348,8 +348,11 @@ def _add_trust_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
         add = source_type(name).add_cli
         if add is not None:
             add(trust_sub)
-    from proxy.trust_migrate import add_cli as add_migrate  # reads any source: not a type's
+    # Commands that drive every source: the entry point's own.
+    from proxy.snapshot_cli import add_cli as add_snapshot_cli
+    from proxy.trust_migrate import add_cli as add_migrate
 
+    add_snapshot_cli(trust_sub)
     add_migrate(trust_sub)
 
 

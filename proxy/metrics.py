@@ -24,6 +24,14 @@ DECISIONS = Counter(
     ["kind", "outcome"],
     registry=REGISTRY,
 )
+FALLBACK_ANSWERS = Counter(
+    "trustproxy_fallback_answers_total",
+    "Decisions answered by a policy rule's fallback (a signed trust snapshot) because its "
+    "own source had no trust data or could not be reached, by fallback, primary source, "
+    "kind and outcome.",
+    ["fallback", "primary", "kind", "outcome"],
+    registry=REGISTRY,
+)
 TRUST_REFRESH_SECONDS = Histogram(
     "trustproxy_trust_refresh_seconds",
     "Time to refresh one repository's trust data from its source.",

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import Literal, Protocol, runtime_checkable
 
 from proxy.routing import Route
 from proxy.sources.base import RegistryReads
@@ -102,6 +102,16 @@ class TrustGate(Protocol):
         The handler answers 502, logs the alert and counts the upstream error; the gate
         records the decision (it knows the rule). Must not raise.
         """
+        ...
+
+
+@runtime_checkable
+class FallbackReport(Protocol):
+    """A gate that can say which repositories its policy rules' fallbacks answer for
+    (``/readyz``'s ``fallback``)."""
+
+    def fallback_repositories(self) -> dict[str, dict[str, str]]:
+        """Repository -> fallback, primary, cause, reason, since."""
         ...
 
 

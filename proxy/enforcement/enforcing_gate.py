@@ -11,15 +11,23 @@ Every public method works in three steps::
 evaluation never looks at the mode (except to skip the source entirely under ``off``), and
 exceptions from the source are turned into findings before the mode is applied (style
 habit 9). Reasons are worded for users, and reach them in the 404's ``detail.reason``.
+
+A rule's ``fallback`` (a signed trust snapshot) is asked only when the rule's source says
+"no trust data" for the repository or cannot be reached with nothing valid cached (past the
+rule's expiry grace): never when it says "not signed" or its data is bad, which stand. What
+the fallback answers carries a ``fallback`` evidence field, is counted
+(``trustproxy_fallback_answers_total``) and the repository is listed by
+:meth:`EnforcingGate.fallback_repositories` (``/readyz``) until its own source answers again.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections import OrderedDict
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Literal
+from typing import Any, Literal
 
 from proxy.decisions import Decision, DecisionRecorder, Outcome
 from proxy.enforcement.digest_allowlist import DigestAllowlist
@@ -31,11 +39,13 @@ from proxy.errors import (
     TrustproxyError,
     TrustSourceUnavailableError,
 )
+from proxy.metrics import FALLBACK_ANSWERS
 from proxy.policy.model import Mode, Policy, RepositoryRule
 from proxy.routing import Route
 from proxy.sources.base import (
     NoTrustDataError,
     SignedAnswer,
+    SignedState,
     SourceRule,
     TrustInfo,
     TrustSource,
@@ -108,6 +118,35 @@ class Evaluation:
     info: TrustInfo | None = None
     #: tag lists: the tags a client may see (enforce), when the source answered
     visible: list[str] = field(default_factory=list)
+    #: set when the rule's fallback answered: which, instead of which source, and why
+    fallback: Mapping[str, str] | None = None
+
+
+#: The most repositories ``fallback_repositories`` remembers (least recently used out).
+MAX_FALLBACK_ENTRIES = 10_000
+
+
+@dataclass(frozen=True)
+class _Answered:
+    """A signed state and the source rule it was read under (the rule's source's, or its
+    fallback's), with the fallback marker when the fallback answered."""
+
+    state: SignedState
+    srule: SourceRule
+    fallback: Mapping[str, str] | None = None
+
+
+def _fallback_cause(e: Exception) -> str | None:
+    """Why the fallback may answer after the primary raised ``e``, or None when it may not.
+
+    "No trust data" and "unreachable, nothing valid cached" only: a "not signed" or bad
+    trust data is the primary's answer, and a fallback must not overrule it.
+    """
+    if isinstance(e, NoTrustDataError):
+        return "no_trust_data"
+    if isinstance(e, TrustSourceUnavailableError):
+        return "unavailable"
+    return None
 
 
 def signing_rule_for(rule: RepositoryRule) -> SourceRule:
@@ -170,6 +209,14 @@ class EnforcingGate:
         # Policy rules are few and immutable: one source rule each, so sources' caches
         # keyed on it stay hot.
         self._signing_rules: dict[RepositoryRule, SourceRule] = {}
+        self._fallback_rules: dict[RepositoryRule, SourceRule] = {}
+        # repository -> what its last fallback answer was (for /readyz)
+        self._on_fallback: OrderedDict[str, dict[str, str]] = OrderedDict()
+
+    def fallback_repositories(self) -> dict[str, dict[str, str]]:
+        """The repositories whose last answer came from their rule's fallback (by this
+        process), each with the fallback, the primary source, why and since when."""
+        return {repo: dict(v) for repo, v in self._on_fallback.items()}
 
     # --- the TrustGate interface -------------------------------------------------------
 
@@ -337,65 +384,202 @@ class EnforcingGate:
             info = await source.trust_info(repository, srule)
         except (NotSignedError, TrustSourceUnavailableError, TrustDataError) as e:
             ev = self._failure(repository, e)
+            cause = _fallback_cause(e)
+            if cause is not None and rule.fallback is not None:
+                return await self._fallback_tag(repository, tag, rule, ctx, ev, cause)
+            self._primary_answered(repository)
             if ev.finding == "refused" and not isinstance(e, NoTrustDataError):
                 # Which trust data refused it belongs in the audit record too.
                 ev = Evaluation(ev.finding, ev.reason, info=await _info(source, repository, srule))
             return ev
+        self._primary_answered(repository)
         reason = f"tag {tag} is signed by {', '.join(target.signers)}"
         return Evaluation("signed", reason, target=target, info=info)
+
+    async def _fallback_tag(
+        self,
+        repository: str,
+        tag: str,
+        rule: RepositoryRule,
+        ctx: RequestContext,
+        primary: Evaluation,
+        cause: str,
+    ) -> Evaluation:
+        found = self._fallback_source(rule)
+        if found is None:
+            return primary
+        source, srule, marker = found
+        name = marker["source"]
+        marker = {**marker, "because": primary.reason}
+        try:
+            target = await source.resolve(repository, tag, srule, registry=ctx.registry)
+            info = await source.trust_info(repository, srule)
+        except NoTrustDataError:
+            # The fallback knows nothing of it either: the primary's answer stands.
+            reason = f"{primary.reason}; fallback {name} has no trust data for it either"
+            return Evaluation(primary.finding, reason, info=primary.info, error=primary.error)
+        except (NotSignedError, TrustSourceUnavailableError, TrustDataError) as e:
+            ev = self._failure(repository, e)
+            self._note_fallback(repository, marker, cause)
+            reason = f"{ev.reason} (from fallback {name}: {primary.reason})"
+            return Evaluation(ev.finding, reason, error=ev.error, fallback=marker)
+        self._note_fallback(repository, marker, cause)
+        reason = (
+            f"tag {tag} is signed by {', '.join(target.signers)} "
+            f"(from fallback {name}: {primary.reason})"
+        )
+        return Evaluation("signed", reason, target=target, info=info, fallback=marker)
+
+    def _fallback_source(
+        self, rule: RepositoryRule
+    ) -> tuple[TrustSource, SourceRule, dict[str, str]] | None:
+        """The rule's fallback, its source rule, and the marker its answers carry; None
+        (logged) when it cannot be used: the primary's answer then stands (fail closed)."""
+        name = rule.fallback
+        source = self.sources.get(name) if name is not None else None
+        if source is None or rule.fallback_verification is None:
+            log.error(
+                "enforcement: policy rule %r: fallback %r is not a configured trust source "
+                "that can answer; the primary's answer stands", rule.pattern, name,
+            )  # fmt: skip
+            return None
+        srule = self._fallback_rules.get(rule)
+        if srule is None:
+            srule = self._fallback_rules[rule] = rule.fallback_verification.signing_rule(
+                rule.expiry_grace
+            )
+        primary = rule.source or (next(iter(self.sources)) if len(self.sources) == 1 else "")
+        return source, srule, {"source": source.name, "primary": primary}
+
+    def _note_fallback(self, repository: str, marker: Mapping[str, str], cause: str) -> None:
+        entry = self._on_fallback.get(repository)
+        if entry is None or entry.get("fallback") != marker["source"]:
+            log.warning(
+                "enforcement: %s runs on fallback %s (%s: %s)",
+                repository, marker["source"], marker["primary"], marker.get("because", cause),
+            )  # fmt: skip
+            entry = {"fallback": marker["source"], "primary": marker["primary"],
+                     "since": rfc3339(self._clock())}  # fmt: skip
+        entry["cause"] = cause
+        entry["reason"] = marker.get("because", "")
+        self._on_fallback[repository] = entry
+        self._on_fallback.move_to_end(repository)
+        while len(self._on_fallback) > MAX_FALLBACK_ENTRIES:
+            self._on_fallback.popitem(last=False)
+
+    def _primary_answered(self, repository: str) -> None:
+        if self._on_fallback.pop(repository, None) is not None:
+            log.warning("enforcement: %s is answered by its own trust source again", repository)
+
+    async def _signed_state(
+        self,
+        repository: str,
+        rule: RepositoryRule,
+        ctx: RequestContext,
+        *,
+        tags: Sequence[str] | None = None,
+        digests: Sequence[str] = (),
+    ) -> _Answered | Evaluation:
+        """The rule's source's signed state, or its fallback's where that may answer, or
+        the failure as an evaluation."""
+        found = self._source(rule)
+        if isinstance(found, Evaluation):
+            return found
+        source, srule = found
+        try:
+            state = await source.signed_state(
+                repository, srule, registry=ctx.registry, tags=tags, digests=digests
+            )
+        except (NotSignedError, TrustSourceUnavailableError, TrustDataError) as e:
+            ev = self._failure(repository, e)
+            if _fallback_cause(e) is None or rule.fallback is None:
+                self._primary_answered(repository)
+                return ev
+            return await self._fallback_state(
+                repository, rule, ctx, ev, _fallback_cause(e) or "", tags=tags, digests=digests
+            )
+        self._primary_answered(repository)
+        return _Answered(state, srule)
+
+    async def _fallback_state(
+        self,
+        repository: str,
+        rule: RepositoryRule,
+        ctx: RequestContext,
+        primary: Evaluation,
+        cause: str,
+        *,
+        tags: Sequence[str] | None,
+        digests: Sequence[str],
+    ) -> _Answered | Evaluation:
+        found = self._fallback_source(rule)
+        if found is None:
+            return primary
+        source, srule, marker = found
+        name = marker["source"]
+        marker = {**marker, "because": primary.reason}
+        try:
+            state = await source.signed_state(
+                repository, srule, registry=ctx.registry, tags=tags, digests=digests
+            )
+        except NoTrustDataError:
+            reason = f"{primary.reason}; fallback {name} has no trust data for it either"
+            return Evaluation(primary.finding, reason, info=primary.info, error=primary.error)
+        except (NotSignedError, TrustSourceUnavailableError, TrustDataError) as e:
+            ev = self._failure(repository, e)
+            self._note_fallback(repository, marker, cause)
+            reason = f"{ev.reason} (from fallback {name}: {primary.reason})"
+            return Evaluation(ev.finding, reason, error=ev.error, fallback=marker)
+        self._note_fallback(repository, marker, cause)
+        return _Answered(state, srule, marker)
 
     async def _evaluate_tags(
         self, repository: str, tags: list[str], rule: RepositoryRule, ctx: RequestContext
     ) -> Evaluation:
-        found = self._source(rule)
-        if isinstance(found, Evaluation):
-            return found
-        source, srule = found
-        try:
-            # One call per listing, not one per tag, and one state: the record's versions
-            # are those of the set the list was filtered by.
-            state = await source.signed_state(repository, srule, registry=ctx.registry, tags=tags)
-            signed, info = state.tags, state.info
-        except (NotSignedError, TrustSourceUnavailableError, TrustDataError) as e:
-            return self._failure(repository, e)
+        # One call per listing, not one per tag, and one state: the record's versions are
+        # those of the set the list was filtered by.
+        got = await self._signed_state(repository, rule, ctx, tags=tags)
+        if isinstance(got, Evaluation):
+            return got
+        signed, info, fb = got.state.tags, got.state.info, got.fallback
         visible = [t for t in tags if t in signed and self._pattern_refusal(rule, t) is None]
         hidden = len(tags) - len(visible)
+        where = f" (from fallback {fb['source']})" if fb is not None else ""
         if hidden:
-            reason = f"{hidden} of {len(tags)} tags are not signed or not allowed"
-            return Evaluation("refused", reason, info=info, visible=visible)
-        return Evaluation("signed", f"all {len(tags)} tags are signed", info=info, visible=visible)
+            reason = f"{hidden} of {len(tags)} tags are not signed or not allowed{where}"
+            return Evaluation("refused", reason, info=info, visible=visible, fallback=fb)
+        reason = f"all {len(tags)} tags are signed{where}"
+        return Evaluation("signed", reason, info=info, visible=visible, fallback=fb)
 
     async def _evaluate_digest(
         self, repository: str, digest: str, rule: RepositoryRule, ctx: RequestContext
     ) -> Evaluation:
-        found = self._source(rule)
-        if isinstance(found, Evaluation):
-            return found
-        source, srule = found
+        # One snapshot: the allowlist is cached under info.key, so the signed set and the
+        # key must come from the same trust state. Read apart, a refresh between the two
+        # reads cached the old state's allowed set (a revoked index and its children) under
+        # the new state's key, until the trust data changed again.
+        got = await self._signed_state(repository, rule, ctx, digests=(digest,))
+        if isinstance(got, Evaluation):
+            return got
+        state, fb = got.state, got.fallback
+        signed, info = state.tags, state.info
         try:
-            # One snapshot: the allowlist is cached under info.key, so the signed set and the
-            # key must come from the same trust state. Read apart, a refresh between the two
-            # reads cached the old state's allowed set (a revoked index and its children)
-            # under the new state's key, until the trust data changed again.
-            state = await source.signed_state(
-                repository, srule, registry=ctx.registry, digests=(digest,)
-            )
-            signed, info = state.tags, state.info
             acceptable = {
                 t.digest for tag, t in signed.items() if self._pattern_refusal(rule, tag) is None
             } | state.digests
-            key = (repository, srule, rule.tag_patterns, info.key)
+            key = (repository, got.srule, rule.tag_patterns, info.key)
             answer = await self.allowlist.check(
                 key, acceptable, digest, ctx.registry.manifest if ctx.registry else None
             )
-        except (NotSignedError, TrustSourceUnavailableError, TrustDataError) as e:
-            return self._failure(repository, e)
         except (FetchError, BadDataError) as e:  # the upstream, fetching a signed index
             return self._failure(repository, e)
+        where = f" (from fallback {fb['source']})" if fb is not None else ""
         if answer.allowed:
-            return Evaluation("signed", answer.reason, info=info)
+            return Evaluation("signed", answer.reason + where, info=info, fallback=fb)
         return Evaluation(
-            "refused", f"digest {digest} is not signed for {repository}{answer.reason}"
+            "refused",
+            f"digest {digest} is not signed for {repository}{answer.reason}{where}",
+            fallback=fb,
         )
 
     # --- records -----------------------------------------------------------------------
@@ -419,6 +603,16 @@ class EnforcingGate:
         ctx: RequestContext,
     ) -> None:
         t = ev.target
+        evidence: dict[str, Any] = {
+            **(ev.info.evidence if ev.info is not None else {}),
+            **(t.evidence if t is not None else {}),
+        }
+        if ev.fallback is not None:
+            evidence["fallback"] = dict(ev.fallback)
+            FALLBACK_ANSWERS.labels(
+                fallback=ev.fallback["source"], primary=ev.fallback["primary"],
+                kind=kind, outcome=v.outcome,
+            ).inc()  # fmt: skip
         self._emit(
             Decision(
                 time=rfc3339(self._clock()),
@@ -431,10 +625,7 @@ class EnforcingGate:
                 mode=rule.mode if rule else None,
                 served_digest=_served_digest(kind, reference, v, t),
                 signers=t.signers if t is not None else (),
-                evidence={
-                    **(ev.info.evidence if ev.info is not None else {}),
-                    **(t.evidence if t is not None else {}),
-                },
+                evidence=evidence,
                 client=ctx.client,
                 user_agent=ctx.user_agent,
                 user=ctx.user,

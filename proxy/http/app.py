@@ -31,7 +31,7 @@ from proxy.metrics import REGISTRY
 from proxy.routing import Router
 from proxy.settings import Settings, UpstreamSettings
 from proxy.sources.redis_store import store_status
-from proxy.trust_gate import PassThroughGate, TrustGate
+from proxy.trust_gate import FallbackReport, PassThroughGate, TrustGate
 from proxy.upstream.auth import AuthLimits, UpstreamAuthenticator
 from proxy.upstream.client import UpstreamClient, make_http_client
 
@@ -91,7 +91,8 @@ async def readyz(request: Request) -> Response:
     The body also says whether the shared trust-state store is up (``trust_store``:
     ``memory``, ``up`` or ``down``), but Redis down does not make the replica unready: it
     keeps deciding correctly from its per-process trust state, and a 503 here would make a
-    load balancer drain every replica at once during a Redis outage."""
+    load balancer drain every replica at once during a Redis outage. ``fallback`` lists the
+    repositories this process last answered from a policy rule's fallback."""
     state: ProxyState = request.app.state.proxy
     results: dict[str, str] = {}
     ready = True
@@ -105,7 +106,12 @@ async def readyz(request: Request) -> Response:
             ok = False
             results[name] = str(e)
         ready = ready and ok
-    body = {"ready": ready, "upstreams": results, **store_status()}
+    body: dict[str, object] = {"ready": ready, "upstreams": results, **store_status()}
+    if isinstance(state.gate, FallbackReport):
+        # Repositories served from a policy rule's fallback (a trust snapshot) because their
+        # own source has no data or is unreachable: worth an alert, not a drain (the
+        # fallback answers correctly, and draining would take every replica out at once).
+        body["fallback"] = state.gate.fallback_repositories()
     return JSONResponse(body, status_code=200 if ready else 503)
 
 

@@ -168,6 +168,8 @@ def _summary(rule: RepositoryRule) -> str:
         parts.append(f"tags {', '.join(rule.tag_patterns)}")
     if rule.digests != "allow":
         parts.append(f"digests {rule.digests}")
+    if rule.fallback:
+        parts.append(f"fallback {rule.fallback}")
     if rule.expiry_grace:
         parts.append(f"grace {format_grace(rule.expiry_grace)}")
     return parts[0] + " (" + "; ".join(parts[1:]) + ")"

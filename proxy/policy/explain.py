@@ -76,6 +76,11 @@ def explain(policy: Policy, repository: str, tag: str | None) -> list[str]:
         lines.extend(rule.verification.explain())  # what the source's type checks
     lines.append(_tag_line(rule, tag))
     lines.append(f"digests: {_DIGESTS[rule.digests]}")
+    if rule.fallback is not None:
+        lines.append(
+            f"fallback: {rule.fallback}, only when {rule.source or 'the source'} has no trust "
+            "data for a repository or stays unreachable past the expiry grace (audited)"
+        )
     lines.append(f"expiry grace: {_grace_line(rule.expiry_grace)}")
     return lines
 

@@ -8,7 +8,8 @@ The YAML shape is the one users already write for content trust (``docs/policy.m
         "<pattern>":
           requireSignatures, mode, source, rootKeys | rootCerts | rootCA | trustOnFirstUse,
           allowExpiredRootCert, signers: [{role, required}], thresholds: {role: N},
-          allow: {paths: [tag globs], expires: 15d}, digests: allow | signed
+          allow: {paths: [tag globs], expires: 15d}, digests: allow | signed,
+          fallback: <a trust source, e.g. a signed snapshot>
 
 Errors carry the key path, e.g.
 ``trust.repositories['registry.example.com/myorg/*'].signers[1].role: ...``. Unknown keys are
@@ -37,7 +38,7 @@ from proxy.policy.matcher import (
     overlap_example,
     validate_tag_pattern,
 )
-from proxy.policy.model import DigestMode, Mode, Policy, RepositoryRule
+from proxy.policy.model import DigestMode, Mode, Policy, RepositoryRule, Verification
 from proxy.sources.registry import source_type, source_type_names
 
 __all__ = [
@@ -62,7 +63,7 @@ _TOP_KEYS = ("version", "trust")
 _TRUST_KEYS = ("repositories",)
 # A rule's own keys; its source type's keys (its verification part) go between them.
 _RULE_KEYS_BEFORE = ("requireSignatures", "mode", "source")
-_RULE_KEYS_AFTER = ("allow", "digests")
+_RULE_KEYS_AFTER = ("allow", "digests", "fallback")
 _ALLOW_KEYS = ("paths", "expires")
 
 _SOURCE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")  # as settings' source names
@@ -376,6 +377,7 @@ def _parse_rule(pattern: str, body: Any, path: str, ctx: RuleContext) -> Reposit
     tag_patterns = _tag_patterns(allow)
     grace = allow.value("expires", parse_duration, timedelta(0))
     digests: DigestMode = node.value("digests", _digests, "allow")
+    fallback, fallback_verification = _fallback(node, mode, source, ctx)
     return RepositoryRule(
         pattern=pattern,
         mode=mode,
@@ -384,8 +386,42 @@ def _parse_rule(pattern: str, body: Any, path: str, ctx: RuleContext) -> Reposit
         tag_patterns=tag_patterns,
         expiry_grace=grace,
         digests=digests,
+        fallback=fallback,
+        fallback_verification=fallback_verification,
         path=node.path,
     )
+
+
+def _fallback(
+    node: RuleSection, mode: Mode, source: str | None, ctx: RuleContext
+) -> tuple[str | None, Verification | None]:
+    """``fallback: <source>``: a source whose own data is its authority (its type has no
+    verification keys in rules: a signed trust snapshot), other than the rule's."""
+    fallback = node.value("fallback", _source, None)
+    if fallback is None:
+        return None, None
+    where = node.sub("fallback")
+    if fallback == source:
+        raise ConfigError(where, f"{fallback!r} is the rule's own source: name another one")
+    if mode == "off":
+        ctx.warnings.append(f"{where}: mode off, so the fallback is never asked")
+    known = ctx.known_sources
+    if known is not None and fallback not in known:
+        defined = ", ".join(sorted(known)) if known else "none"
+        raise ConfigError(
+            where, f"unknown trust source {fallback!r} (the config's trust.sources: {defined})"
+        )
+    typ = ctx.source_types.get(fallback)
+    if typ is None:
+        return fallback, None  # its type is checked when the config is known (serve knows it)
+    entry = source_type(typ)
+    if entry.rule_keys:
+        raise ConfigError(
+            where,
+            f"{fallback!r} is a {entry.title} source, whose rules need keys of their own: a "
+            "fallback must be a source that is its own authority (a signed trust snapshot)",
+        )
+    return fallback, entry.parse_rule(RuleSection({}, where, ()), mode, ctx)
 
 
 def _resolve_source(node: RuleSection, mode: Mode, ctx: RuleContext) -> str | None:

@@ -13,6 +13,9 @@ Semantics (documented in the README, enforced by the loader):
 - ``tag_patterns``: globs a tag must match to be served at all (empty: any tag).
 - ``expiry_grace``: when the trust server cannot be reached, cached verified data is served
   up to this long past its expiry (zero: never past expiry).
+- ``fallback``: another trust source (a signed trust snapshot) answering for the rule's
+  repositories only when its own source has no trust data for a repository or cannot be
+  reached past its expiry grace; never when it says "not signed" or its data is bad.
 - ``digests``: pulls by digest — ``allow`` (Docker's behaviour) or ``signed`` (only signed
   targets and manifests listed in a signed index / manifest list).
 - No rule matches: the repository is refused (fail closed), with a reason saying so.
@@ -59,6 +62,10 @@ class RepositoryRule:
     tag_patterns: tuple[str, ...] = ()
     expiry_grace: timedelta = timedelta(0)
     digests: DigestMode = "allow"
+    #: a trust.sources name answering when ``source`` has no trust data or is unreachable
+    fallback: str | None = None
+    #: its verification part, read by the fallback's type (None: not known, fails closed)
+    fallback_verification: Verification | None = None
     path: str = ""  # where it was defined: "trust.repositories['registry.example.com/myorg/*']"
 
     @property

@@ -1,9 +1,14 @@
-"""The static source: answers from a pins file, re-read when it changes.
+"""The static source: answers from a pins file, re-read when it changes, or from a signed
+trust snapshot, verified when the generation was built.
 
-The file is read (bounded) in a thread when its size or modification time changed, under
-one lock, so many cold requests read it once. A file that cannot be read is "unavailable"
-(503) and, like a trust server that is down, never an allow; a malformed one is bad trust
-data (never trusted, nothing of it used).
+The pins file is read (bounded) in a thread when its size or modification time changed,
+under one lock, so many cold requests read it once. A file that cannot be read is
+"unavailable" (503) and, like a trust server that is down, never an allow; a malformed one
+is bad trust data (never trusted, nothing of it used).
+
+A snapshot is never re-read while serving: it was verified against the pinned keys when the
+config was loaded (startup, SIGHUP), and a new one takes a reload, which refuses a snapshot
+that does not verify and keeps serving the old one.
 """
 
 from __future__ import annotations
@@ -11,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import MappingProxyType
 
@@ -23,7 +28,14 @@ from proxy.sources.base import (
     SignedState,
     TrustInfo,
 )
-from proxy.sources.static.pins import MAX_PINS_BYTES, Pins, PinsFormatError, parse_pins
+from proxy.sources.static.pins import (
+    MAX_PINS_BYTES,
+    Pins,
+    PinsFormatError,
+    RepositoryPins,
+    parse_pins,
+)
+from proxy.sources.static.snapshot import Snapshot
 
 __all__ = ["PINNED", "StaticRule", "StaticSource"]
 
@@ -44,6 +56,33 @@ class StaticSource:
         self._lock = asyncio.Lock()
         self._stamp: tuple[int, int] | None = None
         self._pins: Pins | None = None
+        self._fixed: tuple[Pins, Mapping[str, Mapping[str, object]]] | None = None
+
+    @classmethod
+    def from_snapshot(cls, name: str, path: Path, snapshot: Snapshot) -> StaticSource:
+        """A source answering from ``snapshot`` (verified by the caller) for its lifetime."""
+        source = cls(name, path)
+        about = {
+            "digest": snapshot.statement_digest,
+            "created": snapshot.created.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "signed_by": list(snapshot.signed_by),
+        }
+        repos: dict[str, RepositoryPins] = {}
+        for repo, r in snapshot.repositories.items():
+            tags = {
+                tag: replace(t, evidence=MappingProxyType(
+                    {"snapshot": {**about, **dict(t.evidence.get("snapshot", {}))}}))
+                for tag, t in r.tags.items()
+            }  # fmt: skip
+            repos[repo] = RepositoryPins(MappingProxyType(tags), r.digests)  # type: ignore[arg-type]
+        pins = Pins(MappingProxyType(repos), snapshot.statement_digest)
+        source._fixed = (pins, MappingProxyType({"snapshot": about}))
+        return source
+
+    @property
+    def snapshot(self) -> bool:
+        """Whether this source answers from a signed snapshot."""
+        return self._fixed is not None
 
     @property
     def name(self) -> str:
@@ -51,6 +90,8 @@ class StaticSource:
 
     async def _load(self) -> Pins:
         """Raises TrustSourceUnavailableError (unreadable) or PinsFormatError (malformed)."""
+        if self._fixed is not None:
+            return self._fixed[0]
         async with self._lock:
             try:
                 st = await asyncio.to_thread(os.stat, self.path)
@@ -90,7 +131,7 @@ class StaticSource:
         _, tags = await self._repository(repository)
         pin = tags.get(tag)
         if pin is None:
-            raise _not_pinned(tag, self.path.name)
+            raise _not_pinned(tag, self.path.name, snapshot=self._fixed is not None)
         return pin
 
     async def signed_tags(
@@ -117,10 +158,12 @@ class StaticSource:
         digests: Sequence[str] = (),
     ) -> SignedState:
         pins, pinned = await self._repository(repository)
-        info = TrustInfo(
-            state_key=pins.file_digest,
-            evidence=MappingProxyType({"pins_digest": pins.file_digest}),
+        evidence = (
+            self._fixed[1]
+            if self._fixed is not None
+            else MappingProxyType({"pins_digest": pins.file_digest})
         )
+        info = TrustInfo(state_key=pins.file_digest, evidence=evidence)
         return SignedState(pinned, info, pins.repositories[repository].digests)
 
     async def aclose(self) -> None:
@@ -135,7 +178,9 @@ def _read(path: Path) -> bytes:
     return data
 
 
-def _not_pinned(tag: str, file: str) -> Exception:
+def _not_pinned(tag: str, file: str, *, snapshot: bool) -> Exception:
     from proxy.errors import NotSignedError
 
+    if snapshot:
+        return NotSignedError(f"tag {tag} is not in the trust snapshot {file}")
     return NotSignedError(f"tag {tag} is not pinned in {file}")
