@@ -94,9 +94,7 @@ class RegistryReader:
         if registry != upstream.registry or not path:
             return None
         client_name = f"{upstream.prefix}/{path}" if upstream.prefix else path
-        return dataclasses.replace(
-            self, route=Route(upstream, client_name, path), remember=None
-        )
+        return dataclasses.replace(self, route=Route(upstream, client_name, path), remember=None)
 
     # --- manifests -----------------------------------------------------------------------
 

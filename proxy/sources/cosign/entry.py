@@ -22,7 +22,7 @@ import ast
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Final
 
@@ -196,19 +196,14 @@ def build(
         store=store,
         clock=clock,
         settings=DigestSourceSettings(
-            verdict_ttl=settings.fresh_for(cache),
-            grace=settings.grace,
+            # A deleted signature or a moved tag is seen within the refresh interval.
+            verdict_ttl=timedelta(seconds=settings.fresh_for(cache)),
+            tag_ttl=timedelta(seconds=settings.fresh_for(cache)),
+            grace=timedelta(seconds=settings.grace),
             max_tags=settings.max_tags,
             tag_concurrency=settings.tag_concurrency,
         ),
     )
-
-
-def add_cli(trust_sub: Any) -> None:
-    """``trustproxy trust inspect`` for cosign repositories (loaded only by the CLI)."""
-    from proxy.sources.cosign.inspect_cli import add_cli as add
-
-    add(trust_sub)
 
 
 SOURCE_TYPE = SourceType(

@@ -120,9 +120,7 @@ class CosignJudge:
                 this upstream.
             UpstreamUnavailableError: the registry could not be read.
         """
-        verdict, attestation_verdicts = await self.evaluate(
-            registry, repository, digest, rule, now
-        )
+        verdict, attestation_verdicts = await self.evaluate(registry, repository, digest, rule, now)
         if not verdict.accepted:
             raise CosignNotSignedError(digest, verdict.reasons)
         for predicate_type, found in attestation_verdicts:

@@ -140,9 +140,7 @@ def _attestations(raw: Any, path: str) -> tuple[str, ...]:
     return tuple(out)
 
 
-def parse_cosign_rule(
-    data: dict[str, Any], path: str, base_dir: Any, *, rule: str
-) -> CosignRule:
+def parse_cosign_rule(data: dict[str, Any], path: str, base_dir: Any, *, rule: str) -> CosignRule:
     """The cosign part of a rule mapping (``data``: the whole rule; other keys ignored).
 
     Raises:
@@ -153,8 +151,6 @@ def parse_cosign_rule(
     )
     on_unsigned = data.get("onUnsignedTag", "deny")
     if on_unsigned not in ON_UNSIGNED_TAG:
-        raise ConfigError(
-            f"{path}.onUnsignedTag", f"must be one of {', '.join(ON_UNSIGNED_TAG)}"
-        )
+        raise ConfigError(f"{path}.onUnsignedTag", f"must be one of {', '.join(ON_UNSIGNED_TAG)}")
     attestations = _attestations(data.get("attestations", []), f"{path}.attestations")
     return CosignRule(policy, on_unsigned, attestations)

@@ -33,7 +33,9 @@ def write_key(tmp_path: Path, name: str = "release.pub") -> Path:
     key = ec.generate_private_key(ec.SECP256R1()).public_key()
     path = tmp_path / name
     path.write_bytes(
-        key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        key.public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
     )
     return path
 
@@ -56,7 +58,8 @@ def test_settings(tmp_path: Path) -> None:
 
     public = parse_settings(raw({"type": "cosign", "trusted_root": "sigstore-public-good"}),
                             base_dir=tmp_path).trust.sources[0]  # fmt: skip
-    assert isinstance(public, CosignSettings) and public.cosign.public_good
+    assert isinstance(public, CosignSettings)
+    assert public.cosign.public_good
     keys_only = parse_settings(raw({"type": "cosign"}), base_dir=tmp_path)
     assert any("key-based signatures only" in w for w in keys_only.warnings)
 
@@ -111,7 +114,8 @@ def test_rule(tmp_path: Path) -> None:
     })  # fmt: skip
     assert rule.on_unsigned_tag == "lastSigned"
     assert rule.attestations == ("https://slsa.dev/provenance/v1",)
-    assert rule.policy.threshold == 2 and rule.policy.tlog == "optional"
+    assert rule.policy.threshold == 2
+    assert rule.policy.tlog == "optional"
     assert rule.policy.rule == RULE
     assert rule.policy.remap == (("registry.test/org", "ghcr.io/org"),)
     # Hashable and compared by value: the same file loaded twice is the same rule.
@@ -125,7 +129,8 @@ def test_rule(tmp_path: Path) -> None:
         "attestations": [{"predicateType": "https://slsa.dev/provenance/v1"}],
         "remapIdentity": [{"prefix": "registry.test/org", "signedPrefix": "ghcr.io/org"}],
     })  # fmt: skip
-    assert again == rule and hash(again) == hash(rule)
+    assert again == rule
+    assert hash(again) == hash(rule)
     assert load(tmp_path, {"authorities": [{"key": "release.pub"}]}).on_unsigned_tag == "deny"
     assert again != load(tmp_path, {"authorities": [{"key": "release.pub"}]})
 

@@ -5,7 +5,6 @@ comes from the shared vectors (read in place) and from the simulated Sigstore in
 from __future__ import annotations
 
 import asyncio
-import json
 import re
 from datetime import UTC, datetime
 from typing import Any
@@ -205,7 +204,8 @@ def test_signature_repository_is_read_through_another_reader() -> None:
     reg = FakeRegistry(name=TESTIMAGE_REPO, others={sigs.name: sigs})
     judge = judge_of(signature_repository=sigs.name)
     assert run(judge, reg, ALICE_DIGEST, key_rule("alice"), TESTIMAGE_REPO)
-    assert reg.reads == [] and sigs.reads
+    assert reg.reads == []
+    assert sigs.reads
 
     # The image's own repository is not where this source looks.
     own = vector_registry(ALICE_DIGEST)
@@ -274,9 +274,12 @@ def test_attestation_requirement() -> None:
     key = ec.generate_private_key(ec.SECP256R1())
     # The vector's in-toto subject names this repository (checked like docker-reference).
     reg = FakeRegistry(name="127.0.0.1:60943/repo")
-    reg.attach_bundle(ATTESTATION_DIGEST, key_bundle(None, key, in_toto_statement(ATTESTATION_DIGEST)))
+    reg.attach_bundle(
+        ATTESTATION_DIGEST, key_bundle(None, key, in_toto_statement(ATTESTATION_DIGEST))
+    )
     cody = KeylessAuthority(
-        subject=Match(exact="cody@soyland.com"), issuer=Match(exact="https://github.com/login/oauth")
+        subject=Match(exact="cody@soyland.com"),
+        issuer=Match(exact="https://github.com/login/oauth"),
     )
     policy = CosignPolicy(
         (KeyAuthority(VerifyingKey(key.public_key()), name="release"), cody), tlog="optional",
@@ -311,9 +314,10 @@ def test_simulated_keyless_classic_and_threshold_across_layouts() -> None:
     layer = instance.keyless_layer(digest, reg.name)
     reg.put_sig(digest, sig_manifest([layer]), blobs_of([layer]))
     reg.attach_bundle(digest, key_bundle(None, key, in_toto_statement(digest)))
+    ANY = Match(regexp=re.compile("."))
     policy = CosignPolicy(
         (
-            KeylessAuthority(subject=Match(regexp=re.compile(".")), issuer=Match(regexp=re.compile("."))),
+            KeylessAuthority(subject=ANY, issuer=ANY),
             KeyAuthority(VerifyingKey(key.public_key()), name="release"),
         ),
         threshold=2, tlog="optional", rule="registry.test/org/**",
@@ -322,4 +326,5 @@ def test_simulated_keyless_classic_and_threshold_across_layouts() -> None:
     answer = run(judge, reg, digest, CosignRule(policy), reg.name)
     assert answer.evidence["layouts"] == ["classic", "bundle"]
     assert len(answer.signers) == 2
-    assert answer.evidence["identities"] and answer.evidence["key_ids"]
+    assert answer.evidence["identities"]
+    assert answer.evidence["key_ids"]
