@@ -27,11 +27,10 @@ from typing import Any, Protocol
 
 import pytest
 import yaml
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from proxy.decisions import NullRecorder
 from proxy.enforcement.enforcing_gate import EnforcingGate, utc_now
-from cryptography.hazmat.primitives.asymmetric import ec
-
 from proxy.errors import NotSignedError, TrustDataError, TrustSourceUnavailableError
 from proxy.policy.model import Policy, RepositoryRule, Verification
 from proxy.routing import Route
@@ -44,8 +43,8 @@ from proxy.sources.cosign.rule import CosignRule, CosignVerification
 from proxy.sources.cosign.verify import CosignVerifier
 from proxy.sources.notary.policy import NotaryVerification
 from proxy.sources.notary.tuf import TrustOnFirstUse
-from proxy.sources.static.entry import StaticVerification
 from proxy.sources.signed_digests import SignedDigestSource
+from proxy.sources.static.entry import StaticVerification
 from proxy.sources.static.source import StaticSource
 from proxy.sources.store import MemoryTrustStateStore, TrustStateStore
 from proxy.trust_gate import RequestContext, ServeDigest
@@ -120,7 +119,7 @@ class NotaryWorld:
         self._sources.append(made)
         return made
 
-    def registry(self, manifests: Mapping[str, bytes] = {}) -> RegistryReads:  # noqa: B006
+    def registry(self, manifests: Mapping[str, bytes] = {}) -> RegistryReads:
         return DictRegistry(manifests)
 
     async def aclose(self) -> None:
@@ -154,7 +153,7 @@ class StaticWorld:
         self._sources.append(made)
         return made
 
-    def registry(self, manifests: Mapping[str, bytes] = {}) -> RegistryReads:  # noqa: B006
+    def registry(self, manifests: Mapping[str, bytes] = {}) -> RegistryReads:
         return DictRegistry(manifests)
 
     async def aclose(self) -> None:
@@ -209,7 +208,7 @@ class CosignWorld:
         self._sources.append(made)
         return made
 
-    def registry(self, manifests: Mapping[str, bytes] = {}) -> RegistryReads:  # noqa: B006
+    def registry(self, manifests: Mapping[str, bytes] = {}) -> RegistryReads:
         for body in manifests.values():
             self.upstream.manifests[sha256(body)] = body
         return self.upstream
