@@ -3,10 +3,12 @@ path-qualified errors for everything malformed."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
@@ -14,7 +16,7 @@ from proxy.errors import ConfigError
 from proxy.policy.loader import parse_policy
 from proxy.settings import parse_settings
 from proxy.sources.cosign.entry import CosignSettings
-from proxy.sources.cosign.rule import CosignRule, CosignVerification
+from proxy.sources.cosign.rule import RULE_KEYS, CosignRule, CosignVerification
 from proxy.sources.registry import source_type
 from tests.simulators.sigstore_instance import SigstoreInstance
 
@@ -165,3 +167,29 @@ def test_registered() -> None:
     assert {"authorities", "threshold", "tlog", "onUnsignedTag", "attestations",
             "remapIdentity"} == set(entry.rule_keys)  # fmt: skip
     assert set(entry.evidence_fields) == {"key_ids", "identities", "log_indexes"}
+
+
+def test_the_documented_examples_load(tmp_path: Path) -> None:
+    """docs/policy.md, "Cosign": its source section and its rule, as written."""
+    doc = (Path(__file__).resolve().parents[4] / "docs" / "policy.md").read_text()
+    section = doc[doc.index("\n## Cosign\n") :]
+    blocks = re.findall(r"```yaml\n(.*?)```", section, re.S)
+    source_doc, policy_doc = (yaml.safe_load(b) for b in blocks[:2])
+    settings = parse_settings(
+        {"upstreams": [{"name": "ghcr", "url": "https://ghcr.io", "registry": "ghcr.io"}],
+         **source_doc},
+        base_dir=tmp_path,
+    )  # fmt: skip
+    (src,) = settings.trust.sources
+    assert isinstance(src, CosignSettings)
+    assert src.cosign.public_good
+    (tmp_path / "keys").mkdir()
+    write_key(tmp_path / "keys")
+    (rule,) = parse_policy(policy_doc, base_dir=tmp_path, known_sources={src.name: "cosign"}).rules
+    assert isinstance(rule.verification, CosignVerification)
+    cosign = rule.verification.rule
+    documented = set(re.findall(r"^\| `(\w+)` \|", section, re.M))
+    assert set(RULE_KEYS) <= documented
+    assert {"trusted_root", "signature_repository", "refresh_interval", "grace"} <= documented
+    assert cosign.on_unsigned_tag == "lastSigned"
+    assert rule.digests == "signed"
