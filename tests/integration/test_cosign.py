@@ -10,6 +10,8 @@ independent signer, sigstore-js (npm ``@sigstore/sign``), offline.
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -31,7 +33,7 @@ from testbed.enforcement_bed import (
     write_policy,
 )
 from testbed.processes import Server
-from testbed.proxy_server import start_proxy, upstream_config
+from testbed.proxy_server import REPO_ROOT, start_proxy, upstream_config
 from testbed.registry import registry_binary, start_registry
 from tests.conftest import requires
 
@@ -273,3 +275,41 @@ def test_tag_list_shows_signed_tags_only(bed: Bed) -> None:
     with bed.client() as c:
         upstream = c.get("/v2/cosign/three/tags/list").json()["tags"]
     assert len(upstream) == 6  # three images and their .sig tags
+
+
+def trust_inspect(bed: Bed, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "proxy", "trust", "inspect",
+         "--config", bed.proxy.server.extra["config"], *args],
+        capture_output=True, text=True, timeout=60, check=False, cwd=REPO_ROOT,
+    )  # fmt: skip
+
+
+def test_trust_inspect(bed: Bed) -> None:
+    """The CLI judges as the proxy does, with the policy's rule: signatures per digest,
+    who signed, the verdict per authority."""
+    done = trust_inspect(bed, f"{bed.host}/cosign/three:two", "--json")
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    (item,) = report["tags"]
+    assert (item["digest"], item["acceptable"]) == (bed.digests["two"], True)
+    assert item["authorities"] == {"a": True, "b": True, "c": False}
+    assert {s["key_id"] for s in item["signatures"]} == {key_id(bed.keys[k]) for k in "ab"}
+
+    done = trust_inspect(bed, f"{bed.host}/cosign/three:one")
+    assert done.returncode == 1
+    assert "signed by a but the rule needs 2 authorities" in done.stdout
+    assert "✓ a" in done.stdout
+    assert "✗ b" in done.stdout
+
+    # A whole repository: its images, not cosign's own tags.
+    done = trust_inspect(bed, f"{bed.host}/cosign/three", "--json")
+    assert done.returncode == 0, done.stderr
+    shown = {t["tag"]: t["acceptable"] for t in json.loads(done.stdout)["tags"]}
+    assert shown == {"all": True, "one": False, "two": True}
+
+    # Ad-hoc keys instead of the policy's rule.
+    key_file = Path(bed.proxy.policy_file).parent / "c.pub"
+    done = trust_inspect(bed, f"{bed.host}/cosign/three:all", "--key", str(key_file), "--json")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["tags"][0]["authorities"] == {"c.pub": True}

@@ -206,6 +206,13 @@ def build(
     )
 
 
+def add_cli(trust_sub: Any) -> None:
+    """``trustproxy trust inspect`` for cosign repositories (loaded only by the CLI)."""
+    from proxy.sources.cosign.inspect_cli import add_cli as add
+
+    add(trust_sub)
+
+
 SOURCE_TYPE = SourceType(
     name="cosign",
     title="Cosign / Sigstore signatures",
@@ -214,4 +221,5 @@ SOURCE_TYPE = SourceType(
     parse_rule=parse_rule,
     build=build,
     evidence_fields={"key_ids": [], "identities": [], "log_indexes": []},
+    add_cli=add_cli,
 )
