@@ -313,3 +313,43 @@ def test_trust_inspect(bed: Bed) -> None:
     done = trust_inspect(bed, f"{bed.host}/cosign/three:all", "--key", str(key_file), "--json")
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["tags"][0]["authorities"] == {"c.pub": True}
+
+
+def test_last_signed_is_shared_by_replicas_through_redis(bed: Bed, tmp_path: Path) -> None:
+    """Two replicas on one redis-server: the tag memory of ``lastSigned`` is shared. Replica
+    A sees a tag signed; the tag moves upstream to an unsigned image; replica B, which never
+    saw it signed, serves the digest A remembered (judged again by B: still signed)."""
+    requires("redis-server")
+    from testbed.redis_server import start_redis
+    from testbed.replica_bed import cache_section
+
+    repo = "cosign/replicas"
+    key_file = Path(bed.proxy.policy_file).parent / "release.pub"
+    policy = write_policy(
+        tmp_path / "policy.yaml",
+        {f"{bed.host}/{repo}": cosign_rule({"release": key_file}, "release",
+                                           onUnsignedTag="lastSigned")},
+    )  # fmt: skip
+    signed = bed.push(repo, "replicas signed", "v1")
+    bed.sign(repo, signed, "release")
+    with start_redis(tmp_path / "redis") as redis:
+        config = {
+            "upstreams": [upstream_config("internal", bed.registry.extra["url"])],
+            "trust": {"sources": {"sigs": {"type": "cosign", "refresh_interval": "1s"}}},
+            "policy_file": str(policy),
+            "cache": cache_section(redis, key_prefix="cosign-test:", refresh_seconds=1),
+        }
+        a = start_proxy(tmp_path / "a", config, name="replica-a")
+        try:
+            b = start_proxy(tmp_path / "b", config, name="replica-b")
+            try:
+                first = skopeo_inspect_raw(a.extra["host"], f"{repo}:v1")
+                assert first.digest == signed, first.error
+                unsigned = bed.push(repo, "replicas unsigned", "v1")
+                on_b = skopeo_inspect_raw(b.extra["host"], f"{repo}:v1")
+                assert on_b.ok, on_b.error
+                assert on_b.digest == signed != unsigned
+            finally:
+                b.stop()
+        finally:
+            a.stop()
