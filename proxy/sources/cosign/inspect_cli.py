@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -33,6 +34,18 @@ __all__ = ["add_cli"]
 MAX_TAGS: Final = 100
 MAX_TAG_LIST_BYTES: Final = 1024 * 1024
 Handler = Callable[[argparse.Namespace], int]
+#: options the Notary command adds to ``trust inspect`` (any set: its command answers)
+_OTHER_OPTIONS: Final = (
+    "trust_server",
+    "ca_file",
+    "root_key",
+    "root_cert",
+    "root_ca",
+    "tofu",
+    "require_role",
+    "allow_expired_root_cert",
+    "pretty",
+)
 
 
 def add_cli(trust_sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -71,16 +84,31 @@ def _dispatch(args: argparse.Namespace, fallback: Handler | None) -> int:
         print(f"trustproxy trust inspect: {message}", file=sys.stderr)
         return EXIT_USAGE
 
-    if getattr(args, "trust_server", None):
-        return _fallback(args, fallback) if fallback is not None else usage("--trust-server")
+    # Options of the other type's command: that command answers (and checks them).
+    theirs = [name for name in _OTHER_OPTIONS if getattr(args, name, None)]
+    if theirs:
+        if fallback is not None:
+            return _fallback(args, fallback)
+        return usage(f"--{theirs[0].replace('_', '-')} is not an option of cosign sources")
     try:
         repository, tag = parse_image(args.image)
     except _UsageError as e:
         return usage(str(e))
     path = args.config or Path(DEFAULT_CONFIG)
-    settings = _load(path)
-    if settings is None:
-        return 1
+    if fallback is not None:
+        # A config that does not load is the other command's to report (as before).
+        from proxy.errors import ConfigError
+        from proxy.settings import load_settings
+
+        try:
+            settings = load_settings(path, dict(os.environ))
+        except ConfigError:
+            return _fallback(args, fallback)
+    else:
+        loaded = _load(path)
+        if loaded is None:
+            return 1
+        settings = loaded
     policy = None
     if settings.policy_file is not None:
         from proxy.errors import ConfigError
