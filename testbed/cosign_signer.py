@@ -19,7 +19,7 @@ from __future__ import annotations
 import base64
 import json
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import httpx
@@ -85,13 +85,26 @@ def sig_manifest(
 ) -> tuple[bytes, list[images.Blob]]:
     """The ``.sig`` manifest signing ``digest`` as ``reference`` with each key (one layer
     per signer, as ``cosign sign`` appends them), and the blobs it references."""
-    payload = images.Blob(simple_signing_payload(digest, reference), SIMPLE_SIGNING)
+    payload = simple_signing_payload(digest, reference)
     layers = []
     for key in keys:
-        signature = key.sign(payload.data, ec.ECDSA(hashes.SHA256()))
-        layer = dict(payload.descriptor())
-        layer["annotations"] = {SIGNATURE_ANNOTATION: base64.b64encode(signature).decode()}
-        layers.append(layer)
+        signature = key.sign(payload, ec.ECDSA(hashes.SHA256()))
+        layers.append((payload, {SIGNATURE_ANNOTATION: base64.b64encode(signature).decode()}))
+    return layered_manifest(layers)
+
+
+def layered_manifest(
+    layers: Sequence[tuple[bytes, Mapping[str, str]]],
+) -> tuple[bytes, list[images.Blob]]:
+    """A ``.sig`` manifest of simple-signing layers (payload, annotations) made elsewhere
+    (e.g. keyless layers with certificate, chain and Rekor bundle annotations), and the
+    blobs it references (cosign's config, the payloads)."""
+    payloads = {images.sha256(p): images.Blob(p, SIMPLE_SIGNING) for p, _ in layers}
+    descriptors = []
+    for payload, notes in layers:
+        layer = dict(payloads[images.sha256(payload)].descriptor())
+        layer["annotations"] = dict(notes)
+        descriptors.append(layer)
     # cosign's config: an image config whose rootfs lists the layers (never verified).
     config = images.Blob(
         json.dumps(
@@ -100,7 +113,7 @@ def sig_manifest(
                 "created": "0001-01-01T00:00:00Z",
                 "history": [{"created": "0001-01-01T00:00:00Z"}],
                 "os": "",
-                "rootfs": {"type": "layers", "diff_ids": [payload.digest] * len(keys)},
+                "rootfs": {"type": "layers", "diff_ids": [d["digest"] for d in descriptors]},
                 "config": {},
             },
             separators=(",", ":"),
@@ -112,11 +125,26 @@ def sig_manifest(
             "schemaVersion": 2,
             "mediaType": images.OCI_MANIFEST,
             "config": config.descriptor(),
-            "layers": layers,
+            "layers": descriptors,
         },
         separators=(",", ":"),
     ).encode()
-    return manifest, [config, payload]
+    return manifest, [config, *payloads.values()]
+
+
+def push_signature(
+    client: httpx.Client, repo: str, digest: str, manifest: bytes, blobs: Sequence[images.Blob]
+) -> str:
+    """Push a ``.sig`` manifest and its blobs under ``digest``'s signature tag."""
+    for blob in blobs:
+        images.push_blob(client, repo, blob)
+    r = client.put(
+        f"/v2/{repo}/manifests/{signature_tag(digest)}",
+        content=manifest,
+        headers={"Content-Type": images.OCI_MANIFEST},
+    )
+    r.raise_for_status()
+    return images.sha256(manifest)
 
 
 def sign_classic(
@@ -128,15 +156,7 @@ def sign_classic(
 ) -> str:
     """Push the ``.sig`` signature of ``digest`` into ``repo``; its manifest digest."""
     manifest, blobs = sig_manifest(digest, reference, keys)
-    for blob in blobs:
-        images.push_blob(client, repo, blob)
-    r = client.put(
-        f"/v2/{repo}/manifests/{signature_tag(digest)}",
-        content=manifest,
-        headers={"Content-Type": images.OCI_MANIFEST},
-    )
-    r.raise_for_status()
-    return images.sha256(manifest)
+    return push_signature(client, repo, digest, manifest, blobs)
 
 
 def delete_manifest(client: httpx.Client, repo: str, digest: str) -> None:

@@ -353,3 +353,60 @@ def test_last_signed_is_shared_by_replicas_through_redis(bed: Bed, tmp_path: Pat
                 b.stop()
         finally:
             a.stop()
+
+
+def test_keyless_classic_signature_under_a_private_sigstore(bed: Bed, tmp_path: Path) -> None:
+    """A keyless signature (Fulcio certificate of a CI workflow identity, embedded SCT,
+    Rekor SET) from a private Sigstore instance whose trusted_root.json the source is given:
+    accepted for the workflow identity with tlog required, refused for another identity, and
+    the audit record names the identity and the log index."""
+    from tests.simulators.sigstore_instance import SigstoreInstance
+
+    instance = SigstoreInstance()
+    root_file = tmp_path / "trusted_root.json"
+    root_file.write_bytes(instance.trusted_root())
+    workflow = "https://github.com/myorg/app/.github/workflows/release.yml@refs/tags/v1"
+    issuer = "https://token.actions.githubusercontent.com"
+    repo = "cosign/keyless"
+    digest = bed.push(repo, "keyless", "v1")
+    other = bed.push(repo, "keyless other", "other")
+    logged: dict[str, int] = {}
+    with bed.client() as c:
+        for image, san in ((digest, workflow), (other, "someone@example.com")):
+            layer = instance.keyless_layer(
+                image, f"{bed.host}/{repo}", cert=instance.issue(san=san, issuer=issuer)
+            )
+            logged[image] = instance.log_index
+            manifest, blobs = cosign_signer.layered_manifest([(layer.payload, layer.annotations)])
+            cosign_signer.push_signature(c, repo, image, manifest, blobs)
+    policy = write_policy(
+        tmp_path / "policy.yaml",
+        {f"{bed.host}/{repo}": {
+            "source": "sigs",
+            "authorities": [{"keyless": {"issuer": issuer,
+                                         "subjectRegExp": r"^https://github\.com/myorg/"}}],
+            "tlog": "required",
+        }},
+    )  # fmt: skip
+    audit = tmp_path / "audit.jsonl"
+    config = {
+        "upstreams": [upstream_config("internal", bed.registry.extra["url"])],
+        "trust": {"sources": {"sigs": {"type": "cosign", "trusted_root": str(root_file)}}},
+        "policy_file": str(policy),
+        "audit": {"sink": "file", "path": str(audit)},
+    }
+    server = start_proxy(tmp_path / "proxy", config, name="keyless")
+    try:
+        proxy = EnforcingProxy(server=server, policy_file=policy, audit_file=audit)
+        result = skopeo_inspect_raw(proxy.host, f"{repo}:v1")
+        assert result.ok, result.error
+        assert result.digest == digest
+        record = proxy.wait_audit(lambda r: r.get("reference") == "v1")
+        assert record["identities"] == [f"{workflow} (issuer {issuer})"]
+        assert record["log_indexes"] == [logged[digest]]
+        assert record["key_ids"] == []
+        r = proxy.manifest(repo, "other")
+        assert r.status_code == 404
+        assert "signed by identity someone@example.com" in str(oci_error(r)["message"])
+    finally:
+        server.stop()

@@ -5,6 +5,7 @@ comes from the shared vectors (read in place) and from the simulated Sigstore in
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 from datetime import UTC, datetime
 from typing import Any
@@ -328,3 +329,29 @@ def test_simulated_keyless_classic_and_threshold_across_layouts() -> None:
     assert len(answer.signers) == 2
     assert answer.evidence["identities"]
     assert answer.evidence["key_ids"]
+
+
+@pytest.mark.parametrize(
+    ("layers", "annotation", "reason"),
+    [
+        (1000, "x", "1000 signature layers, limit 64"),
+        (5000, "x", ".sig manifest is 1115032 bytes, limit 1048576"),
+        (1, "x" * 100_000, "annotation 'dev.cosignproject.cosign/signature' is 100000 bytes"),
+    ],
+)
+def test_hostile_signature_manifest_is_refused_without_reading_its_blobs(
+    layers: int, annotation: str, reason: str
+) -> None:
+    reg = FakeRegistry(name="registry.test/org/app")
+    digest = reg.put_image("v1", IMAGE)
+    layer = {"mediaType": "application/vnd.dev.cosign.simplesigning.v1+json",
+             "digest": sha256(b"p"), "size": 1,
+             "annotations": {"dev.cosignproject.cosign/signature": annotation}}  # fmt: skip
+    manifest = json.dumps({"schemaVersion": 2, "layers": [layer] * layers}).encode()
+    reg.put_sig(digest, manifest, {sha256(b"p"): b"p"})
+    key = ec.generate_private_key(ec.SECP256R1())
+    rule = CosignRule(CosignPolicy((KeyAuthority(VerifyingKey(key.public_key())),),
+                                   tlog="optional", rule="registry.test/org/**"))  # fmt: skip
+    error = refused(judge_of(), reg, digest, rule, reg.name)
+    assert f"signature manifest: {reason}" in str(error)
+    assert not [r for r in reg.reads if r.startswith("blob")]
