@@ -27,6 +27,7 @@ verdict is cached within grace).
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 from collections.abc import Sequence
 from datetime import datetime
@@ -34,10 +35,10 @@ from typing import Any, Final, Protocol, runtime_checkable
 
 from proxy.errors import BadDataError, NotSignedError, TrustSourceUnavailableError
 from proxy.sources.base import RegistryReads
-from proxy.sources.cosign.bundle import BUNDLE_MEDIA_TYPES
+from proxy.sources.cosign.bundle import BUNDLE_MEDIA_TYPES, COSIGN_SIGN_PREDICATE
 from proxy.sources.cosign.classic import ClassicLimits, parse_sig_manifest, signature_tag
 from proxy.sources.cosign.facts import CertSigner, KeySigner, Rejected, VerifiedSignature
-from proxy.sources.cosign.policy import Verdict, evaluate
+from proxy.sources.cosign.policy import CosignPolicy, Verdict, evaluate
 from proxy.sources.cosign.referrers import (
     MAX_REFERRERS,
     BundleRef,
@@ -154,7 +155,7 @@ class CosignJudge:
         policy = rule.policy
         sig_manifest, blobs, rejected = await self._classic(reads, digest)
         classic = FetchedSignatures(sig_manifest=sig_manifest, blobs=blobs)
-        verified, more = self._verifier.signatures(policy, digest=digest, fetched=classic, now=now)
+        verified, more = await self._verify(policy, digest, classic, now)
         verdict = evaluate(
             policy,
             repository=repository,
@@ -166,9 +167,7 @@ class CosignJudge:
             return verdict, []
         bundles, bundle_rejected = await self._bundles(reads, digest)
         fetched = FetchedSignatures(bundles=bundles)
-        b_verified, b_rejected = self._verifier.signatures(
-            policy, digest=digest, fetched=fetched, now=now
-        )
+        b_verified, b_rejected = await self._verify(policy, digest, fetched, now)
         verdict = evaluate(
             policy,
             repository=repository,
@@ -178,12 +177,8 @@ class CosignJudge:
         )
         attestations: list[tuple[str, Verdict]] = []
         for predicate_type in rule.attestations:
-            a_verified, a_rejected = self._verifier.signatures(
-                policy,
-                digest=digest,
-                fetched=fetched,
-                now=now,
-                predicate_types=frozenset({predicate_type}),
+            a_verified, a_rejected = await self._verify(
+                policy, digest, fetched, now, frozenset({predicate_type})
             )
             attestations.append(
                 (
@@ -198,6 +193,30 @@ class CosignJudge:
                 )
             )
         return verdict, attestations
+
+    async def _verify(
+        self,
+        policy: CosignPolicy,
+        digest: str,
+        fetched: FetchedSignatures,
+        now: datetime,
+        predicate_types: frozenset[str] = frozenset({COSIGN_SIGN_PREDICATE}),
+    ) -> tuple[list[VerifiedSignature], list[Rejected]]:
+        """The core's verification, on a worker thread: a certificate chain, SCT and log
+        entry cost milliseconds of CPU per signature, which must not stall the event loop
+        (other requests, a listing's other tags)."""
+        if fetched.sig_manifest is None and not fetched.bundles:
+            return [], []
+        return await asyncio.to_thread(
+            functools.partial(
+                self._verifier.signatures,
+                policy,
+                digest=digest,
+                fetched=fetched,
+                now=now,
+                predicate_types=predicate_types,
+            )
+        )
 
     def _signature_reads(self, registry: RegistryReads, repository: str) -> RegistryReads:
         where = self._signature_repository
