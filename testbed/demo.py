@@ -64,6 +64,7 @@ _CMDLINE_NEEDLE: Mapping[str, str] = {
     "notary-signer": "notary-signer",
     "notary-server": "notary-server",
     "trustproxy": "-m\0proxy\0serve",
+    "trustproxy-cosign": "-m\0proxy\0serve",  # testbed/demo_cosign.py
 }
 _STOP_TIMEOUT = 10.0
 # `up` stops its own servers (up to _STOP_TIMEOUT each) when `down` asks it to.
@@ -719,6 +720,7 @@ def _up(demo: Demo, *, wait: bool) -> int:
     problems = show_client_view(host, gun, tags, reader, policy)
     show_tag_list(host)
     show_audit(audit_file)
+    problems += ["cosign"] * _cosign_part(demo, registry)
 
     say()
     step("try it yourself:" if wait else "try it yourself (while `make demo` runs):")
@@ -746,6 +748,12 @@ def _up(demo: Demo, *, wait: bool) -> int:
     info(f"its log ({shown_path(proxy.log_path)}) follows:")
     follow(proxy, demo)
     return 1  # follow only returns when a server died
+
+
+def _cosign_part(demo: Demo, registry: Server) -> int:
+    from testbed.demo_cosign import run_cosign_demo  # its own file: see testbed/demo_cosign.py
+
+    return run_cosign_demo(demo, registry)
 
 
 def follow(proxy: Server, demo: Demo) -> None:

@@ -89,6 +89,8 @@ SOURCE_TYPES: dict[str, str] = {
     "notary": "proxy.sources.notary.entry",
     # A file of pins (repository:tag -> digest): tests, break-glass pins, trust snapshots.
     "static": "proxy.sources.static.entry",
+    # Cosign / Sigstore signatures in the registry (.sig tags, bundles as referrers).
+    "cosign": "proxy.sources.cosign.entry",
 }
 
 _loaded: dict[str, SourceType] = {}

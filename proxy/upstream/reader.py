@@ -17,6 +17,7 @@ caller fails closed), ``UpstreamContentError`` (bytes not the digest), ``Oversiz
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -83,6 +84,17 @@ class RegistryReader:
 
     def _unavailable(self, status: int, what: str) -> UpstreamUnavailableError:
         return UpstreamUnavailableError(self.client.name, f"answered HTTP {status} for {what}")
+
+    def for_repository(self, repository: str) -> RegistryReader | None:
+        """A reader for another repository of the same upstream, as the same client (a
+        trust source whose signatures live elsewhere: cosign's ``COSIGN_REPOSITORY``).
+        ``repository`` is ``<registry>/<path>``; None when it is not on this upstream."""
+        upstream = self.route.upstream
+        registry, _, path = repository.partition("/")
+        if registry != upstream.registry or not path:
+            return None
+        client_name = f"{upstream.prefix}/{path}" if upstream.prefix else path
+        return dataclasses.replace(self, route=Route(upstream, client_name, path), remember=None)
 
     # --- manifests -----------------------------------------------------------------------
 

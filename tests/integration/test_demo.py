@@ -22,7 +22,7 @@ from testbed.proxy_server import REPO_ROOT
 pytestmark = pytest.mark.integration
 
 FOREGROUND = "trustproxy is running in the foreground"
-SERVERS = {"docker-registry", "notary-signer", "notary-server", "trustproxy"}
+SERVERS = {"docker-registry", "notary-signer", "notary-server", "trustproxy", "trustproxy-cosign"}
 
 
 @pytest.fixture(autouse=True)
@@ -115,6 +115,15 @@ def test_up_no_wait_shows_tags_and_leaves_nothing_running(tmp_path: Path) -> Non
     assert re.search(r"manifest +unsigned +denied", audit), output
     assert re.search(r"manifest +moved +served_signed +served sha256:", audit), output
     assert "skopeo inspect --tls-verify=false docker://127.0.0.1:" in output
+
+    # The Cosign part (testbed/demo_cosign.py): signed, unsigned, and a moved tag under both
+    # onUnsignedTag choices.
+    cosign = output[output.index("==> Cosign: what a client sees") :]
+    assert re.search(r"cosign/app:signed-1.0 +sha256:[0-9a-f]{12} \(signed\)", cosign), output
+    assert re.search(r"cosign/app:unsigned +404: no cosign signature for sha256:", cosign)
+    moved = cosign[cosign.index("re-pushed upstream") :]
+    assert re.search(r"cosign/app:moved +404: no cosign signature", moved), output
+    assert re.search(r"cosign/keep:moved +sha256:[0-9a-f]{12} \(signed\) .*lastSigned", moved)
 
     pids = started_pids(output)
     assert set(pids) == SERVERS, output

@@ -99,7 +99,8 @@ def _load_policy_for(policy_file: Path, settings: Settings | None, tmp_path: Pat
             (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
             (tmp_path / name).write_bytes(cert.public_bytes(serialization.Encoding.PEM))
         policy_file = copy
-    sources = None if settings is None else [s.name for s in settings.trust.sources]
+    # Name -> type, as the proxy loads it (a rule's keys depend on its source's type).
+    sources = None if settings is None else {s.name: s.type for s in settings.trust.sources}
     return load_policy(policy_file, known_sources=sources)
 
 

@@ -190,3 +190,18 @@ async def test_a_small_blob_is_verified() -> None:
     up = Upstream()
     assert await reader(up).blob(sha256(BLOB), max_bytes=1024) == BLOB
     assert await reader(up).blob(sha256(b"none"), max_bytes=1024) is None
+
+
+async def test_another_repository_of_the_same_upstream_as_the_same_client() -> None:
+    """``for_repository`` (a cosign signature repository): same upstream client and
+    credentials, another path; another registry is not reachable through it."""
+    up = Upstream()
+    r = reader(up, mode="passthrough", authorization="Bearer client")
+    other = r.for_repository("registry.test/team/sigs")
+    assert other is not None
+    assert other.route.repository == "registry.test/team/sigs"
+    assert await other.manifest_by_tag("v1") is None  # the fake registry serves team/app only
+    assert up.seen[-1] == ("GET", "/v2/team/sigs/manifests/v1", "Bearer client")
+    assert r.route.upstream_name == "team/app"  # the original reader is unchanged
+    assert r.for_repository("ghcr.io/team/sigs") is None
+    assert r.for_repository("registry.test") is None

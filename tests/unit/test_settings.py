@@ -460,7 +460,7 @@ BAD: list[tuple[str, Mutation, str, str]] = [
      "limits.min_upstream_rate", "not a size"),
     ("sources-list", _set("trust", "sources", value=["notary"]), "trust.sources",
      "must be a mapping"),
-    ("source-type", _set("trust", "sources", "notary", "type", value="cosign"),
+    ("source-type", _set("trust", "sources", "notary", "type", value="sigstore"),
      "trust.sources.notary.type", "must be one of"),
     ("source-url-missing", _set("trust", "sources", "notary", "url", value=None),
      "trust.sources.notary.url", "is required"),
