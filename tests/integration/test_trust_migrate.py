@@ -22,8 +22,16 @@ from proxy.cli import main
 from proxy.sources.cosign.classic import signature_tag, verify_classic
 from proxy.sources.cosign.keys import load_pem_key
 from testbed import images
-from testbed.enforcement_bed import EnforcementBed, proxy_config, rule, upstream, write_policy
+from testbed.enforcement_bed import (
+    EnforcementBed,
+    proxy_config,
+    rule,
+    skopeo_inspect_raw,
+    upstream,
+    write_policy,
+)
 from testbed.notary_server import NotaryBed
+from testbed.proxy_server import start_proxy
 from testbed.trust_scenarios import RELEASES
 from tests.conftest import RegistryBed, requires
 
@@ -37,6 +45,8 @@ OCI_ACCEPT = {
 @dataclass
 class Migration:
     bed: EnforcementBed
+    registry_url: str
+    work: Path
     config: Path
     key: Path
     public_pem: bytes
@@ -89,7 +99,9 @@ def world(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     )
     try:
-        yield Migration(bed, config, key, public, bed.repo("app"), signed, unsigned.digest)
+        yield Migration(
+            bed, registry.url, work, config, key, public, bed.repo("app"), signed, unsigned.digest
+        )
     finally:
         bed.close()
 
@@ -157,6 +169,47 @@ def test_a_repository_without_a_rule_is_reported(
     out, _ = capsys.readouterr()
     assert code == 1
     assert "elsewhere/app: NOT MIGRATED: no policy rule verifies" in out
+
+
+def test_the_migrated_repository_passes_a_cosign_rule(
+    world: Migration, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The issue's end state: the rule switched from Notary to cosign with the migration
+    key; every tag that verified under Notary is served at the same digest, the unsigned
+    one is still refused."""
+    requires("skopeo")
+    run(world, capsys, "--apply")  # idempotent: whatever the order of the tests
+    public = world.work / "cosign.pub"
+    public.write_bytes(world.public_pem)
+    policy = write_policy(
+        world.work / "policy-cosign.yaml",
+        {
+            world.bed.pattern("**"): {
+                "requireSignatures": True,
+                "source": "sigs",
+                "authorities": [{"key": str(public)}],
+                "tlog": "optional",  # signed offline by the migration: no Rekor entries
+                "digests": "signed",
+            }
+        },
+    )
+    config = {
+        "upstreams": [upstream("registry", world.registry_url)],
+        "trust": {"sources": {"sigs": {"type": "cosign"}}},
+        "policy_file": str(policy),
+    }
+    server = start_proxy(world.work / "cosign-proxy", config, name="trustproxy-migrated")
+    try:
+        host = server.extra["host"]
+        for tag, digest in world.signed.items():
+            got = skopeo_inspect_raw(host, f"{world.repo}:{tag}")
+            assert got.ok, got.error
+            assert got.digest == digest, tag
+        refused = skopeo_inspect_raw(host, f"{world.repo}:unsigned")
+        assert not refused.ok
+        assert f"no cosign signature for {world.unsigned_digest}" in refused.error
+    finally:
+        server.stop()
 
 
 def _now() -> Any:
