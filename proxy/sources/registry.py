@@ -89,6 +89,8 @@ SOURCE_TYPES: dict[str, str] = {
     "notary": "proxy.sources.notary.entry",
     # A file of pins (repository:tag -> digest): tests, break-glass pins, trust snapshots.
     "static": "proxy.sources.static.entry",
+    # Notation (Notary Project v2): X.509 signatures stored as OCI referrers.
+    "notation": "proxy.sources.notation.entry",
 }
 
 _loaded: dict[str, SourceType] = {}
