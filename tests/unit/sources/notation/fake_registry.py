@@ -94,6 +94,7 @@ class FakeRegistry:
 
     async def head_tag(self, tag: str) -> str | None:
         self._check()
+        self.reads.append(f"head {tag}")
         return self.tags.get(tag)
 
     async def referrers(self, digest: str) -> list[Mapping[str, Any]]:
