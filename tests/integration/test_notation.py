@@ -13,6 +13,8 @@ from __future__ import annotations
 import base64
 import json
 import shutil
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -293,3 +295,31 @@ def test_tag_lists_show_signed_tags_only(world: World) -> None:
     assert "signed-c" in tags
     assert "unsigned-b" not in tags
     assert not any(t.startswith("sha256-") for t in tags)  # tag indexes are not signed
+
+
+# --- trustproxy trust inspect ----------------------------------------------------------------
+
+
+def _inspect(world: World, ref: str, *extra: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "proxy", "trust", "inspect", "--config",
+         str(world.proxy.extra["config"]), *extra, f"{world.registry.host}/{world.ns}/{ref}"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+
+
+def test_trust_inspect_shows_signatures_signers_and_checks(world: World) -> None:
+    done = _inspect(world, "e2e/multiple:v1")
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
+    assert world.subjects["multiple"] in out
+    assert "signer: CN=e2e,O=Notary,L=Seattle,ST=WA,C=US" in out
+    assert "trust store: ca:e2e" in out
+    assert "integrity: passed" in out
+    report = json.loads(_inspect(world, "e2e/expired:v1", "--json").stdout)
+    assert report["acceptable"] is False
+    (signature,) = report["signatures"]
+    assert "expiry" in signature["reason"]
+    unsigned = _inspect(world, "e2e/unsigned:v1")
+    assert unsigned.returncode == 1
+    assert "no Notation signature" in unsigned.stdout
