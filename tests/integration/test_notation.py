@@ -163,6 +163,9 @@ def world(registry: RegistryBed, tmp_path_factory: pytest.TempPathFactory) -> It
                 f"{registry.host}/{ns}/helper/last": {
                     "source": "notation", "onUnsignedTag": "lastSigned", **inline,
                 },
+                f"{registry.host}/{ns}/helper/digests": {
+                    "source": "notation", "digests": "signed", **inline,
+                },
             }
         },
     }  # fmt: skip
@@ -195,9 +198,13 @@ def world(registry: RegistryBed, tmp_path_factory: pytest.TempPathFactory) -> It
         proxy.stop()
 
 
-def _sign(world: World, repo: str, tag: str, label: str, *, signed: bool = True) -> str:
-    """Push a fresh image under ``tag`` and, when ``signed``, a helper signature of it."""
-    image = images.single_image(f"{world.ns} {repo} {label}")
+def _sign(
+    world: World, repo: str, tag: str, label: str, *, signed: bool = True, index: bool = False
+) -> str:
+    """Push a fresh image (``index``: a multi-arch index) under ``tag`` and, when ``signed``,
+    a helper signature of it."""
+    make = images.multi_arch_image if index else images.single_image
+    image = make(f"{world.ns} {repo} {label}")
     with httpx.Client(base_url=world.registry.url, timeout=30) as client:
         digest = images.push_image(client, f"{world.ns}/{repo}", image, tag)
     if signed:
@@ -295,6 +302,21 @@ def test_tag_lists_show_signed_tags_only(world: World) -> None:
     assert "signed-c" in tags
     assert "unsigned-b" not in tags
     assert not any(t.startswith("sha256-") for t in tags)  # tag indexes are not signed
+
+
+def test_digest_pulls_under_digests_signed(world: World, tmp_path: Path) -> None:
+    """A signed index pulled with all its platforms (the children by digest: served as
+    listed by a signed index); an unsigned manifest by digest: refused."""
+    index = _sign(world, "helper/digests", "v1", "index", index=True)
+    got = skopeo_copy(world.host, f"{world.ns}/helper/digests:v1", tmp_path / "all",
+                      all_images=True)  # fmt: skip
+    assert got.ok, got.stderr
+    assert images.sha256((tmp_path / "all" / "manifest.json").read_bytes()) == index
+    unsigned = _sign(world, "helper/digests", "other", "unsigned", signed=False)
+    r = world.manifest("helper/digests", unsigned)
+    assert r.status_code == 404, r.text
+    assert "not signed" in r.text or "no Notation signature" in r.text, r.text
+    assert world.manifest("helper/digests", index).status_code == 200
 
 
 # --- trustproxy trust inspect ----------------------------------------------------------------
