@@ -112,6 +112,9 @@ def test_decision_json_has_every_field() -> None:
         "roles": ["targets/releases"],
         "key_ids": ["k1", "k2"],
         "metadata_versions": {"root": 1, "targets": 4, "snapshot": 9, "timestamp": 12},
+        # Notation's evidence fields, empty on lines another source answered
+        "cert_fingerprints": [],
+        "trust_policy": "",
         "client": "10.0.0.7",
         "user_agent": "containerd/1.7",
         "user": "ci",
