@@ -59,6 +59,7 @@ def make_cert(
     not_before: datetime = T0 - timedelta(days=1),
     not_after: datetime = T0 + timedelta(days=3650),
     eku: x509.ObjectIdentifier | None = ExtendedKeyUsageOID.CODE_SIGNING,
+    crl_url: str | None = None,
 ) -> x509.Certificate:
     subject = name(cn)
     issuer_name, signing_key = (issuer[0].subject, issuer[1]) if issuer else (subject, key)
@@ -88,7 +89,35 @@ def make_cert(
     )
     if eku is not None and not ca:
         builder = builder.add_extension(x509.ExtendedKeyUsage([eku]), critical=False)
+    if crl_url is not None:
+        point = x509.DistributionPoint([x509.UniformResourceIdentifier(crl_url)], None, None, None)
+        builder = builder.add_extension(x509.CRLDistributionPoints([point]), critical=False)
     return builder.sign(signing_key, hashes.SHA256())
+
+
+def make_crl(
+    issuer: x509.Certificate,
+    key: PrivateKey,
+    revoked: Sequence[int] = (),
+    *,
+    last_update: datetime = T0 - timedelta(days=1),
+    next_update: datetime = T0 + timedelta(days=3650),
+) -> bytes:
+    """A DER CRL from ``issuer`` listing the ``revoked`` serial numbers."""
+    builder = (
+        x509.CertificateRevocationListBuilder()
+        .issuer_name(issuer.subject)
+        .last_update(last_update)
+        .next_update(next_update)
+    )
+    for serial in revoked:
+        builder = builder.add_revoked_certificate(
+            x509.RevokedCertificateBuilder()
+            .serial_number(serial)
+            .revocation_date(last_update)
+            .build()
+        )
+    return builder.sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.DER)
 
 
 @dataclass

@@ -7,6 +7,9 @@ Settings (``trust.sources.<name>``), pointing at the files ``notation verify`` a
     trust_policy: notation/trustpolicy.json   # Notation's OCI trust policy document
     trust_store: notation/truststore          # holds x509/{ca,signingAuthority,tsa}/<name>/
     crl_dir: notation/crls                    # optional: CRLs (DER or PEM) for revocation
+    crl_fetch_hosts: [crl.example.com]        # optional: fetch CRLs from the signing chain's
+                                              # distribution points on these hosts only
+    crl_max_age: 1h                           # a fetched CRL is used at most this long
     max_signatures: 100                       # signatures tried per digest
     max_envelope_bytes: 524288                # one signature envelope, at most
     refresh_interval: 30s                     # a verdict is judged again after this long
@@ -22,6 +25,7 @@ as an authenticity failure of the signatures that need it).
 
 from __future__ import annotations
 
+import re
 import stat
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -93,6 +97,23 @@ def _positive(limit: int) -> Callable[[Any, str], int]:
     return parse
 
 
+_HOST = re.compile(r"^(?:[a-z0-9](?:[a-z0-9-]*[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]*[a-z0-9])?)*"
+                   r"|\[[0-9a-f:.]+\])(?::[0-9]{1,5})?\Z")  # fmt: skip
+
+
+def _hosts(v: Any, path: str) -> tuple[str, ...]:
+    """``crl_fetch_hosts``: host names or ``host:port`` (lower case), no wildcards: the URLs
+    come from untrusted certificates, so every host fetched from is named."""
+    if not isinstance(v, list) or len(v) > 64:
+        raise ConfigError(path, "must be a list of at most 64 host names (host or host:port)")
+    out = []
+    for i, item in enumerate(v):
+        if not isinstance(item, str) or not _HOST.match(item.lower()):
+            raise ConfigError(f"{path}[{i}]", f"not a host name (host or host:port): {item!r}")
+        out.append(item.lower())
+    return tuple(out)
+
+
 def _read_bounded(path: Path, limit: int) -> bytes:
     with path.open("rb") as f:
         data = f.read(limit + 1)
@@ -156,12 +177,17 @@ def parse_settings(s: ConfigSection, name: str, warnings: list[str]) -> TrustSou
     if trust_store is None:
         raise ConfigError(s.sub("trust_store"), "is required (Notation's truststore folder)")
     crl_dir = s.path_value("crl_dir")
+    no_hosts: tuple[str, ...] = ()
+    crl_hosts = s.value("crl_fetch_hosts", _hosts, no_hosts)
+    crl_max_age = s.value("crl_max_age", parse_duration, 3600.0)
     config = NotationSourceConfig(
         trust_policy=trust_policy,
         trust_store_dir=trust_store,
         crl_dir=crl_dir,
         max_signatures=s.value("max_signatures", _positive(1000), MAX_SIGNATURES),
         max_envelope_bytes=s.value("max_envelope_bytes", _positive(32 << 20), MAX_ENVELOPE_BYTES),
+        crl_fetch_hosts=crl_hosts,
+        crl_max_age=crl_max_age,
     )
     refresh = s.value("refresh_interval", parse_duration, None)
     grace = s.value("grace", parse_duration, DEFAULT_GRACE)
@@ -215,7 +241,7 @@ def build(
     store or CRLs cannot be used (the caller answers 503 for its repositories)."""
     from proxy.sources.signed_digests import DigestSourceSettings, SignedDigestSource
 
-    judge = build_judge(settings)
+    judge = build_judge(settings, limits)
     if not isinstance(settings, NotationSettings):  # pragma: no cover - build_judge checks
         raise ValueError(f"trust source {settings.name}: not notation settings")
     return SignedDigestSource(
@@ -237,7 +263,9 @@ def _seconds(value: float) -> timedelta:
     return timedelta(seconds=value)
 
 
-def build_judge(settings: TrustSourceSettings) -> NotationJudge:
+def build_judge(
+    settings: TrustSourceSettings, limits: LimitSettings | None = None
+) -> NotationJudge:
     """The :class:`~.judge.NotationJudge` of ``settings`` (files read now). Raises OSError /
     ValueError."""
     from proxy.sources.notation.judge import NotationJudge, NotationLimits
@@ -250,12 +278,26 @@ def build_judge(settings: TrustSourceSettings) -> NotationJudge:
         trust_store = load_trust_store_dir(config.trust_store_dir)
     except ConfigError as e:
         raise ValueError(f"trust source {settings.name}: {e}") from e
+    crls = load_crls(config.crl_dir)
+    fetcher, http = None, None
+    if config.crl_fetch_hosts:
+        from proxy.sources.notation.crl_fetch import CrlFetcher, http_get
+        from proxy.upstream.client import make_http_client
+
+        http = make_http_client(limits or LimitSettings(), None)
+        fetcher = CrlFetcher(
+            frozenset(config.crl_fetch_hosts),
+            http_get(http),
+            max_age=timedelta(seconds=config.crl_max_age),
+        )
     return NotationJudge(
         source=settings.name,
         document=document,
         trust_store=trust_store,
-        crls=load_crls(config.crl_dir),
+        crls=crls,
         limits=NotationLimits(config.max_signatures, config.max_envelope_bytes),
+        crl_fetcher=fetcher,
+        http=http,
     )
 
 

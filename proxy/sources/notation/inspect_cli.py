@@ -165,7 +165,7 @@ async def _report(settings: Any, source: Any, repository: str, tag: str | None) 
         raise UnknownRepositoryError(f"no upstream of the config serves {repository}")
     upstream_name = repository[len(up.registry) + 1 :]
     route = Route(up, Router(settings.upstreams).client_name(up, upstream_name), upstream_name)
-    judge = build_judge(source)
+    judge = build_judge(source, settings.limits)
     rule = _rule_of(settings, source.name, repository)
     statement = judge.statement_for(repository, rule)
     client = build_upstream_client(settings, up)
@@ -191,6 +191,7 @@ async def _report(settings: Any, source: Any, repository: str, tag: str | None) 
         signatures = await judge.inspect(reader, repository, digest, rule, now)
     finally:
         await client.aclose()
+        await judge.aclose()
     return {
         "repository": repository,
         "tag": tag,

@@ -36,12 +36,14 @@ from datetime import datetime
 from types import MappingProxyType
 from typing import Any, Final
 
+import httpx
 from prometheus_client import Counter
 
 from proxy.errors import FetchError, NotSignedError, TrustproxyError
 from proxy.metrics import REGISTRY
 from proxy.reference import validate_digest
 from proxy.sources.base import RegistryReads
+from proxy.sources.notation.crl_fetch import CrlFetcher
 from proxy.sources.notation.envelope import (
     COSE_MEDIA_TYPE,
     JWS_MEDIA_TYPE,
@@ -52,7 +54,12 @@ from proxy.sources.notation.envelope import (
 from proxy.sources.notation.errors import SignatureVerificationError
 from proxy.sources.notation.revocation import CrlSet
 from proxy.sources.notation.rule import NotationRule
-from proxy.sources.notation.trustpolicy import TrustPolicyDocument, TrustPolicyStatement
+from proxy.sources.notation.trustpolicy import (
+    Action,
+    Check,
+    TrustPolicyDocument,
+    TrustPolicyStatement,
+)
 from proxy.sources.notation.truststore import TrustStore
 from proxy.sources.notation.verify import (
     MAX_SIGNATURES,
@@ -157,12 +164,35 @@ class NotationJudge:
         trust_store: TrustStore,
         crls: CrlSet | None = None,
         limits: NotationLimits | None = None,
+        crl_fetcher: CrlFetcher | None = None,
+        http: httpx.AsyncClient | None = None,
     ) -> None:
         self.source = source
         self.document = document
         self.trust_store = trust_store
         self.crls = crls or CrlSet()
         self.limits = limits or NotationLimits()
+        #: CRLs from the chain's distribution points (operator-allowed hosts), if any
+        self.crl_fetcher = crl_fetcher
+        self._http = http  # the fetcher's client, closed by aclose
+
+    async def aclose(self) -> None:
+        if self._http is not None:
+            await self._http.aclose()
+
+    async def _crls_for(
+        self, envelope: bytes, media_type: str, statement: TrustPolicyStatement, now: datetime
+    ) -> CrlSet:
+        """The operator's CRLs, plus those fetched for this envelope's chain (only when a
+        fetcher is configured and the statement does not skip revocation)."""
+        if self.crl_fetcher is None or statement.action(Check.REVOCATION) is Action.SKIP:
+            return self.crls
+        try:
+            chain = parse_envelope(envelope, media_type).chain
+        except (TrustproxyError, ValueError):
+            return self.crls  # the core reports the integrity failure
+        fetched = await self.crl_fetcher.crls_for(chain, now)
+        return CrlSet(self.crls.crls + fetched) if fetched else self.crls
 
     def statement_for(self, repository: str, rule: NotationRule) -> TrustPolicyStatement:
         """The statement that judges ``repository``. Raises NoApplicableTrustPolicyError."""
@@ -213,7 +243,7 @@ class NotationJudge:
                     trust_store=self.trust_store,
                     served=served,
                     now=now,
-                    crls=self.crls,
+                    crls=await self._crls_for(envelope, media_type, statement, now),
                     required_annotations=rule.required_annotations,
                 )
             except SignatureVerificationError as e:
@@ -289,7 +319,7 @@ class NotationJudge:
                     trust_store=self.trust_store,
                     served=served,
                     now=now,
-                    crls=self.crls,
+                    crls=await self._crls_for(envelope, media_type, statement, now),
                     required_annotations=rule.required_annotations,
                 )
             except SignatureVerificationError as e:
