@@ -19,6 +19,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -32,8 +33,8 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from testbed import images
 from testbed.enforcement_bed import oci_error, skopeo_copy, skopeo_list_tags
 from testbed.notation_bed import push_layout, push_signature
-from testbed.notation_signer import Signer, make_cert, signature_artifact
-from testbed.processes import Server
+from testbed.notation_signer import Signer, make_cert, make_crl, signature_artifact
+from testbed.processes import Server, free_port, start_server
 from testbed.proxy_server import start_proxy, upstream_config
 from tests.conftest import RegistryBed, requires
 
@@ -69,6 +70,9 @@ class World:
     subjects: dict[str, str] = field(default_factory=dict)  # repository -> v1 digest
     helper: dict[str, str] = field(default_factory=dict)  # name -> digest
     signer: Signer | None = None
+    crl_dir: Path | None = None  # what the CRL server serves
+    crl_url: str = ""
+    crl_ca: tuple[Any, Any] | None = None  # (certificate, key) of the CA whose CRL it is
 
     @property
     def host(self) -> str:
@@ -146,6 +150,16 @@ def world(registry: RegistryBed, tmp_path_factory: pytest.TempPathFactory) -> It
         pytest.skip(f"Notation vectors not found at {VECTORS} (../shared/vectors)")
     workdir = tmp_path_factory.mktemp("notation")
     ns = "n" + uuid.uuid4().hex[:10]
+    # A CRL distribution point: a plain HTTP server on loopback serving crl_dir.
+    crl_dir = workdir / "crl-server"
+    crl_dir.mkdir()
+    crl_port = free_port()
+    crl_server = start_server(
+        "crl-server",
+        [sys.executable, "-m", "http.server", "--bind", "127.0.0.1", "--directory",
+         str(crl_dir), str(crl_port)],
+        log_dir=workdir, port=crl_port,
+    )  # fmt: skip
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     root = make_cert("helper", key)
     notation = _notation_dir(workdir / "notation", f"{registry.host}/{ns}/e2e", root)
@@ -166,6 +180,7 @@ def world(registry: RegistryBed, tmp_path_factory: pytest.TempPathFactory) -> It
                 f"{registry.host}/{ns}/helper/digests": {
                     "source": "notation", "digests": "signed", **inline,
                 },
+                f"{registry.host}/{ns}/helper/crl": {"source": "notation", **inline},
             }
         },
     }  # fmt: skip
@@ -180,6 +195,8 @@ def world(registry: RegistryBed, tmp_path_factory: pytest.TempPathFactory) -> It
                     "trust_policy": str(notation / "trustpolicy.json"),
                     "trust_store": str(notation / "truststore"),
                     "refresh_interval": "1s",
+                    "crl_fetch_hosts": [f"127.0.0.1:{crl_port}"],
+                    "crl_max_age": "1s",
                 }
             }
         },
@@ -191,11 +208,26 @@ def world(registry: RegistryBed, tmp_path_factory: pytest.TempPathFactory) -> It
         repo: push_layout(registry.url, registry.host, LAYOUTS / layout, f"{ns}/e2e/{repo}")
         for repo, layout in PUSHED.items()
     }
-    proxy = start_proxy(workdir / "proxy", config)
+    # The helper store's CA also issues a leaf that names the CRL server as its distribution
+    # point (the root itself is a self-signed leaf for the other helper signatures).
+    ca_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    ca = make_cert("helper-ca", ca_key, ca=True)
+    (notation / "truststore" / "x509" / "ca" / "helper" / "ca.pem").write_bytes(
+        ca.public_bytes(serialization.Encoding.PEM)
+    )
     try:
-        yield World(registry, ns, proxy, audit, subjects, signer=Signer(key, [root]))
+        proxy = start_proxy(workdir / "proxy", config)
+    except BaseException:
+        crl_server.stop()
+        raise
+    try:
+        yield World(
+            registry, ns, proxy, audit, subjects, signer=Signer(key, [root]), crl_dir=crl_dir,
+            crl_url=f"http://127.0.0.1:{crl_port}/ca.crl", crl_ca=(ca, ca_key),
+        )  # fmt: skip
     finally:
         proxy.stop()
+        crl_server.stop()
 
 
 def _sign(
@@ -317,6 +349,33 @@ def test_digest_pulls_under_digests_signed(world: World, tmp_path: Path) -> None
     assert r.status_code == 404, r.text
     assert "not signed" in r.text or "no Notation signature" in r.text, r.text
     assert world.manifest("helper/digests", index).status_code == 200
+
+
+def test_revocation_from_a_fetched_crl(world: World, tmp_path: Path) -> None:
+    """The signing certificate names a CRL distribution point on an allowed host: not
+    revoked, served; revoked there, refused; the CRL gone, "unknown", refused at strict."""
+    assert world.crl_ca is not None
+    assert world.crl_dir is not None
+    ca, ca_key = world.crl_ca
+    leaf_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    leaf = make_cert("crl-leaf", leaf_key, issuer=(ca, ca_key), crl_url=world.crl_url)
+    now = datetime.now(UTC)
+    last, nxt = now - timedelta(hours=1), now + timedelta(days=1)
+    (world.crl_dir / "ca.crl").write_bytes(make_crl(ca, ca_key, last_update=last, next_update=nxt))
+    world.signer = Signer(leaf_key, [leaf, ca])
+    digest = _sign(world, "helper/crl", "v1", "crl")
+    assert _pulled(world, "helper/crl:v1", tmp_path / "ok") == digest
+    revoked = make_crl(ca, ca_key, [leaf.serial_number], last_update=last, next_update=nxt)
+    (world.crl_dir / "ca.crl").write_bytes(revoked)
+    time.sleep(1.5)  # refresh_interval and crl_max_age: 1s
+    r = world.manifest("helper/crl", "v1")
+    assert r.status_code == 404, r.text
+    assert "is revoked" in r.text, r.text
+    (world.crl_dir / "ca.crl").unlink()
+    time.sleep(1.5)
+    r = world.manifest("helper/crl", "v1")
+    assert r.status_code == 404, r.text
+    assert "revocation status is unknown" in r.text, r.text
 
 
 # --- trustproxy trust inspect ----------------------------------------------------------------

@@ -8,10 +8,11 @@ certificate would make the proxy request any address it can reach (SSRF). Only `
 
 What comes back is untrusted too: :mod:`.revocation` uses a CRL only when its issuer's key
 verifies it, and only inside its validity. A CRL is kept until its ``nextUpdate`` (at most
-``max_age``); a failed fetch is remembered for :data:`RETRY_AFTER` (an unreachable
-distribution point is not asked on every request). A CRL that could not be had leaves the
-certificate's status "unknown", which the trust policy's level then enforces, logs or skips
-(``override: {revocation: …}``), as notation-go does.
+``max_age``); a failed fetch (or an expired CRL) is remembered for :data:`RETRY_AFTER`
+(at most ``max_age``): an unreachable distribution point is not asked on every request. A
+CRL that could not be had leaves the certificate's status "unknown", which the trust
+policy's level then enforces, logs or skips (``override: {revocation: …}``), as
+notation-go does.
 """
 
 from __future__ import annotations
@@ -112,11 +113,13 @@ class CrlFetcher:
                 crl = cached[1]
             else:
                 crl = await self._fetch(url)
-                until = now + RETRY_AFTER
+                retry = now + min(RETRY_AFTER, self.max_age)
+                until = retry
                 if crl is not None:
                     until = now + self.max_age
-                    if crl.next_update_utc is not None:
-                        until = max(now + RETRY_AFTER, min(until, crl.next_update_utc))
+                    if crl.next_update_utc is not None and crl.next_update_utc < until:
+                        # an expired CRL is asked for again no sooner than a failed fetch
+                        until = max(retry, crl.next_update_utc)
                 if len(self._cache) >= MAX_CACHED:
                     self._cache.clear()
                 self._cache[url] = (until, crl)
