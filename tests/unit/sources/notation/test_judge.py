@@ -31,6 +31,7 @@ from tests.unit.sources.notation.helpers import (
     LOCALKEYS,
     NOW,
     POLICIES,
+    SIGNATURE_TYPE,
     needs_vectors,
     store_of,
 )
@@ -411,3 +412,40 @@ def test_served_media_type() -> None:
 
 def test_vectors_dir_is_where_helpers_say() -> None:
     assert isinstance(LAYOUTS, Path)
+
+
+async def test_thousands_of_referrers_cost_at_most_max_signatures_reads() -> None:
+    w = world()
+    index_tag = w.digest.replace(":", "-", 1)
+    junk = [
+        {"digest": f"sha256:{i:064x}", "artifactType": SIGNATURE_TYPE if i % 2 else "x/y"}
+        for i in range(5000)
+    ]
+    w.registry.put_manifest(json.dumps({"manifests": junk}).encode(), index_tag)
+    with pytest.raises(NotSignedError, match="none of the 100"):
+        await w.judge.judge(w.registry, "r.example/app", w.digest, NotationRule(), T)
+    assert sum(r.startswith("manifest") for r in w.registry.reads) == 1 + 100
+
+
+async def test_metrics_name_the_anchor_and_the_refusing_check() -> None:
+    from proxy.metrics import REGISTRY
+
+    def count(**labels: str) -> float:
+        found = REGISTRY.get_sample_value(
+            "trustproxy_notation_signatures_total", {"source": "notation", **labels}
+        )
+        return found or 0.0
+
+    w = world()  # a fresh key: its anchor fingerprint is new to the counter
+    w.sign()
+    answer = await w.judge.judge(w.registry, "r.example/app", w.digest, NotationRule(), T)
+    anchor = {"trust_policy": "helper", "anchor_store": "ca:helper"}
+    fingerprint = answer.evidence["anchor_fingerprint"]
+    assert count(**anchor, anchor_fingerprint=fingerprint, result="passed") == 1
+    refused = world()
+    refused.sign(signer=dataclasses.replace(refused.signer, expiry=T))
+    expired = {"trust_policy": "helper", "anchor_store": "", "anchor_fingerprint": ""}
+    before = count(**expired, result="expiry")
+    with pytest.raises(NotSignedError):
+        await refused.judge.judge(refused.registry, "r/a", refused.digest, NotationRule(), T)
+    assert count(**expired, result="expiry") == before + 1
