@@ -13,7 +13,6 @@ from __future__ import annotations
 import base64
 import json
 import shutil
-import subprocess
 import sys
 import time
 import uuid
@@ -381,26 +380,36 @@ def test_revocation_from_a_fetched_crl(world: World, tmp_path: Path) -> None:
 # --- trustproxy trust inspect ----------------------------------------------------------------
 
 
-def _inspect(world: World, ref: str, *extra: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "proxy", "trust", "inspect", "--config",
-         str(world.proxy.extra["config"]), *extra, f"{world.registry.host}/{world.ns}/{ref}"],
-        capture_output=True, text=True, timeout=60, check=False,
-    )  # fmt: skip
+def _inspect(
+    world: World, capsys: pytest.CaptureFixture[str], ref: str, *extra: str
+) -> tuple[int, str, str]:
+    """``trustproxy trust inspect`` in this process (its code is measured)."""
+    from proxy.cli import main
+
+    code = main(["trust", "inspect", "--config", str(world.proxy.extra["config"]), *extra,
+                 f"{world.registry.host}/{world.ns}/{ref}"])  # fmt: skip
+    out, err = capsys.readouterr()
+    return code, out, err
 
 
-def test_trust_inspect_shows_signatures_signers_and_checks(world: World) -> None:
-    done = _inspect(world, "e2e/multiple:v1")
-    assert done.returncode == 0, done.stderr
-    out = done.stdout
+def test_trust_inspect_shows_signatures_signers_and_checks(
+    world: World, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, err = _inspect(world, capsys, "e2e/multiple:v1")
+    assert code == 0, err
     assert world.subjects["multiple"] in out
     assert "signer: CN=e2e,O=Notary,L=Seattle,ST=WA,C=US" in out
     assert "trust store: ca:e2e" in out
     assert "integrity: passed" in out
-    report = json.loads(_inspect(world, "e2e/expired:v1", "--json").stdout)
-    assert report["acceptable"] is False
+    code, out, _ = _inspect(world, capsys, "e2e/expired:v1", "--json")
+    report = json.loads(out)
+    assert (code, report["acceptable"]) == (1, False)
     (signature,) = report["signatures"]
     assert "expiry" in signature["reason"]
-    unsigned = _inspect(world, "e2e/unsigned:v1")
-    assert unsigned.returncode == 1
-    assert "no Notation signature" in unsigned.stdout
+    code, out, _ = _inspect(world, capsys, "e2e/unsigned:v1")
+    assert code == 1
+    assert "no Notation signature" in out
+    code, out, err = _inspect(world, capsys, "e2e/valid:nope", "--json")
+    assert code == 1
+    assert "does not exist" in err
+    assert json.loads(out)["error"]

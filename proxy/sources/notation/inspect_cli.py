@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 from collections.abc import Callable
 from dataclasses import asdict
@@ -68,10 +69,8 @@ def _settings(args: argparse.Namespace) -> Any:
     from proxy.errors import ConfigError
     from proxy.settings import load_settings
 
-    path = getattr(args, "config", None) or Path(DEFAULT_CONFIG)
+    path = Path(getattr(args, "config", None) or DEFAULT_CONFIG)
     try:
-        import os
-
         return load_settings(path, dict(os.environ))
     except (ConfigError, OSError):
         return None
