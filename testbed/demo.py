@@ -42,6 +42,7 @@ from types import FrameType
 import httpx
 
 from testbed import images
+from testbed.demo_notation import add_notation
 from testbed.notary_cli import NotaryCli
 from testbed.notary_server import NotaryBed
 from testbed.processes import Server
@@ -708,6 +709,7 @@ def _up(demo: Demo, *, wait: bool) -> int:
     audit_file.parent.mkdir(parents=True, exist_ok=True)
     step("starting trustproxy in front of the registry, enforcing the policy")
     config = proxy_config(registry, bed, policy.path, audit_file)
+    notation = add_notation(state, registry, config, policy.path)  # testbed/demo_notation.py
     proxy = demo.start("trustproxy", lambda: start_proxy(state / "trustproxy", config))
     host = proxy.extra["host"]
     info(
@@ -719,6 +721,7 @@ def _up(demo: Demo, *, wait: bool) -> int:
     step(f"what a client sees through trustproxy (skopeo) vs what notary says ({gun})")
     problems = show_client_view(host, gun, tags, reader, policy)
     show_tag_list(host)
+    problems += notation.show(host)
     show_audit(audit_file)
     problems += ["cosign"] * _cosign_part(demo, registry)
 

@@ -59,6 +59,7 @@ def make_cert(
     not_before: datetime = T0 - timedelta(days=1),
     not_after: datetime = T0 + timedelta(days=3650),
     eku: x509.ObjectIdentifier | None = ExtendedKeyUsageOID.CODE_SIGNING,
+    crl_url: str | None = None,
 ) -> x509.Certificate:
     subject = name(cn)
     issuer_name, signing_key = (issuer[0].subject, issuer[1]) if issuer else (subject, key)
@@ -88,7 +89,35 @@ def make_cert(
     )
     if eku is not None and not ca:
         builder = builder.add_extension(x509.ExtendedKeyUsage([eku]), critical=False)
+    if crl_url is not None:
+        point = x509.DistributionPoint([x509.UniformResourceIdentifier(crl_url)], None, None, None)
+        builder = builder.add_extension(x509.CRLDistributionPoints([point]), critical=False)
     return builder.sign(signing_key, hashes.SHA256())
+
+
+def make_crl(
+    issuer: x509.Certificate,
+    key: PrivateKey,
+    revoked: Sequence[int] = (),
+    *,
+    last_update: datetime = T0 - timedelta(days=1),
+    next_update: datetime = T0 + timedelta(days=3650),
+) -> bytes:
+    """A DER CRL from ``issuer`` listing the ``revoked`` serial numbers."""
+    builder = (
+        x509.CertificateRevocationListBuilder()
+        .issuer_name(issuer.subject)
+        .last_update(last_update)
+        .next_update(next_update)
+    )
+    for serial in revoked:
+        builder = builder.add_revoked_certificate(
+            x509.RevokedCertificateBuilder()
+            .serial_number(serial)
+            .revocation_date(last_update)
+            .build()
+        )
+    return builder.sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.DER)
 
 
 @dataclass
@@ -190,3 +219,79 @@ class Signer:
         if self.timestamp_token is not None:
             unprotected["io.cncf.notary.timestampSignature"] = self.timestamp_token
         return cbor2.dumps(cbor2.CBORTag(tag, [prot, unprotected, payload, signature]))
+
+
+SIGNATURE_ARTIFACT_TYPE = "application/vnd.cncf.notary.signature"
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+EMPTY_CONFIG = b"{}"
+
+
+def _digest(data: bytes) -> str:
+    import hashlib
+
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+@dataclass(frozen=True)
+class SignatureArtifact:
+    """A signature manifest and the blobs it needs, as a registry stores them."""
+
+    manifest: bytes
+    blobs: Mapping[str, bytes]
+
+    @property
+    def digest(self) -> str:
+        return _digest(self.manifest)
+
+    def descriptor(self) -> dict[str, Any]:
+        """Its entry in a referrers listing (API answer or ``sha256-<hex>`` index)."""
+        return {
+            "mediaType": OCI_MANIFEST,
+            "digest": self.digest,
+            "size": len(self.manifest),
+            "artifactType": SIGNATURE_ARTIFACT_TYPE,
+        }
+
+
+def signature_artifact(
+    subject: Mapping[str, Any],
+    envelope: bytes,
+    envelope_media_type: str = "application/jose+json",
+    *,
+    final_form: bool = False,
+) -> SignatureArtifact:
+    """The signature manifest notation pushes for ``subject`` (a descriptor: mediaType,
+    digest, size). ``final_form``: OCI 1.1 (top-level ``artifactType``, empty config);
+    otherwise the 1.1-rc form of the upstream vectors (the type in ``config.mediaType``)."""
+    config_type = "application/vnd.oci.empty.v1+json" if final_form else SIGNATURE_ARTIFACT_TYPE
+    doc: dict[str, Any] = {"schemaVersion": 2, "mediaType": OCI_MANIFEST}
+    if final_form:
+        doc["artifactType"] = SIGNATURE_ARTIFACT_TYPE
+    doc["config"] = {
+        "mediaType": config_type,
+        "digest": _digest(EMPTY_CONFIG),
+        "size": len(EMPTY_CONFIG),
+    }
+    doc["layers"] = [
+        {"mediaType": envelope_media_type, "digest": _digest(envelope), "size": len(envelope)}
+    ]
+    doc["subject"] = {
+        "mediaType": subject["mediaType"],
+        "digest": subject["digest"],
+        "size": subject["size"],
+    }
+    doc["annotations"] = {"org.opencontainers.image.created": T0.isoformat()}
+    manifest = json.dumps(doc, separators=(",", ":")).encode()
+    return SignatureArtifact(
+        manifest, {_digest(EMPTY_CONFIG): EMPTY_CONFIG, _digest(envelope): envelope}
+    )
+
+
+def referrers_index(descriptors: Sequence[Mapping[str, Any]]) -> bytes:
+    """The ``sha256-<hex>`` tag-schema index listing ``descriptors``."""
+    doc = {
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [dict(d) for d in descriptors],
+    }
+    return json.dumps(doc, separators=(",", ":")).encode()

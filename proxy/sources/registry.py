@@ -91,6 +91,8 @@ SOURCE_TYPES: dict[str, str] = {
     "static": "proxy.sources.static.entry",
     # Cosign / Sigstore signatures in the registry (.sig tags, bundles as referrers).
     "cosign": "proxy.sources.cosign.entry",
+    # Notation (Notary Project v2): X.509 signatures stored as OCI referrers.
+    "notation": "proxy.sources.notation.entry",
 }
 
 _loaded: dict[str, SourceType] = {}

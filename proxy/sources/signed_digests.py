@@ -186,6 +186,10 @@ class SignedDigestSource:
     async def aclose(self) -> None:
         self._verdicts.cancel_all()
         self._tags.cancel_all()
+        # A judge may hold connections of its own (Notation: CRL distribution points).
+        close = getattr(self.judge, "aclose", None)
+        if close is not None:
+            await close()
 
     def invalidate(self, repository: str) -> None:
         """Forget every verdict and tag resolution of ``repository`` (its signatures

@@ -115,6 +115,11 @@ def test_up_no_wait_shows_tags_and_leaves_nothing_running(tmp_path: Path) -> Non
     assert re.search(r"manifest +unsigned +denied", audit), output
     assert re.search(r"manifest +moved +served_signed +served sha256:", audit), output
     assert "skopeo inspect --tls-verify=false docker://127.0.0.1:" in output
+    # The Notation-signed repository beside it (testbed/demo_notation.py).
+    assert re.search(r"demo/notation-app:signed-1.0 -> served sha256:", output), output
+    assert "demo/notation-app:unsigned -> refused by the proxy: manifest unknown: no Notation" in (
+        output
+    ), output
 
     # The Cosign part (testbed/demo_cosign.py): signed, unsigned, and a moved tag under both
     # onUnsignedTag choices.

@@ -115,6 +115,9 @@ def test_decision_json_has_every_field() -> None:
         # cosign's evidence fields (every line has every registered type's, empty here)
         "identities": [],
         "log_indexes": [],
+        # Notation's evidence fields, empty on lines another source answered
+        "cert_fingerprints": [],
+        "trust_policy": "",
         "client": "10.0.0.7",
         "user_agent": "containerd/1.7",
         "user": "ci",

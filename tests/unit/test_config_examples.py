@@ -171,3 +171,16 @@ def test_audit_first_audits_everything_to_a_file(tmp_path: Path) -> None:
     # Trust on first use is only acceptable because audit refuses nothing; it is warned.
     assert all(isinstance(notary(r).root_of_trust, TrustOnFirstUse) for r in policy.rules)
     assert len(policy.warnings) == len(policy.rules)
+
+
+def test_notation_example_reads_notations_own_files(tmp_path: Path) -> None:
+    """notation.yaml: its trustpolicy.json is a valid Notation document (checked at load);
+    the trust store folder is the operator's (missing here: a warning, not an error)."""
+    settings = load_settings(CONFIG_DIR / "notation.yaml", {})
+    (source,) = settings.trust.sources
+    assert source.type == "notation"
+    assert any("truststore" in w for w in settings.warnings)
+    assert settings.policy_file is not None
+    policy = _load_policy_for(settings.policy_file, settings, tmp_path)
+    assert {r.source for r in policy.rules} == {"notation"}
+    assert not policy.warnings

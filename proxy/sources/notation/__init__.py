@@ -1,9 +1,11 @@
-"""Notation (Notary Project v2) trust source: the pure verification core.
+"""Notation (Notary Project v2) trust source: the pure verification core, and its wiring.
 
-Not wired into settings, policy loading or enforcement yet. Every function here takes
-bytes (or parsed, validated objects) and the time ``now``, and returns verified facts or
-raises; nothing reads files except the two thin loaders named below, and nothing touches
-the network.
+The source (``type: notation``) is :mod:`.entry` (settings, policy rule keys of
+:mod:`.rule`, builder), :mod:`.judge` (the registry reads below, for
+:class:`~proxy.sources.signed_digests.SignedDigestSource`) and :mod:`.inspect_cli`. In the
+core, every function takes bytes (or parsed, validated objects) and the time ``now``, and
+returns verified facts or raises; nothing reads files except the two thin loaders named
+below, and nothing touches the network (the judge and :mod:`.crl_fetch` do the I/O).
 
 Modules
 -------
@@ -69,7 +71,6 @@ from proxy.sources.notation.config import (
     NotationRuleFields,
     NotationSourceConfig,
     parse_rule_fields,
-    parse_source_config,
 )
 from proxy.sources.notation.envelope import (
     COSE_MEDIA_TYPE,
@@ -127,7 +128,6 @@ __all__ = [
     "parse_crls",
     "parse_envelope",
     "parse_rule_fields",
-    "parse_source_config",
     "parse_trust_policy",
     "verify_any",
     "verify_signature",

@@ -1,11 +1,14 @@
-"""Typed configuration for the Notation source: not registered anywhere yet.
+"""Typed configuration for the Notation source (:mod:`.entry` parses the settings section
+into :class:`NotationSourceConfig`; :mod:`.rule` parses inline rule fields here).
 
-Two parts, each parsed from a plain mapping (what YAML gives) with path-qualified errors:
+Two parts:
 
-- :class:`NotationSourceConfig`, the source's settings section: where the user's existing
-  ``trustpolicy.json`` and trust store directory (Notation's ``truststore`` folder, holding
-  ``x509/<type>/<name>/``) live, an optional folder of operator CRLs, and bounds.
-- :class:`NotationRuleFields`, what a policy rule may carry inline instead of naming a
+- :class:`NotationSourceConfig`, the source's settings (parsed by :mod:`.entry`): where
+  the user's existing ``trustpolicy.json`` and trust store directory (Notation's
+  ``truststore`` folder, holding ``x509/<type>/<name>/``) live, operator CRLs, the hosts
+  CRLs may be fetched from, and bounds.
+- :class:`NotationRuleFields`, parsed here from a plain mapping (what YAML gives) with
+  path-qualified errors: what a policy rule may carry inline instead of naming a
   statement of the document: Notation's own vocabulary (``level``, ``override``,
   ``verifyTimestamp``, ``trustStores``, ``trustedIdentities``) plus required signed
   ``annotations`` (Notation's ``--user-metadata``). The rule's repository patterns are the
@@ -24,7 +27,7 @@ from proxy.sources.notation.envelope import MAX_ENVELOPE_BYTES
 from proxy.sources.notation.trustpolicy import TrustPolicyStatement, parse_statement_core
 from proxy.sources.notation.verify import MAX_SIGNATURES
 
-__all__ = ["NotationRuleFields", "NotationSourceConfig", "parse_rule_fields", "parse_source_config"]
+__all__ = ["NotationRuleFields", "NotationSourceConfig", "parse_rule_fields"]
 
 
 @dataclass(frozen=True)
@@ -34,6 +37,10 @@ class NotationSourceConfig:
     crl_dir: Path | None = None
     max_signatures: int = MAX_SIGNATURES
     max_envelope_bytes: int = MAX_ENVELOPE_BYTES
+    #: hosts (``host`` or ``host:port``) whose CRL distribution points may be fetched
+    crl_fetch_hosts: tuple[str, ...] = ()
+    #: a fetched CRL is used at most this long (seconds; less when its nextUpdate is sooner)
+    crl_max_age: float = 3600.0
 
 
 @dataclass(frozen=True)
@@ -42,49 +49,6 @@ class NotationRuleFields:
 
     statement: TrustPolicyStatement | None
     required_annotations: Mapping[str, str] = field(default_factory=dict)
-
-
-def _positive_int(raw: Mapping[str, Any], key: str, path: str, default: int, ceiling: int) -> int:
-    value = raw.get(key, default)
-    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= ceiling:
-        raise ConfigError(f"{path}.{key}", f"must be an integer from 1 to {ceiling}")
-    return value
-
-
-def _path(raw: Mapping[str, Any], key: str, path: str, *, required: bool) -> Path | None:
-    value = raw.get(key)
-    if value is None:
-        if required:
-            raise ConfigError(f"{path}.{key}", "is required")
-        return None
-    if not isinstance(value, str) or not value:
-        raise ConfigError(f"{path}.{key}", "must be a non-empty path")
-    return Path(value)
-
-
-def parse_source_config(raw: Any, path: str) -> NotationSourceConfig:
-    """Raises :class:`ConfigError` naming ``path.<key>``."""
-    allowed = {"trustPolicy", "trustStore", "crlDir", "maxSignatures", "maxEnvelopeBytes"}
-    if not isinstance(raw, Mapping):
-        raise ConfigError(path, "must be a mapping")
-    unknown = sorted(set(raw) - allowed)
-    if unknown:
-        raise ConfigError(
-            f"{path}.{unknown[0]}", f"unknown key (known: {', '.join(sorted(allowed))})"
-        )
-    trust_policy = _path(raw, "trustPolicy", path, required=True)
-    trust_store = _path(raw, "trustStore", path, required=True)
-    if trust_policy is None or trust_store is None:  # pragma: no cover - required=True
-        raise RuntimeError("required paths missing")
-    return NotationSourceConfig(
-        trust_policy=trust_policy,
-        trust_store_dir=trust_store,
-        crl_dir=_path(raw, "crlDir", path, required=False),
-        max_signatures=_positive_int(raw, "maxSignatures", path, MAX_SIGNATURES, 1000),
-        max_envelope_bytes=_positive_int(
-            raw, "maxEnvelopeBytes", path, MAX_ENVELOPE_BYTES, 32 << 20
-        ),
-    )
 
 
 def parse_rule_fields(raw: Any, path: str) -> NotationRuleFields:

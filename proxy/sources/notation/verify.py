@@ -111,6 +111,10 @@ class SignatureVerdict:
     timestamp: TrustedTimestamp | None = None
     target: TargetArtifact | None = None
     skipped: bool = False
+    #: the trust store (``ca:name``) holding the chain certificate that anchored it, and
+    #: that certificate's SHA-256 fingerprint ("" when authenticity was only logged)
+    anchor_store: str = ""
+    anchor_fingerprint: str = ""
 
     @property
     def logged_failures(self) -> tuple[CheckResult, ...]:
@@ -184,6 +188,29 @@ def _authenticity(
         "signing certificate from the digital signature does not match the X.509 trusted "
         f"identities defined in the trust policy {statement.name!r}"
     )
+
+
+def _anchor(
+    info: SignerInfo, statement: TrustPolicyStatement, store: TrustStore
+) -> tuple[str, str]:
+    """The named store and certificate that anchor the chain (for audit records and
+    metrics: bounded by the trust stores, unlike leaf certificates)."""
+    kind = (
+        StoreType.SIGNING_AUTHORITY
+        if info.signing_scheme == SCHEME_SIGNING_AUTHORITY
+        else StoreType.CA
+    )
+    chain = {fingerprint(c) for c in info.chain}
+    for ref in statement.stores_of(kind):
+        try:
+            certs = store.certificates(ref)
+        except TrustStoreError:
+            continue
+        for cert in certs:
+            fp = fingerprint(cert)
+            if fp in chain:
+                return str(ref), fp
+    return "", ""
 
 
 def _expiry(info: SignerInfo, now: datetime) -> str | None:
@@ -314,6 +341,7 @@ def verify_signature(
             why if status in (RevocationStatus.REVOKED, RevocationStatus.UNKNOWN) else None,
         )
     results = tuple(walk.results)
+    anchor_store, anchor_fingerprint = _anchor(info, statement, trust_store)
     target = info.target
     if (target.digest, target.size, target.media_type) != (
         served.digest,
@@ -341,6 +369,8 @@ def verify_signature(
         signing_time=info.authentic_signing_time or info.signing_time,
         timestamp=stamp,
         target=target,
+        anchor_store=anchor_store,
+        anchor_fingerprint=anchor_fingerprint,
     )
 
 

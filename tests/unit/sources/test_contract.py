@@ -1,14 +1,14 @@
 """The contract every trust source passes, parametrised over the registered kinds that can
 run in-process: ``notary`` (against the notary-server simulator), ``static`` (a pins
-file) and ``cosign`` (signatures in a registry in memory, judged by the cosign core). Each
-world can publish a signed (pinned) tag, break its data, and go down; the source and the
-enforcing gate over it must answer the same way for all.
+file), ``cosign`` (classic ``.sig`` signatures in a registry in memory, judged by the cosign
+core) and ``notation`` (signatures in a fake registry). Each world can publish a signed
+(pinned) tag, break its data, and go down; the source and the enforcing gate over it must
+answer the same way for all.
 
-Sources that judge signatures on digests (cosign) read the registry as the requesting
-client, so every call here hands them one (``world.registry()``); the others ignore it.
-Where such a source differs by design, the test says so: it resolves tags upstream (so it
-does read the tag), "no trust data" is an unsigned image, and bad signature data is a
-refusal with the reason.
+Sources whose signatures live in the registry beside the image and sign digests
+(``registry()`` is not None) read the tag upstream: the checks that a tag-signing source
+never reads the tag, and that "no trust data" is its own refusal, are theirs only; bad
+signature data is a refusal (NotSignedError) for them, since what is bad is one signature.
 
 Not here: Redis shared state across two replicas (the notary source's integration tests,
 tests/integration/test_replicas*.py, cover it against a real redis-server; the static source
@@ -18,6 +18,7 @@ keeps no shared state).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import json
 from collections.abc import AsyncIterator, Mapping
@@ -35,7 +36,7 @@ from proxy.errors import NotSignedError, TrustDataError, TrustSourceUnavailableE
 from proxy.policy.model import Policy, RepositoryRule, Verification
 from proxy.routing import Route
 from proxy.settings import UpstreamSettings
-from proxy.sources.base import NoTrustDataError, RegistryReads, TrustSource
+from proxy.sources.base import NoTrustDataError, TrustSource
 from proxy.sources.cosign.judge import CosignJudge
 from proxy.sources.cosign.keys import VerifyingKey
 from proxy.sources.cosign.policy import CosignPolicy, KeyAuthority
@@ -79,20 +80,24 @@ INDEX = json.dumps(
 
 class World(Protocol):
     verification: Verification
-    #: signatures on digests, in the registry (resolves tags upstream)
-    signs_digests: bool
+    #: what the source raises for trust data that fails verification
+    bad_data_error: type[Exception]
 
     def publish(self, tags: Mapping[str, bytes]) -> None: ...
     def break_data(self) -> None: ...
     def go_down(self) -> None: ...
     def reads(self) -> int: ...
     def source(self) -> TrustSource: ...
-    def registry(self, manifests: Mapping[str, bytes] = ...) -> RegistryReads: ...
+    def registry(self) -> Any:
+        """The registry the source reads signatures from (None: it reads none)."""
 
 
 class NotaryWorld:
     verification: Verification = NotaryVerification(TrustOnFirstUse())
-    signs_digests = False
+    bad_data_error: type[Exception] = TrustDataError
+
+    def registry(self) -> Any:
+        return None
 
     def __init__(self) -> None:
         self.server = SimServer()
@@ -119,9 +124,6 @@ class NotaryWorld:
         self._sources.append(made)
         return made
 
-    def registry(self, manifests: Mapping[str, bytes] = {}) -> RegistryReads:
-        return DictRegistry(manifests)
-
     async def aclose(self) -> None:
         for s in self._sources:
             await s.aclose()
@@ -129,7 +131,10 @@ class NotaryWorld:
 
 class StaticWorld:
     verification: Verification = StaticVerification()
-    signs_digests = False
+    bad_data_error: type[Exception] = TrustDataError
+
+    def registry(self) -> Any:
+        return None
 
     def __init__(self, folder: Path) -> None:
         self.path = folder / "pins.yaml"
@@ -153,18 +158,15 @@ class StaticWorld:
         self._sources.append(made)
         return made
 
-    def registry(self, manifests: Mapping[str, bytes] = {}) -> RegistryReads:
-        return DictRegistry(manifests)
-
     async def aclose(self) -> None:
         return None
 
 
 class CosignWorld:
-    """Key-signed classic ``.sig`` signatures in a registry in memory; the rule remembers
-    the last signed digest of a tag (``onUnsignedTag: lastSigned``) in one shared store."""
+    """Key-signed classic ``.sig`` signatures in a registry in memory; its sources share one
+    store (the tag memory of ``onUnsignedTag: lastSigned``)."""
 
-    signs_digests = True
+    bad_data_error: type[Exception] = NotSignedError
 
     def __init__(self) -> None:
         self.key = ec.generate_private_key(ec.SECP256R1())
@@ -177,9 +179,7 @@ class CosignWorld:
             tlog="optional",
             rule=f"{REGISTRY}/**",
         )
-        self.verification: Verification = CosignVerification(
-            CosignRule(policy, on_unsigned_tag="lastSigned")
-        )
+        self.verification: Verification = CosignVerification(CosignRule(policy))
 
     def publish(self, tags: Mapping[str, bytes]) -> None:
         for tag, body in tags.items():
@@ -208,9 +208,7 @@ class CosignWorld:
         self._sources.append(made)
         return made
 
-    def registry(self, manifests: Mapping[str, bytes] = {}) -> RegistryReads:
-        for body in manifests.values():
-            self.upstream.manifests[sha256(body)] = body
+    def registry(self) -> Any:
         return self.upstream
 
     async def aclose(self) -> None:
@@ -218,17 +216,139 @@ class CosignWorld:
             await s.aclose()
 
 
-@pytest.fixture(params=["notary", "static", "cosign"])
+class NotationWorld:
+    """Notation signatures in a registry without the referrers API (the tag index), judged
+    by the source the ``type: notation`` entry builds from Notation's own files."""
+
+    bad_data_error: type[Exception] = NotSignedError
+
+    def __init__(self, folder: Path) -> None:
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric import rsa
+
+        from proxy.sources.notation.rule import NotationRule, NotationVerification
+        from testbed.notation_signer import Signer, make_cert
+        from tests.unit.sources.notation.fake_registry import FakeRegistry
+
+        self.verification: Verification = NotationVerification(NotationRule())
+        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        cert = make_cert("contract", key)
+        self.signer = Signer(key, [cert])
+        store = folder / "truststore" / "x509" / "ca" / "contract"
+        store.mkdir(parents=True)
+        (store / "contract.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        statement = {
+            "name": "contract",
+            "registryScopes": ["*"],
+            "signatureVerification": {"level": "strict"},
+            "trustStores": ["ca:contract"],
+            "trustedIdentities": ["x509.subject: C=US, ST=WA, O=trustproxy-test"],
+        }
+        doc = {"version": "1.0", "trustPolicies": [statement]}
+        (folder / "trustpolicy.json").write_text(json.dumps(doc), encoding="utf-8")
+        self.folder = folder
+        self.fake = FakeRegistry()
+        self._sources: list[TrustSource] = []
+
+    def publish(self, tags: Mapping[str, bytes]) -> None:
+        from proxy.sources.notation.judge import served_media_type
+        from testbed.notation_signer import Signer, signature_artifact
+
+        for tag, body in tags.items():
+            digest = self.fake.put_manifest(body, tag)
+            media_type = served_media_type(body)
+            payload = Signer.payload(media_type, digest, len(body))
+            subject = {"mediaType": media_type, "digest": digest, "size": len(body)}
+            self.fake.put_signature(signature_artifact(subject, self.signer.jws(payload)))
+
+    def break_data(self) -> None:
+        """Every envelope's signature altered (and re-addressed, so the registry serves it)."""
+        for digest, body in list(self.fake.manifests.items()):
+            doc = json.loads(body)
+            if "subject" not in doc:
+                continue
+            layer = doc["layers"][0]
+            envelope = json.loads(self.fake.blobs[layer["digest"]])
+            sig = envelope["signature"]
+            envelope["signature"] = ("B" if sig[0] == "A" else "A") + sig[1:]
+            data = json.dumps(envelope).encode()
+            layer["digest"], layer["size"] = sha256(data), len(data)
+            self.fake.blobs[layer["digest"]] = data
+            del self.fake.manifests[digest]
+            tag = doc["subject"]["digest"].replace(":", "-", 1)
+            del self.fake.tags[tag]
+            from testbed.notation_signer import SignatureArtifact
+
+            self.fake.put_signature(SignatureArtifact(json.dumps(doc).encode(), {}))
+
+    def go_down(self) -> None:
+        self.fake.down = True
+
+    def reads(self) -> int:
+        return len(self.fake.reads)
+
+    def registry(self) -> Any:
+        return self.fake
+
+    def source(self) -> TrustSource:
+        from datetime import UTC, datetime
+
+        from proxy.settings import CacheSettings, LimitSettings, parse_settings
+        from proxy.sources.registry import source_type
+        from proxy.sources.store import MemoryTrustStateStore
+
+        raw = {
+            "upstreams": [{"name": "up", "url": f"http://{REGISTRY}"}],
+            "trust": {
+                "sources": {
+                    "notation": {
+                        "type": "notation",
+                        "trust_policy": "trustpolicy.json",
+                        "trust_store": "truststore",
+                    }
+                }
+            },
+        }
+        (settings,) = parse_settings(raw, base_dir=self.folder).trust.sources
+        made = source_type("notation").build(
+            settings,
+            LimitSettings(),
+            MemoryTrustStateStore(),
+            clock=lambda: datetime.now(UTC),
+            cache=CacheSettings(),
+        )
+        self._sources.append(made)
+        return made
+
+    async def aclose(self) -> None:
+        for s in self._sources:
+            await s.aclose()
+
+
+@pytest.fixture(params=["notary", "static", "cosign", "notation"])
 async def world(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Any]:
-    w: NotaryWorld | StaticWorld | CosignWorld
+    w: NotaryWorld | StaticWorld | CosignWorld | NotationWorld
     if request.param == "notary":
         w = NotaryWorld()
     elif request.param == "static":
         w = StaticWorld(tmp_path)
-    else:
+    elif request.param == "cosign":
         w = CosignWorld()
+    else:
+        w = NotationWorld(tmp_path)
     yield w
     await w.aclose()
+
+
+def reads_for(world: World, manifests: Mapping[str, bytes] | None = None) -> Any:
+    """The registry a request reads: the world's own (signatures live there), else one with
+    ``manifests``."""
+    own = world.registry()
+    if own is None:
+        return DictRegistry(manifests)
+    for body in (manifests or {}).values():
+        own.put_manifest(body)
+    return own
 
 
 def rule_of(world: World, source: TrustSource) -> Any:
@@ -253,8 +373,7 @@ async def test_signed_tag_resolves_to_its_digest(world: World) -> None:
     reads = world.registry()
     answer = await source.resolve(GUN, "v1", rule_of(world, source), registry=reads)
     assert (answer.digest, answer.signers != ()) == (sha256(M1), True)
-    ctx = RequestContext(registry=reads)
-    decision = await gate(world, source).decide_tag(ROUTE, "v1", ctx)
+    decision = await gate(world, source).decide_tag(ROUTE, "v1", RequestContext(registry=reads))
     assert decision == ServeDigest(sha256(M1), decision.length, decision.signers)  # type: ignore[union-attr]
 
 
@@ -262,6 +381,8 @@ async def test_a_tag_not_signed_is_refused(world: World) -> None:
     world.publish({"v1": M1})
     source = world.source()
     reads = world.registry()
+    if reads is not None:  # unsigned bytes under v2 upstream
+        reads.put_manifest(M2, "v2")
     with pytest.raises(NotSignedError):
         await source.resolve(GUN, "v2", rule_of(world, source), registry=reads)
     with pytest.raises(NotSignedError):
@@ -269,14 +390,13 @@ async def test_a_tag_not_signed_is_refused(world: World) -> None:
 
 
 async def test_no_trust_data_is_its_own_refusal(world: World) -> None:
-    """A repository without trust data: Notary and pins say so (NoTrustDataError); for
-    signatures on digests it is an unsigned image, refused with its reason."""
+    if world.registry() is not None:
+        pytest.skip("signatures on digests: an unsigned digest is refused as not signed")
     world.publish({"v1": M1})
     source = world.source()
     other = "registry.example:5000/other/app"
-    expected = NotSignedError if world.signs_digests else NoTrustDataError
-    with pytest.raises(expected):
-        await source.resolve(other, "v1", rule_of(world, source), registry=world.registry())
+    with pytest.raises(NoTrustDataError):
+        await source.resolve(other, "v1", rule_of(world, source))
 
 
 async def test_unavailable_is_a_503_never_an_allow(world: World) -> None:
@@ -291,14 +411,11 @@ async def test_unavailable_is_a_503_never_an_allow(world: World) -> None:
 
 
 async def test_bad_data_is_never_trusted(world: World) -> None:
-    """Bad trust data: never an allow. Signatures on digests that do not verify are a
-    refusal with the reason (one signer's bad data must not hide another's)."""
     world.publish({"v1": M1})
     world.break_data()
     source = world.source()
     reads = world.registry()
-    expected = NotSignedError if world.signs_digests else TrustDataError
-    with pytest.raises(expected):
+    with pytest.raises(world.bad_data_error):
         await source.resolve(GUN, "v1", rule_of(world, source), registry=reads)
     with pytest.raises((TrustDataError, NotSignedError, TrustSourceUnavailableError)):
         await gate(world, source).decide_tag(ROUTE, "v1", RequestContext(registry=reads))
@@ -306,33 +423,51 @@ async def test_bad_data_is_never_trusted(world: World) -> None:
 
 async def test_the_answer_names_a_digest_not_what_the_tag_points_at_upstream(world: World) -> None:
     """The tag moved upstream to unsigned bytes: the gate still says the signed digest (the
-    handler then fetches by that digest, never by tag). For signatures on digests this is
-    ``onUnsignedTag: lastSigned``, remembered in the shared store: a second replica that
-    never saw the signed digest answers it too."""
+    handler then fetches by that digest, never by tag)."""
+    if world.registry() is not None:
+        pytest.skip("signatures on digests: the tag is read upstream (see the next test)")
     world.publish({"v1": M1})
     source = world.source()
-    if world.signs_digests:
-        reads = world.registry()
-        await source.resolve(GUN, "v1", rule_of(world, source), registry=reads)
-        world.registry({"m2": M2})
-        world.upstream.tags["v1"] = M2  # type: ignore[attr-defined]
-        source = world.source()  # another replica on the same shared store
-        registry: Any = reads
-    else:
-        registry = DictRegistry(tags={"v1": M2})
+    registry = DictRegistry(tags={"v1": M2})
     decision = await gate(world, source).decide_tag(ROUTE, "v1", RequestContext(registry=registry))
     assert isinstance(decision, ServeDigest)
     assert decision.digest == sha256(M1)
-    if not world.signs_digests:
-        assert registry.reads == []  # the gate never reads a tag upstream
+    assert registry.reads == []  # the gate never reads a tag upstream
+
+
+async def test_a_moved_tag_of_a_digest_signing_source(world: World) -> None:
+    """Signatures on digests: a tag moved upstream to unsigned bytes is refused (deny), or
+    answers the digest it last had while signed (lastSigned), never the unsigned bytes."""
+    reads = world.registry()
+    if reads is None:
+        pytest.skip("tag-signing sources answer from their trust data (previous test)")
+    world.publish({"v1": M1})
+    source = world.source()
+    deny = rule_of(world, source)
+    last = dataclasses.replace(deny, on_unsigned_tag="lastSigned")
+    assert (await source.resolve(GUN, "v1", last, registry=reads)).digest == sha256(M1)
+    reads.put_manifest(M2, "v1")
+    if isinstance(source, SignedDigestSource):
+        source.invalidate(GUN)  # as after the refresh interval
+    with pytest.raises(NotSignedError):
+        await source.resolve(GUN, "v1", deny, registry=reads)
+    answer = await source.resolve(GUN, "v1", last, registry=reads)
+    assert (answer.digest, answer.evidence["last_signed"]) == (sha256(M1), True)
 
 
 async def test_tag_lists_show_signed_tags_only(world: World) -> None:
     world.publish({"v1": M1, "v2": M2})
     source = world.source()
+    reads = world.registry()
+    if reads is not None:
+        reads.put_manifest(M1, "v3")  # signed bytes (the digest is signed), another tag
+        reads.put_manifest(b'{"unsigned":1}', "latest")
     visible = await gate(world, source).filter_tags(
-        ROUTE, ["v1", "v3", "v2", "latest"], RequestContext(registry=world.registry())
+        ROUTE, ["v1", "v3", "v2", "latest"], RequestContext(registry=reads)
     )
+    if reads is not None:  # a digest is signed, whatever tag names it
+        assert visible == ["v1", "v3", "v2"]
+        return
     assert visible == ["v1", "v2"]
 
 
@@ -340,7 +475,7 @@ async def test_digest_pulls_under_digests_signed(world: World) -> None:
     world.publish({"v1": INDEX})
     source = world.source()
     g = gate(world, source, digests="signed")
-    ctx = RequestContext(registry=world.registry({sha256(INDEX): INDEX, sha256(CHILD): CHILD}))
+    ctx = RequestContext(registry=reads_for(world, {sha256(INDEX): INDEX, sha256(CHILD): CHILD}))
     await g.decide_digest(ROUTE, sha256(INDEX), ctx)  # the signed index
     await g.decide_digest(ROUTE, sha256(CHILD), ctx)  # a manifest it lists
     with pytest.raises(NotSignedError):
@@ -360,6 +495,8 @@ async def test_many_cold_requests_make_one_read(world: World) -> None:
     one_walk = world.reads() - before
     await asyncio.gather(*(source.resolve(GUN, "v1", rule, registry=reads) for _ in range(50)))
     assert world.reads() - before == one_walk  # warm: nothing read again
-    assert one_walk <= 6  # one walk (notary: root probe, timestamp, snapshot, targets...)
-    if world.signs_digests:
+    # one walk (notary: root probe, timestamp, snapshot, targets...; notation: the tag, the
+    # manifest, its referrers, the signature manifest and its envelope)
+    assert one_walk <= 6
+    if isinstance(world, CosignWorld):
         assert one_walk == 3  # HEAD of the tag, the .sig manifest, its payload blob

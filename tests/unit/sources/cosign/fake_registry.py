@@ -81,6 +81,15 @@ class FakeRegistry:
         self.manifests[digest] = manifest
         return digest
 
+    def put_manifest(self, body: bytes, tag: str | None = None) -> str:
+        """A manifest by digest (and under ``tag``): the contract test's way of filling a
+        registry, shared with the Notation fake."""
+        digest = sha256(body)
+        self.manifests[digest] = body
+        if tag is not None:
+            self.tags[tag] = body
+        return digest
+
     def put_sig(self, digest: str, sig_manifest: bytes, blobs: Mapping[str, bytes]) -> None:
         algorithm, _, hex_part = digest.partition(":")
         self.tags[f"{algorithm}-{hex_part}.sig"] = sig_manifest

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from proxy.errors import ConfigError
-from proxy.sources.notation.config import parse_rule_fields, parse_source_config
+from proxy.sources.notation.config import parse_rule_fields
 from proxy.sources.notation.trustpolicy import (
     Action,
     Check,
@@ -174,42 +173,6 @@ def test_identity_is_a_subset_match() -> None:
     (identity,) = st.trusted_identities
     assert identity.matches({"C": "US", "ST": "WA", "O": "Notary", "CN": "anything"})
     assert not identity.matches({"C": "US", "ST": "WA", "O": "Other"})
-
-
-def test_source_config() -> None:
-    cfg = parse_source_config(
-        {"trustPolicy": "/etc/notation/trustpolicy.json", "trustStore": "/etc/notation/truststore"},
-        "sources.notation",
-    )
-    assert cfg.trust_policy == Path("/etc/notation/trustpolicy.json")
-    assert cfg.crl_dir is None
-    assert cfg.max_signatures == 100
-
-
-@pytest.mark.parametrize(
-    ("raw", "where"),
-    [
-        ([], "sources.notation"),
-        ({"trustStore": "/x"}, "sources.notation.trustPolicy"),
-        ({"trustPolicy": "/x", "trustStore": ""}, "sources.notation.trustStore"),
-        (
-            {"trustPolicy": "/x", "trustStore": "/y", "maxSignatures": 0},
-            "sources.notation.maxSignatures",
-        ),
-        (
-            {"trustPolicy": "/x", "trustStore": "/y", "maxSignatures": True},
-            "sources.notation.maxSignatures",
-        ),
-        (
-            {"trustPolicy": "/x", "trustStore": "/y", "trust_policy": "/z"},
-            "sources.notation.trust_policy",
-        ),
-    ],
-)
-def test_source_config_errors(raw: object, where: str) -> None:
-    with pytest.raises(ConfigError) as info:
-        parse_source_config(raw, "sources.notation")
-    assert info.value.path == where
 
 
 def test_rule_fields() -> None:
