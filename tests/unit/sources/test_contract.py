@@ -3,9 +3,14 @@ run in-process: ``notary`` (against the notary-server simulator) and ``static`` 
 file). Each world can publish a signed (pinned) tag, break its data, and go down; the
 source and the enforcing gate over it must answer the same way for both.
 
-Not here: Redis shared state across two replicas (the notary source's integration tests,
-tests/integration/test_replicas*.py, cover it against a real redis-server; the static source
-keeps no shared state).
+The last case runs two replicas of a source over one real redis-server (testbed's
+``RedisServer``; an integration test, skipped without ``redis-server``): they agree, the
+second costs no more reads than the first (Notary: it walks from the state the first
+saved, fetching only the signed timestamp and a root probe), and a change is seen by both.
+The static source keeps no shared state (its file is the shared state): the case holds
+that a store changes nothing in its answers. The Notary-specific cross-replica properties
+(the refresh lock, shared rollback floors) are in tests/integration/test_redis_store.py and
+test_replicas*.py.
 """
 
 from __future__ import annotations
@@ -32,10 +37,12 @@ from proxy.sources.notary.policy import NotaryVerification
 from proxy.sources.notary.tuf import TrustOnFirstUse
 from proxy.sources.static.entry import StaticVerification
 from proxy.sources.static.source import StaticSource
+from proxy.sources.store import TrustStateStore
 from proxy.trust_gate import RequestContext, ServeDigest
+from testbed.redis_server import RedisServer, redis_binary
 from tests.simulators.notary_repo import NotaryRepository
 from tests.simulators.registry_reads import DictRegistry
-from tests.unit.sources.sim import GUN, SimServer, make_source
+from tests.unit.sources.sim import GUN, Clock, SimServer, make_source
 
 pytestmark = pytest.mark.anyio
 
@@ -62,26 +69,35 @@ INDEX = json.dumps(
 
 class World(Protocol):
     verification: Verification
+    #: keeps state in the store it is given (a second replica then reads less)
+    shares_state: bool
 
     def publish(self, tags: Mapping[str, bytes]) -> None: ...
     def break_data(self) -> None: ...
     def go_down(self) -> None: ...
     def reads(self) -> int: ...
-    def source(self) -> TrustSource: ...
+    def source(self, store: TrustStateStore | None = None) -> TrustSource: ...
+    def later(self) -> None:
+        """Past the time a source may answer from what it verified without asking again."""
 
 
 class NotaryWorld:
     verification: Verification = NotaryVerification(TrustOnFirstUse())
+    shares_state = True
 
     def __init__(self) -> None:
         self.server = SimServer()
+        self.clock = Clock()
         self._sources: list[TrustSource] = []
 
     def publish(self, tags: Mapping[str, bytes]) -> None:
-        repo = self.server.add(NotaryRepository(GUN))
+        repo = self.server.repos.get(GUN) or self.server.add(NotaryRepository(GUN))
         for tag, body in tags.items():
             repo.add_target(tag, body)
         repo.publish()
+
+    def later(self) -> None:
+        self.clock.advance(seconds=61)  # past fresh_for (60 s)
 
     def break_data(self) -> None:
         for repo in self.server.repos.values():
@@ -93,8 +109,8 @@ class NotaryWorld:
     def reads(self) -> int:
         return len(self.server.requests)
 
-    def source(self) -> TrustSource:
-        made = make_source(self.server)
+    def source(self, store: TrustStateStore | None = None) -> TrustSource:
+        made = make_source(self.server, clock=self.clock, store=store)
         self._sources.append(made)
         return made
 
@@ -105,6 +121,7 @@ class NotaryWorld:
 
 class StaticWorld:
     verification: Verification = StaticVerification()
+    shares_state = False
 
     def __init__(self, folder: Path) -> None:
         self.path = folder / "pins.yaml"
@@ -123,10 +140,13 @@ class StaticWorld:
     def reads(self) -> int:
         return sum(s.reads for s in self._sources)
 
-    def source(self) -> TrustSource:
-        made = StaticSource("pins", self.path)
+    def source(self, store: TrustStateStore | None = None) -> TrustSource:
+        made = StaticSource("pins", self.path)  # no shared state: the file is the state
         self._sources.append(made)
         return made
+
+    def later(self) -> None:
+        return None  # re-read whenever the file changes
 
     async def aclose(self) -> None:
         return None
@@ -246,3 +266,43 @@ async def test_many_cold_requests_make_one_read(world: World) -> None:
     await asyncio.gather(*(source.resolve(GUN, "v1", rule) for _ in range(50)))
     assert world.reads() - before == one_walk  # warm: nothing read again
     assert one_walk <= 6  # one walk (notary: root probe, timestamp, snapshot, targets...)
+
+
+@pytest.mark.integration
+@pytest.mark.skipif(redis_binary() is None, reason="redis-server not installed")
+async def test_two_replicas_share_one_redis(world: World, tmp_path: Path) -> None:
+    from proxy.sources.redis_store import RedisConnection
+
+    world.publish({"v1": M1})
+    with RedisServer(tmp_path / "redis") as redis:
+        # Two replicas: their own connection, store and source; one redis-server.
+        conns = [RedisConnection(redis.url, timeout=1.0) for _ in range(2)]
+        try:
+            a, b = (world.source(c.store("contract:")) for c in conns)
+            rule = rule_of(world, a)
+            before = world.reads()
+            assert (await a.resolve(GUN, "v1", rule)).digest == sha256(M1)
+            first = world.reads() - before
+            assert (await b.resolve(GUN, "v1", rule)).digest == sha256(M1)
+            second = world.reads() - before - first
+            assert 0 < second <= first  # the second replica never costs more than the first
+            if world.shares_state:
+                assert second < first, (first, second)  # it started from the shared state
+            state_a = await a.trust_info(GUN, rule)
+            state_b = await b.trust_info(GUN, rule)
+            assert state_a.state_key == state_b.state_key  # the same trust state
+            # A change (the tag re-signed elsewhere) is seen by both replicas.
+            world.publish({"v1": M2})
+            world.later()
+            answers = await asyncio.gather(a.resolve(GUN, "v1", rule), b.resolve(GUN, "v1", rule))
+            assert {x.digest for x in answers} == {sha256(M2)}
+            assert (await a.trust_info(GUN, rule)).state_key != state_a.state_key
+            # Tag listings agree too, through the gate of each replica.
+            for source in (a, b):
+                visible = await gate(world, source).filter_tags(
+                    ROUTE, ["v1", "v2"], RequestContext()
+                )
+                assert visible == ["v1"]
+        finally:
+            for c in conns:
+                await c.aclose()
