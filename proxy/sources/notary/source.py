@@ -78,7 +78,7 @@ from proxy.metrics import TRUST_REFRESH_SECONDS
 from proxy.settings import CacheSettings, LimitSettings, TrustSourceSettings
 from proxy.sources.answer_cache import AnswerCache
 from proxy.sources.base import NoTrustDataError, RegistryReads, SignedState, TrustInfo
-from proxy.sources.flight import ReplicaLock
+from proxy.sources.flight import ReplicaLock, take_turn
 from proxy.sources.notary.fetcher import NotaryFetcher
 from proxy.sources.notary.rules import (
     NotSignedByError,
@@ -502,45 +502,21 @@ class NotarySource:
     async def _take_turn(
         self, gun: str, record: tuple[datetime, TrustedState] | None
     ) -> tuple[str | None, tuple[datetime, TrustedState] | None]:
-        """Cross-replica single flight: (our lock token or None, the record to refresh
-        from). While another replica holds the lock, wait for the record it saves: the
-        refresh from it then costs the signed timestamp and a root probe."""
-        lock = self._flight
-        if lock is None:  # pragma: no cover - checked by the caller
+        """Cross-replica single flight (the generic :func:`~proxy.sources.flight.take_turn`):
+        (our lock token or None, the record to refresh from). While another replica holds
+        the lock, wait for the record it saves (its fetch time moves): the refresh from it
+        then costs the signed timestamp and a root probe."""
+        if self._flight is None:  # pragma: no cover - checked by the caller
             return None, record
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + lock.lock_timeout
-        seen = record[0] if record is not None else None
-        first = True
-        while True:
-            if not first:
-                await asyncio.sleep(self.options.flight_poll.total_seconds())
-                latest = await self._load_record(gun)
-                # A fetch time that moved says "another replica saved"; it is unsigned, so
-                # a store writer can only make us stop waiting early (more work, no allow).
-                if latest is not None and (seen is None or latest[0] > seen):
-                    return None, latest
-            first = False
-            try:
-                token = await lock.acquire(gun)
-            except StoreUnavailableError:
-                return None, record  # no lock without Redis: refresh ourselves
-            if token is not None:
-                # Another replica may have saved between our load and the lock: start from it.
-                latest = await self._load_record(gun)
-                return token, latest if latest is not None else record
-            if loop.time() >= deadline:
-                # The holder neither saved nor released within lock_timeout (a lock of
-                # ours never outlives it: a clock or lock_timeout mismatch, or a lock
-                # planted with a valid expiry): do not wait longer, fetch alone.
-                log.warning(
-                    "trust source %s: %s: another replica holds the refresh lock for over "
-                    "%.0fs; refreshing anyway",
-                    self.name,
-                    gun,
-                    lock.lock_timeout,
-                )
-                return None, record
+        return await take_turn(
+            self._flight,
+            gun,
+            start=record,
+            load=lambda: self._load_record(gun),
+            stamp=_fetched_at,
+            poll=self.options.flight_poll.total_seconds(),
+            label=self.name,
+        )
 
     async def _network_update(
         self,
@@ -1004,6 +980,10 @@ def _last_verified(hot: _Hot | None) -> TrustedSet | None:
     if hot is None:
         return None
     return hot.ts if hot.ts is not None else hot.last
+
+
+def _fetched_at(record: tuple[datetime, TrustedState]) -> datetime:
+    return record[0]
 
 
 def _lock_of(store: TrustStateStore) -> ReplicaLock | None:
