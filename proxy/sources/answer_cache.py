@@ -63,6 +63,9 @@ class _Entry(Generic[V]):
     fresh_until: datetime
     #: what a lookup it answers counts as (None: hit, or miss when just computed)
     kind: str | None = None
+    #: the answer of a hit, made once (immutable: every hit shares it; the warm path
+    #: then allocates nothing)
+    answer: Cached[V] | None = None
 
 
 class AnswerCache(Generic[K, V]):
@@ -113,7 +116,7 @@ class AnswerCache(Generic[K, V]):
             else self._fresh_until(value, computed_at)
         )
         kind = self._kind_of(value) if self._kind_of is not None else None
-        return _Entry(value, computed_at, until, kind)
+        return _Entry(value, computed_at, until, kind, Cached(value, computed_at))
 
     def _count(self, result: str) -> None:
         child = self._counters.get(result)
@@ -151,10 +154,12 @@ class AnswerCache(Generic[K, V]):
         answers with the last value within grace, marked stale. ``count=False``: not a
         lookup of its own for the counters."""
         entry = self._entries.get(key)
-        if entry is not None and self._fresh(entry):
+        if entry is not None and self._clock() < entry.fresh_until:
             self._entries.move_to_end(key)
             if count:
                 self._count(entry.kind or "hit")
+            if entry.answer is not None:
+                return entry.answer
             return Cached(entry.value, entry.computed_at)
         pending = self._flights.get(key)
         if pending is None:
@@ -180,7 +185,7 @@ class AnswerCache(Generic[K, V]):
             raise
         if count:
             self._count(done.kind or "miss")
-        return Cached(done.value, done.computed_at)
+        return done.answer if done.answer is not None else Cached(done.value, done.computed_at)
 
     async def _kept(self, key: K, computing: asyncio.Future[V]) -> _Entry[V]:
         value = await computing
