@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 
-from proxy.errors import InvalidDigestError, UpstreamContentError
+from proxy.errors import DigestMismatchError, InvalidDigestError
 from proxy.reference import validate_digest
 
 
@@ -16,12 +16,18 @@ def digest_of(data: bytes, algorithm: str = "sha256") -> str:
 
 
 def verify_digest(data: bytes, expected: str, *, what: str, length: int | None = None) -> None:
-    """Raises UpstreamContentError unless ``data`` hashes to ``expected`` (and has ``length``)."""
+    """Raises DigestMismatchError (an UpstreamContentError) unless ``data`` hashes to
+    ``expected`` (and has ``length``)."""
     validate_digest(expected)
     algorithm = expected.split(":", 1)[0]
     actual = digest_of(data, algorithm)
     if actual != expected:
-        raise UpstreamContentError(f"{what}: upstream sent bytes with digest {actual}, "
-                                   f"expected {expected}")  # fmt: skip
+        raise DigestMismatchError(
+            f"{what}: upstream sent bytes with digest {actual}, expected {expected}",
+            expected=expected, actual=actual, size=len(data),
+        )  # fmt: skip
     if length is not None and len(data) != length:
-        raise UpstreamContentError(f"{what}: upstream sent {len(data)} bytes, expected {length}")
+        raise DigestMismatchError(
+            f"{what}: upstream sent {len(data)} bytes, expected {length}",
+            expected=expected, actual=actual, size=len(data),
+        )  # fmt: skip

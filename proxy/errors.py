@@ -62,6 +62,20 @@ class UpstreamContentError(BadDataError):
     """The registry sent bytes that do not match what was asked for or what is signed."""
 
 
+class DigestMismatchError(UpstreamContentError):
+    """Bytes read by digest are not that digest (or not the length the trust data gives).
+
+    Carries what the bytes really are, for the alert a signed manifest's mismatch raises:
+    the bytes themselves are never kept or passed on.
+    """
+
+    def __init__(self, message: str, *, expected: str, actual: str, size: int) -> None:
+        self.expected = expected
+        self.actual = actual
+        self.size = size
+        super().__init__(message)
+
+
 class OversizeError(BadDataError):
     """A bounded read crossed its configured limit."""
 

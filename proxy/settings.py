@@ -186,7 +186,8 @@ class CacheSettings:
 @dataclass(frozen=True)
 class LimitSettings:
     manifest_max_bytes: int = 4 * MiB  # OCI's recommended manifest limit
-    metadata_max_bytes: int = 16 * MiB  # one Notary role file (10,000 tags ~ 2 MiB)
+    # one trust metadata file a source fetches from its server (10,000 tags ~ 2 MiB)
+    metadata_max_bytes: int = 16 * MiB
     tag_list_max_bytes: int = 8 * MiB
     token_max_bytes: int = 64 * KiB
     error_body_max_bytes: int = 64 * KiB

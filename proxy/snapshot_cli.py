@@ -307,7 +307,7 @@ async def _catalog(settings: Any) -> list[str]:
     """Every ``<registry>/<repo>`` the upstreams list (``/v2/_catalog``, paginated, bounded)."""
     from urllib.parse import urlsplit
 
-    from proxy.http.app import build_upstream_client
+    from proxy.upstream.build import build_upstream_client
 
     names: list[str] = []
     for up in settings.upstreams:

@@ -28,7 +28,6 @@ from proxy.decisions import NullRecorder
 from proxy.enforcement.build import build_enforcement
 from proxy.enforcement.enforcing_gate import signing_rule_for
 from proxy.errors import ConfigError, NotSignedError, TrustproxyError
-from proxy.http.app import build_upstream_client
 from proxy.policy.matcher import match_rule
 from proxy.policy.model import Policy
 from proxy.routing import Route, Router
@@ -42,6 +41,7 @@ from proxy.sources.cosign.classic import (
 )
 from proxy.sources.cosign.errors import CosignFormatError
 from proxy.sources.cosign.signing import OCI_MANIFEST, SigningKey, load_signing_key, sign_digest
+from proxy.upstream.build import build_upstream_client
 from proxy.upstream.reader import RegistryReader
 from proxy.upstream.writer import RegistryWriter
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import time
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
@@ -29,11 +28,10 @@ from proxy.http.state import BASIC_REALM, ProxyState
 from proxy.http.streaming import tune_allocator
 from proxy.metrics import REGISTRY
 from proxy.routing import Router
-from proxy.settings import Settings, UpstreamSettings
+from proxy.settings import Settings
 from proxy.sources.redis_store import store_status
 from proxy.trust_gate import FallbackReport, PassThroughGate, TrustGate
-from proxy.upstream.auth import AuthLimits, UpstreamAuthenticator
-from proxy.upstream.client import UpstreamClient, make_http_client
+from proxy.upstream.build import build_upstream_client
 
 if TYPE_CHECKING:
     from proxy.reload import RequestTracker, Runtime
@@ -41,29 +39,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("trustproxy.app")
 
 ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
-
-
-def build_upstream_client(settings: Settings, up: UpstreamSettings) -> UpstreamClient:
-    ca = str(up.ca_file) if up.ca_file else None
-    http = make_http_client(settings.limits, ca)
-    auth = None
-    if up.auth.mode != "passthrough":
-        creds = up.auth.credentials
-        auth = UpstreamAuthenticator(
-            http,
-            up.name,
-            username=creds.username,
-            password=creds.password,
-            clock=time.monotonic,
-            limits=AuthLimits(
-                max_token_response_bytes=settings.limits.token_max_bytes,
-                request_timeout=settings.limits.request_deadline,
-            ),
-            # An operator who configured a plain-http registry has accepted cleartext for
-            # it; its token service on plain http is no worse.
-            insecure_http_realm=up.url.startswith("http://"),
-        )
-    return UpstreamClient(up, settings.limits, http, auth)
 
 
 def build_state(settings: Settings, gate: TrustGate | None = None) -> ProxyState:

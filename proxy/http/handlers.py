@@ -7,7 +7,6 @@ except for relaying the upstream's own.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 from collections.abc import Mapping
@@ -20,6 +19,7 @@ from starlette.types import ASGIApp
 
 from proxy.digests import digest_of, verify_digest
 from proxy.errors import (
+    DigestMismatchError,
     NotSignedError,
     TrustproxyError,
     UnsupportedError,
@@ -35,16 +35,15 @@ from proxy.http.relay import (
     rewrite_link,
     whole_blob_answer,
 )
-from proxy.http.state import ProxyState, SignedFetch
+from proxy.http.state import ProxyState
 from proxy.http.streaming import UpstreamBodyResponse
-from proxy.manifest_cache import CachedManifest
 from proxy.metrics import UPSTREAM_ERRORS
 from proxy.reference import RepoPath, parse_repo_path
 from proxy.routing import Route
 from proxy.tag_pages import paginate, parse_page_query
 from proxy.trust_gate import PassThrough, RequestContext, ServeDigest
 from proxy.upstream.client import FORWARDED_REQUEST_HEADERS, REDIRECT_STATUSES, UpstreamClient
-from proxy.upstream.reader import RegistryReader
+from proxy.upstream.reader import MANIFEST_MEDIA_TYPES, RegistryReader
 from proxy.upstream.redirects import resolve_location
 
 log = logging.getLogger("trustproxy.handlers")
@@ -52,24 +51,6 @@ log = logging.getLogger("trustproxy.handlers")
 MAX_UPSTREAM_PAGES = 1000
 READ_ONLY = "trustproxy is a read-only pull proxy: push and delete are not supported"
 PULL_METHODS = ("GET", "HEAD")
-
-# Every manifest media type the proxy knows. Asked for by digest, CNCF distribution 2.8.2
-# (Debian docker-registry, tried with testbed/registry.py) answers:
-# - OCI manifest / OCI index: 404 MANIFEST_UNKNOWN ("OCI manifest found, but accept header
-#   does not support OCI manifests") unless Accept names that exact type: by digest just as
-#   by tag, and an OCI-manifest Accept does not cover an OCI index;
-# - Docker schema2 manifest / manifest list: the stored bytes whatever the Accept (no
-#   schema1 conversion by digest; by tag without Accept schema2 is a 400 MANIFEST_INVALID,
-#   and a list asked for with only schema2 in Accept comes back as its amd64 child).
-# So a fetch of a signed digest offers all of them on top of the client's Accept: the
-# registry then returns the stored bytes, which are hashed here whatever it sends.
-MANIFEST_MEDIA_TYPES = (
-    "application/vnd.oci.image.manifest.v1+json",
-    "application/vnd.oci.image.index.v1+json",
-    "application/vnd.docker.distribution.manifest.v2+json",
-    "application/vnd.docker.distribution.manifest.list.v2+json",
-)
-
 
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 EMPTY_REFERRERS = {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": []}
@@ -170,38 +151,58 @@ async def base(request: Request, state: ProxyState) -> Response:
 async def manifest(
     request: Request, state: ProxyState, client: UpstreamClient, route: Route, rp: RepoPath
 ) -> Response:
-    ctx = request_context(request, state, client, route)
+    registry = registry_reader(request, state, client, route)
+    ctx = request_context(request, state, client, route, registry)
     if rp.is_digest:
         await state.gate.decide_digest(route, rp.reference, ctx)
-        return await manifest_by_digest(request, state, client, route, rp.reference)
+        return await manifest_by_digest(request, state, client, route, rp.reference, registry)
     decision = await state.gate.decide_tag(route, rp.reference, ctx)
     if isinstance(decision, PassThrough):
         return await manifest_unchecked(request, state, client, route, rp.reference)
-    return await manifest_signed(request, state, client, route, rp.reference, decision, ctx)
+    return await manifest_signed(request, state, client, route, rp.reference, decision, ctx,
+                                 registry)  # fmt: skip
 
 
-def request_context(
+def registry_reader(
     request: Request, state: ProxyState, client: UpstreamClient, route: Route
-) -> RequestContext:
-    """Who asked (for audit records), and the registry as that client, for the gate."""
+) -> RegistryReader:
+    """The registry as the requesting client (proxy/upstream/reader.py): what the gate
+    reads to decide and what the handler serves under a signed digest both go through it,
+    sharing the manifest cache and one read per digest in flight."""
 
     def remember(digest: str, body: bytes, headers: Mapping[str, str]) -> None:
         _remember(state, client, route, digest, body, headers)
 
-    # A cache hit needs no passthrough check here: what the reader returns only informs
-    # the gate (the children of a signed index, which DigestAllowlist keeps for every
-    # client anyway) and never reaches the client; what it is then served goes through
-    # manifest_by_digest, which asks the upstream on the client's behalf.
-    registry = RegistryReader(
+    limits = state.settings.limits
+    return RegistryReader(
         client,
         route,
         accept=lambda: _signed_fetch_headers(request),
         authorization=request.headers.get("authorization"),
-        manifest_max_bytes=state.settings.limits.manifest_max_bytes,
+        manifest_max_bytes=limits.manifest_max_bytes,
         cache=state.manifest_cache,
         flights=state.reader_flights,
         remember=remember,
+        recheck_timeout=limits.connect_timeout,
     )
+
+
+def request_context(
+    request: Request,
+    state: ProxyState,
+    client: UpstreamClient,
+    route: Route,
+    registry: RegistryReader | None = None,
+) -> RequestContext:
+    """Who asked (for audit records), and the registry as that client, for the gate.
+
+    A cache hit of the gate's reads needs no passthrough check: what the reader returns
+    to the gate only informs it (the children of a signed index, which DigestAllowlist
+    keeps for every client anyway) and never reaches the client; what is then served goes
+    through ``manifest_to_serve`` / ``cached_for_client``, which ask the upstream on the
+    client's behalf."""
+    if registry is None:
+        registry = registry_reader(request, state, client, route)
     peer = request.client
     return RequestContext(
         client=peer.host if peer is not None else None,
@@ -233,15 +234,23 @@ async def manifest_unchecked(
 
 
 async def manifest_by_digest(
-    request: Request, state: ProxyState, client: UpstreamClient, route: Route, digest: str
+    request: Request,
+    state: ProxyState,
+    client: UpstreamClient,
+    route: Route,
+    digest: str,
+    registry: RegistryReader,
 ) -> Response:
-    """Content-addressed: the bytes must hash to the digest asked for, or nothing is served."""
-    # The registry negotiates by Accept even by digest (an OCI manifest is a 404 unless
-    # Accept names its type: see MANIFEST_MEDIA_TYPES), so a cached entry stands in for the
-    # upstream only where the client names its type; otherwise the upstream answers.
-    cached = await _cached_manifest(
-        request, state, client, route, digest,
-        accept=forwardable_headers(request, conditional=False),
+    """Content-addressed: the bytes must hash to the digest asked for, or nothing is served.
+
+    Read with the client's own Accept, not through the reader's shared read: the registry
+    negotiates by Accept even by digest (an OCI manifest is a 404 unless Accept names its
+    type: see MANIFEST_MEDIA_TYPES), so the upstream's answer, 404 included, is this
+    client's to relay, and is not one to share with clients that sent another Accept.
+    For the same reason a cached entry stands in for the upstream only where the client
+    names its type."""
+    cached = await registry.cached_for_client(
+        digest, accept=forwardable_headers(request, conditional=False),
         accepted=_accepted_types(request),
     )  # fmt: skip
     headers: Mapping[str, str]
@@ -269,211 +278,34 @@ async def manifest_signed(
     tag: str,
     decision: ServeDigest,
     ctx: RequestContext,
+    registry: RegistryReader,
 ) -> Response:
     """Serve exactly the signed digest under the tag; HEAD is checked like GET.
 
     The upstream is asked by digest, never by tag (the tag may have moved to unsigned
-    content), and the bytes relayed are hashed here: the upstream's Docker-Content-Digest
-    header is not evidence of anything.
-
-    A cached copy of the signed digest (verified when it was fetched) is served without
-    asking the upstream for the bytes, whatever the client's Accept: the fetch offers every
-    manifest type, so the upstream answers with the stored bytes whatever the client sent.
+    content), through the registry reader: the cached copy if this client may have it
+    (served whatever the client's Accept: the read offers every manifest type, so the
+    upstream answers with the stored bytes whatever the client sent), else one read for
+    concurrent requests. The bytes are hashed there against the signed digest and length:
+    the upstream's Docker-Content-Digest header is not evidence of anything. Bytes that
+    are not the signed digest are an alert here (the reader knows no tag, rule or client).
     """
-    accept = _signed_fetch_headers(request)
-    cached = await _cached_manifest(request, state, client, route, decision.digest, accept=accept)
-    headers: Mapping[str, str]
-    if cached is not None:
-        body, headers = cached.body, cached.header_map
-    else:
-        fetched = await _shared_signed_fetch(request, state, client, route, decision.digest, accept)
-        if isinstance(fetched, Response):
-            return fetched
-        if fetched.status == 404:
-            raise NotSignedError(
-                f"tag {tag!r} is signed at {decision.digest}, which upstream {client.name} "
-                "does not have"
-            )
-        body, headers = fetched.body, fetched.headers
     what = f"manifest {route.client_name}:{tag}"
     try:
-        # On a hit too: the signed length comes from the trust data of this request.
-        verify_digest(body, decision.digest, what=what, length=decision.length)
-    except UpstreamContentError:
-        _report_mismatch(state, client, route, tag, decision, body, ctx)
-        raise
-    if cached is None:
-        _remember(state, client, route, decision.digest, body, headers)
-    return _manifest_response(request, headers, body, decision.digest)
-
-
-async def _shared_signed_fetch(
-    request: Request,
-    state: ProxyState,
-    client: UpstreamClient,
-    route: Route,
-    digest: str,
-    accept: Mapping[str, str],
-) -> SignedFetch | Response:
-    """Fetch a signed manifest by digest, one upstream request for concurrent callers.
-
-    Followers get the leader's bytes, which they verify against their own trust data like
-    any fetched bytes. Passthrough is excluded: each client's own credentials must decide.
-    Non-200 answers other than 404 are relayed by the leader only; followers that see one
-    fetch for themselves.
-    """
-    key = (client.name, route.upstream_name, digest)
-    shared = client.settings.auth.mode != "passthrough"
-    if shared and (pending := state.manifest_fetches.get(key)) is not None:
-        result = await asyncio.shield(pending)
-        if result.status in (200, 404):
-            return result
-    leader: asyncio.Future[SignedFetch] | None = None
-    if shared and key not in state.manifest_fetches:
-        leader = asyncio.get_running_loop().create_future()
-        state.manifest_fetches[key] = leader
-    try:
-        resp = await client.open(
-            "GET",
-            f"/v2/{route.upstream_name}/manifests/{digest}",
-            scope=route.scope,
-            client_headers=accept,
-            client_authorization=request.headers.get("authorization"),
+        served = await registry.manifest_to_serve(
+            decision.digest, length=decision.length, what=what
         )
-        if resp.status_code == 404:
-            await resp.aclose()
-            result = SignedFetch(404, b"", {})
-        elif resp.status_code != 200:
-            if leader is not None:
-                leader.set_result(SignedFetch(resp.status_code, b"", {}))
-            return await relay_error(request, client, resp, state)
-        else:
-            limit = state.settings.limits.manifest_max_bytes
-            body = await client.read_bounded(resp, limit, "manifest")
-            result = SignedFetch(200, body, dict(resp.headers))
-        if leader is not None:
-            leader.set_result(result)
-        return result
-    except BaseException as e:
-        if leader is not None and not leader.done():
-            # Followers fail the same way (e.g. upstream unreachable); retrieve the
-            # exception here so that an unawaited future does not warn.
-            leader.set_exception(e if isinstance(e, Exception) else RuntimeError("cancelled"))
-            leader.exception()
+    except DigestMismatchError as e:
+        _report_mismatch(state, client, route, tag, decision, e, ctx)
         raise
-    finally:
-        if leader is not None and state.manifest_fetches.get(key) is leader:
-            del state.manifest_fetches[key]
-
-
-async def _cached_manifest(
-    request: Request,
-    state: ProxyState,
-    client: UpstreamClient,
-    route: Route,
-    digest: str,
-    *,
-    accept: Mapping[str, str],
-    accepted: frozenset[str] | None = None,
-) -> CachedManifest | None:
-    """The cached manifest under ``digest`` if this client may be served it; None means a
-    miss, and the caller fetches as if there were no cache.
-
-    ``accepted``: the media types the client named, when the entry's type must be one of
-    them; ``accept``: the Accept header of the upstream request the caller would send.
-    """
-    cache = state.manifest_cache
-    key = (client.name, route.upstream_name, digest)
-    cached = cache.get(*key)
-    if cached is None:
-        return None
-    if accepted is not None and _media_type_name(cached.media_type or "") not in accepted:
-        return None
-    if client.settings.auth.mode == "passthrough":
-        # The upstream decides who may pull what, per client: it must say yes to this
-        # client, for this repository and digest, before cached bytes are shared with it.
-        # HEAD proves that without the body. Anything but 200 is a miss, so the client
-        # gets exactly what it gets without a cache (the 401 and its challenge, a 404...).
-        resp = await client.open(
-            "HEAD",
-            f"/v2/{route.upstream_name}/manifests/{digest}",
-            scope=route.scope,
-            client_headers=accept,
-            client_authorization=request.headers.get("authorization"),
+    if served is None:
+        raise NotSignedError(
+            f"tag {tag!r} is signed at {decision.digest}, which upstream {client.name} "
+            "does not have"
         )
-        await resp.aclose()
-        if resp.status_code == 404:
-            cache.discard(*key)  # deleted upstream (or never there for anyone)
-        if resp.status_code != 200:
-            log.debug("manifest cache: upstream %s answered HEAD %s@%s with %d, fetching",
-                      client.name, route.upstream_name, digest, resp.status_code)  # fmt: skip
-            return None
-        cache.confirm(*key)
-    elif cache.claim_recheck(*key):
-        try:
-            present = await _still_upstream(
-                request, client, route, digest, cached, state.settings.limits.connect_timeout
-            )
-        except BaseException:
-            # Cancelled (the client went away) or failed otherwise: nothing was learnt, so
-            # the next hit asks again.
-            cache.release(*key)
-            raise
-        if not present:
-            cache.discard(*key)
-            return None
-    log.debug("manifest cache hit: %s %s@%s", client.name, route.upstream_name, digest)
-    return cached
-
-
-async def _still_upstream(
-    request: Request,
-    client: UpstreamClient,
-    route: Route,
-    digest: str,
-    cached: CachedManifest,
-    bound: float,
-) -> bool:
-    """The periodic re-check of a cached manifest (see proxy/manifest_cache.py): whether the
-    upstream still has ``digest``, asked with a HEAD (no body, no pull counted on Docker
-    Hub). False when it answers that it does not (404, or any other refusal: the entry is
-    dropped and the request fetches as if uncached, so the client gets the upstream's own
-    answer). An upstream that cannot answer (unreachable, timeout, 5xx, 429) keeps the
-    cached copy served: the documented registry-down behaviour; the next re-check is one
-    interval later. ``bound`` (``limits.connect_timeout``): a registry that hangs counts as
-    unreachable after that long, so the one request that asks is not held for the whole
-    upstream deadline while the cached copy could answer it.
-    """
-    # Every manifest type we know, and the entry's own: distribution answers an OCI
-    # manifest by digest with 404 unless Accept names its type, and that 404 must not be
-    # taken for a deletion.
-    types = [*MANIFEST_MEDIA_TYPES]
-    if cached.media_type and _media_type_name(cached.media_type) not in types:
-        types.append(cached.media_type)
-    try:
-        async with asyncio.timeout(bound):
-            resp = await client.open(
-                "HEAD",
-                f"/v2/{route.upstream_name}/manifests/{digest}",
-                scope=route.scope,
-                client_headers={"accept": ", ".join(types)},
-                client_authorization=request.headers.get("authorization"),
-            )
-    except (UpstreamUnavailableError, TimeoutError) as e:
-        log.warning("manifest cache: re-check of %s@%s failed (%s): serving the cached copy",
-                    route.upstream_name, digest, str(e) or "timed out")  # fmt: skip
-        return True
-    await resp.aclose()
-    status = resp.status_code
-    if status == 200:
-        return True
-    if status >= 500 or status == 429:
-        log.warning("manifest cache: re-check of %s@%s: upstream %s answered %d: serving the "
-                    "cached copy", route.upstream_name, digest, client.name, status)  # fmt: skip
-        return True
-    log.info("manifest cache: upstream %s answered HEAD %s@%s with %d: dropped from the cache",
-             client.name, route.upstream_name, digest, status)  # fmt: skip
-    return False
+    if isinstance(served, httpx.Response):
+        return await relay_error(request, client, served, state)
+    return _manifest_response(request, served.headers, served.body, decision.digest)
 
 
 def _remember(
@@ -496,13 +328,12 @@ def _report_mismatch(
     route: Route,
     tag: str,
     decision: ServeDigest,
-    body: bytes,
+    mismatch: DigestMismatchError,
     ctx: RequestContext,
 ) -> None:
     """Signed digest, other bytes: a registry serving content it must not (or a trust
     entry whose length is wrong). Someone has to look: alert, count, record."""
-    algorithm = decision.digest.partition(":")[0]
-    actual = digest_of(body, algorithm if algorithm in ("sha256", "sha512") else "sha256")
+    actual = mismatch.actual
     log.critical(
         "upstream %s sent bytes that do not match the signed digest: %s:%s expected %s "
         "(%s bytes), got %s (%d bytes)",
@@ -512,7 +343,7 @@ def _report_mismatch(
         decision.digest,
         decision.length if decision.length is not None else "?",
         actual,
-        len(body),
+        mismatch.size,
         extra={
             "repository": route.repository,
             "tag": tag,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass, field
 
 from proxy.http.client_auth import Htpasswd
@@ -15,15 +14,6 @@ from proxy.upstream.client import UpstreamClient
 from proxy.upstream.reader import Flights
 
 BASIC_REALM = "trustproxy"
-
-
-@dataclass(frozen=True)
-class SignedFetch:
-    """The upstream's answer to a signed-manifest fetch, shared by concurrent requests."""
-
-    status: int
-    body: bytes
-    headers: dict[str, str]
 
 
 @dataclass
@@ -39,15 +29,11 @@ class ProxyState:
     # Handed on to the next generation by a SIGHUP reload when the upstreams are unchanged
     # (proxy/reload.py): entries are content-addressed and verified, keyed by upstream name.
     manifest_cache: ManifestCache = field(init=False)
-    # Signed-manifest fetches in flight, by (upstream, repository, digest): a burst of cold
-    # requests for one new tag makes one upstream fetch, not one per request (which queued
-    # a thousand requests on the connection pool until they timed out).
-    manifest_fetches: dict[tuple[str, str, str], asyncio.Future[SignedFetch]] = field(
-        init=False, default_factory=dict
-    )
-
-    # The registry reader's reads by digest in flight (proxy/upstream/reader.py), shared
-    # by every request of this generation.
+    # Reads of manifests by digest in flight (proxy/upstream/reader.py), by (upstream,
+    # repository, digest), shared by every request of this generation: the gate's reads and
+    # the signed-manifest fetches alike. A burst of cold requests for one new tag makes one
+    # upstream fetch, not one per request (which queued a thousand requests on the
+    # connection pool until they timed out).
     reader_flights: Flights = field(init=False, default_factory=dict)
 
     def __post_init__(self) -> None:

@@ -5,6 +5,8 @@ What a source computes here is the result of a verification it ran itself, in th
 process (a verified trust state, a verdict on a digest's signatures). The cache adds:
 
 - **freshness**: an entry answers for ``fresh_for``, then the next ``get`` computes again;
+  a source whose answers carry their own end (trust data that expires, a refusal to retry
+  sooner) passes ``fresh_until`` instead;
 - **single flight**: concurrent misses for one key share one computation (the first caller
   runs it; the others wait for its result or its exception);
 - **stale within grace**: when a computation fails with
@@ -13,7 +15,11 @@ process (a verified trust state, a verdict on a digest's signatures). The cache 
   marked stale; a verdict that verification *refused* is never replaced by an older allow,
   because only values that computed are kept and any other error propagates;
 - **bounds**: at most ``max_entries`` keys, least recently used first out;
-- **counters** ``trustproxy_trust_cache_total{source, result}``: hit, miss, stale_served.
+- **counters** ``trustproxy_trust_cache_total{source, result}``, each lookup counted once:
+  hit (a fresh entry answered), miss (a computation answered, or failed),
+  stale_served (a stale value answered); ``kind_of`` lets a source name what one of its
+  values is (a value its own fallback marked stale: stale_served), and ``count=False``
+  leaves a lookup uncounted (a second look within one request).
 
 Nothing in it is read from outside the process, so nothing in it needs re-verifying; what a
 source loads from a shared store goes through its own verification before it is put here.
@@ -24,7 +30,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Hashable
+from collections.abc import Awaitable, Callable, Hashable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Generic, TypeVar
@@ -53,6 +59,13 @@ class Cached(Generic[V]):
 class _Entry(Generic[V]):
     value: V
     computed_at: datetime
+    #: when it stops answering as fresh
+    fresh_until: datetime
+    #: what a lookup it answers counts as (None: hit, or miss when just computed)
+    kind: str | None = None
+    #: the answer of a hit, made once (immutable: every hit shares it; the warm path
+    #: then allocates nothing)
+    answer: Cached[V] | None = None
 
 
 class AnswerCache(Generic[K, V]):
@@ -70,7 +83,12 @@ class AnswerCache(Generic[K, V]):
         fresh_for: timedelta,
         grace: timedelta = timedelta(0),
         max_entries: int = 10_000,
+        fresh_until: Callable[[V, datetime], datetime] | None = None,
+        kind_of: Callable[[V], str | None] | None = None,
     ) -> None:
+        """``fresh_until(value, computed_at)``: when an entry stops being fresh (default
+        ``computed_at + fresh_for``); ``kind_of(value)``: the counter result a lookup the
+        value answers counts as, None for the default (hit, or miss when computed)."""
         if max_entries < 1:
             raise ValueError("max_entries must be at least 1")
         self.source = source
@@ -78,12 +96,27 @@ class AnswerCache(Generic[K, V]):
         self.fresh_for = fresh_for
         self.grace = grace
         self.max_entries = max_entries
+        self._fresh_until = fresh_until
+        self._kind_of = kind_of
         self._entries: OrderedDict[K, _Entry[V]] = OrderedDict()
         self._flights: dict[K, asyncio.Future[_Entry[V]]] = {}
         self._counters: dict[str, Counter] = {}
 
     def __len__(self) -> int:
         return len(self._entries)
+
+    def __iter__(self) -> Iterator[K]:
+        """The keys kept, least recently used first (fresh or not)."""
+        return iter(list(self._entries))
+
+    def _entry(self, value: V, computed_at: datetime) -> _Entry[V]:
+        until = (
+            computed_at + self.fresh_for
+            if self._fresh_until is None
+            else self._fresh_until(value, computed_at)
+        )
+        kind = self._kind_of(value) if self._kind_of is not None else None
+        return _Entry(value, computed_at, until, kind, Cached(value, computed_at))
 
     def _count(self, result: str) -> None:
         child = self._counters.get(result)
@@ -100,23 +133,34 @@ class AnswerCache(Generic[K, V]):
             return None
         return Cached(entry.value, entry.computed_at)
 
+    def last(self, key: K) -> Cached[V] | None:
+        """The entry kept for ``key``, fresh or not (what a computation starts from: the
+        previous answer); no counting, no reordering."""
+        entry = self._entries.get(key)
+        return None if entry is None else Cached(entry.value, entry.computed_at)
+
     def fresh_items(self) -> list[tuple[K, V]]:
         """Every fresh entry (for answers that list what was verified recently)."""
         return [(k, e.value) for k, e in self._entries.items() if self._fresh(e)]
 
     def _fresh(self, entry: _Entry[V]) -> bool:
-        return self._clock() - entry.computed_at < self.fresh_for
+        return self._clock() < entry.fresh_until
 
-    async def get(self, key: K, compute: Callable[[], Awaitable[V]]) -> Cached[V]:
+    async def get(
+        self, key: K, compute: Callable[[], Awaitable[V]], *, count: bool = True
+    ) -> Cached[V]:
         """The fresh value of ``key``, computing it (once for all concurrent callers) when
         there is none. Raises what ``compute`` raises, except that an unavailable source
-        answers with the last value within grace, marked stale."""
+        answers with the last value within grace, marked stale. ``count=False``: not a
+        lookup of its own for the counters."""
         entry = self._entries.get(key)
-        if entry is not None and self._fresh(entry):
+        if entry is not None and self._clock() < entry.fresh_until:
             self._entries.move_to_end(key)
-            self._count("hit")
+            if count:
+                self._count(entry.kind or "hit")
+            if entry.answer is not None:
+                return entry.answer
             return Cached(entry.value, entry.computed_at)
-        self._count("miss")
         pending = self._flights.get(key)
         if pending is None:
             computing = asyncio.ensure_future(compute())
@@ -129,14 +173,23 @@ class AnswerCache(Generic[K, V]):
         except TrustSourceUnavailableError:
             stale = self._within_grace(key)
             if stale is None:
+                if count:
+                    self._count("miss")
                 raise
-            self._count("stale_served")
+            if count:
+                self._count("stale_served")
             return stale
-        return Cached(done.value, done.computed_at)
+        except BaseException:
+            if count:
+                self._count("miss")
+            raise
+        if count:
+            self._count(done.kind or "miss")
+        return done.answer if done.answer is not None else Cached(done.value, done.computed_at)
 
     async def _kept(self, key: K, computing: asyncio.Future[V]) -> _Entry[V]:
         value = await computing
-        entry = _Entry(value, self._clock())
+        entry = self._entry(value, self._clock())
         if self._flights.get(key) is asyncio.current_task():
             self._keep(key, entry)
         return entry
@@ -157,7 +210,7 @@ class AnswerCache(Generic[K, V]):
         entry = self._entries.get(key)
         if entry is None:
             return None
-        if self._clock() - entry.computed_at >= self.fresh_for + self.grace:
+        if self._clock() >= entry.fresh_until + self.grace:
             return None
         return Cached(entry.value, entry.computed_at, stale=True)
 
@@ -165,7 +218,7 @@ class AnswerCache(Generic[K, V]):
 
     def put(self, key: K, value: V) -> None:
         """Keep ``value`` (verified by the caller just now) as fresh for ``key``."""
-        self._keep(key, _Entry(value, self._clock()))
+        self._keep(key, self._entry(value, self._clock()))
 
     def invalidate(self, key: K) -> None:
         """Forget ``key``: the next ``get`` computes afresh. A computation in flight

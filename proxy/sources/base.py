@@ -195,7 +195,7 @@ class TrustSource(Protocol):
         """Every tag acceptable under ``rule``, by tag (for a filtered tag list).
 
         ``tags``: the tags the caller asks about (the upstream's listing). A source whose
-        trust data names every signed tag (Notary, static pins) may answer all of its own
+        trust data names every signed tag (a signed tag list, static pins) may answer all of its own
         and ignore it; a source that judges tags one at a time (signatures on digests)
         answers among these only, and among the tags it remembers when None.
 

@@ -16,13 +16,26 @@ lock (:class:`ReplicaLock`; the Redis store does, with ``SET key token NX PX tim
 
 The lock only saves work: correctness never depends on it (every state is verified, and
 the store's compare-and-set keeps the highest verified version whoever writes last).
+
+:func:`take_turn` is that loop for any source: what it waits for is a newer stored state
+(the source says how to load one and what marks it newer); what the source then does with
+it (re-verify it, refresh from it) is its own business.
 """
 
 from __future__ import annotations
 
-from typing import Protocol, runtime_checkable
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
-__all__ = ["ReplicaLock"]
+from proxy.sources.store import StoreUnavailableError
+
+__all__ = ["ReplicaLock", "take_turn"]
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 @runtime_checkable
@@ -47,3 +60,59 @@ class ReplicaLock(Protocol):
             StoreUnavailableError: the lock cannot be reached (it expires by itself).
         """
         ...
+
+
+async def take_turn(
+    lock: ReplicaLock,
+    repository: str,
+    *,
+    start: T | None,
+    load: Callable[[], Awaitable[T | None]],
+    stamp: Callable[[T], Any],
+    poll: float,
+    label: str,
+) -> tuple[str | None, T | None]:
+    """Take this replica's turn at refreshing ``repository``: (our lock token, or None
+    when another replica saved meanwhile or the lock cannot be had; the stored state to
+    refresh from).
+
+    ``start``: the stored state the caller loaded; ``load``: load it again (None: none or
+    unreadable); ``stamp``: what orders stored states (a save moves it forward). While
+    another replica holds the lock, the store is polled every ``poll`` seconds for a state
+    whose stamp moved: that replica saved, so refresh from its state. The stamp is
+    untrusted (whoever writes the store can move it), so it can only make us stop waiting
+    early (more work, never an allow): the caller verifies whatever it gets. A holder
+    that neither saves nor releases within ``lock.lock_timeout`` is not waited for longer.
+    The caller releases the token when it is done (``lock.release``).
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + lock.lock_timeout
+    seen = stamp(start) if start is not None else None
+    first = True
+    while True:
+        if not first:
+            await asyncio.sleep(poll)
+            latest = await load()
+            if latest is not None and (seen is None or stamp(latest) > seen):
+                return None, latest
+        first = False
+        try:
+            token = await lock.acquire(repository)
+        except StoreUnavailableError:
+            return None, start  # no lock without the store: refresh ourselves
+        if token is not None:
+            # Another replica may have saved between our load and the lock: start from it.
+            latest = await load()
+            return token, latest if latest is not None else start
+        if loop.time() >= deadline:
+            # The holder neither saved nor released within lock_timeout (a lock of ours
+            # never outlives it: a clock or lock_timeout mismatch, or a lock planted with a
+            # valid expiry): do not wait longer, refresh alone.
+            log.warning(
+                "trust source %s: %s: another replica holds the refresh lock for over "
+                "%.0fs; refreshing anyway",
+                label,
+                repository,
+                lock.lock_timeout,
+            )
+            return None, start

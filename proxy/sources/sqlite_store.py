@@ -10,10 +10,18 @@ cannot lower them). It is a file, so a restart keeps what was verified.
 Layout (one file, ``<state_dir>/trust-state.sqlite3``, WAL mode: readers never block the
 writer; ``BEGIN IMMEDIATE`` serialises writers across processes)::
 
-    state(ns, gun, gen, data, mac)   the source's record; gen only a claim (see save);
-                                     mac: HMAC of the record under the serve's key
-    floors(ns, gun, role, version)   highest verified top-level versions; only ever raised
-    locks(ns, gun, token, expires)   refresh lock: random token, wall-clock expiry
+    state(ns, repository, gen, data, mac)   the source's record; gen only a claim (see
+                                            save); mac: HMAC of the record under the
+                                            serve's key
+    floors(ns, repository, role, version)   highest verified top-level versions; only
+                                            ever raised
+    locks(ns, repository, token, expires)   refresh lock: random token, wall-clock expiry
+
+The schema's version is the file's ``user_version`` (:data:`SCHEMA_VERSION`). A file of
+another version (version 0 named the repository column after one source's format) is
+emptied and made anew when opened, inside one write transaction: never read with the wrong
+columns. What it held is only a head start and floors this host had verified, so the cost
+is one full walk per repository (as after a lost state directory).
 
 ``ns`` is the source's namespace (:func:`proxy.sources.redis_store.source_namespace`: its
 name and server URL), so a source pointed at another server starts afresh.
@@ -87,17 +95,20 @@ class LockingStore(TrustStateStore, ReplicaLock, Protocol):
     """A store that also offers the cross-process refresh lock (Redis, SQLite)."""
 
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS state (
-    ns TEXT NOT NULL, gun TEXT NOT NULL, gen INTEGER, data BLOB NOT NULL, mac BLOB,
-    PRIMARY KEY (ns, gun));
-CREATE TABLE IF NOT EXISTS floors (
-    ns TEXT NOT NULL, gun TEXT NOT NULL, role TEXT NOT NULL, version INTEGER NOT NULL,
-    PRIMARY KEY (ns, gun, role));
-CREATE TABLE IF NOT EXISTS locks (
-    ns TEXT NOT NULL, gun TEXT NOT NULL, token TEXT NOT NULL, expires REAL NOT NULL,
-    PRIMARY KEY (ns, gun));
-"""
+#: ``PRAGMA user_version`` of the layout below; bump it when the layout changes
+SCHEMA_VERSION = 2
+_TABLES = ("state", "floors", "locks")
+_SCHEMA = (
+    """CREATE TABLE state (
+    ns TEXT NOT NULL, repository TEXT NOT NULL, gen INTEGER, data BLOB NOT NULL, mac BLOB,
+    PRIMARY KEY (ns, repository))""",
+    """CREATE TABLE floors (
+    ns TEXT NOT NULL, repository TEXT NOT NULL, role TEXT NOT NULL, version INTEGER NOT NULL,
+    PRIMARY KEY (ns, repository, role))""",
+    """CREATE TABLE locks (
+    ns TEXT NOT NULL, repository TEXT NOT NULL, token TEXT NOT NULL, expires REAL NOT NULL,
+    PRIMARY KEY (ns, repository))""",
+)
 
 
 class SqliteStateFile:
@@ -212,7 +223,26 @@ def _prepare(conn: sqlite3.Connection) -> None:
     # NORMAL in WAL mode: a power loss may lose the last transactions, never corrupt them;
     # what is lost is fetched and verified again.
     conn.execute("PRAGMA synchronous=NORMAL")
-    conn.executescript(_SCHEMA)
+    if _schema_version(conn) == SCHEMA_VERSION:
+        return
+    # Checked again under the write lock: another process may be making it right now.
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        if _schema_version(conn) != SCHEMA_VERSION:
+            for table in _TABLES:
+                conn.execute(f"DROP TABLE IF EXISTS {table}")
+            for statement in _SCHEMA:
+                conn.execute(statement)
+            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+
+
+def _schema_version(conn: sqlite3.Connection) -> int:
+    row = conn.execute("PRAGMA user_version").fetchone()
+    return int(row[0]) if row is not None else 0
 
 
 def check_state_dir(directory: Path) -> None:
@@ -254,21 +284,21 @@ class SqliteTrustStateStore:
         self._wall_clock = wall_clock
         self._floors = SqliteRollbackFloors(file, namespace)
 
-    async def load_floors(self, gun: str) -> dict[str, int]:
-        return await self._floors.load_floors(gun)
+    async def load_floors(self, repository: str) -> dict[str, int]:
+        return await self._floors.load_floors(repository)
 
-    async def raise_floors(self, gun: str, versions: Mapping[str, int]) -> None:
-        await self._floors.raise_floors(gun, versions)
+    async def raise_floors(self, repository: str, versions: Mapping[str, int]) -> None:
+        await self._floors.raise_floors(repository, versions)
 
-    async def load(self, gun: str) -> bytes | None:
+    async def load(self, repository: str) -> bytes | None:
         ns, limit = self.namespace, self.max_bytes
 
         def read(conn: sqlite3.Connection) -> tuple[object, int] | None:
             # The size is checked in SQL: an oversized value is never copied out.
             row = conn.execute(
                 "SELECT CASE WHEN length(data) <= ? THEN data END, length(data) "
-                "FROM state WHERE ns = ? AND gun = ?",
-                (limit, ns, gun),
+                "FROM state WHERE ns = ? AND repository = ?",
+                (limit, ns, repository),
             ).fetchone()
             return None if row is None else (row[0], int(row[1] or 0))
 
@@ -279,7 +309,7 @@ class SqliteTrustStateStore:
         if data is None:
             log.warning(
                 "trust state file: %s: stored state of %d bytes is larger than %d, ignored",
-                gun,
+                repository,
                 size,
                 limit,
             )
@@ -290,7 +320,7 @@ class SqliteTrustStateStore:
 
     async def save(
         self,
-        gun: str,
+        repository: str,
         data: bytes,
         *,
         generation: int | None = None,
@@ -300,19 +330,20 @@ class SqliteTrustStateStore:
         ``BEGIN IMMEDIATE`` transaction (no other process writes meanwhile). Without
         ``judge`` the ``gen`` column is believed."""
         ns, limit = self.namespace, self.max_bytes
-        mac = self._mac(gun, data)
+        mac = self._mac(repository, data)
 
         def write(conn: sqlite3.Connection) -> bool:
             conn.execute("BEGIN IMMEDIATE")
             try:
                 if generation is not None:
-                    current = _current_generation(conn, ns, gun, generation, judge, limit)
+                    current = _current_generation(conn, ns, repository, generation, judge, limit)
                     if current is not None and current > generation:
                         conn.execute("ROLLBACK")
                         return False
                 conn.execute(
-                    "INSERT OR REPLACE INTO state (ns, gun, gen, data, mac) VALUES (?, ?, ?, ?, ?)",
-                    (ns, gun, generation, data, mac),
+                    "INSERT OR REPLACE INTO state (ns, repository, gen, data, mac) "
+                    "VALUES (?, ?, ?, ?, ?)",
+                    (ns, repository, generation, data, mac),
                 )
                 conn.execute("COMMIT")
                 return True
@@ -323,21 +354,23 @@ class SqliteTrustStateStore:
 
         stored = await self.file.run("save", write)
         if not stored:
-            log.debug("trust state file: %s: kept a higher generation than %s", gun, generation)
+            log.debug(
+                "trust state file: %s: kept a higher generation than %s", repository, generation
+            )
 
-    def _mac(self, gun: str, data: bytes) -> bytes:
-        message = b"\0".join((self.namespace.encode(), gun.encode(), data))
+    def _mac(self, repository: str, data: bytes) -> bytes:
+        message = b"\0".join((self.namespace.encode(), repository.encode(), data))
         return hmac.new(self.file.handoff_key, message, hashlib.sha256).digest()
 
-    async def load_vouched(self, gun: str) -> bytes | None:
+    async def load_vouched(self, repository: str) -> bytes | None:
         """See :class:`~proxy.sources.store.VouchingStore`."""
         ns, limit = self.namespace, self.max_bytes
 
         def read(conn: sqlite3.Connection) -> tuple[object, object] | None:
             row = conn.execute(
                 "SELECT CASE WHEN length(data) <= ? THEN data END, mac "
-                "FROM state WHERE ns = ? AND gun = ?",
-                (limit, ns, gun),
+                "FROM state WHERE ns = ? AND repository = ?",
+                (limit, ns, repository),
             ).fetchone()
             return None if row is None else (row[0], row[1])
 
@@ -347,9 +380,9 @@ class SqliteTrustStateStore:
         data, mac = found
         if not isinstance(data, bytes) or not isinstance(mac, bytes):
             return None
-        return data if hmac.compare_digest(mac, self._mac(gun, data)) else None
+        return data if hmac.compare_digest(mac, self._mac(repository, data)) else None
 
-    async def acquire(self, gun: str) -> str | None:
+    async def acquire(self, repository: str) -> str | None:
         token = secrets.token_hex(16)
         ns, timeout = self.namespace, self.lock_timeout
 
@@ -361,7 +394,8 @@ class SqliteTrustStateStore:
                 # whose lock would then look longer than lock_timeout, i.e. dead.
                 now = self._wall_clock()
                 row = conn.execute(
-                    "SELECT token, expires FROM locks WHERE ns = ? AND gun = ?", (ns, gun)
+                    "SELECT token, expires FROM locks WHERE ns = ? AND repository = ?",
+                    (ns, repository),
                 ).fetchone()
                 result = 1
                 if row is not None:
@@ -380,8 +414,9 @@ class SqliteTrustStateStore:
                     still_valid = isinstance(expires, int | float) and expires > now
                     result = 2 if still_valid else 1
                 conn.execute(
-                    "INSERT OR REPLACE INTO locks (ns, gun, token, expires) VALUES (?, ?, ?, ?)",
-                    (ns, gun, token, now + timeout),
+                    "INSERT OR REPLACE INTO locks (ns, repository, token, expires) "
+                    "VALUES (?, ?, ?, ?)",
+                    (ns, repository, token, now + timeout),
                 )
                 conn.execute("COMMIT")
                 return result
@@ -395,17 +430,18 @@ class SqliteTrustStateStore:
             log.warning(
                 "trust state file: %s: took over a refresh lock that no worker can hold "
                 "(not a lock token, or an expiry longer than lock_timeout %.0fs)",
-                gun,
+                repository,
                 timeout,
             )
         return token if got else None
 
-    async def release(self, gun: str, token: str) -> None:
+    async def release(self, repository: str, token: str) -> None:
         ns = self.namespace
 
         def drop(conn: sqlite3.Connection) -> None:
             conn.execute(
-                "DELETE FROM locks WHERE ns = ? AND gun = ? AND token = ?", (ns, gun, token)
+                "DELETE FROM locks WHERE ns = ? AND repository = ? AND token = ?",
+                (ns, repository, token),
             )
 
         await self.file.run("unlock", drop)
@@ -414,7 +450,7 @@ class SqliteTrustStateStore:
 def _current_generation(
     conn: sqlite3.Connection,
     ns: str,
-    gun: str,
+    repository: str,
     generation: int,
     judge: Judge | None,
     limit: int,
@@ -423,7 +459,7 @@ def _current_generation(
     (as in the Redis store: the ``gen`` column is a claim, only a claim above ours is
     checked against the stored bytes, and bytes that do not verify are replaced)."""
     row = conn.execute(
-        "SELECT gen, length(data) FROM state WHERE ns = ? AND gun = ?", (ns, gun)
+        "SELECT gen, length(data) FROM state WHERE ns = ? AND repository = ?", (ns, repository)
     ).fetchone()
     if row is None:
         return None
@@ -434,7 +470,9 @@ def _current_generation(
         return claimed
     if not isinstance(size, int) or not 0 < size <= limit:
         return None  # nothing, or too large to judge: replaced
-    stored = conn.execute("SELECT data FROM state WHERE ns = ? AND gun = ?", (ns, gun)).fetchone()
+    stored = conn.execute(
+        "SELECT data FROM state WHERE ns = ? AND repository = ?", (ns, repository)
+    ).fetchone()
     data = stored[0] if stored is not None else None
     return judge(data) if isinstance(data, bytes) else None
 
@@ -450,12 +488,13 @@ class SqliteRollbackFloors:
         self.file = file
         self.namespace = namespace
 
-    async def load_floors(self, gun: str) -> dict[str, int]:
+    async def load_floors(self, repository: str) -> dict[str, int]:
         ns = self.namespace
 
         def read(conn: sqlite3.Connection) -> list[tuple[object, object]]:
             rows = conn.execute(
-                "SELECT role, version FROM floors WHERE ns = ? AND gun = ? LIMIT 8", (ns, gun)
+                "SELECT role, version FROM floors WHERE ns = ? AND repository = ? LIMIT 8",
+                (ns, repository),
             ).fetchall()
             return [(r[0], r[1]) for r in rows]
 
@@ -465,9 +504,9 @@ class SqliteRollbackFloors:
                 out[str(role)] = version
         return out
 
-    async def raise_floors(self, gun: str, versions: Mapping[str, int]) -> None:
+    async def raise_floors(self, repository: str, versions: Mapping[str, int]) -> None:
         rows = [
-            (self.namespace, gun, role, int(v))
+            (self.namespace, repository, role, int(v))
             for role, v in versions.items()
             if role in _FLOOR_ROLES and 0 < int(v) < _MAX_VERSION
         ]
@@ -478,8 +517,8 @@ class SqliteRollbackFloors:
             conn.execute("BEGIN IMMEDIATE")
             try:
                 conn.executemany(
-                    "INSERT INTO floors (ns, gun, role, version) VALUES (?, ?, ?, ?) "
-                    "ON CONFLICT (ns, gun, role) DO UPDATE SET version = "
+                    "INSERT INTO floors (ns, repository, role, version) VALUES (?, ?, ?, ?) "
+                    "ON CONFLICT (ns, repository, role) DO UPDATE SET version = "
                     "max(version, excluded.version)",
                     rows,
                 )
@@ -498,11 +537,11 @@ class _FlooredStore:
     def __init__(self, floors: SqliteRollbackFloors) -> None:
         self._floors = floors
 
-    async def load_floors(self, gun: str) -> dict[str, int]:
-        return await self._floors.load_floors(gun)
+    async def load_floors(self, repository: str) -> dict[str, int]:
+        return await self._floors.load_floors(repository)
 
-    async def raise_floors(self, gun: str, versions: Mapping[str, int]) -> None:
-        await self._floors.raise_floors(gun, versions)
+    async def raise_floors(self, repository: str, versions: Mapping[str, int]) -> None:
+        await self._floors.raise_floors(repository, versions)
 
 
 class HostFlooredStore(_FlooredStore):
@@ -518,24 +557,24 @@ class HostFlooredStore(_FlooredStore):
     def lock_timeout(self) -> float:
         return self.inner.lock_timeout
 
-    async def load(self, gun: str) -> bytes | None:
-        return await self.inner.load(gun)
+    async def load(self, repository: str) -> bytes | None:
+        return await self.inner.load(repository)
 
     async def save(
         self,
-        gun: str,
+        repository: str,
         data: bytes,
         *,
         generation: int | None = None,
         judge: Judge | None = None,
     ) -> None:
-        await self.inner.save(gun, data, generation=generation, judge=judge)
+        await self.inner.save(repository, data, generation=generation, judge=judge)
 
-    async def acquire(self, gun: str) -> str | None:
-        return await self.inner.acquire(gun)
+    async def acquire(self, repository: str) -> str | None:
+        return await self.inner.acquire(repository)
 
-    async def release(self, gun: str, token: str) -> None:
-        await self.inner.release(gun, token)
+    async def release(self, repository: str, token: str) -> None:
+        await self.inner.release(repository, token)
 
 
 def with_host_floors(inner: LockingStore, floors: SqliteRollbackFloors) -> HostFlooredStore:

@@ -2,7 +2,8 @@
 
 A store holds opaque bytes per repository. What comes back is **untrusted**: the
 source bounds its size and re-verifies it like freshly downloaded metadata, so a poisoned
-store can only cause a refusal or a refetch (python-tuf ``_load_timestamp``). The shared
+store can only cause a refusal or a refetch (as a reference client of signed metadata
+re-verifies what it loads from its local cache). The shared
 store (:mod:`proxy.sources.redis_store`) implements the same two methods.
 
 Rollback memory must survive races between writers (replicas): ``save`` takes a

@@ -451,7 +451,9 @@ def test_with_redis_two_workers_share_the_state_and_keep_floors_in_the_file(
 def _floors_in_file(state_dir: Path, gun: str) -> dict[str, int]:
     conn = sqlite3.connect(state_dir / STATE_FILE_NAME)
     try:
-        rows = conn.execute("SELECT role, version FROM floors WHERE gun = ?", (gun,)).fetchall()
+        rows = conn.execute(
+            "SELECT role, version FROM floors WHERE repository = ?", (gun,)
+        ).fetchall()
     finally:
         conn.close()
     return {str(role): int(version) for role, version in rows}

@@ -473,7 +473,8 @@ def test_gate_fetch_verifies_and_offers_every_type(registry: FakeRegistry) -> No
     with proxy(registry, Fetching()) as tc:
         r = tc.get(f"/v2/{REPO}/manifests/{SIGNED_DIGEST}")
     assert r.status_code == 200
-    assert got == {"ok": SIGNED, "missing": None, "bad": "UpstreamContentError"}
+    # A DigestMismatchError is an UpstreamContentError (a 502) that says what the bytes were.
+    assert got == {"ok": SIGNED, "missing": None, "bad": "DigestMismatchError"}
     assert OCI_INDEX in registry.requests[0].headers["accept"]
 
 
@@ -1069,7 +1070,7 @@ def test_a_burst_of_cold_requests_for_one_signed_tag_makes_one_upstream_fetch(
         assert all(r.content == SIGNED for r in responses)
     else:
         assert {r.status_code for r in responses} == {502}
-    assert app.state.proxy.manifest_fetches == {}
+    assert app.state.proxy.reader_flights == {}
 
 
 # --------------------------------------------------------------------------- a lying registry
@@ -1228,8 +1229,8 @@ def test_a_blob_that_does_not_match_its_digest_is_cut_unless_verification_is_off
 def test_token_exchange_has_the_request_deadline(limits: dict[str, Any], deadline: float) -> None:
     import asyncio
 
-    from proxy.http.app import build_upstream_client
     from proxy.upstream.auth import UpstreamAuthenticator
+    from proxy.upstream.build import build_upstream_client
 
     settings = make_settings(**limits)
     client = build_upstream_client(settings, settings.upstreams[0])

@@ -11,12 +11,17 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 
-from proxy.errors import OversizeError, UpstreamContentError, UpstreamUnavailableError
+from proxy.errors import (
+    DigestMismatchError,
+    OversizeError,
+    UpstreamContentError,
+    UpstreamUnavailableError,
+)
 from proxy.manifest_cache import ManifestCache
 from proxy.routing import Route
 from proxy.settings import LimitSettings, UpstreamAuthSettings, UpstreamSettings
 from proxy.upstream.client import UpstreamClient
-from proxy.upstream.reader import Flights, RegistryReader
+from proxy.upstream.reader import Flights, RegistryReader, ServedManifest
 
 pytestmark = pytest.mark.anyio
 
@@ -59,12 +64,16 @@ class Upstream:
         self.manifests = {sha256(MANIFEST): MANIFEST, "v1": MANIFEST}
         self.gate = asyncio.Event()
         self.gate.set()
+        #: answers by status for a manifest reference, e.g. a 429 for a digest
+        self.refuse: dict[str, int] = {}
 
     async def __call__(self, request: httpx.Request) -> httpx.Response:
         self.seen.append((request.method, request.url.path, request.headers.get("authorization")))
         await self.gate.wait()
         path = request.url.path.removeprefix("/v2/team/app/")
         kind, _, ref = path.partition("/")
+        if kind == "manifests" and ref in self.refuse:
+            return answer(self.refuse[ref], b'{"errors":[]}', {"retry-after": "7"})
         if kind == "manifests" and ref in self.manifests:
             body = self.manifests[ref]
             headers = {"docker-content-digest": sha256(body)}
@@ -205,3 +214,123 @@ async def test_another_repository_of_the_same_upstream_as_the_same_client() -> N
     assert r.route.upstream_name == "team/app"  # the original reader is unchanged
     assert r.for_repository("ghcr.io/team/sigs") is None
     assert r.for_repository("registry.test") is None
+
+
+# --- serving a signed digest through the reader (what the manifest handler does) ---------
+
+
+async def test_the_gate_and_the_handler_share_one_read_and_the_cache() -> None:
+    up = Upstream()
+    up.gate.clear()
+    flights: Flights = {}
+    cache = ManifestCache(1 << 20)
+    digest = sha256(MANIFEST)
+    gate_read = asyncio.create_task(reader(up, flights=flights, cache=cache).manifest(digest))
+    serves = [
+        asyncio.create_task(
+            reader(up, flights=flights, cache=cache).manifest_to_serve(
+                digest, length=len(MANIFEST), what="manifest team/app:v1"
+            )
+        )
+        for _ in range(5)
+    ]
+    await asyncio.sleep(0.05)
+    up.gate.set()
+    assert await gate_read == MANIFEST
+    for served in await asyncio.gather(*serves):
+        assert isinstance(served, ServedManifest)
+        assert (served.body, served.cached) == (MANIFEST, False)
+        assert served.headers["docker-content-digest"] == digest  # the upstream's, to relay
+    assert [s[:2] for s in up.seen] == [("GET", f"/v2/team/app/manifests/{digest}")]
+    assert flights == {}
+    hit = await reader(up, cache=cache).manifest_to_serve(digest, length=None, what="m")
+    assert isinstance(hit, ServedManifest)
+    assert hit.cached
+    assert hit.body == MANIFEST
+    assert len(up.seen) == 1  # a hit within the re-check interval asks nothing
+
+
+@pytest.mark.parametrize("cached", [False, True], ids=["fresh", "hit"])
+async def test_serving_checks_the_signed_length_and_says_what_the_bytes_were(
+    cached: bool,
+) -> None:
+    up = Upstream()
+    cache = ManifestCache(1 << 20)
+    digest = sha256(MANIFEST)
+    if cached:
+        cache.put("up", "team/app", digest, MANIFEST)
+    with pytest.raises(DigestMismatchError) as raised:
+        await reader(up, cache=cache).manifest_to_serve(
+            digest, length=len(MANIFEST) + 1, what="manifest team/app:v1"
+        )
+    assert (raised.value.actual, raised.value.size) == (digest, len(MANIFEST))
+    assert "team/app:v1" in str(raised.value)
+    wrong = sha256(b"what was signed")
+    up.manifests[wrong] = MANIFEST
+    with pytest.raises(DigestMismatchError) as raised:
+        await reader(up, cache=cache).manifest_to_serve(wrong, length=None, what="m")
+    assert raised.value.actual == digest
+    assert cache.get("up", "team/app", wrong) is None
+
+
+async def test_serving_hands_other_answers_back_open_and_the_gate_fails_closed() -> None:
+    up = Upstream()
+    digest = sha256(MANIFEST)
+    up.refuse[digest] = 429
+    served = await reader(up).manifest_to_serve(digest, length=None, what="m")
+    assert isinstance(served, httpx.Response)
+    assert served.status_code == 429
+    assert served.headers["retry-after"] == "7"
+    assert await served.aread() == b'{"errors":[]}'  # open: the handler relays it
+    await served.aclose()
+    with pytest.raises(UpstreamUnavailableError):
+        await reader(up).manifest(digest)
+    assert await reader(up).manifest_to_serve(sha256(b"gone"), length=None, what="m") is None
+
+
+async def test_followers_of_a_refused_read_ask_for_themselves_when_serving() -> None:
+    up = Upstream()
+    digest = sha256(MANIFEST)
+    up.refuse[digest] = 503
+    up.gate.clear()
+    flights: Flights = {}
+    tasks = [
+        asyncio.create_task(
+            reader(up, flights=flights).manifest_to_serve(digest, length=None, what="m")
+        )
+        for _ in range(3)
+    ]
+    gate_follower = asyncio.create_task(reader(up, flights=flights).manifest(digest))
+    await asyncio.sleep(0.05)
+    up.gate.set()
+    answers = await asyncio.gather(*tasks)
+    assert [a.status_code for a in answers if isinstance(a, httpx.Response)] == [503] * 3
+    for a in answers:
+        assert isinstance(a, httpx.Response)
+        await a.aclose()
+    with pytest.raises(UpstreamUnavailableError):
+        await gate_follower
+    assert len(up.seen) == 3  # the leader's read, then one of its own per serving follower
+    assert flights == {}
+
+
+async def test_passthrough_hits_need_the_upstreams_yes_for_this_client() -> None:
+    up = Upstream()
+    cache = ManifestCache(1 << 20)
+    digest = sha256(MANIFEST)
+    cache.put("up", "team/app", digest, MANIFEST)
+    r = reader(up, mode="passthrough", authorization="Bearer c1", cache=cache)
+    served = await r.manifest_to_serve(digest, length=None, what="m")
+    assert isinstance(served, ServedManifest)
+    assert served.cached
+    assert up.seen == [("HEAD", f"/v2/team/app/manifests/{digest}", "Bearer c1")]
+    up.refuse[digest] = 401
+    r = reader(up, mode="passthrough", authorization="Bearer stolen", cache=cache)
+    refused = await r.manifest_to_serve(digest, length=None, what="m")
+    assert isinstance(refused, httpx.Response)
+    assert refused.status_code == 401
+    await refused.aclose()
+    assert [(m, a) for m, _, a in up.seen[1:]] == [
+        ("HEAD", "Bearer stolen"),
+        ("GET", "Bearer stolen"),
+    ]

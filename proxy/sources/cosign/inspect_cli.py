@@ -200,12 +200,12 @@ async def _inspect(
 ) -> dict[str, Any]:
     # The CLI builds what the proxy would: an upstream client and a reader as the proxy
     # itself (no client credentials), the source's judge.
-    from proxy.http.app import build_upstream_client
     from proxy.routing import Route
     from proxy.sources.cosign.config import load_trusted_root
     from proxy.sources.cosign.entry import CosignSettings
     from proxy.sources.cosign.judge import CosignJudge
     from proxy.sources.cosign.verify import CosignVerifier
+    from proxy.upstream.build import build_upstream_client
     from proxy.upstream.reader import RegistryReader
 
     source = next(s for s in settings.trust.sources if s.name == source_name)

@@ -36,14 +36,24 @@ by the workers of ``serve``), every refresh first raises them with what the othe
 verified, and every verified set raises the shared ones: a worker never goes below a
 version another worker of the host has seen.
 
+The hot layer is the generic :class:`~proxy.sources.answer_cache.AnswerCache`: one entry
+per repository and rule key (a verified set, or the refusal of the last attempt), fresh until
+the entry's own end (``fresh_for`` after a refresh, ``retry_after`` after a failure or a
+stale answer, the handed-over window, never past the data's expiry except within the
+rule's grace for stale data), least recently used out, one refresh for concurrent misses.
+Its own grace is off: serving stale Notary data needs the re-verification above (at "now",
+then at "now - expiry_grace"), which only this source can do, so the fallback runs inside
+the refresh and hands the cache an entry marked stale.
+
 Concurrent requests for the same repository share one refresh; with a store that offers a
 :class:`~proxy.sources.flight.ReplicaLock` (Redis), replicas also take turns: one refreshes,
 the others wait for the state it saves and then refresh from it (timestamp and root probe
 only, when nothing changed meanwhile). The warm path (a hot set still fresh) touches neither
 the store nor a signature: it is a dictionary lookup and a tag resolution. The clock is injected;
 the core never reads it. Metrics: ``trustproxy_trust_cache_total`` counts each lookup once
-(``hit``: verified cache, ``miss``: a refresh ran, ``stale_served``: the refresh failed and
-cached data answered), ``trustproxy_trust_refresh_seconds`` times each network refresh.
+(the cache's: ``hit``: a fresh entry, or a sibling's hand-over; ``miss``: a refresh answered;
+``stale_served``: the refresh failed and cached data answered), and
+``trustproxy_trust_refresh_seconds`` times each network refresh.
 
 Every delegation is fetched, not only the ones the rule reads: one cached state then
 answers every rule (Docker's and required roles) and ``trust inspect``, and notary's
@@ -57,20 +67,18 @@ import asyncio
 import dataclasses
 import logging
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from types import MappingProxyType
 
-from prometheus_client import Counter
-
 from proxy.errors import NotSignedError, TrustDataError, TrustSourceUnavailableError
-from proxy.metrics import TRUST_CACHE, TRUST_REFRESH_SECONDS
+from proxy.metrics import TRUST_REFRESH_SECONDS
 from proxy.settings import CacheSettings, LimitSettings, TrustSourceSettings
+from proxy.sources.answer_cache import AnswerCache
 from proxy.sources.base import NoTrustDataError, RegistryReads, SignedState, TrustInfo
-from proxy.sources.flight import ReplicaLock
+from proxy.sources.flight import ReplicaLock, take_turn
 from proxy.sources.notary.fetcher import NotaryFetcher
 from proxy.sources.notary.rules import (
     NotSignedByError,
@@ -199,6 +207,30 @@ class _Hot:
     #: ``acceptable_tags(ts, rule)`` per rule, built on first use: tag lists and pulls by
     #: digest ask on every request, and for 10,000 tags it costs ~100 ms
     acceptable: dict[SigningRule, dict[str, SignedTarget]] = field(default_factory=dict)
+    #: the rule's expiry_grace (part of the cache key): how long past ``expires`` a stale
+    #: entry may still answer
+    grace: timedelta = timedelta(0)
+    #: a state a sibling worker verified and handed over (counted as a hit, not a refresh)
+    handed: bool = False
+
+    @property
+    def usable_until(self) -> datetime:
+        """When the entry stops answering: at ``refresh_at``, and never past expiry, except
+        for data served after a failed refresh, within grace (a fresh entry that expires
+        is refreshed first: the grace is for outages). Usable *at* the expiry instant."""
+        end = self.expires + self.grace if self.stale else self.expires
+        return min(self.refresh_at, end + _INSTANT)
+
+
+def _hot_until(hot: _Hot, computed_at: datetime) -> datetime:
+    return hot.usable_until
+
+
+def _hot_kind(hot: _Hot) -> str | None:
+    """What a lookup answered by ``hot`` counts as (None: the cache's hit / miss)."""
+    if hot.stale:
+        return "stale_served"
+    return "hit" if hot.handed else None
 
 
 # The grace is part of the key: a rule without grace must never see what a rule with
@@ -207,6 +239,7 @@ _Key = tuple[str, RootOfTrust, bool, timedelta]
 #: files asked for by the refresh running in this task (for the refresh deadline's message)
 _ASKED: ContextVar[list[str] | None] = ContextVar("trustproxy_notary_asked", default=None)
 _TOP_LEVEL_ROLES = frozenset({"root", "timestamp", "snapshot", "targets"})
+_INSTANT = timedelta(microseconds=1)
 
 
 def _earliest_expiry(ts: TrustedSet) -> datetime:
@@ -242,10 +275,17 @@ class NotarySource:
         self._vouching = store if isinstance(store, VouchingStore) else None
         self._clock = clock
         self.options = options or NotarySourceOptions()
-        self._hot: OrderedDict[_Key, _Hot] = OrderedDict()
+        # Verified sets (and refusals) in process: freshness per entry, LRU, single flight,
+        # per-source counters. Its grace stays 0: see the module docstring.
+        self._hot: AnswerCache[_Key, _Hot] = AnswerCache(
+            fetcher.name,
+            clock=clock,
+            fresh_for=self.options.fresh_for,
+            max_entries=self.options.max_hot_entries,
+            fresh_until=_hot_until,
+            kind_of=_hot_kind,
+        )
         self._seen = RollbackFloors(self.options.max_floor_entries)
-        self._inflight: dict[_Key, asyncio.Task[TrustedSet]] = {}
-        self._cache_counters: dict[str, Counter] = {}
 
     @classmethod
     def from_settings(
@@ -303,8 +343,7 @@ class NotarySource:
         return self._fetcher.url
 
     async def aclose(self) -> None:
-        for task in list(self._inflight.values()):
-            task.cancel()
+        self._hot.cancel_all()
         await self._fetcher.aclose()
 
     # --- the TrustSource interface ----------------------------------------------------------
@@ -339,8 +378,9 @@ class NotarySource:
 
     async def trust_info(self, gun: str, rule: SigningRule) -> TrustInfo:
         """See :meth:`proxy.sources.base.TrustSource.trust_info`."""
-        ts = await self._load(gun, rule, count=False)
-        return self._info_of(gun, rule, ts)
+        hot = await self._load_hot(gun, rule, count=False)
+        self._answer(hot, gun)
+        return self._info_of(hot)
 
     async def signed_state(
         self,
@@ -355,14 +395,21 @@ class NotarySource:
         answers derived from that one verified set with no ``await`` in between."""
         ts = await self.load(gun, rule)
         signed = MappingProxyType(self._acceptable_of(gun, rule, ts))  # read-only, no copy
-        return SignedState(signed, self._info_of(gun, rule, ts))
+        hot = self._hot_of(gun, rule, ts)
+        info = self._info_of(hot) if hot is not None else trust_info_of(metadata_versions(ts))
+        return SignedState(signed, info)
+
+    def _hot_of(self, gun: str, rule: SigningRule, ts: TrustedSet) -> _Hot | None:
+        """The hot entry that holds ``ts`` (None: replaced or evicted since it was loaded)."""
+        last = self._hot.last(self._key(gun, rule))
+        return last.value if last is not None and last.value.ts is ts else None
 
     def _acceptable_of(
         self, gun: str, rule: SigningRule, ts: TrustedSet
     ) -> dict[str, SignedTarget]:
         """``acceptable_tags(ts, rule)``, cached on ``ts``'s hot entry (do not mutate)."""
-        hot = self._hot.get(self._key(gun, rule))
-        if hot is None or hot.ts is not ts:
+        hot = self._hot_of(gun, rule, ts)
+        if hot is None:
             return acceptable_tags(ts, rule)
         cached = hot.acceptable.get(rule)
         if cached is None:
@@ -370,14 +417,14 @@ class NotarySource:
             cached = hot.acceptable[rule] = acceptable_tags(ts, rule)
         return cached
 
-    def _info_of(self, gun: str, rule: SigningRule, ts: TrustedSet) -> TrustInfo:
-        """The :class:`TrustInfo` of ``ts``, cached on its hot entry."""
-        hot = self._hot.get(self._key(gun, rule))
-        if hot is None or hot.ts is not ts:
-            return trust_info_of(metadata_versions(ts), stale=False)
+    @staticmethod
+    def _info_of(hot: _Hot) -> TrustInfo:
+        """The :class:`TrustInfo` of the hot entry's set, built once per entry."""
         if hot.info is None:
+            if hot.ts is None:  # pragma: no cover - _answer raised for an error entry
+                raise RuntimeError("no verified set")
             # Read-only: the same object answers every request until the entry is replaced.
-            hot.info = trust_info_of(metadata_versions(ts), stale=hot.stale)
+            hot.info = trust_info_of(metadata_versions(hot.ts), stale=hot.stale)
         return hot.info
 
     # --- loading -----------------------------------------------------------------------------
@@ -391,48 +438,19 @@ class NotarySource:
             TrustSourceUnavailableError: could not fetch and nothing valid is cached.
             TrustDataError: the fetched trust data failed verification.
         """
-        return await self._load(gun, rule, count=True)
+        return self._answer(await self._load_hot(gun, rule, count=True), gun)
 
     @staticmethod
     def _key(gun: str, rule: SigningRule) -> _Key:
         return (gun, rule.root_of_trust, rule.allow_expired_root_cert, rule.expiry_grace)
 
-    async def _load(self, gun: str, rule: SigningRule, *, count: bool) -> TrustedSet:
+    async def _load_hot(self, gun: str, rule: SigningRule, *, count: bool) -> _Hot:
+        """The hot entry of ``gun`` under ``rule``: fresh, or after one refresh shared by
+        every concurrent caller (shielded: a cancelled request does not cancel the refresh
+        others wait for). ``count=False``: a second look within a request, not counted."""
         key = self._key(gun, rule)
-        hot = self._hot.get(key)
-        if hot is not None and self._usable(hot, self._clock(), rule.expiry_grace):
-            self._hot.move_to_end(key)
-            if count and hot.ts is not None:
-                self._cache_counter("stale_served" if hot.stale else "hit").inc()
-            return self._answer(hot, gun)
-        task = self._inflight.get(key)
-        if task is None:
-            task = asyncio.get_running_loop().create_task(self._update(key, gun, rule))
-            self._inflight[key] = task
-            task.add_done_callback(lambda t: self._update_done(key, t))
-        # shield: a cancelled request must not cancel the refresh other requests wait for.
-        return await asyncio.shield(task)
-
-    def _cache_counter(self, result: str) -> Counter:
-        # labels() per request is a lock and a key build; the children are few and fixed.
-        child = self._cache_counters.get(result)
-        if child is None:
-            child = self._cache_counters[result] = TRUST_CACHE.labels(self.name, result)
-        return child
-
-    def _update_done(self, key: _Key, task: asyncio.Task[TrustedSet]) -> None:
-        if self._inflight.get(key) is task:
-            del self._inflight[key]
-        if not task.cancelled():
-            task.exception()  # retrieved: every waiter may have been cancelled
-
-    @staticmethod
-    def _usable(hot: _Hot, now: datetime, grace: timedelta) -> bool:
-        if now >= hot.refresh_at:
-            return False
-        # Past expiry only for data served after a failed refresh, and only within grace:
-        # a fresh entry that expires is refreshed first (the grace is for outages).
-        return now <= hot.expires or (hot.stale and now <= hot.expires + grace)
+        cached = await self._hot.get(key, lambda: self._update(key, gun, rule), count=count)
+        return cached.value
 
     def _answer(self, hot: _Hot, gun: str) -> TrustedSet:
         if hot.error is not None:
@@ -450,14 +468,11 @@ class NotarySource:
             )
         return hot.ts
 
-    def _remember(self, key: _Key, hot: _Hot) -> None:
-        self._hot[key] = hot
-        self._hot.move_to_end(key)
-        while len(self._hot) > self.options.max_hot_entries:
-            self._hot.popitem(last=False)
-
-    async def _update(self, key: _Key, gun: str, rule: SigningRule) -> TrustedSet:
-        previous = self._hot.get(key)
+    async def _update(self, key: _Key, gun: str, rule: SigningRule) -> _Hot:
+        """The refresh behind a miss: the new hot entry (a verified set, a stale one marked
+        so, or the refusal to answer with until the next attempt)."""
+        last = self._hot.last(key)
+        previous = last.value if last is not None else None
         # What a sibling worker verified within its fresh_for window is as good as ours.
         handed = await self._handoff(key, gun, rule)
         if handed is not None:
@@ -487,45 +502,21 @@ class NotarySource:
     async def _take_turn(
         self, gun: str, record: tuple[datetime, TrustedState] | None
     ) -> tuple[str | None, tuple[datetime, TrustedState] | None]:
-        """Cross-replica single flight: (our lock token or None, the record to refresh
-        from). While another replica holds the lock, wait for the record it saves: the
-        refresh from it then costs the signed timestamp and a root probe."""
-        lock = self._flight
-        if lock is None:  # pragma: no cover - checked by the caller
+        """Cross-replica single flight (the generic :func:`~proxy.sources.flight.take_turn`):
+        (our lock token or None, the record to refresh from). While another replica holds
+        the lock, wait for the record it saves (its fetch time moves): the refresh from it
+        then costs the signed timestamp and a root probe."""
+        if self._flight is None:  # pragma: no cover - checked by the caller
             return None, record
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + lock.lock_timeout
-        seen = record[0] if record is not None else None
-        first = True
-        while True:
-            if not first:
-                await asyncio.sleep(self.options.flight_poll.total_seconds())
-                latest = await self._load_record(gun)
-                # A fetch time that moved says "another replica saved"; it is unsigned, so
-                # a store writer can only make us stop waiting early (more work, no allow).
-                if latest is not None and (seen is None or latest[0] > seen):
-                    return None, latest
-            first = False
-            try:
-                token = await lock.acquire(gun)
-            except StoreUnavailableError:
-                return None, record  # no lock without Redis: refresh ourselves
-            if token is not None:
-                # Another replica may have saved between our load and the lock: start from it.
-                latest = await self._load_record(gun)
-                return token, latest if latest is not None else record
-            if loop.time() >= deadline:
-                # The holder neither saved nor released within lock_timeout (a lock of
-                # ours never outlives it: a clock or lock_timeout mismatch, or a lock
-                # planted with a valid expiry): do not wait longer, fetch alone.
-                log.warning(
-                    "trust source %s: %s: another replica holds the refresh lock for over "
-                    "%.0fs; refreshing anyway",
-                    self.name,
-                    gun,
-                    lock.lock_timeout,
-                )
-                return None, record
+        return await take_turn(
+            self._flight,
+            gun,
+            start=record,
+            load=lambda: self._load_record(gun),
+            stamp=_fetched_at,
+            poll=self.options.flight_poll.total_seconds(),
+            label=self.name,
+        )
 
     async def _network_update(
         self,
@@ -535,7 +526,7 @@ class NotarySource:
         now: datetime,
         previous: _Hot | None,
         record: tuple[datetime, TrustedState] | None,
-    ) -> TrustedSet:
+    ) -> _Hot:
         opts = self.options
         await self._sync_floors(gun)
         state = record[1] if record is not None else None
@@ -547,10 +538,8 @@ class NotarySource:
         try:
             ts = await self._timed_refresh(gun, rule, now, base, fallback)
         except NoTrustDataError as e:
-            TRUST_CACHE.labels(self.name, "miss").inc()
             until = self._clock() + opts.fresh_for
-            self._remember(key, _Hot(None, e, until, until, last=_last_verified(previous)))
-            raise
+            return _Hot(None, e, until, until, last=_last_verified(previous))
         except TrustSourceUnavailableError as e:
             # A failure is remembered from when it was known, not from when the refresh
             # started: a refresh that timed out took the whole deadline, and an entry dated
@@ -560,9 +549,7 @@ class NotarySource:
             now = self._clock()
             found = self._stale(gun, rule, now, previous, state)
             if found is None:
-                TRUST_CACHE.labels(self.name, "miss").inc()
-                self._remember_failure(key, e, now)
-                raise
+                return self._failure(previous, e, now)
             stale, past_expiry = found
             expires = _earliest_expiry(stale)
             if past_expiry:
@@ -585,28 +572,22 @@ class NotarySource:
                     expires.isoformat(),
                     e,
                 )
-            TRUST_CACHE.labels(self.name, "stale_served").inc()
             await self._raise_floors(gun, _top_level_versions(stale))
             hot = self._hot_for(stale, refresh_at=now + opts.retry_after)
-            self._remember(key, dataclasses.replace(hot, stale=True))
-            return self._answer(self._hot[key], gun)
+            return dataclasses.replace(hot, stale=True, grace=rule.expiry_grace)
         except TrustDataError as e:
             # Bad data is never served; remember the refusal briefly so a burst of requests
             # does not refetch it once each.
-            TRUST_CACHE.labels(self.name, "miss").inc()
             log.warning("trust source %s: %s: trust data refused: %s", self.name, gun, e)
-            self._remember_failure(key, e, self._clock())
-            raise
+            return self._failure(previous, e, self._clock())
 
-        TRUST_CACHE.labels(self.name, "miss").inc()
         await self._raise_floors(gun, _top_level_versions(ts))
         await self._save_record(gun, rule, ts, now)
         # Fresh for fresh_for from when the refresh ended (see the failures above): a slow
         # but successful refresh must not leave an entry that is due at once.
-        self._remember(key, self._hot_for(ts, refresh_at=self._clock() + opts.fresh_for))
-        return self._answer(self._hot[key], gun)
+        return self._hot_for(ts, refresh_at=self._clock() + opts.fresh_for)
 
-    async def _handoff(self, key: _Key, gun: str, rule: SigningRule) -> TrustedSet | None:
+    async def _handoff(self, key: _Key, gun: str, rule: SigningRule) -> _Hot | None:
         """A state a sibling process of this ``serve`` verified and saved (the store vouches
         for it with the key only they hold), used for what is left of its ``fresh_for``
         window, as that sibling uses it: the workers of a host then ask the trust server
@@ -638,10 +619,8 @@ class NotarySource:
             return None
         if ts is None:
             return None
-        TRUST_CACHE.labels(self.name, "hit").inc()
         await self._raise_floors(gun, _top_level_versions(ts))
-        self._remember(key, self._hot_for(ts, refresh_at=fresh_until))
-        return self._answer(self._hot[key], gun)
+        return dataclasses.replace(self._hot_for(ts, refresh_at=fresh_until), handed=True)
 
     async def _sync_floors(self, gun: str) -> None:
         """Raise this process's floors with the ones other workers of the host verified
@@ -667,10 +646,12 @@ class NotarySource:
             # the stored record, or once the file is writable again.
             log.warning("trust source %s: %s: shared floors not raised: %s", self.name, gun, e)
 
-    def _remember_failure(self, key: _Key, error: Exception, now: datetime) -> None:
+    def _failure(self, previous: _Hot | None, error: Exception, now: datetime) -> _Hot:
+        """A refusal kept until ``retry_after``: a burst of requests does not refetch bad
+        data (or wait on a down server) once each. The last verified set stays with it,
+        for its floors and as a stale candidate."""
         until = now + self.options.retry_after
-        last = _last_verified(self._hot.get(key))
-        self._remember(key, _Hot(None, error, until, until, last=last))
+        return _Hot(None, error, until, until, last=_last_verified(previous))
 
     @staticmethod
     def _hot_for(ts: TrustedSet, *, refresh_at: datetime) -> _Hot:
@@ -999,6 +980,10 @@ def _last_verified(hot: _Hot | None) -> TrustedSet | None:
     if hot is None:
         return None
     return hot.ts if hot.ts is not None else hot.last
+
+
+def _fetched_at(record: tuple[datetime, TrustedState]) -> datetime:
+    return record[0]
 
 
 def _lock_of(store: TrustStateStore) -> ReplicaLock | None:

@@ -152,12 +152,11 @@ def cmd_notation_inspect(args: argparse.Namespace) -> int:
 
 async def _report(settings: Any, source: Any, repository: str, tag: str | None) -> dict[str, Any]:
     from proxy.errors import UnknownRepositoryError
-    from proxy.http.app import build_upstream_client
-    from proxy.http.handlers import MANIFEST_MEDIA_TYPES
     from proxy.routing import Route, Router
     from proxy.sources.notation.entry import build_judge
     from proxy.sources.notation.rule import describe_statement
-    from proxy.upstream.reader import RegistryReader
+    from proxy.upstream.build import build_upstream_client
+    from proxy.upstream.reader import MANIFEST_MEDIA_TYPES, RegistryReader
 
     up = next((u for u in settings.upstreams if repository.startswith(u.registry + "/")), None)
     if up is None:

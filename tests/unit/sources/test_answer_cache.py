@@ -117,3 +117,79 @@ async def test_invalidated_flight_answers_its_waiters_but_is_not_kept() -> None:
     assert (await cache.get("a", Counting(3))).value == 2  # the old result was not kept
     assert cache.invalidate_where(lambda k: k.startswith("a")) == 1
     assert cache.peek("a") is None
+
+
+# --- what sources whose answers carry their own end need (the Notary source) ---------------
+
+
+def counted(source: str) -> dict[str, float]:
+    from proxy.metrics import REGISTRY
+
+    return {
+        result: REGISTRY.get_sample_value(
+            "trustproxy_trust_cache_total", {"source": source, "result": result}
+        )
+        or 0.0
+        for result in ("hit", "miss", "stale_served")
+    }
+
+
+async def test_an_entry_can_carry_its_own_end() -> None:
+    """``fresh_until``: here a value is its own lifetime in seconds (trust data that expires
+    sooner, a refusal retried sooner); the grace counts from that end."""
+    clock = Clock()
+    cache: AnswerCache[str, int] = AnswerCache(
+        "own-end", clock=clock, fresh_for=timedelta(hours=1), grace=timedelta(seconds=5),
+        fresh_until=lambda v, at: at + timedelta(seconds=v),
+    )  # fmt: skip
+    await cache.get("a", Counting(10))
+    clock.now += timedelta(seconds=9)
+    assert cache.peek("a") is not None
+    clock.now += timedelta(seconds=1)
+    assert cache.peek("a") is None  # its own end, long before fresh_for
+    down = Counting(error=TrustSourceUnavailableError("src", "down"))
+    assert (await cache.get("a", down)).stale  # within grace of its own end
+    clock.now += timedelta(seconds=5)
+    with pytest.raises(TrustSourceUnavailableError):
+        await cache.get("a", down)
+
+
+async def test_each_lookup_is_counted_once_as_its_kind() -> None:
+    clock = Clock()
+    cache: AnswerCache[str, int] = AnswerCache(
+        "kinds", clock=clock, fresh_for=timedelta(seconds=30), grace=timedelta(minutes=5),
+        kind_of=lambda v: "stale_served" if v < 0 else None,
+    )  # fmt: skip
+    before = counted("kinds")
+
+    def delta() -> dict[str, float]:
+        now = counted("kinds")
+        return {k: now[k] - before[k] for k in now}
+
+    await cache.get("a", Counting(1))  # miss
+    await cache.get("a", Counting(1))  # hit
+    await cache.get("a", Counting(1), count=False)  # a second look: not counted
+    assert delta() == {"hit": 1, "miss": 1, "stale_served": 0}
+    clock.now += timedelta(seconds=31)
+    await cache.get("a", Counting(error=TrustSourceUnavailableError("src", "down")))
+    assert delta() == {"hit": 1, "miss": 1, "stale_served": 1}  # stale, not a miss too
+    await cache.get("b", Counting(-1))  # the source's own fallback marked it stale
+    await cache.get("b", Counting(-1))
+    assert delta() == {"hit": 1, "miss": 1, "stale_served": 3}
+    with pytest.raises(NotSignedError):
+        await cache.get("c", Counting(error=NotSignedError("no")))
+    assert delta() == {"hit": 1, "miss": 2, "stale_served": 3}
+
+
+async def test_last_and_iteration_see_entries_fresh_or_not() -> None:
+    clock = Clock()
+    cache = make(clock)
+    await cache.get("a", Counting(1))
+    await cache.get("b", Counting(2))
+    clock.now += timedelta(hours=1)
+    assert cache.peek("a") is None
+    last = cache.last("a")
+    assert last is not None
+    assert (last.value, last.stale) == (1, False)
+    assert list(cache) == ["a", "b"]
+    assert cache.last("z") is None

@@ -10,9 +10,14 @@ Sources whose signatures live in the registry beside the image and sign digests
 never reads the tag, and that "no trust data" is its own refusal, are theirs only; bad
 signature data is a refusal (NotSignedError) for them, since what is bad is one signature.
 
-Not here: Redis shared state across two replicas (the notary source's integration tests,
-tests/integration/test_replicas*.py, cover it against a real redis-server; the static source
-keeps no shared state).
+The last case runs two replicas of a source over one real redis-server (testbed's
+``RedisServer``; an integration test, skipped without ``redis-server``): they agree, the
+second costs no more reads than the first (Notary: it walks from the state the first
+saved, fetching only the signed timestamp and a root probe), and a change is seen by both.
+The static source keeps no shared state (its file is the shared state): the case holds
+that a store changes nothing in its answers. The Notary-specific cross-replica properties
+(the refresh lock, shared rollback floors) are in tests/integration/test_redis_store.py and
+test_replicas*.py.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ import dataclasses
 import hashlib
 import json
 from collections.abc import AsyncIterator, Mapping
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -31,7 +36,7 @@ import yaml
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from proxy.decisions import NullRecorder
-from proxy.enforcement.enforcing_gate import EnforcingGate, utc_now
+from proxy.enforcement.enforcing_gate import EnforcingGate
 from proxy.errors import NotSignedError, TrustDataError, TrustSourceUnavailableError
 from proxy.policy.model import Policy, RepositoryRule, Verification
 from proxy.routing import Route
@@ -49,11 +54,12 @@ from proxy.sources.static.entry import StaticVerification
 from proxy.sources.static.source import StaticSource
 from proxy.sources.store import MemoryTrustStateStore, TrustStateStore
 from proxy.trust_gate import RequestContext, ServeDigest
+from testbed.redis_server import RedisServer, redis_binary
 from tests.simulators.notary_repo import NotaryRepository
 from tests.simulators.registry_reads import DictRegistry
 from tests.simulators.sigstore_instance import SigstoreInstance, blobs_of, sig_manifest
 from tests.unit.sources.cosign.fake_registry import FakeRegistry
-from tests.unit.sources.sim import GUN, SimServer, make_source
+from tests.unit.sources.sim import GUN, Clock, SimServer, make_source
 
 pytestmark = pytest.mark.anyio
 
@@ -82,12 +88,17 @@ class World(Protocol):
     verification: Verification
     #: what the source raises for trust data that fails verification
     bad_data_error: type[Exception]
+    #: keeps state in the store it is given (a second replica then reads less)
+    shares_state: bool
 
     def publish(self, tags: Mapping[str, bytes]) -> None: ...
     def break_data(self) -> None: ...
     def go_down(self) -> None: ...
     def reads(self) -> int: ...
-    def source(self) -> TrustSource: ...
+    def source(self, store: TrustStateStore | None = None) -> TrustSource: ...
+    def later(self) -> None:
+        """Past the time a source may answer from what it verified without asking again."""
+
     def registry(self) -> Any:
         """The registry the source reads signatures from (None: it reads none)."""
 
@@ -99,15 +110,21 @@ class NotaryWorld:
     def registry(self) -> Any:
         return None
 
+    shares_state = True
+
     def __init__(self) -> None:
         self.server = SimServer()
+        self.clock = Clock()
         self._sources: list[TrustSource] = []
 
     def publish(self, tags: Mapping[str, bytes]) -> None:
-        repo = self.server.add(NotaryRepository(GUN))
+        repo = self.server.repos.get(GUN) or self.server.add(NotaryRepository(GUN))
         for tag, body in tags.items():
             repo.add_target(tag, body)
         repo.publish()
+
+    def later(self) -> None:
+        self.clock.advance(seconds=61)  # past fresh_for (60 s)
 
     def break_data(self) -> None:
         for repo in self.server.repos.values():
@@ -119,8 +136,8 @@ class NotaryWorld:
     def reads(self) -> int:
         return len(self.server.requests)
 
-    def source(self) -> TrustSource:
-        made = make_source(self.server)
+    def source(self, store: TrustStateStore | None = None) -> TrustSource:
+        made = make_source(self.server, clock=self.clock, store=store)
         self._sources.append(made)
         return made
 
@@ -135,6 +152,8 @@ class StaticWorld:
 
     def registry(self) -> Any:
         return None
+
+    shares_state = False
 
     def __init__(self, folder: Path) -> None:
         self.path = folder / "pins.yaml"
@@ -153,10 +172,13 @@ class StaticWorld:
     def reads(self) -> int:
         return sum(s.reads for s in self._sources)
 
-    def source(self) -> TrustSource:
-        made = StaticSource("pins", self.path)
+    def source(self, store: TrustStateStore | None = None) -> TrustSource:
+        made = StaticSource("pins", self.path)  # no shared state: the file is the state
         self._sources.append(made)
         return made
+
+    def later(self) -> None:
+        return None  # re-read whenever the file changes
 
     async def aclose(self) -> None:
         return None
@@ -167,8 +189,11 @@ class CosignWorld:
     store (the tag memory of ``onUnsignedTag: lastSigned``)."""
 
     bad_data_error: type[Exception] = NotSignedError
+    #: verdicts are per process; only the lastSigned tag memory is shared
+    shares_state = False
 
     def __init__(self) -> None:
+        self.clock = Clock(datetime.now(UTC))
         self.key = ec.generate_private_key(ec.SECP256R1())
         self.instance = SigstoreInstance()
         self.upstream = FakeRegistry(name=GUN)
@@ -202,14 +227,19 @@ class CosignWorld:
     def reads(self) -> int:
         return len(self.upstream.reads)
 
-    def source(self) -> TrustSource:
+    def source(self, store: TrustStateStore | None = None) -> TrustSource:
         judge = CosignJudge(CosignVerifier(None), source="src")
-        made = SignedDigestSource("src", judge, store=self.store, clock=utc_now)
+        made = SignedDigestSource(
+            "src", judge, store=self.store if store is None else store, clock=self.clock
+        )
         self._sources.append(made)
         return made
 
     def registry(self) -> Any:
         return self.upstream
+
+    def later(self) -> None:
+        self.clock.advance(hours=1)  # past the verdict and tag TTLs
 
     async def aclose(self) -> None:
         for s in self._sources:
@@ -221,6 +251,8 @@ class NotationWorld:
     by the source the ``type: notation`` entry builds from Notation's own files."""
 
     bad_data_error: type[Exception] = NotSignedError
+    #: verdicts are per process; only the lastSigned tag memory is shared
+    shares_state = False
 
     def __init__(self, folder: Path) -> None:
         from cryptography.hazmat.primitives import serialization
@@ -228,7 +260,7 @@ class NotationWorld:
 
         from proxy.sources.notation.rule import NotationRule, NotationVerification
         from testbed.notation_signer import Signer, make_cert
-        from tests.unit.sources.notation.fake_registry import FakeRegistry
+        from tests.unit.sources.notation.fake_registry import FakeRegistry as NotationRegistry
 
         self.verification: Verification = NotationVerification(NotationRule())
         key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
@@ -247,7 +279,8 @@ class NotationWorld:
         doc = {"version": "1.0", "trustPolicies": [statement]}
         (folder / "trustpolicy.json").write_text(json.dumps(doc), encoding="utf-8")
         self.folder = folder
-        self.fake = FakeRegistry()
+        self.fake = NotationRegistry()
+        self.clock = Clock(datetime.now(UTC))
         self._sources: list[TrustSource] = []
 
     def publish(self, tags: Mapping[str, bytes]) -> None:
@@ -290,9 +323,10 @@ class NotationWorld:
     def registry(self) -> Any:
         return self.fake
 
-    def source(self) -> TrustSource:
-        from datetime import UTC, datetime
+    def later(self) -> None:
+        self.clock.advance(hours=1)  # past the verdict and tag TTLs
 
+    def source(self, store: TrustStateStore | None = None) -> TrustSource:
         from proxy.settings import CacheSettings, LimitSettings, parse_settings
         from proxy.sources.registry import source_type
         from proxy.sources.store import MemoryTrustStateStore
@@ -313,8 +347,8 @@ class NotationWorld:
         made = source_type("notation").build(
             settings,
             LimitSettings(),
-            MemoryTrustStateStore(),
-            clock=lambda: datetime.now(UTC),
+            MemoryTrustStateStore() if store is None else store,
+            clock=self.clock,
             cache=CacheSettings(),
         )
         self._sources.append(made)
@@ -500,3 +534,47 @@ async def test_many_cold_requests_make_one_read(world: World) -> None:
     assert one_walk <= 6
     if isinstance(world, CosignWorld):
         assert one_walk == 3  # HEAD of the tag, the .sig manifest, its payload blob
+
+
+@pytest.mark.integration
+@pytest.mark.skipif(redis_binary() is None, reason="redis-server not installed")
+async def test_two_replicas_share_one_redis(world: World, tmp_path: Path) -> None:
+    from proxy.sources.redis_store import RedisConnection
+
+    world.publish({"v1": M1})
+    with RedisServer(tmp_path / "redis") as redis:
+        # Two replicas: their own connection, store and source; one redis-server.
+        conns = [RedisConnection(redis.url, timeout=1.0) for _ in range(2)]
+        try:
+            a, b = (world.source(c.store("contract:")) for c in conns)
+            rule = rule_of(world, a)
+            reads = world.registry()
+            before = world.reads()
+            assert (await a.resolve(GUN, "v1", rule, registry=reads)).digest == sha256(M1)
+            first = world.reads() - before
+            assert (await b.resolve(GUN, "v1", rule, registry=reads)).digest == sha256(M1)
+            second = world.reads() - before - first
+            assert 0 < second <= first  # the second replica never costs more than the first
+            if world.shares_state:
+                assert second < first, (first, second)  # it started from the shared state
+            state_a = await a.trust_info(GUN, rule)
+            state_b = await b.trust_info(GUN, rule)
+            assert state_a.state_key == state_b.state_key  # the same trust state
+            # A change (the tag re-signed elsewhere) is seen by both replicas.
+            world.publish({"v1": M2})
+            world.later()
+            answers = await asyncio.gather(
+                a.resolve(GUN, "v1", rule, registry=reads),
+                b.resolve(GUN, "v1", rule, registry=reads),
+            )
+            assert {x.digest for x in answers} == {sha256(M2)}
+            assert (await a.trust_info(GUN, rule)).state_key != state_a.state_key
+            # Tag listings agree too, through the gate of each replica.
+            for source in (a, b):
+                visible = await gate(world, source).filter_tags(
+                    ROUTE, ["v1", "v2"], RequestContext(registry=reads)
+                )
+                assert visible == ["v1"]
+        finally:
+            for c in conns:
+                await c.aclose()

@@ -18,6 +18,7 @@ from proxy.sources.notary.rules import SigningRule
 from proxy.sources.notary.source import NotarySource, NotarySourceOptions
 from proxy.sources.notary.tuf import RollbackError, TrustOnFirstUse
 from proxy.sources.sqlite_store import (
+    SCHEMA_VERSION,
     STATE_FILE_NAME,
     SqliteStateFile,
     SqliteTrustStateStore,
@@ -83,6 +84,50 @@ async def test_file_is_created_in_wal_mode_private(
     path = state_dir / STATE_FILE_NAME
     assert path.stat().st_mode & 0o777 == 0o600
     assert raw(state_dir, "PRAGMA journal_mode")[0][0] == "wal"
+
+
+def _write_old_layout(state_dir: Path) -> None:
+    """A state file as version 0 made it, with a record and a floor."""
+    state_dir.mkdir(mode=0o700)
+    old = sqlite3.connect(state_dir / STATE_FILE_NAME, isolation_level=None)
+    try:
+        old.executescript(
+            "CREATE TABLE state (ns TEXT NOT NULL, gun TEXT NOT NULL, gen INTEGER, "
+            "data BLOB NOT NULL, mac BLOB, PRIMARY KEY (ns, gun));"
+            "CREATE TABLE floors (ns TEXT NOT NULL, gun TEXT NOT NULL, role TEXT NOT NULL, "
+            "version INTEGER NOT NULL, PRIMARY KEY (ns, gun, role));"
+            "INSERT INTO state VALUES ('s:', 'g', 1, X'6f6c64', NULL);"
+            "INSERT INTO floors VALUES ('s:', 'g', 'targets', 9);"
+        )
+    finally:
+        old.close()
+
+
+async def test_a_file_of_another_schema_version_is_made_anew_not_misread(
+    state_dir: Path,
+) -> None:
+    """The layout before version 2 named the repository column ``gun``: such a file (and a
+    file of any other version) is emptied and recreated when opened, never read."""
+    _write_old_layout(state_dir)
+    file = SqliteStateFile(state_dir)
+    try:
+        store = file.store("s:")
+        assert await store.load("g") is None  # the old record is gone, not misread
+        assert await store.load_floors("g") == {}
+        await store.save("g", b"new", generation=1)
+        await store.raise_floors("g", {"targets": 2})
+        assert await store.load("g") == b"new"
+        assert await store.load_floors("g") == {"targets": 2}
+    finally:
+        await file.aclose()
+    assert raw(state_dir, "PRAGMA user_version") == [(SCHEMA_VERSION,)]
+    columns = [row[1] for row in raw(state_dir, "PRAGMA table_info(state)")]
+    assert columns == ["ns", "repository", "gen", "data", "mac"]
+    reopened = SqliteStateFile(state_dir)  # the current version is kept as it is
+    try:
+        assert await reopened.store("s:").load("g") == b"new"
+    finally:
+        await reopened.aclose()
 
 
 async def test_save_is_compare_and_set_on_generation(files: list[SqliteStateFile]) -> None:
