@@ -10,8 +10,8 @@ a rule) and this module makes a :class:`~proxy.sources.base.TrustSource` of it:
   signed; with ``onUnsignedTag: lastSigned`` a tag whose current digest is not acceptable
   answers the digest it last had while signed, judged again like any digest;
 - **verdicts** (signed or refused, with the reason) are kept per (repository, digest, rule)
-  for ``verdict_ttl`` (a deleted signature or a moved tag is seen within it, as a Notary
-  refresh interval), with single flight and stale-within-grace
+  for ``verdict_ttl`` (a deleted signature or a moved tag is seen within it, like any
+  source's refresh interval), with single flight and stale-within-grace
   (:class:`~proxy.sources.answer_cache.AnswerCache`): a listing of N tags costs at most N
   ``HEAD`` requests and one signature lookup per new digest;
 - **tag memory** for ``lastSigned`` is shared through the source's state store (Redis
