@@ -30,6 +30,7 @@ from proxy.http.streaming import tune_allocator
 from proxy.metrics import REGISTRY
 from proxy.routing import Router
 from proxy.settings import Settings, UpstreamSettings
+from proxy.sources.invalidation import changefeed_status
 from proxy.sources.redis_store import store_status
 from proxy.trust_gate import PassThroughGate, TrustGate
 from proxy.upstream.auth import AuthLimits, UpstreamAuthenticator
@@ -105,7 +106,7 @@ async def readyz(request: Request) -> Response:
             ok = False
             results[name] = str(e)
         ready = ready and ok
-    body = {"ready": ready, "upstreams": results, **store_status()}
+    body = {"ready": ready, "upstreams": results, **store_status(), **changefeed_status()}
     return JSONResponse(body, status_code=200 if ready else 503)
 
 

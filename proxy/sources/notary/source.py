@@ -55,6 +55,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import logging
 import time
 from collections import OrderedDict
@@ -71,6 +72,7 @@ from proxy.metrics import TRUST_CACHE, TRUST_REFRESH_SECONDS
 from proxy.settings import CacheSettings, LimitSettings, TrustSourceSettings
 from proxy.sources.base import NoTrustDataError, RegistryReads, SignedState, TrustInfo
 from proxy.sources.flight import ReplicaLock
+from proxy.sources.invalidation import InvalidationTimes
 from proxy.sources.notary.fetcher import NotaryFetcher
 from proxy.sources.notary.rules import (
     NotSignedByError,
@@ -246,6 +248,8 @@ class NotarySource:
         self._seen = RollbackFloors(self.options.max_floor_entries)
         self._inflight: dict[_Key, asyncio.Task[TrustedSet]] = {}
         self._cache_counters: dict[str, Counter] = {}
+        # When each repository was last invalidated (see invalidate and _handoff).
+        self._invalidated = InvalidationTimes(self.options.max_floor_entries)
 
     @classmethod
     def from_settings(
@@ -379,6 +383,31 @@ class NotarySource:
             # Read-only: the same object answers every request until the entry is replaced.
             hot.info = trust_info_of(metadata_versions(ts), stale=hot.stale)
         return hot.info
+
+    def invalidate(self, gun: str | None, /) -> None:
+        """See :class:`proxy.sources.base.Invalidatable`: the trust data of ``gun`` (None:
+        of every repository) changed, so its next request refreshes from the trust server.
+
+        The hot entries stay, only due now: their verified sets remain the rollback floors
+        and what an outage may serve (as when refresh_at passes by itself). A refresh
+        already running may have fetched the timestamp before the change: new requests
+        start their own, and what it leaves in the cache is due as soon as it lands.
+        """
+        due = datetime.min.replace(tzinfo=UTC)
+        for key, hot in list(self._hot.items()):
+            if gun is None or key[0] == gun:
+                self._hot[key] = dataclasses.replace(hot, refresh_at=due)
+        for key, task in list(self._inflight.items()):
+            if gun is None or key[0] == gun:
+                del self._inflight[key]
+                task.add_done_callback(functools.partial(self._expire, key))
+        # A sibling worker's hand-over fetched before now may predate the change.
+        self._invalidated.mark(gun, self._clock())
+
+    def _expire(self, key: _Key, _task: asyncio.Task[TrustedSet]) -> None:
+        hot = self._hot.get(key)
+        if hot is not None:
+            self._hot[key] = dataclasses.replace(hot, refresh_at=datetime.min.replace(tzinfo=UTC))
 
     # --- loading -----------------------------------------------------------------------------
 
@@ -630,6 +659,9 @@ class NotarySource:
         # A fetch time ahead of our clock is not one a sibling on this host wrote.
         if not fetched_at <= now < fresh_until or state.gun != gun:
             return None
+        invalidated = self._invalidated.since(gun)
+        if invalidated is not None and fetched_at <= invalidated:
+            return None  # fetched before a change the feed reported: refresh ourselves
         await self._sync_floors(gun)
         try:
             ts = self._replay(state, gun, rule, now)
