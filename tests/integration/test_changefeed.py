@@ -1,0 +1,114 @@
+"""Revocation through notary-server's change feed, on two replicas sharing a real Redis.
+
+The replicas keep what they verified for ``refresh_seconds`` = 300 s: without the change
+feed a ``notary remove`` + publish would go on being served for up to five minutes. With
+it, one replica polls notary-server's ``/v2/_trust/changefeed`` every second (a lease in
+Redis), the other only reads the invalidation log in Redis, and both must refuse the
+revoked tag within seconds. The front counts what each repository's trust data cost, so
+the tests can also check that only the changed repository was fetched again.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from testbed import images
+from testbed.enforcement_bed import oci_error, wait_until
+from testbed.notary_server import NotaryBed
+from testbed.redis_server import redis_binary
+from testbed.replica_bed import ReplicaSet, signed_replica_set
+from tests.conftest import RegistryBed, requires
+
+pytestmark = pytest.mark.integration
+
+REFRESH = 300.0  # cache.refresh_seconds: far longer than any wait below
+WITHIN = 30.0  # how long the tests wait for both replicas (the feed polls every 1 s)
+
+
+@pytest.fixture(scope="module")
+def replicas(
+    registry: RegistryBed, notary_bed: NotaryBed, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ReplicaSet]:
+    requires("notary")
+    if redis_binary() is None:
+        pytest.skip("redis-server is not installed (run `make test` to install it)")
+    workdir = tmp_path_factory.mktemp("changefeed")
+    with signed_replica_set(
+        workdir, registry.url, notary_bed, label="cf", refresh_seconds=REFRESH
+    ) as started:
+        yield started
+
+
+def _status(replicas: ReplicaSet, repo: str, tag: str) -> tuple[int, int]:
+    return replicas[0].manifest(repo, tag).status_code, replicas[1].manifest(repo, tag).status_code
+
+
+def _served(replicas: ReplicaSet, repo: str, tag: str, digest: str) -> None:
+    for replica in replicas.replicas:
+        r = replica.manifest(repo, tag)
+        assert r.status_code == 200, (replica.name, r.status_code, r.text, replicas.logs())
+        assert images.sha256(r.content) == f"sha256:{digest}"
+
+
+def test_remove_and_publish_is_refused_on_both_replicas_within_seconds(
+    replicas: ReplicaSet,
+) -> None:
+    """Sign two repositories and pull both through both replicas (now cached for 300 s);
+    revoke the tag of one: both replicas refuse it long before their refresh interval,
+    and the other repository is not fetched again (the invalidation names one)."""
+    bed = replicas.bed
+    name, other = "revoke/app", "untouched/app"
+    signed = bed.push_and_sign(name, "v1", images.single_image(f"{bed.namespace} {name}"))
+    kept = bed.push_and_sign(other, "v1", images.single_image(f"{bed.namespace} {other}"))
+    repo, other_repo = bed.repo(name), bed.repo(other)
+    # Signing publishes; let the feed's invalidations of that settle before caching.
+    time.sleep(3)
+    _served(replicas, repo, "v1", signed.sha256)
+    _served(replicas, other_repo, "v1", kept.sha256)
+
+    bed.trust(name).remove("v1")  # notary remove + publish
+    revoked_at = time.monotonic()
+    took = wait_until(lambda: _status(replicas, repo, "v1") == (404, 404), timeout=WITHIN)
+    # The mechanism, not a timing ratio: both replicas had the tag cached for REFRESH and
+    # refused it after a few seconds, so something other than the refresh interval told them.
+    assert took < WITHIN < REFRESH
+    for replica in replicas.replicas:
+        r = replica.manifest(repo, "v1")
+        assert r.status_code == 404
+        assert oci_error(r)["code"] == "MANIFEST_UNKNOWN", r.text
+    front = replicas.front
+    assert front.count(bed.gun(name), "timestamp.json", since=revoked_at) >= 1
+    # The other repository is still served from what the replicas verified before.
+    _served(replicas, other_repo, "v1", kept.sha256)
+    assert front.count(bed.gun(other), "timestamp.json", since=revoked_at) == 0, front.summary(
+        bed.gun(other), since=revoked_at
+    )
+
+
+def test_deleted_trust_data_is_refused_on_both_replicas(replicas: ReplicaSet) -> None:
+    """``notary delete --remote`` (the feed's ``deletion``): both replicas answer 404 with
+    "no trust data" within seconds, not after the refresh interval."""
+    bed = replicas.bed
+    name = "deleted/app"
+    signed = bed.push_and_sign(name, "v1", images.single_image(f"{bed.namespace} {name}"))
+    repo = bed.repo(name)
+    time.sleep(3)
+    _served(replicas, repo, "v1", signed.sha256)
+    bed.trust(name).delete_remote()
+    took = wait_until(lambda: _status(replicas, repo, "v1") == (404, 404), timeout=WITHIN)
+    assert took < WITHIN
+    r = replicas[1].manifest(repo, "v1")
+    assert "trust data" in oci_error(r)["message"], r.text
+
+
+def test_one_replica_polls_and_readyz_says_so(replicas: ReplicaSet) -> None:
+    """Exactly one replica holds the lease; both report the feed in /readyz."""
+    states = []
+    for replica in replicas.replicas:
+        body = replica.get("/readyz").json()
+        states.append(body["changefeeds"]["notary"])
+    assert sorted(s["state"] for s in states) == ["active", "standby"], states
+    assert [s["polling"] for s in states].count(True) == 1, states
