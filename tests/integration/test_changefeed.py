@@ -10,11 +10,16 @@ the tests can also check that only the changed repository was fetched again.
 
 from __future__ import annotations
 
+import asyncio
 import time
+import uuid
 from collections.abc import Iterator
 
 import pytest
 
+from proxy.sources.invalidation import ALL
+from proxy.sources.redis_invalidation import MAX_CURSOR_CHARS, RedisInvalidationLog
+from proxy.sources.redis_store import RedisConnection
 from testbed import images
 from testbed.enforcement_bed import oci_error, wait_until
 from testbed.notary_server import NotaryBed
@@ -112,3 +117,49 @@ def test_one_replica_polls_and_readyz_says_so(replicas: ReplicaSet) -> None:
         states.append(body["changefeeds"]["notary"])
     assert sorted(s["state"] for s in states) == ["active", "standby"], states
     assert [s["polling"] for s in states].count(True) == 1, states
+
+
+# -- the Redis side of the log, against the same real redis-server ------------------------------
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.mark.anyio
+async def test_redis_log_lease_cursor_and_entries(replicas: ReplicaSet) -> None:
+    """The lease is one holder's until it stops renewing; a planted lease no replica can
+    hold is taken over; an oversized cursor is not read; entries that are not ours are
+    skipped; readers see what was published after they started."""
+    prefix = f"tp-log-{uuid.uuid4().hex[:8]}:"
+    conn = RedisConnection(replicas.redis.url, timeout=1.0)
+    a, b = RedisInvalidationLog(conn, prefix), RedisInvalidationLog(conn, prefix)
+    try:
+        assert await a.lease("a" * 32, 0.5)
+        assert not await b.lease("b" * 32, 0.5)
+        assert await a.lease("a" * 32, 0.5)  # renewed
+        await asyncio.sleep(0.7)  # a stopped renewing
+        assert await b.lease("b" * 32, 0.5)
+        with replicas.redis_client() as r:
+            r.set(a.lease_key, "not-a-token")  # no expiry: dead
+        assert await a.lease("a" * 32, 5.0)
+
+        assert await a.load_cursor() is None
+        await a.save_cursor("42")
+        assert await b.load_cursor() == "42"
+        with replicas.redis_client() as r:
+            r.set(a.cursor_key, "9" * (MAX_CURSOR_CHARS + 1))
+        assert await b.load_cursor() is None
+
+        start = await b.position()
+        await a.publish(["reg/ns/app", ALL])
+        with replicas.redis_client() as r:
+            r.xadd(a.stream_key, {"other": "x"})  # someone else's entry
+            r.xadd(a.stream_key, {"r": b"\xff\xfe"})  # not text
+        position, repos = await b.read(start, 100)
+        assert repos == ["reg/ns/app", ALL]
+        assert (await b.read(position, 100))[1] == []
+        assert await b.position() == position
+    finally:
+        await conn.aclose()
