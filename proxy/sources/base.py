@@ -247,6 +247,11 @@ class Invalidatable(Protocol):
     verified again, and whatever protects against rollbacks (version floors) stays.
     """
 
-    def invalidate(self, repository: str | None, /) -> None:
-        """Make the next request for ``repository`` (None: every repository) refresh."""
+    def invalidate(self, repository: str | None, version: int | None = None, /) -> None:
+        """Make the next request for ``repository`` (None: every repository) refresh.
+
+        ``version``: the version of the trust data the change made, when the feed says
+        (Notary: the timestamp's); a source that holds that version or a later one,
+        verified, may keep it. Untrusted like the feed: a wrong one can only leave the
+        refresh interval in force."""
         ...

@@ -5,12 +5,13 @@ how long a revoked tag can still be served. A server that publishes a feed of ch
 (notary-server's ``/v2/_trust/changefeed``) lets the proxy do better::
 
     replica holding the lease --poll every interval--> trust server's change feed
-          | the repositories that changed
+          | the repositories that changed (and the version each change made)
           v
     invalidation log in the shared state (Redis stream | the host's state file | memory)
           | read by every process every listen_interval
           v
-    source.invalidate(repository)  -> its next request refreshes from the trust server
+    source.invalidate(repository, version)  -> its next request refreshes from the trust
+                                              server (unless it holds that version already)
 
 One process at a time polls (a lease in the shared state, renewed at every poll, taken
 over when its holder stops renewing); its position in the feed (the cursor) lives in the
@@ -20,7 +21,8 @@ Nothing read here is trusted, and nothing here can allow anything. An invalidati
 makes a source refresh from the trust server, which verifies everything it fetches as
 always; the worst a Redis writer or a lying feed can do is make replicas refetch (bounded:
 ``records`` entries per poll, a refresh per repository per request), or withhold
-invalidations, which leaves revocation at the refresh interval, as without a feed. When
+invalidations (or claim versions it already holds), which leaves revocation at the
+refresh interval, as without a feed. When
 the log could have lost entries (its store was down, the cursor was unusable), every
 repository is invalidated once instead (``ALL``): more refetching, never less.
 
@@ -41,7 +43,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from proxy.errors import TrustDataError, TrustSourceUnavailableError
 from proxy.sources.base import Invalidatable
@@ -53,6 +55,7 @@ __all__ = [
     "ChangeWatcher",
     "FeedPage",
     "FeedUnsupportedError",
+    "Invalidation",
     "InvalidationLog",
     "InvalidationTimes",
     "MemoryInvalidationLog",
@@ -62,8 +65,34 @@ __all__ = [
 
 log = logging.getLogger("trustproxy.changefeed")
 
-#: the log entry that invalidates every repository of the source
+#: the repository of a log entry that invalidates every repository of the source
 ALL = ""
+#: versions above this are not versions (read back as "unknown")
+MAX_VERSION = 2**62
+
+
+class Invalidation(NamedTuple):
+    """One entry of the log: a repository whose trust data changed, and the version of
+    the trust data the change made when the feed says (Notary: the timestamp's; None for a
+    deletion or when unknown). Untrusted: see the module docstring."""
+
+    repository: str
+    version: int | None = None
+
+
+def merge(changes: Sequence[Invalidation]) -> list[Invalidation]:
+    """One entry per repository, in first-seen order: the highest version, or None when
+    any entry has none (a deletion: always invalidate)."""
+    out: dict[str, int | None] = {}
+    for repo, version in changes:
+        if repo in out:
+            held = out[repo]
+            out[repo] = None if held is None or version is None else max(held, version)
+        else:
+            out[repo] = version
+    return [Invalidation(r, v) for r, v in out.items()]
+
+
 #: longest repository name an entry may carry (longer entries are dropped as garbage)
 MAX_REPOSITORY_CHARS = 1024
 
@@ -79,7 +108,7 @@ class FeedPage:
     """One read of a change feed: the repositories that changed and where to go on from."""
 
     cursor: str
-    repositories: tuple[str, ...]
+    changes: tuple[Invalidation, ...]
     #: the feed returned as many entries as asked for: more may be waiting
     full: bool = False
 
@@ -125,16 +154,16 @@ class InvalidationLog(Protocol):
 
     async def save_cursor(self, cursor: str) -> None: ...
 
-    async def publish(self, repositories: Sequence[str]) -> None:
-        """Append one entry per repository (``ALL``: every repository)."""
+    async def publish(self, changes: Sequence[Invalidation]) -> None:
+        """Append the entries in order (repository ``ALL``: every repository)."""
         ...
 
     async def position(self) -> str:
         """Where the log ends now (a reader starting here sees only later entries)."""
         ...
 
-    async def read(self, after: str, limit: int) -> tuple[str, list[str]]:
-        """Up to ``limit`` entries after ``after``: (the new position, their repositories)."""
+    async def read(self, after: str, limit: int) -> tuple[str, list[Invalidation]]:
+        """Up to ``limit`` entries after ``after``: (the new position, the entries)."""
         ...
 
 
@@ -142,7 +171,7 @@ class MemoryInvalidationLog:
     """The log of a process that shares nothing (no Redis, no state file)."""
 
     def __init__(self, max_entries: int = 10_000) -> None:
-        self._entries: list[tuple[int, str]] = []
+        self._entries: list[tuple[int, Invalidation]] = []
         self._next = 1
         self._cursor: str | None = None
         self.max_entries = max_entries
@@ -156,16 +185,16 @@ class MemoryInvalidationLog:
     async def save_cursor(self, cursor: str) -> None:
         self._cursor = cursor
 
-    async def publish(self, repositories: Sequence[str]) -> None:
-        for repo in repositories:
-            self._entries.append((self._next, repo))
+    async def publish(self, changes: Sequence[Invalidation]) -> None:
+        for change in changes:
+            self._entries.append((self._next, change))
             self._next += 1
         del self._entries[: max(0, len(self._entries) - self.max_entries)]
 
     async def position(self) -> str:
         return str(self._next - 1)
 
-    async def read(self, after: str, limit: int) -> tuple[str, list[str]]:
+    async def read(self, after: str, limit: int) -> tuple[str, list[Invalidation]]:
         start = int(after) if after.isdigit() else 0
         found = [(n, r) for n, r in self._entries if n > start][:limit]
         return (str(found[-1][0]) if found else str(start)), [r for _, r in found]
@@ -188,37 +217,49 @@ def invalidation_log_for(store: TrustStateStore) -> InvalidationLog:
 
 
 class InvalidationTimes:
-    """When each repository was last invalidated, for a source that may take state another
-    process verified *before* that (a sibling's hand-over): such state must be refused.
+    """When each repository was last invalidated (and to which version), for a source that
+    may take state another process verified *before* that (a sibling's hand-over): such
+    state must be refused unless it already holds the version the change made.
 
-    Bounded: past ``max_entries`` the oldest entries are folded into one time that then
-    stands for every repository not listed (earlier than any listed one, so a repository
-    whose entry was dropped is judged by a time at least as late as its own)."""
+    Bounded: past ``max_entries`` the oldest entries are folded into one time (with no
+    version) that then stands for every repository not listed: earlier than any listed
+    one, so a repository whose entry was dropped is judged at least as strictly as by its
+    own. Several invalidations of one repository merge the same way (latest time, highest
+    version, none when any had none): only ever stricter."""
 
     def __init__(self, max_entries: int = 65_536) -> None:
         self.max_entries = max_entries
-        self._at: OrderedDict[str, datetime] = OrderedDict()
+        self._at: OrderedDict[str, tuple[datetime, int | None]] = OrderedDict()
         self._floor: datetime | None = None
 
-    def mark(self, repository: str | None, at: datetime) -> None:
-        """``repository`` (None: every repository) was invalidated at ``at``."""
+    def mark(self, repository: str | None, at: datetime, version: int | None = None) -> None:
+        """``repository`` (None: every repository) was invalidated at ``at`` by a change
+        that made ``version`` (None: unknown)."""
         if repository is None:
             self._at.clear()
             self._floor = at
             return
-        self._at[repository] = at
+        held = self._at.get(repository)
+        if held is not None:
+            at = max(at, held[0])
+            version = None if held[1] is None or version is None else max(held[1], version)
+        self._at[repository] = (at, version)
         self._at.move_to_end(repository)
         while len(self._at) > self.max_entries:
-            _, dropped = self._at.popitem(last=False)
+            _, (dropped, _v) = self._at.popitem(last=False)
             self._floor = dropped if self._floor is None else max(self._floor, dropped)
 
-    def since(self, repository: str) -> datetime | None:
-        """The time of the last invalidation that may concern ``repository`` (None: never):
-        state fetched before it is older than the change."""
-        own = self._at.get(repository)
-        if own is None:
-            return self._floor
-        return own if self._floor is None else max(own, self._floor)
+    def superseded(self, repository: str, fetched_at: datetime, version: int) -> bool:
+        """Whether state of ``repository`` fetched at ``fetched_at``, at trust-data version
+        ``version`` (verified), may predate a change reported since: then it must not be
+        used in place of asking the trust server."""
+        if self._floor is not None and fetched_at <= self._floor:
+            return True
+        held = self._at.get(repository)
+        if held is None:
+            return False
+        at, changed_to = held
+        return fetched_at <= at and (changed_to is None or version < changed_to)
 
 
 # --------------------------------------------------------------------------- the watcher
@@ -391,16 +432,16 @@ class ChangeWatcher:
                         cursor[:64],
                         latest,
                     )
-                await self.log.publish([ALL])
+                await self.log.publish([Invalidation(ALL)])
                 await self.log.save_cursor(latest)
                 cursor = latest
             self._check_cursor = False
         for _ in range(self.max_pages):
             page = await self.feed.changes(cursor)
-            if page.repositories:
+            if page.changes:
                 # Published before the cursor moves: a holder that dies in between makes
                 # the next one publish them again (a refetch), never skip them.
-                await self.log.publish(sorted(set(page.repositories)))
+                await self.log.publish(merge(page.changes))
             if page.cursor != cursor:
                 await self.log.save_cursor(page.cursor)
                 cursor = page.cursor
@@ -412,10 +453,10 @@ class ChangeWatcher:
             if self._position is None:
                 self._position = await self.log.position()
             for _ in range(self.max_pages):
-                position, repos = await self.log.read(self._position, self.read_limit)
+                position, changes = await self.log.read(self._position, self.read_limit)
                 self._position = position
-                self._apply(repos)
-                if len(repos) < self.read_limit:
+                self._apply(changes)
+                if len(changes) < self.read_limit:
                     break
         except StoreUnavailableError as e:
             if not self._log_lost:
@@ -431,20 +472,24 @@ class ChangeWatcher:
             # Entries may have been written (or trimmed) while we could not read.
             log.warning("change feed of %s: invalidation log is back", self.name)
             self._log_lost = False
-            self._apply([ALL])
+            self._apply([Invalidation(ALL)])
 
-    def _apply(self, repositories: Sequence[str]) -> None:
-        if not repositories:
+    def _apply(self, changes: Sequence[Invalidation]) -> None:
+        if not changes:
             return
-        if ALL in repositories:
+        if any(c.repository == ALL for c in changes):
             self.target.invalidate(None)
             self.status.invalidated += 1
             return
-        for repo in dict.fromkeys(repositories):
+        for repo, version in merge(changes):
             if len(repo) <= MAX_REPOSITORY_CHARS:
-                self.target.invalidate(repo)
+                self.target.invalidate(repo, version)
                 self.status.invalidated += 1
-        log.debug("change feed of %s: invalidated %s", self.name, ", ".join(repositories[:20]))
+        log.debug(
+            "change feed of %s: invalidated %s",
+            self.name,
+            ", ".join(c.repository for c in changes[:20]),
+        )
 
     def _set_state(self, state: str, detail: str) -> None:
         if state != self.status.state:

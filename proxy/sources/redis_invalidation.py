@@ -3,7 +3,8 @@
 Layout, beside the source's state (``<prefix>`` = the store's prefix, source namespace
 included; see :mod:`proxy.sources.invalidation` for what it is for)::
 
-    <prefix>changes           stream   one entry per invalidated repository (field r),
+    <prefix>changes           stream   one entry per invalidated repository (field r) and
+                                       the version the change made (field v, if known),
                                        trimmed to about MAX_ENTRIES
     <prefix>changefeed:lease  string   the polling replica's random token, PX lease ttl
     <prefix>changefeed:cursor string   where the feed was read up to
@@ -20,8 +21,11 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-from proxy.sources.invalidation import MAX_REPOSITORY_CHARS
+from proxy.sources.invalidation import MAX_REPOSITORY_CHARS, MAX_VERSION, Invalidation
 from proxy.sources.redis_store import RedisConnection
+
+# What redis-py accepts as a stream field name or value.
+_Field = bytes | bytearray | memoryview | str | int | float
 
 __all__ = ["MAX_CURSOR_CHARS", "MAX_ENTRIES", "RedisInvalidationLog"]
 
@@ -96,14 +100,17 @@ class RedisInvalidationLog:
             "changefeed cursor", lambda: self._conn.client.set(self.cursor_key, cursor)
         )
 
-    async def publish(self, repositories: Sequence[str]) -> None:
+    async def publish(self, changes: Sequence[Invalidation]) -> None:
         async def add() -> None:
             pipe = self._conn.client.pipeline(transaction=False)
-            for repo in repositories:
-                pipe.xadd(self.stream_key, {"r": repo}, maxlen=MAX_ENTRIES, approximate=True)
+            for repo, version in changes:
+                fields: dict[_Field, _Field] = {"r": repo}
+                if version is not None:
+                    fields["v"] = str(version)
+                pipe.xadd(self.stream_key, fields, maxlen=MAX_ENTRIES, approximate=True)
             await pipe.execute()
 
-        if repositories:
+        if changes:
             await self._conn.call("changefeed publish", add)
 
     async def position(self) -> str:
@@ -116,15 +123,15 @@ class RedisInvalidationLog:
                 return entry_id.decode("ascii")
         return "0-0"
 
-    async def read(self, after: str, limit: int) -> tuple[str, list[str]]:
+    async def read(self, after: str, limit: int) -> tuple[str, list[Invalidation]]:
         found = await self._conn.call(
             "changefeed read",
             lambda: self._conn.client.xread({self.stream_key: after}, count=limit),
         )
-        repos: list[str] = []
+        changes: list[Invalidation] = []
         position = after
         if not isinstance(found, list):
-            return position, repos
+            return position, changes
         for _stream, entries in found:
             for entry_id, fields in entries:
                 if isinstance(entry_id, bytes) and _STREAM_ID.match(entry_id):
@@ -133,7 +140,16 @@ class RedisInvalidationLog:
                 if not isinstance(value, bytes) or len(value) > MAX_REPOSITORY_CHARS:
                     continue  # not an entry of ours: nothing to invalidate
                 try:
-                    repos.append(value.decode("utf-8"))
+                    repo = value.decode("utf-8")
                 except UnicodeDecodeError:
                     continue
-        return position, repos
+                changes.append(Invalidation(repo, _version(fields.get(b"v"))))
+        return position, changes
+
+
+def _version(raw: object) -> int | None:
+    """A stored version, or None (unknown: the entry then invalidates unconditionally)."""
+    if not isinstance(raw, bytes) or not raw.isdigit() or len(raw) > 19:
+        return None
+    value = int(raw)
+    return value if 0 < value < MAX_VERSION else None

@@ -3,7 +3,7 @@ the workers of one ``serve`` when there is no Redis; see :mod:`proxy.sources.inv
 
 Two tables beside the state file's own (created on first use)::
 
-    changefeed_log(seq, ns, gun)                      one row per invalidated repository
+    changefeed_log(seq, ns, gun, version)             one row per invalidated repository
     changefeed_feed(ns, cursor, holder, lease_until)  the polling worker's lease, the cursor
 
 The file is untrusted input like Redis: rows only make workers refetch, a cursor that is
@@ -18,7 +18,7 @@ import sqlite3
 import time
 from collections.abc import Callable, Sequence
 
-from proxy.sources.invalidation import MAX_REPOSITORY_CHARS
+from proxy.sources.invalidation import MAX_REPOSITORY_CHARS, MAX_VERSION, Invalidation
 from proxy.sources.sqlite_store import SqliteStateFile
 
 __all__ = ["MAX_ROWS", "SqliteInvalidationLog"]
@@ -31,7 +31,8 @@ _CLOCK_SLACK = 1.0
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS changefeed_log (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT, ns TEXT NOT NULL, gun TEXT NOT NULL);
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, ns TEXT NOT NULL, gun TEXT NOT NULL,
+    version INTEGER);
 CREATE INDEX IF NOT EXISTS changefeed_log_ns ON changefeed_log (ns, seq);
 CREATE TABLE IF NOT EXISTS changefeed_feed (
     ns TEXT PRIMARY KEY, cursor TEXT, holder TEXT, lease_until REAL);
@@ -124,14 +125,16 @@ class SqliteInvalidationLog:
 
         await self._run("changefeed cursor", write)
 
-    async def publish(self, repositories: Sequence[str]) -> None:
+    async def publish(self, changes: Sequence[Invalidation]) -> None:
         ns = self.namespace
-        rows = [(ns, repo) for repo in repositories]
+        rows = [(ns, repo, version) for repo, version in changes]
 
         def write(conn: sqlite3.Connection) -> None:
             conn.execute("BEGIN IMMEDIATE")
             try:
-                conn.executemany("INSERT INTO changefeed_log (ns, gun) VALUES (?, ?)", rows)
+                conn.executemany(
+                    "INSERT INTO changefeed_log (ns, gun, version) VALUES (?, ?, ?)", rows
+                )
                 conn.execute(
                     "DELETE FROM changefeed_log WHERE ns = ? AND seq <= "
                     "(SELECT max(seq) FROM changefeed_log WHERE ns = ?) - ?",
@@ -156,23 +159,25 @@ class SqliteInvalidationLog:
         newest = await self._run("changefeed read", read)
         return str(newest) if isinstance(newest, int) else "0"
 
-    async def read(self, after: str, limit: int) -> tuple[str, list[str]]:
+    async def read(self, after: str, limit: int) -> tuple[str, list[Invalidation]]:
         ns = self.namespace
         start = int(after) if after.isdigit() and len(after) <= 19 else 0
 
         def read(conn: sqlite3.Connection) -> object:
             return conn.execute(
-                "SELECT seq, CASE WHEN length(gun) <= ? THEN gun END FROM changefeed_log "
+                "SELECT seq, CASE WHEN length(gun) <= ? THEN gun END, version "
+                "FROM changefeed_log "
                 "WHERE ns = ? AND seq > ? ORDER BY seq LIMIT ?",
                 (MAX_REPOSITORY_CHARS, ns, start, limit),
             ).fetchall()
 
         rows = await self._run("changefeed read", read)
         position = start
-        repos: list[str] = []
-        for seq, gun in rows if isinstance(rows, list) else ():
+        changes: list[Invalidation] = []
+        for seq, gun, version in rows if isinstance(rows, list) else ():
             if isinstance(seq, int):
                 position = max(position, seq)
             if isinstance(gun, str):
-                repos.append(gun)
-        return str(position), repos
+                known = isinstance(version, int) and 0 < version < MAX_VERSION
+                changes.append(Invalidation(gun, version if known else None))
+        return str(position), changes

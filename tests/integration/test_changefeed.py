@@ -17,7 +17,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from proxy.sources.invalidation import ALL
+from proxy.sources.invalidation import ALL, Invalidation
 from proxy.sources.redis_invalidation import MAX_CURSOR_CHARS, RedisInvalidationLog
 from proxy.sources.redis_store import RedisConnection
 from testbed import images
@@ -153,12 +153,13 @@ async def test_redis_log_lease_cursor_and_entries(replicas: ReplicaSet) -> None:
         assert await b.load_cursor() is None
 
         start = await b.position()
-        await a.publish(["reg/ns/app", ALL])
+        await a.publish([Invalidation("reg/ns/app", 7), Invalidation(ALL)])
         with replicas.redis_client() as r:
             r.xadd(a.stream_key, {"other": "x"})  # someone else's entry
             r.xadd(a.stream_key, {"r": b"\xff\xfe"})  # not text
+            r.xadd(a.stream_key, {"r": "x/y", "v": "-1"})  # not a version: unknown
         position, repos = await b.read(start, 100)
-        assert repos == ["reg/ns/app", ALL]
+        assert repos == [Invalidation("reg/ns/app", 7), Invalidation(ALL), Invalidation("x/y")]
         assert (await b.read(position, 100))[1] == []
         assert await b.position() == position
     finally:

@@ -43,6 +43,7 @@ from proxy.sources.invalidation import (
     ChangeWatcher,
     FeedPage,
     FeedUnsupportedError,
+    Invalidation,
     invalidation_log_for,
 )
 from proxy.sources.store import TrustStateStore
@@ -85,6 +86,8 @@ class Change:
     #: ``update`` (a new timestamp was published) or ``deletion`` (notary delete --remote);
     #: either way the repository's cached state is dropped
     category: str
+    #: the timestamp version the update published (None: a deletion, or not given)
+    version: int | None = None
 
 
 def max_body_bytes(records: int) -> int:
@@ -160,7 +163,12 @@ def _record(record: Any, i: int) -> Change:
         raise ChangefeedFormatError("not a repository name", field=f"{where}.GUN")
     if not isinstance(category, str) or not _CATEGORY.match(category):
         raise ChangefeedFormatError("not a category", field=f"{where}.Category")
-    return Change(change_id, gun, category)
+    version = record.get("Version", 0)
+    if isinstance(version, bool) or not isinstance(version, int) or not 0 <= version < 2**62:
+        raise ChangefeedFormatError("not a version", field=f"{where}.Version")
+    # A deletion has version 0; anything but an update invalidates whatever is held.
+    known = version if category == "update" and version > 0 else None
+    return Change(change_id, gun, category, known)
 
 
 class NotaryChangefeed:
@@ -197,7 +205,7 @@ class NotaryChangefeed:
         changes = await self._get(cursor, self.records)
         return FeedPage(
             cursor=changes[-1].id if changes else cursor,
-            repositories=tuple(c.gun for c in changes),
+            changes=tuple(Invalidation(c.gun, c.version) for c in changes),
             full=len(changes) >= self.records,
         )
 

@@ -384,30 +384,34 @@ class NotarySource:
             hot.info = trust_info_of(metadata_versions(ts), stale=hot.stale)
         return hot.info
 
-    def invalidate(self, gun: str | None, /) -> None:
+    def invalidate(self, gun: str | None, version: int | None = None, /) -> None:
         """See :class:`proxy.sources.base.Invalidatable`: the trust data of ``gun`` (None:
-        of every repository) changed, so its next request refreshes from the trust server.
+        of every repository) changed, to timestamp ``version`` when the feed says so; the
+        next request refreshes from the trust server unless the verified set held is at
+        that version already (``version`` is untrusted: a wrong one only leaves the refresh
+        interval in force).
 
         The hot entries stay, only due now: their verified sets remain the rollback floors
         and what an outage may serve (as when refresh_at passes by itself). A refresh
-        already running may have fetched the timestamp before the change: new requests
-        start their own, and what it leaves in the cache is due as soon as it lands.
+        already running may have fetched the timestamp before the change: what it leaves
+        is due as soon as it lands unless it reached ``version``; without a version, new
+        requests do not wait for it but start their own.
         """
-        due = datetime.min.replace(tzinfo=UTC)
         for key, hot in list(self._hot.items()):
-            if gun is None or key[0] == gun:
-                self._hot[key] = dataclasses.replace(hot, refresh_at=due)
+            if (gun is None or key[0] == gun) and not _holds(hot, version):
+                self._hot[key] = dataclasses.replace(hot, refresh_at=_DUE)
         for key, task in list(self._inflight.items()):
             if gun is None or key[0] == gun:
-                del self._inflight[key]
-                task.add_done_callback(functools.partial(self._expire, key))
+                if version is None:
+                    del self._inflight[key]
+                task.add_done_callback(functools.partial(self._expire, key, version))
         # A sibling worker's hand-over fetched before now may predate the change.
-        self._invalidated.mark(gun, self._clock())
+        self._invalidated.mark(gun, self._clock(), version)
 
-    def _expire(self, key: _Key, _task: asyncio.Task[TrustedSet]) -> None:
+    def _expire(self, key: _Key, version: int | None, _task: asyncio.Task[TrustedSet]) -> None:
         hot = self._hot.get(key)
-        if hot is not None:
-            self._hot[key] = dataclasses.replace(hot, refresh_at=datetime.min.replace(tzinfo=UTC))
+        if hot is not None and not _holds(hot, version):
+            self._hot[key] = dataclasses.replace(hot, refresh_at=_DUE)
 
     # --- loading -----------------------------------------------------------------------------
 
@@ -659,9 +663,6 @@ class NotarySource:
         # A fetch time ahead of our clock is not one a sibling on this host wrote.
         if not fetched_at <= now < fresh_until or state.gun != gun:
             return None
-        invalidated = self._invalidated.since(gun)
-        if invalidated is not None and fetched_at <= invalidated:
-            return None  # fetched before a change the feed reported: refresh ourselves
         await self._sync_floors(gun)
         try:
             ts = self._replay(state, gun, rule, now)
@@ -670,6 +671,8 @@ class NotarySource:
             return None
         if ts is None:
             return None
+        if self._invalidated.superseded(gun, fetched_at, _timestamp_version(ts)):
+            return None  # fetched before a change the feed reported: refresh ourselves
         TRUST_CACHE.labels(self.name, "hit").inc()
         await self._raise_floors(gun, _top_level_versions(ts))
         self._remember(key, self._hot_for(ts, refresh_at=fresh_until))
@@ -1031,6 +1034,25 @@ def _last_verified(hot: _Hot | None) -> TrustedSet | None:
     if hot is None:
         return None
     return hot.ts if hot.ts is not None else hot.last
+
+
+#: a refresh_at every clock has passed (an invalidated entry)
+_DUE = datetime.min.replace(tzinfo=UTC)
+
+
+def _timestamp_version(ts: TrustedSet) -> int:
+    return ts.timestamp.version if ts.timestamp is not None else 0
+
+
+def _holds(hot: _Hot, version: int | None) -> bool:
+    """Whether ``hot`` is a fresh verified set at timestamp ``version`` or later (so a
+    change to ``version`` is already in it)."""
+    return (
+        version is not None
+        and hot.ts is not None
+        and not hot.stale
+        and _timestamp_version(hot.ts) >= version
+    )
 
 
 def _lock_of(store: TrustStateStore) -> ReplicaLock | None:

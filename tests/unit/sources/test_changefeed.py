@@ -22,6 +22,7 @@ from proxy.sources.invalidation import (
     ChangeWatcher,
     FeedPage,
     FeedUnsupportedError,
+    Invalidation,
     InvalidationTimes,
     MemoryInvalidationLog,
     invalidation_log_for,
@@ -42,6 +43,7 @@ from tests.simulators.notary_repo import NotaryRepository
 from tests.unit.sources.sim import GUN, Clock, SimServer, make_source
 
 TOFU = SigningRule(TrustOnFirstUse())
+Inv = Invalidation
 M1 = b'{"manifest": 1}'
 M2 = b'{"manifest": 2}'
 
@@ -116,6 +118,9 @@ BAD = [
     ("GUN not a string", feed({**record("1"), "GUN": ["a"]}), "records[0].GUN"),
     ("no category", feed({**record("1"), "Category": None}), "Category"),
     ("category in capitals", feed(record("1", category="UPDATE")), "Category"),
+    ("negative version", feed({**record("6"), "Version": -1}), "records[0].Version"),
+    ("version a string", feed({**record("6"), "Version": "2"}), "records[0].Version"),
+    ("version a bool", feed({**record("6"), "Version": True}), "records[0].Version"),
     ("ID not after the cursor", feed(record("5")), "does not follow 5"),
     ("IDs going back", feed(record("7"), record("6")), "does not follow 7"),
     ("oversized", b" " * (max_body_bytes(10) + 1), "answer of"),
@@ -127,6 +132,13 @@ def test_parse_changefeed_refuses(body: bytes, message: str) -> None:
     with pytest.raises(ChangefeedFormatError, match="changefeed") as caught:
         parse_changefeed(body, after="5", max_records=10)
     assert message in str(caught.value)
+
+
+def test_parse_versions() -> None:
+    body = feed(record("1"), record("2", category="deletion"), {**record("3"), "Version": 0})
+    changes = parse_changefeed(body, after="0", max_records=10)
+    # An update names the timestamp version it published; a deletion (version 0) none.
+    assert [c.version for c in changes] == [2, None, None]
 
 
 def test_parse_bound_grows_with_the_page_only() -> None:
@@ -198,9 +210,9 @@ async def test_feed_latest_and_pages() -> None:
             server.add(gun)
         assert await cf.latest() == "3"
         page = await cf.changes("0")
-        assert page == FeedPage("2", ("a/1", "a/2"), full=True)
+        assert page == FeedPage("2", (Inv("a/1", 2), Inv("a/2", 2)), full=True)
         page = await cf.changes("2")
-        assert page == FeedPage("3", ("a/3",), full=False)
+        assert page == FeedPage("3", (Inv("a/3", 2),), full=False)
         assert await cf.changes("3") == FeedPage("3", (), full=False)
         q = server.requests[-1].url.params
         assert (q["change_id"], q["records"]) == ("3", "2")
@@ -215,7 +227,7 @@ async def test_feed_behind_token_auth_uses_the_challenge_scope() -> None:
     server.add("a/1")
     cf = make_feed(server)
     try:
-        assert (await cf.changes("0")).repositories == ("a/1",)
+        assert (await cf.changes("0")).changes == (Inv("a/1", 2),)
         assert server.requests[-1].headers["authorization"] == "Bearer t0k3n"
     finally:
         await cf.aclose()
@@ -288,9 +300,11 @@ def test_ahead_of(cursor: str, latest: str, ahead: bool) -> None:
 class Target:
     def __init__(self) -> None:
         self.calls: list[str | None] = []
+        self.versions: list[int | None] = []
 
-    def invalidate(self, repository: str | None, /) -> None:
+    def invalidate(self, repository: str | None, version: int | None = None, /) -> None:
         self.calls.append(repository)
+        self.versions.append(version)
 
 
 class ScriptedFeed:
@@ -313,7 +327,8 @@ class ScriptedFeed:
             raise self.error
         start = int(cursor)
         page = self.entries[start : start + 2]
-        return FeedPage(str(start + len(page)), tuple(page), full=len(page) == 2)
+        changes = tuple(Inv(r, start + n + 1) for n, r in enumerate(page))
+        return FeedPage(str(start + len(page)), changes, full=len(page) == 2)
 
     def ahead_of(self, cursor: str, latest: str) -> bool:
         return int(cursor) > int(latest)
@@ -331,7 +346,7 @@ class FlakyLog(MemoryInvalidationLog):
     async def lease(self, token: str, ttl: float) -> bool:
         return self.leased
 
-    async def read(self, after: str, limit: int) -> tuple[str, list[str]]:
+    async def read(self, after: str, limit: int) -> tuple[str, list[Invalidation]]:
         if self.down:
             raise StoreUnavailableError("down")
         return await super().read(after, limit)
@@ -355,7 +370,9 @@ async def test_watcher_first_poll_invalidates_all_then_follows_the_feed() -> Non
     feed_.entries += ["a/1", "a/2", "a/1", "b/1", "c/1"]  # three pages of two
     await w.poll_once()
     await w.listen_once()
-    assert sorted(str(c) for c in target.calls[1:]) == ["a/1", "a/2", "b/1", "c/1"]
+    # One invalidation per repository read, with the highest version it was changed to.
+    got = sorted(zip((str(c) for c in target.calls[1:]), target.versions[1:], strict=True))
+    assert got == [("a/1", 4), ("a/2", 3), ("b/1", 5), ("c/1", 6)]
     assert await log_.load_cursor() == "6"
     assert w.status.state == "active"
     assert w.status.polling
@@ -371,7 +388,7 @@ async def test_watcher_without_the_lease_only_listens() -> None:
     assert feed_.calls == 0
     assert w.status.state == "standby"
     assert not w.status.polling
-    await log_.publish(["x/1"])  # what the holder elsewhere wrote
+    await log_.publish([Inv("x/1")])  # what the holder elsewhere wrote
     await w.listen_once()
     assert target.calls == ["x/1"]
 
@@ -449,16 +466,23 @@ async def test_watcher_start_and_close() -> None:
 
 def test_invalidation_times() -> None:
     t0 = datetime(2026, 1, 1, tzinfo=UTC)
+    sec = timedelta(seconds=1)
     times = InvalidationTimes(max_entries=2)
-    assert times.since("a") is None
-    times.mark("a", t0)
-    times.mark("b", t0 + timedelta(seconds=1))
-    times.mark("c", t0 + timedelta(seconds=2))  # "a" folds into the floor
-    assert times.since("a") == t0
-    assert times.since("zz") == t0  # unknown: judged by the floor
-    assert times.since("c") == t0 + timedelta(seconds=2)
-    times.mark(None, t0 + timedelta(seconds=5))
-    assert times.since("c") == t0 + timedelta(seconds=5)
+    assert not times.superseded("a", t0, 1)
+    times.mark("a", t0, 5)
+    assert times.superseded("a", t0 - sec, 4)  # fetched before, older version
+    assert not times.superseded("a", t0 - sec, 5)  # fetched before, but has the change
+    assert not times.superseded("a", t0 + sec, 1)  # fetched after
+    times.mark("b", t0 + sec)  # no version: only the fetch time counts
+    assert times.superseded("b", t0, 99)
+    times.mark("c", t0 + 2 * sec, 3)  # "a" folds into the floor, without its version
+    assert times.superseded("a", t0 - sec, 5)
+    assert times.superseded("zz", t0, 1)  # unknown: judged by the floor
+    assert not times.superseded("zz", t0 + sec, 1)
+    times.mark("c", t0 + 3 * sec, 2)  # merged: latest time, highest version
+    assert times.superseded("c", t0 + 3 * sec, 2)
+    times.mark(None, t0 + 5 * sec)
+    assert times.superseded("c", t0 + 4 * sec, 10)
 
 
 def test_memory_store_gets_a_memory_log() -> None:
@@ -491,13 +515,13 @@ async def test_sqlite_log_shared_by_two_processes(tmp_path: Path) -> None:
         assert await b.load_cursor() == "17"
         # The log: b reads what a published, from where it started.
         start = await b.position()
-        await a.publish(["r/1", ALL])
-        await other.publish(["elsewhere/1"])
+        await a.publish([Inv("r/1", 7), Inv(ALL)])
+        await other.publish([Inv("elsewhere/1")])
         pos, repos = await b.read(start, 10)
-        assert repos == ["r/1", ALL]
+        assert repos == [Inv("r/1", 7), Inv(ALL)]
         assert (await b.read(pos, 10))[1] == []
         # Trimmed to MAX_ROWS per source.
-        await a.publish([f"r/{i}" for i in range(MAX_ROWS + 5)])
+        await a.publish([Inv(f"r/{i}") for i in range(MAX_ROWS + 5)])
         _, repos = await b.read("0", 20_000)
         assert len(repos) == MAX_ROWS
     finally:
@@ -571,7 +595,33 @@ async def test_invalidate_makes_the_next_request_refetch_that_repository_only() 
 
 
 @pytest.mark.anyio
-async def test_invalidate_during_a_refresh_leaves_its_result_due() -> None:
+async def test_invalidate_to_a_version_already_held_keeps_the_cache() -> None:
+    """The feed says which timestamp version the change made: a source already holding it
+    (it refreshed after the publish) does not fetch again; an older one does."""
+    server = SimServer()
+    repo = server.add(signed_repo())
+    source = make_source(server)
+    try:
+        await source.resolve(GUN, "v1", TOFU)
+        held = (await source.load(GUN, TOFU)).timestamp
+        assert held is not None
+        before = len(server.names)
+        source.invalidate(GUN, held.version)
+        await source.resolve(GUN, "v1", TOFU)
+        assert server.names[before:] == []
+        repo.remove_target("v1")
+        repo.publish()
+        source.invalidate(GUN, held.version + 1)
+        with pytest.raises(Exception, match="v1"):
+            await source.resolve(GUN, "v1", TOFU)
+        assert timestamps(server, before) == ["timestamp.json"]
+    finally:
+        await source.aclose()
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("with_version", [False, True], ids=["no-version", "next-version"])
+async def test_invalidate_during_a_refresh_leaves_its_result_due(with_version: bool) -> None:
     """A refresh that fetched the timestamp before the change lands after the invalidation:
     its result must not count as fresh."""
     server = SimServer()
@@ -580,11 +630,14 @@ async def test_invalidate_during_a_refresh_leaves_its_result_due() -> None:
     source = make_source(server, clock=clock)
     try:
         await source.resolve(GUN, "v1", TOFU)
+        held = (await source.load(GUN, TOFU)).timestamp
+        assert held is not None
+        version = held.version + 1 if with_version else None
         clock.advance(seconds=61)  # due: the next request refreshes
         server.gate = asyncio.Event()
         running = asyncio.ensure_future(source.resolve(GUN, "v1", TOFU))
         await asyncio.sleep(0.05)
-        source.invalidate(GUN)  # the feed reports a change while that refresh runs
+        source.invalidate(GUN, version)  # the feed reports a change while it runs
         server.gate.set()
         assert (await running).digest == digest(M1)  # it started before the change
         repo.remove_target("v1")
