@@ -17,6 +17,7 @@ import httpx
 import pytest
 
 from proxy.errors import TrustSourceUnavailableError
+from proxy.settings import ChangefeedSettings
 from proxy.sources.invalidation import (
     ALL,
     ChangeWatcher,
@@ -683,3 +684,52 @@ async def test_a_sibling_hand_over_from_before_the_change_is_refused(
         await b.aclose()
         await fa.aclose()
         await fb.aclose()
+
+
+# -- settings ---------------------------------------------------------------------------------
+
+
+def _settings(changefeed: object) -> ChangefeedSettings:
+    from proxy.settings import parse_settings
+
+    raw: dict[str, Any] = {
+        "upstreams": [{"name": "r", "url": "http://127.0.0.1:5000"}],
+        "trust": {"sources": {"notary": {"type": "notary", "url": "https://n.example"}}},
+    }
+    if changefeed is not None:
+        raw["trust"]["sources"]["notary"]["changefeed"] = changefeed
+    return parse_settings(raw, base_dir=Path("."), check_files=False).trust.sources[0].changefeed
+
+
+SETTINGS = [
+    ("default: on, every second", None, (True, 1.0)),
+    ("off", {"enabled": False}, (False, 1.0)),
+    ("500ms", {"interval": "500ms"}, (True, 0.5)),
+]
+
+
+@pytest.mark.parametrize(
+    ("changefeed", "want"), [c[1:] for c in SETTINGS], ids=[c[0] for c in SETTINGS]
+)
+def test_changefeed_settings(changefeed: object, want: tuple[bool, float]) -> None:
+    got = _settings(changefeed)
+    assert (got.enabled, got.interval) == want
+
+
+SETTINGS_BAD = [
+    ("unknown key", {"every": 1}, "trust.sources.notary.changefeed.every"),
+    ("zero interval", {"interval": 0}, "trust.sources.notary.changefeed.interval"),
+    ("enabled not a bool", {"enabled": "yes"}, "trust.sources.notary.changefeed.enabled"),
+    ("not a mapping", [1], "trust.sources.notary.changefeed"),
+]
+
+
+@pytest.mark.parametrize(
+    ("changefeed", "path"), [c[1:] for c in SETTINGS_BAD], ids=[c[0] for c in SETTINGS_BAD]
+)
+def test_changefeed_settings_refused(changefeed: object, path: str) -> None:
+    from proxy.errors import ConfigError
+
+    with pytest.raises(ConfigError) as caught:
+        _settings(changefeed)
+    assert caught.value.path == path
