@@ -150,6 +150,11 @@ class InvalidationLog(Protocol):
         another holder's lease runs."""
         ...
 
+    async def release(self, token: str) -> None:
+        """Give the lease up if ``token`` holds it (shutdown, reload: the next holder need
+        not wait for it to expire)."""
+        ...
+
     async def load_cursor(self) -> str | None: ...
 
     async def save_cursor(self, cursor: str) -> None: ...
@@ -178,6 +183,9 @@ class MemoryInvalidationLog:
 
     async def lease(self, token: str, ttl: float) -> bool:
         return True  # one process: it always polls
+
+    async def release(self, token: str) -> None:
+        return None
 
     async def load_cursor(self) -> str | None:
         return self._cursor
@@ -318,6 +326,7 @@ class ChangeWatcher:
         unsupported_retry: float = 300.0,
         max_pages: int = 10,
         read_limit: int = 512,
+        resync_every: int = 60,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.name = name
@@ -332,6 +341,11 @@ class ChangeWatcher:
         self.unsupported_retry = unsupported_retry
         self.max_pages = max_pages
         self.read_limit = read_limit
+        # Every this many polls the cursor is checked against the feed's newest change: a
+        # server that lost its history (memory storage, restarted) counts from 1 again,
+        # and a cursor past its end would see nothing new for ever.
+        self.resync_every = resync_every
+        self._polls = 0
         self._monotonic = monotonic
         self._token = secrets.token_hex(16)
         self._task: asyncio.Task[None] | None = None
@@ -357,6 +371,10 @@ class ChangeWatcher:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        if self.status.polling:
+            with contextlib.suppress(StoreUnavailableError):  # it expires by itself
+                await self.log.release(self._token)
+            self.status.polling = False
         await self.feed.aclose()
 
     async def _run(self) -> None:
@@ -418,6 +436,9 @@ class ChangeWatcher:
             self.status.last_poll = datetime.now(UTC)
 
     async def _read_feed(self) -> None:
+        self._polls += 1
+        if self._polls % self.resync_every == 0:
+            self._check_cursor = True
         cursor = await self.log.load_cursor()
         if cursor is None or self._check_cursor:
             latest = await self.feed.latest()

@@ -55,6 +55,12 @@ redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 return 1
 """
 
+# Give up the lease only if it is still ours.
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
 # A bounded read of the cursor: a planted huge value is never transferred.
 _CURSOR = """
 if redis.call('TYPE', KEYS[1]).ok ~= 'string' then return false end
@@ -74,6 +80,7 @@ class RedisInvalidationLog:
         client = connection.client
         self._lease_script = client.register_script(_LEASE)
         self._cursor_script = client.register_script(_CURSOR)
+        self._release_script = client.register_script(_RELEASE)
 
     async def lease(self, token: str, ttl: float) -> bool:
         ms = max(1, int(ttl * 1000))
@@ -82,6 +89,12 @@ class RedisInvalidationLog:
             lambda: self._lease_script(keys=[self.lease_key], args=[token, ms]),
         )
         return bool(got == 1)
+
+    async def release(self, token: str) -> None:
+        await self._conn.call(
+            "changefeed lease",
+            lambda: self._release_script(keys=[self.lease_key], args=[token]),
+        )
 
     async def load_cursor(self) -> str | None:
         raw = await self._conn.call(

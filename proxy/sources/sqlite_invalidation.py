@@ -99,6 +99,18 @@ class SqliteInvalidationLog:
 
         return bool(await self._run("changefeed lease", take))
 
+    async def release(self, token: str) -> None:
+        ns = self.namespace
+
+        def drop(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "UPDATE changefeed_feed SET holder = NULL, lease_until = NULL "
+                "WHERE ns = ? AND holder = ?",
+                (ns, token),
+            )
+
+        await self._run("changefeed lease", drop)
+
     async def load_cursor(self) -> str | None:
         ns = self.namespace
 

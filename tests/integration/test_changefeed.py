@@ -141,9 +141,13 @@ async def test_redis_log_lease_cursor_and_entries(replicas: ReplicaSet) -> None:
         assert await a.lease("a" * 32, 0.5)  # renewed
         await asyncio.sleep(0.7)  # a stopped renewing
         assert await b.lease("b" * 32, 0.5)
+        await a.release("a" * 32)  # not a's: b keeps it
+        assert not await a.lease("a" * 32, 5.0)
+        await b.release("b" * 32)
+        assert await a.lease("a" * 32, 5.0)
         with replicas.redis_client() as r:
             r.set(a.lease_key, "not-a-token")  # no expiry: dead
-        assert await a.lease("a" * 32, 5.0)
+        assert await b.lease("b" * 32, 5.0)
 
         assert await a.load_cursor() is None
         await a.save_cursor("42")

@@ -424,6 +424,26 @@ async def test_watcher_cursor_past_the_feed_starts_over_with_all() -> None:
 
 
 @pytest.mark.anyio
+async def test_watcher_notices_a_feed_that_started_over() -> None:
+    """A notary-server on memory storage restarts: its change IDs count from 1 again, below
+    the shared cursor. The holder checks the cursor against the feed every resync_every
+    polls, starts over from the feed's end and invalidates everything once."""
+    feed_, log_, target = ScriptedFeed(), MemoryInvalidationLog(), Target()
+    feed_.entries = ["a/1", "a/2", "a/3"]
+    w = ChangeWatcher("notary", feed_, log_, target, interval=1.0, resync_every=3)
+    await w.listen_once()
+    await w.poll_once()  # first poll: cursor 3
+    feed_.entries = ["b/1"]  # restarted, one change since
+    await w.poll_once()  # cursor 3 > everything: nothing seen
+    await w.listen_once()
+    assert target.calls == [None]
+    await w.poll_once()  # third poll: resync
+    await w.listen_once()
+    assert target.calls == [None, None]
+    assert await log_.load_cursor() == "1"
+
+
+@pytest.mark.anyio
 async def test_watcher_bad_feed_data_keeps_the_cursor() -> None:
     feed_, log_, target = ScriptedFeed(), MemoryInvalidationLog(), Target()
     w = watcher(feed_, log_, target)
@@ -510,6 +530,10 @@ async def test_sqlite_log_shared_by_two_processes(tmp_path: Path) -> None:
         assert not await b.lease("b" * 32, 5.0)
         now[0] += 2
         assert await b.lease("b" * 32, 5.0)
+        await a.release("a" * 32)  # not a's any more: nothing happens
+        assert not await a.lease("a" * 32, 5.0)
+        await b.release("b" * 32)  # given up: taken at once
+        assert await a.lease("a" * 32, 5.0)
         # The cursor is shared.
         assert await b.load_cursor() is None
         await a.save_cursor("17")
