@@ -358,7 +358,7 @@ class ChangeWatcher:
     # -- lifecycle ---------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Start polling on the running loop (again after :meth:`aclose`: no-op)."""
+        """Start polling and listening on the running loop (a no-op while running)."""
         if self._task is not None:
             return
         self._task = asyncio.get_running_loop().create_task(self._run())
@@ -398,6 +398,10 @@ class ChangeWatcher:
         """Poll the feed when due and this process holds the lease."""
         if self._monotonic() >= self._next_poll:
             await self._poll()
+        else:
+            # Backing off from a server without a feed: the lease is not renewed meanwhile,
+            # so another process may take it (and ask once itself).
+            self.status.polling = False
 
     async def listen_once(self) -> None:
         """Apply what the log holds past this process's position."""

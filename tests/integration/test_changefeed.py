@@ -111,12 +111,17 @@ def test_deleted_trust_data_is_refused_on_both_replicas(replicas: ReplicaSet) ->
 
 def test_one_replica_polls_and_readyz_says_so(replicas: ReplicaSet) -> None:
     """Exactly one replica holds the lease; both report the feed in /readyz."""
-    states = []
-    for replica in replicas.replicas:
-        body = replica.get("/readyz").json()
-        states.append(body["changefeeds"]["notary"])
-    assert sorted(s["state"] for s in states) == ["active", "standby"], states
-    assert [s["polling"] for s in states].count(True) == 1, states
+    seen: list[list[dict[str, object]]] = []
+
+    def one_polls() -> bool:
+        states = [r.get("/readyz").json()["changefeeds"]["notary"] for r in replicas.replicas]
+        seen.append(states)
+        polling = [s["polling"] for s in states].count(True) == 1
+        return polling and sorted(str(s["state"]) for s in states) == ["active", "standby"]
+
+    # A poll that failed just now (a loaded machine) shows until the next one: retry a bit.
+    wait_until(one_polls, timeout=10, interval=0.5)
+    assert seen
 
 
 # -- the Redis side of the log, against the same real redis-server ------------------------------

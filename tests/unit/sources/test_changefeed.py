@@ -406,6 +406,7 @@ async def test_watcher_unsupported_feed_logs_once_and_backs_off(
         await w.poll_once()  # backed off: not asked again
     assert feed_.calls == 1
     assert w.status.state == "unsupported"
+    assert not w.status.polling  # not renewing the lease while backing off
     assert "refresh interval" in w.status.detail
     assert len([r for r in caplog.records if "unsupported" in r.getMessage()]) == 1
 
