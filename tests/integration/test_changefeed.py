@@ -11,18 +11,31 @@ the tests can also check that only the changed repository was fetched again.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 import uuid
+from collections import Counter
 from collections.abc import Iterator
+from pathlib import Path
 
+import httpx
 import pytest
 
 from proxy.sources.invalidation import ALL, Invalidation
 from proxy.sources.redis_invalidation import MAX_CURSOR_CHARS, RedisInvalidationLog
 from proxy.sources.redis_store import RedisConnection
 from testbed import images
-from testbed.enforcement_bed import oci_error, wait_until
+from testbed.enforcement_bed import (
+    EnforcementBed,
+    oci_error,
+    proxy_config,
+    rule,
+    upstream,
+    wait_until,
+    write_policy,
+)
 from testbed.notary_server import NotaryBed
+from testbed.proxy_server import start_proxy
 from testbed.redis_server import redis_binary
 from testbed.replica_bed import ReplicaSet, signed_replica_set
 from tests.conftest import RegistryBed, requires
@@ -122,6 +135,84 @@ def test_one_replica_polls_and_readyz_says_so(replicas: ReplicaSet) -> None:
     # A poll that failed just now (a loaded machine) shows until the next one: retry a bit.
     wait_until(one_polls, timeout=10, interval=0.5)
     assert seen
+
+
+# -- the workers of one host, without Redis: the state file carries the log ---------------------
+
+
+def _access(log_path: Path, repo: str) -> Counter[tuple[int, int]]:
+    """(worker slot, status) of every access-log line for ``repo``'s manifests."""
+    seen: Counter[tuple[int, int]] = Counter()
+    for line in log_path.read_text(errors="replace").splitlines():
+        if not line.startswith("{"):
+            continue
+        try:
+            doc = json.loads(line)
+        except ValueError:
+            continue
+        if doc.get("logger") == "trustproxy.access" and f"/v2/{repo}/manifests" in str(
+            doc.get("path", "")
+        ):
+            seen[(int(doc.get("worker", -1)), int(doc.get("status", 0)))] += 1
+    return seen
+
+
+def _statuses(url: str, repo: str, tag: str, n: int) -> list[int]:
+    """``n`` GETs, each on a new connection (the kernel spreads them over the workers)."""
+    out = []
+    for _ in range(n):
+        with httpx.Client(base_url=url, timeout=30) as http:
+            r = http.get(f"/v2/{repo}/manifests/{tag}", headers={"Accept": images.ACCEPT_ALL})
+            out.append(r.status_code)
+    return out
+
+
+def test_workers_of_one_host_without_redis_refuse_within_seconds(
+    registry: RegistryBed, notary_bed: NotaryBed, tmp_path: Path
+) -> None:
+    """``serve`` with two workers and no Redis: the lease, the cursor and the invalidation
+    log live in the host's state file. Both workers cache the tag (300 s); after
+    ``notary remove`` + publish neither serves it within seconds (a sibling's hand-over
+    from before the change is refused too)."""
+    requires("notary")
+    bed = EnforcementBed.create(
+        tmp_path / "bed", registry.url, notary_bed, namespace=f"cfw{uuid.uuid4().hex[:8]}"
+    )
+    try:
+        bed.trust("setup/app")
+        policy = write_policy(
+            tmp_path / "policy.yaml", {bed.pattern("*/app"): rule(root_keys=[bed.root_key_id])}
+        )
+        config = proxy_config([upstream("internal", bed.registry_url)], notary_bed, policy)
+        config["server"] = {"workers": 2}
+        config["cache"] = {"refresh_seconds": REFRESH}
+        server = start_proxy(tmp_path, config, name="cf-workers")
+        try:
+            name = "workers/app"
+            bed.push_and_sign(name, "v1", images.single_image(f"{bed.namespace} {name}"))
+            repo = bed.repo(name)
+            time.sleep(3)
+            url = server.extra["url"]
+            wait_until(
+                lambda: (
+                    all(s == 200 for s in _statuses(url, repo, "v1", 4))
+                    and {w for (w, st) in _access(server.log_path, repo) if st == 200} == {0, 1}
+                ),
+                timeout=30,
+                interval=0.1,
+            )
+            bed.trust(name).remove("v1")
+            since = _access(server.log_path, repo)
+            took = wait_until(
+                lambda: all(s == 404 for s in _statuses(url, repo, "v1", 8)), timeout=WITHIN
+            )
+            assert took < WITHIN < REFRESH
+            refused = _access(server.log_path, repo) - since
+            assert {w for (w, st) in refused if st == 404} == {0, 1}, refused
+        finally:
+            server.stop()
+    finally:
+        bed.close()
 
 
 # -- the Redis side of the log, against the same real redis-server ------------------------------
