@@ -3,8 +3,9 @@
 Two trustproxy replicas share a real redis-server and a real notary-server (Debian
 ``notary``), with ``cache.refresh_seconds`` = 300 s: without the change feed a revoked tag
 stays served for up to five minutes. Each round signs a fresh tag with the real notary CLI,
-pulls it through both replicas (so both cache it), stages ``notary remove`` and then times
-from ``notary publish`` returning to the first 404 on each replica (each replica is asked
+pulls it through both replicas (so both cache it), stages ``notary remove``, waits a random
+part of the poll interval (so that the rounds sample every phase of the poll) and then
+times from ``notary publish`` returning to the first 404 on each replica (each replica is asked
 every ``--poll`` seconds, in its own thread). Prints the median and the maximum per replica
 and over both, with the machine's load, and writes them as JSON::
 
@@ -18,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import statistics
 import sys
 import tempfile
@@ -74,7 +76,9 @@ def _first_404(
             time.sleep(poll)
 
 
-def one_round(replicas: ReplicaSet, name: str, tag: str, *, poll: float, settle: float) -> Round:
+def one_round(
+    replicas: ReplicaSet, name: str, tag: str, *, poll: float, settle: float, jitter: float
+) -> Round:
     bed = replicas.bed
     signed = bed.push_and_sign(name, tag, images.single_image(f"{bed.namespace} {name} {tag}"))
     repo, gun = bed.repo(name), bed.gun(name)
@@ -91,6 +95,9 @@ def one_round(replicas: ReplicaSet, name: str, tag: str, *, poll: float, settle:
                 if r.status_code != 200 or images.sha256(r.content) != f"sha256:{signed.sha256}":
                     raise RuntimeError(f"{replica.name} does not serve {repo}:{tag}: {r.text}")
     bed.owner.remove(gun, tag, publish=False)
+    # Rounds take about the same time each: without a random pause they would publish at
+    # the same phase of the 1 s poll every time and sample one point of the distribution.
+    time.sleep(random.uniform(0.0, jitter))
     bed.owner.publish(gun)
     published = time.perf_counter()
     results: dict[str, float] = {}
@@ -173,7 +180,12 @@ def main(argv: list[str] | None = None) -> int:
                 time.sleep(max(3.0, 3 * args.interval))  # the first poll's invalidate-all
                 for i in range(args.rounds):
                     done = one_round(
-                        replicas, "revoke/app", f"r{i}", poll=args.poll, settle=args.settle
+                        replicas,
+                        "revoke/app",
+                        f"r{i}",
+                        poll=args.poll,
+                        settle=args.settle,
+                        jitter=args.interval,
                     )
                     rounds.append(done)
                     print(
