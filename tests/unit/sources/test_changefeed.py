@@ -278,6 +278,28 @@ async def test_feed_body_is_bounded_and_identity_only() -> None:
         await cf.aclose()
 
 
+@pytest.mark.anyio
+async def test_feed_that_drips_is_cut_at_the_deadline() -> None:
+    """A server that sends a byte at a time within every read timeout: one read of the
+    feed is bounded as a whole (the poll must not hang holding the lease)."""
+
+    async def drip() -> AsyncIterator[bytes]:
+        while True:
+            yield b" "
+            await asyncio.sleep(0.05)
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, content=drip())
+
+    http = httpx.AsyncClient(transport=httpx.MockTransport(handler))
+    cf = NotaryChangefeed("notary", "https://notary.example", http, deadline=0.3)
+    try:
+        with pytest.raises(TrustSourceUnavailableError, match="timed out"):
+            await cf.changes("0")
+    finally:
+        await cf.aclose()
+
+
 AHEAD = [
     ("behind", "3", "5", False),
     ("at the end", "5", "5", False),
