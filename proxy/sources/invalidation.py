@@ -22,9 +22,11 @@ makes a source refresh from the trust server, which verifies everything it fetch
 always; the worst a Redis writer or a lying feed can do is make replicas refetch (bounded:
 ``records`` entries per poll, a refresh per repository per request), or withhold
 invalidations (or claim versions it already holds), which leaves revocation at the
-refresh interval, as without a feed. When
-the log could have lost entries (its store was down, the cursor was unusable), every
-repository is invalidated once instead (``ALL``): more refetching, never less.
+refresh interval, as without a feed. When a process could have missed entries (the log
+was unreachable for it, the cursor lay past the feed's end), every repository is
+invalidated once instead (``ALL``): more refetching, never less. A shared state with no
+cursor at all (a new deployment, a flushed Redis) starts at the feed's end: what changed
+before is left to the refresh interval.
 
 The pieces are protocols so that sources other than Notary can use them: a
 :class:`ChangeFeed` (the source's, see ``proxy/sources/notary/changefeed.py``), an
@@ -446,17 +448,25 @@ class ChangeWatcher:
         cursor = await self.log.load_cursor()
         if cursor is None or self._check_cursor:
             latest = await self.feed.latest()
-            if cursor is None or self.feed.ahead_of(cursor, latest):
-                # No cursor (first poll ever, or it was lost) or one past the feed's end:
-                # what changed meanwhile is unknown, so everything is refreshed once.
-                if cursor is not None:
-                    log.warning(
-                        "change feed of %s: stored position %r is past the feed's newest "
-                        "change %r; starting over from there",
-                        self.name,
-                        cursor[:64],
-                        latest,
-                    )
+            if cursor is None:
+                # Nobody has followed this feed in this shared state (a new deployment, or
+                # the state was flushed): start at its end. Changes before it are left to
+                # the refresh interval; invalidating everything here would make every
+                # process refetch what it verified a moment ago, at every first start.
+                log.info("change feed of %s: following it from change %s", self.name, latest)
+                await self.log.save_cursor(latest)
+                cursor = latest
+            elif self.feed.ahead_of(cursor, latest):
+                # A cursor past the feed's end (the server lost its history, or someone
+                # wrote the cursor): what changed meanwhile is unknown, so everything is
+                # refreshed once.
+                log.warning(
+                    "change feed of %s: stored position %r is past the feed's newest "
+                    "change %r; starting over from there",
+                    self.name,
+                    cursor[:64],
+                    latest,
+                )
                 await self.log.publish([Invalidation(ALL)])
                 await self.log.save_cursor(latest)
                 cursor = latest

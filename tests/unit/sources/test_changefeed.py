@@ -381,20 +381,20 @@ def watcher(feed_: ScriptedFeed, log_: MemoryInvalidationLog, target: Target) ->
 
 
 @pytest.mark.anyio
-async def test_watcher_first_poll_invalidates_all_then_follows_the_feed() -> None:
+async def test_watcher_starts_at_the_feeds_end_then_follows_it() -> None:
     feed_, log_, target = ScriptedFeed(), MemoryInvalidationLog(), Target()
-    feed_.entries = ["old/1"]  # before this process started: covered by the first ALL
+    feed_.entries = ["old/1"]  # before anyone followed the feed: left to the refresh
     w = watcher(feed_, log_, target)
     await w.listen_once()  # a listener starts at the log's end
     await w.poll_once()
     await w.listen_once()
-    assert target.calls == [None]
+    assert target.calls == []
     assert await log_.load_cursor() == "1"
     feed_.entries += ["a/1", "a/2", "a/1", "b/1", "c/1"]  # three pages of two
     await w.poll_once()
     await w.listen_once()
     # One invalidation per repository read, with the highest version it was changed to.
-    got = sorted(zip((str(c) for c in target.calls[1:]), target.versions[1:], strict=True))
+    got = sorted(zip((str(c) for c in target.calls), target.versions, strict=True))
     assert got == [("a/1", 4), ("a/2", 3), ("b/1", 5), ("c/1", 6)]
     assert await log_.load_cursor() == "6"
     assert w.status.state == "active"
@@ -459,10 +459,29 @@ async def test_watcher_notices_a_feed_that_started_over() -> None:
     feed_.entries = ["b/1"]  # restarted, one change since
     await w.poll_once()  # cursor 3 > everything: nothing seen
     await w.listen_once()
-    assert target.calls == [None]
+    assert target.calls == []
     await w.poll_once()  # third poll: resync
     await w.listen_once()
-    assert target.calls == [None, None]
+    assert target.calls == [None]
+    assert await log_.load_cursor() == "1"
+
+
+@pytest.mark.anyio
+async def test_watcher_garbage_cursor_starts_over_with_all() -> None:
+    log_, target = MemoryInvalidationLog(), Target()
+
+    class Strict(ScriptedFeed):
+        def ahead_of(self, cursor: str, latest: str) -> bool:
+            return not cursor.isdigit() or int(cursor) > int(latest)
+
+    feed_ = Strict()
+    feed_.entries = ["a/1"]
+    await log_.save_cursor("../x")
+    w = watcher(feed_, log_, target)
+    await w.listen_once()
+    await w.poll_once()
+    await w.listen_once()
+    assert target.calls == [None]
     assert await log_.load_cursor() == "1"
 
 
