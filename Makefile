@@ -114,6 +114,7 @@ $(BENCH_STAMP): $(STAMP) requirements/bench.txt
 bench: setup $(BENCH_STAMP)
 	@bash scripts/install-bench-deps.sh
 	$(BIN)/python -m loadtest
+	$(BIN)/python -m loadtest.bench_revocation
 
 bench-quick: setup $(BENCH_STAMP)
 	@bash scripts/install-bench-deps.sh

@@ -612,7 +612,30 @@ async def _health_check(client: httpx.AsyncClient, base: str, path: str, seconds
             if isinstance(store, str):
                 check.data["trust_store"] = store
                 check.summary += f" (trust store: {store})"
+            _changefeed_details(check, doc.get("changefeeds"))
     return check
+
+
+def _changefeed_details(check: Check, feeds: Any) -> None:
+    """Each trust source's change feed as the answering process sees it: one that does
+    not work leaves revocations at the refresh interval (README "Revocation")."""
+    if not isinstance(feeds, dict):
+        return
+    states: dict[str, str] = {}
+    for name, feed in list(feeds.items())[:32]:
+        if not isinstance(feed, dict):
+            continue
+        state = str(feed.get("state", "?"))[:32]
+        states[str(name)[:64]] = state
+        if state in ("unsupported", "unavailable", "bad data"):
+            detail = str(feed.get("detail", ""))[:300]
+            check.details.append(
+                f"change feed of trust source {str(name)[:64]}: {state}"
+                + (f" ({detail})" if detail else "")
+                + "; revocations take up to the refresh interval"
+            )
+    if states:
+        check.data["changefeeds"] = states
 
 
 async def _image_check(client: httpx.AsyncClient, options: Options) -> Check:

@@ -302,6 +302,14 @@ def _close_soon(enforcement: GateOwner) -> None:
 _BACKGROUND: set[asyncio.Task[None]] = set()
 
 
+def _start(gen: Generation) -> None:
+    """Start the background tasks of ``gen``'s sources (change feeds) on the running loop:
+    a generation is built before the loop runs (at startup), so they cannot start then."""
+    start = getattr(gen.enforcement, "start", None)  # test stand-ins may have none
+    if callable(start):
+        start()
+
+
 def restart_needed(old: Settings, new: Settings) -> list[str]:
     """Config keys whose change only takes effect after a restart (uvicorn owns the
     listening socket and its TLS context; logging is configured once by the entry point)."""
@@ -360,6 +368,7 @@ class Runtime:
         """Called from the app's lifespan, on the serving loop."""
         self._app = app
         app.state.proxy = self.current.state
+        _start(self.current)
         loop = asyncio.get_running_loop()
         try:
             loop.add_signal_handler(signal.SIGHUP, self.on_sighup)
@@ -422,6 +431,7 @@ class Runtime:
             == (b.manifest_cache_bytes, b.manifest_cache_recheck)
         ):
             new.state.manifest_cache = old.state.manifest_cache
+        _start(new)
         # No await between these lines: a request entering now sees the new state.
         ended = self.tracker.advance()
         self.current = new

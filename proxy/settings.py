@@ -140,6 +140,16 @@ class UpstreamSettings:
 
 
 @dataclass(frozen=True)
+class ChangefeedSettings:
+    """A trust source's change feed (``trust.sources.<name>.changefeed``): one replica at a
+    time polls it and every replica drops its cached state of the repositories it names, so a
+    revocation reaches clients within about ``interval`` instead of the refresh interval."""
+
+    enabled: bool = True
+    interval: float = 1.0  # seconds between two polls of the feed (by whichever replica)
+
+
+@dataclass(frozen=True)
 class TrustSourceSettings:
     name: str
     type: str  # a proxy.sources.registry type name
@@ -152,6 +162,8 @@ class TrustSourceSettings:
     refresh_interval: float | None = None
     # After a failed refresh (outage, bad data), how long before the next attempt.
     retry_interval: float = 10.0
+    # The source's change feed, for sources whose server has one (Notary v1).
+    changefeed: ChangefeedSettings = field(default_factory=ChangefeedSettings)
 
     def fresh_for(self, cache: CacheSettings) -> float:
         """Seconds between timestamp re-checks: this source's own ``refresh_interval`` when
@@ -888,4 +900,5 @@ def parse_settings(
 ConfigSection = _Section
 parse_url = _url
 parse_duration = _duration
+parse_bool = _bool
 parse_credentials = _credentials

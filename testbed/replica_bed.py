@@ -248,6 +248,7 @@ def signed_replica_set(
     label: str,
     refresh_seconds: float,
     cache_extra: Mapping[str, Any] | None = None,
+    source_extra: Mapping[str, Any] | None = None,
 ) -> Iterator[ReplicaSet]:
     """Replicas ``a`` and ``b`` on their own redis-server and counting front, enforcing
     ``<namespace>/*/app`` under the bed publisher's root key (``namespace``: ``label`` and a
@@ -271,6 +272,7 @@ def signed_replica_set(
             key_prefix=f"tp-{ns}:",
             refresh_seconds=refresh_seconds,
             cache_extra=cache_extra,
+            source_extra=source_extra,
         )
         yield started
     finally:

@@ -30,10 +30,11 @@ from proxy.decisions import DecisionRecorder
 from proxy.enforcement.enforcing_gate import EnforcingGate, MatchRule, TagAllowed, utc_now
 from proxy.enforcement.fail_closed import FailClosedGate, UnavailableSource
 from proxy.policy.model import Policy
-from proxy.settings import Settings
+from proxy.settings import Settings, TrustSourceSettings
 from proxy.sources.base import TrustSource
 from proxy.sources.redis_store import RedisConnection
-from proxy.sources.registry import source_type
+from proxy.sources.registry import SourceType, Watcher, source_type
+from proxy.sources.store import TrustStateStore
 from proxy.sources.store_factory import StoreFactory, redis_connection, state_stores, wants_redis
 from proxy.trust_gate import PassThroughGate, TrustGate
 
@@ -60,8 +61,20 @@ class Enforcement:
     sources: Mapping[str, TrustSource] = field(default_factory=dict)
     #: store connections built here (not passed in through ``store_factory``)
     connections: list[RedisConnection] = field(default_factory=list)
+    #: the sources' background tasks (change feeds), started on the serving loop
+    watchers: list[Watcher] = field(default_factory=list)
+
+    def start(self) -> None:
+        """Start the sources' background tasks (on the running loop; idempotent)."""
+        for watcher in self.watchers:
+            watcher.start()
 
     async def aclose(self) -> None:
+        for watcher in self.watchers:
+            try:
+                await watcher.aclose()
+            except Exception:  # close the sources anyway
+                log.exception("closing a trust source's change feed failed")
         for name, source in self.sources.items():
             try:
                 await source.aclose()
@@ -102,11 +115,13 @@ def build_enforcement(
             connections.append(redis_connection(settings.cache))
         make_store = state_stores(settings, connections[0] if connections else None)
     sources: dict[str, TrustSource] = {}
+    watchers: list[Watcher] = []
     for src in settings.trust.sources:
         try:
-            build = source_type(src.type).build
-            sources[src.name] = build(
-                src, settings.limits, make_store(src.name), clock=clock, cache=settings.cache
+            kind = source_type(src.type)
+            store = make_store(src.name)
+            sources[src.name] = kind.build(
+                src, settings.limits, store, clock=clock, cache=settings.cache
             )
         except (OSError, ValueError) as e:  # ssl: CA file missing or not PEM
             where = f" (ca_file {src.ca_file})" if src.ca_file is not None else ""
@@ -116,10 +131,36 @@ def build_enforcement(
             # Clients learn that it is broken, not the proxy's file paths.
             reason = "is misconfigured (see the proxy's log)"
             sources[src.name] = UnavailableSource(src.name, reason)
+            continue
+        watcher = _build_watcher(kind, src, settings, store, sources[src.name])
+        if watcher is not None:
+            watchers.append(watcher)
     gate = EnforcingGate(
         policy, sources, recorder, match_rule=match_rule, tag_allowed=tag_allowed, clock=clock
     )
-    return Enforcement(gate, sources, connections)
+    return Enforcement(gate, sources, connections, watchers)
+
+
+def _build_watcher(
+    kind: SourceType,
+    src: TrustSourceSettings,
+    settings: Settings,
+    store: TrustStateStore,
+    source: TrustSource,
+) -> Watcher | None:
+    """The source's change watcher, if its type has one; a watcher that cannot be built
+    only costs fast revocation (the refresh interval applies), so it is logged, not fatal."""
+    if kind.build_watcher is None:
+        return None
+    try:
+        return kind.build_watcher(src, settings.limits, store, source)
+    except (OSError, ValueError) as e:
+        log.error(
+            "trust source %s: change feed not used (%s); revocations take the refresh interval",
+            src.name,
+            e,
+        )
+        return None
 
 
 def policy_unavailable(reason: str, *, recorder: DecisionRecorder | None = None) -> Enforcement:

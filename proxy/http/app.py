@@ -29,6 +29,7 @@ from proxy.http.streaming import tune_allocator
 from proxy.metrics import REGISTRY
 from proxy.routing import Router
 from proxy.settings import Settings
+from proxy.sources.invalidation import changefeed_status
 from proxy.sources.redis_store import store_status
 from proxy.trust_gate import FallbackReport, PassThroughGate, TrustGate
 from proxy.upstream.build import build_upstream_client
@@ -81,7 +82,12 @@ async def readyz(request: Request) -> Response:
             ok = False
             results[name] = str(e)
         ready = ready and ok
-    body: dict[str, object] = {"ready": ready, "upstreams": results, **store_status()}
+    body: dict[str, object] = {
+        "ready": ready,
+        "upstreams": results,
+        **store_status(),
+        **changefeed_status(),
+    }
     if isinstance(state.gate, FallbackReport):
         # Repositories served from a policy rule's fallback (a trust snapshot) because their
         # own source has no data or is unreachable: worth an alert, not a drain (the

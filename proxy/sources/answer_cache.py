@@ -33,7 +33,7 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Hashable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from prometheus_client import Counter
 
@@ -232,10 +232,20 @@ class AnswerCache(Generic[K, V]):
         doomed = [k for k in self._entries if predicate(k)]
         for k in doomed:
             del self._entries[k]
-        for k in [k for k in self._flights if predicate(k)]:
-            # No longer the flight of its key: it answers its waiters, and is not kept.
-            del self._flights[k]
+        for k, _ in self.in_flight(predicate):
+            self.detach(k)
         return len(doomed)
+
+    def in_flight(self, predicate: Callable[[K], bool]) -> list[tuple[K, asyncio.Future[Any]]]:
+        """The computations running for keys ``predicate`` holds for (a caller may add a
+        done callback: what to do when one lands)."""
+        return [(k, f) for k, f in self._flights.items() if predicate(k)]
+
+    def detach(self, key: K) -> None:
+        """The computation in flight for ``key`` (if any) is no longer its flight: it
+        answers the callers already waiting, it is not kept, and later callers start a new
+        one (it may have read data older than a change the caller just learned of)."""
+        self._flights.pop(key, None)
 
     def cancel_all(self) -> None:
         """Cancel computations in flight (on close)."""

@@ -23,12 +23,13 @@ from __future__ import annotations
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from proxy.errors import NotSignedError, TrustDataError, TrustSourceUnavailableError
 
 __all__ = [
     "Evidence",
+    "Invalidatable",
     "NoTrustDataError",
     "NotSignedError",
     "RegistryReads",
@@ -234,3 +235,23 @@ class TrustSource(Protocol):
         ...
 
     async def aclose(self) -> None: ...
+
+
+@runtime_checkable
+class Invalidatable(Protocol):
+    """An optional capability of a :class:`TrustSource`: forget what is cached for a
+    repository, because its trust data changed (a trust server's change feed said so,
+    ``proxy/sources/invalidation.py``). A source without it keeps its refresh interval.
+
+    Only ever a reason to refetch: the next answer comes from the trust data fetched and
+    verified again, and whatever protects against rollbacks (version floors) stays.
+    """
+
+    def invalidate(self, repository: str | None, version: int | None = None, /) -> None:
+        """Make the next request for ``repository`` (None: every repository) refresh.
+
+        ``version``: the version of the trust data the change made, when the feed says
+        (Notary: the timestamp's); a source that holds that version or a later one,
+        verified, may keep it. Untrusted like the feed: a wrong one can only leave the
+        refresh interval in force."""
+        ...

@@ -33,7 +33,9 @@ if TYPE_CHECKING:
 __all__ = [
     "SOURCE_TYPES",
     "BuildSource",
+    "BuildWatcher",
     "SourceType",
+    "Watcher",
     "audit_evidence_fields",
     "source_type",
     "source_type_names",
@@ -65,6 +67,29 @@ class BuildSource(Protocol):
     ) -> TrustSource: ...
 
 
+class BuildWatcher(Protocol):
+    """``build_watcher(settings, limits, store, source)`` -> what keeps ``source`` told of
+    changes (a change feed's watcher, :mod:`proxy.sources.invalidation`), or None. Raises
+    OSError / ValueError when it cannot be built (the source then keeps its refresh
+    interval)."""
+
+    def __call__(
+        self,
+        settings: TrustSourceSettings,
+        limits: LimitSettings,
+        store: TrustStateStore,
+        source: TrustSource,
+    ) -> Watcher | None: ...
+
+
+class Watcher(Protocol):
+    """A background task of a source, started on the serving loop, closed with it."""
+
+    def start(self) -> None: ...
+
+    async def aclose(self) -> None: ...
+
+
 @dataclass(frozen=True)
 class SourceType:
     """What the proxy knows about one kind of trust source."""
@@ -81,6 +106,8 @@ class SourceType:
     evidence_fields: Mapping[str, Any] = field(default_factory=dict)
     #: adds the type's own commands under ``trustproxy trust`` (argparse subparsers)
     add_cli: Callable[[Any], None] | None = None
+    #: what tells a built source of changes to its trust data (a change feed), if any
+    build_watcher: BuildWatcher | None = None
 
 
 #: ``type:`` -> the module whose ``SOURCE_TYPE`` describes it (loaded on first use).

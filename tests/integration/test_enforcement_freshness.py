@@ -79,6 +79,9 @@ def test_revocation_then_trust_server_outage(registry: RegistryBed, tmp_path: Pa
     (Together because without a configurable interval each part waits the 60 s default.)"""
     requires("skopeo", "notary", "notary-server", "notary-signer")
     options, interval = refresh_interval()
+    # The refresh interval itself, without the change feed (tests/integration/
+    # test_changefeed.py): part (2) needs warm/app's cache to be as old as revoke/app's.
+    options = {**options, "changefeed": {"enabled": False}}
     own = NotaryBed.start(tmp_path / "notary")  # this test stops it
     proxy: EnforcingProxy | None = None
     bed = EnforcementBed.create(

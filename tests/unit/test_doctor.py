@@ -540,3 +540,31 @@ def test_client_config_is_part_of_the_report_but_never_fails_it(tmp_path: Path) 
     assert [c.status for c in by_group(report, "client-config")] == ["warn"]
     assert report.exit_code == 0
     assert "Client configuration on this host" in doctor.format_report(report)
+
+
+def test_readyz_change_feed_that_does_not_work_is_a_detail() -> None:
+    """/readyz names each trust source's change feed; one the trust server refused leaves
+    revocation at the refresh interval: the doctor says so (a detail, not a failure)."""
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/readyz":
+            body = {
+                "ready": True,
+                "upstreams": {"hub": "ok"},
+                "trust_store": "up",
+                "changefeeds": {
+                    "notary": {"state": "unsupported", "detail": "change feed: HTTP 404"},
+                    "other": {"state": "active", "polling": True},
+                },
+            }
+            return httpx.Response(200, json=body)
+        return proxy_ok(request)
+
+    report = run(handler)
+    readyz = {c.name: c for c in by_group(report, "proxy")}["proxy /readyz"]
+    assert readyz.status == "pass"
+    assert readyz.data["changefeeds"] == {"notary": "unsupported", "other": "active"}
+    assert readyz.details == [
+        "change feed of trust source notary: unsupported (change feed: HTTP 404); "
+        "revocations take up to the refresh interval"
+    ]

@@ -9,16 +9,18 @@ from typing import Any
 
 from proxy.settings import (
     CacheSettings,
+    ChangefeedSettings,
     ConfigSection,
     LimitSettings,
     TrustSourceSettings,
+    parse_bool,
     parse_credentials,
     parse_duration,
     parse_url,
 )
 from proxy.sources.base import TrustSource
 from proxy.sources.notary.policy import RULE_KEYS, parse_rule
-from proxy.sources.registry import SourceType
+from proxy.sources.registry import SourceType, Watcher
 from proxy.sources.store import TrustStateStore
 
 __all__ = ["SOURCE_TYPE", "build", "parse_settings"]
@@ -38,8 +40,16 @@ def parse_settings(s: ConfigSection, name: str, warnings: list[str]) -> TrustSou
     auth.finish()
     refresh = s.value("refresh_interval", parse_duration, None)
     retry = s.value("retry_interval", parse_duration, TrustSourceSettings.retry_interval)
+    feed = s.section("changefeed")
+    changefeed = ChangefeedSettings(
+        enabled=feed.value("enabled", parse_bool, ChangefeedSettings.enabled),
+        interval=feed.value("interval", parse_duration, ChangefeedSettings.interval),
+    )
+    feed.finish()
     s.finish()
-    return TrustSourceSettings(name, "notary", url, ca_file, creds, refresh, retry)
+    return TrustSourceSettings(
+        name, "notary", url, ca_file, creds, refresh, retry, changefeed=changefeed
+    )
 
 
 def build(
@@ -55,6 +65,18 @@ def build(
     from proxy.sources.notary.source import NotarySource  # the HTTP stack, only when built
 
     return NotarySource.from_settings(settings, limits, store, clock=clock, cache=cache)
+
+
+def build_watcher(
+    settings: TrustSourceSettings,
+    limits: LimitSettings,
+    store: TrustStateStore,
+    source: TrustSource,
+) -> Watcher | None:
+    """The watcher of notary-server's change feed for ``source`` (None when disabled)."""
+    from proxy.sources.notary.changefeed import build_watcher as build
+
+    return build(settings, limits, store, source)
 
 
 def add_cli(trust_sub: Any) -> None:
@@ -73,4 +95,5 @@ SOURCE_TYPE = SourceType(
     build=build,
     evidence_fields={"roles": [], "key_ids": [], "metadata_versions": {}},
     add_cli=add_cli,
+    build_watcher=build_watcher,
 )

@@ -65,6 +65,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -79,6 +80,7 @@ from proxy.settings import CacheSettings, LimitSettings, TrustSourceSettings
 from proxy.sources.answer_cache import AnswerCache
 from proxy.sources.base import NoTrustDataError, RegistryReads, SignedState, TrustInfo
 from proxy.sources.flight import ReplicaLock, take_turn
+from proxy.sources.invalidation import InvalidationTimes
 from proxy.sources.notary.fetcher import NotaryFetcher
 from proxy.sources.notary.rules import (
     NotSignedByError,
@@ -286,6 +288,8 @@ class NotarySource:
             kind_of=_hot_kind,
         )
         self._seen = RollbackFloors(self.options.max_floor_entries)
+        # When each repository was last invalidated (see invalidate and _handoff).
+        self._invalidated = InvalidationTimes(self.options.max_floor_entries)
 
     @classmethod
     def from_settings(
@@ -426,6 +430,43 @@ class NotarySource:
             # Read-only: the same object answers every request until the entry is replaced.
             hot.info = trust_info_of(metadata_versions(hot.ts), stale=hot.stale)
         return hot.info
+
+    def invalidate(self, gun: str | None, version: int | None = None, /) -> None:
+        """See :class:`proxy.sources.base.Invalidatable`: the trust data of ``gun`` (None:
+        of every repository) changed, to timestamp ``version`` when the feed says so; the
+        next request refreshes from the trust server unless the verified set held is at
+        that version already (``version`` is untrusted: a wrong one only leaves the refresh
+        interval in force).
+
+        The hot entries stay, only due now: their verified sets remain the rollback floors
+        and what an outage may serve (as when refresh_at passes by itself). A refresh
+        already running may have fetched the timestamp before the change: what it leaves
+        is due as soon as it lands unless it reached ``version``; without a version, new
+        requests do not wait for it but start their own.
+        """
+
+        def matches(key: _Key) -> bool:
+            return gun is None or key[0] == gun
+
+        for key in self._hot:
+            if matches(key):
+                self._expire(key, version)
+        for key, flight in self._hot.in_flight(matches):
+            if version is None:
+                self._hot.detach(key)
+            flight.add_done_callback(functools.partial(self._expire_landed, key, version))
+        # A sibling worker's hand-over fetched before now may predate the change.
+        self._invalidated.mark(gun, self._clock(), version)
+
+    def _expire(self, key: _Key, version: int | None) -> None:
+        """Make the kept entry of ``key`` due (kept: its set stays a rollback floor and
+        what an outage may serve), unless it holds ``version`` already."""
+        cached = self._hot.last(key)
+        if cached is not None and not _holds(cached.value, version):
+            self._hot.put(key, dataclasses.replace(cached.value, refresh_at=_DUE))
+
+    def _expire_landed(self, key: _Key, version: int | None, _flight: object) -> None:
+        self._expire(key, version)
 
     # --- loading -----------------------------------------------------------------------------
 
@@ -619,6 +660,8 @@ class NotarySource:
             return None
         if ts is None:
             return None
+        if self._invalidated.superseded(gun, fetched_at, _timestamp_version(ts)):
+            return None  # fetched before a change the feed reported: refresh ourselves
         await self._raise_floors(gun, _top_level_versions(ts))
         return dataclasses.replace(self._hot_for(ts, refresh_at=fresh_until), handed=True)
 
@@ -984,6 +1027,25 @@ def _last_verified(hot: _Hot | None) -> TrustedSet | None:
 
 def _fetched_at(record: tuple[datetime, TrustedState]) -> datetime:
     return record[0]
+
+
+#: a refresh_at every clock has passed (an invalidated entry)
+_DUE = datetime.min.replace(tzinfo=UTC)
+
+
+def _timestamp_version(ts: TrustedSet) -> int:
+    return ts.timestamp.version if ts.timestamp is not None else 0
+
+
+def _holds(hot: _Hot, version: int | None) -> bool:
+    """Whether ``hot`` is a fresh verified set at timestamp ``version`` or later (so a
+    change to ``version`` is already in it)."""
+    return (
+        version is not None
+        and hot.ts is not None
+        and not hot.stale
+        and _timestamp_version(hot.ts) >= version
+    )
 
 
 def _lock_of(store: TrustStateStore) -> ReplicaLock | None:
