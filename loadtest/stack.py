@@ -6,7 +6,9 @@
                              |--> redis-server (shared trust state)
                              +--HTTPS--> notary-server --> notary-signer
 
-plus a second trustproxy (``sf``) that reads trust data through a counting HTTPS front
+Both trustproxies run as the issue's table asks: ``server.workers`` = every CPU this process
+may use (the pre-fork master and its workers; CPU and RSS are read over the whole process
+tree), plus a second trustproxy (``sf``) that reads trust data through a counting HTTPS front
 (``testbed.counting_front``), used only to count notary fetches under a cold burst (the
 front is a Python relay: it would slow the main proxy's cold path, so that one talks to
 notary-server directly).
@@ -26,6 +28,7 @@ from typing import Any
 import httpx
 import yaml
 
+from proxy.workers import cpu_count
 from testbed import images
 from testbed.counting_front import CountingFront
 from testbed.enforcement_bed import (
@@ -49,6 +52,8 @@ WARM_REPO = "app"  # <namespace>/app:v1, signed: the warm manifest target
 WARM_TAG = "v1"
 #: trustproxy re-checks a repository's timestamp at most this often (its default).
 REFRESH_SECONDS = 30.0
+#: trustproxy's worker processes: its default (``auto``), spelled out for the report.
+WORKERS = cpu_count()
 
 
 def start_bench_registry(workdir: Path) -> Server:
@@ -173,6 +178,7 @@ def _start_trustproxy(
         "key_prefix": key_prefix,
         "refresh_seconds": REFRESH_SECONDS,
     }
+    config["server"] = {"workers": WORKERS}
     server = start_proxy(workdir, config, name=name)
     return EnforcingProxy(server=server, policy_file=policy_file, audit_file=audit_file)
 

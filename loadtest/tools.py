@@ -10,6 +10,7 @@ import csv
 import io
 import json
 import math
+import resource
 import shutil
 import subprocess
 import threading
@@ -64,15 +65,16 @@ def tool_version(argv: Sequence[str]) -> str:
 # the summary and latency percentiles (microseconds), so nothing parses wrk's human output.
 _WRK_SCRIPT = """\
 {headers}
+{pacing}
 done = function(summary, latency, requests)
   local e = summary.errors
   io.write(string.format(
     'WRK_JSON {{"requests":%d,"duration_us":%d,"bytes":%d,"connect_errors":%d,' ..
     '"read_errors":%d,"write_errors":%d,"status_errors":%d,"timeouts":%d,' ..
-    '"p50_us":%d,"p90_us":%d,"p99_us":%d,"max_us":%d,"mean_us":%.1f}}\\n',
+    '"p50_us":%d,"p90_us":%d,"p99_us":%d,"p999_us":%d,"max_us":%d,"mean_us":%.1f}}\\n',
     summary.requests, summary.duration, summary.bytes, e.connect, e.read, e.write,
     e.status, e.timeout, latency:percentile(50), latency:percentile(90),
-    latency:percentile(99), latency.max, latency.mean))
+    latency:percentile(99), latency:percentile(99.9), latency.max, latency.mean))
 end
 """
 
@@ -89,8 +91,12 @@ class WrkResult:
     p50_ms: float
     p90_ms: float
     p99_ms: float
+    p999_ms: float
     max_ms: float
     mean_ms: float
+    #: CPU seconds wrk itself used (user + system): what the load generator took from the
+    #: cores the measured servers run on
+    generator_cpu_s: float = 0.0
 
     @property
     def rps(self) -> float:
@@ -112,14 +118,24 @@ def run_wrk(
     threads: int,
     headers: Mapping[str, str],
     workdir: Path,
+    delay_ms: float | None = None,
 ) -> WrkResult:
-    """``wrk -t threads -c connections -d seconds`` against ``url`` with ``headers``."""
+    """``wrk -t threads -c connections -d seconds`` against ``url`` with ``headers``.
+
+    ``delay_ms``: each connection waits this long after an answer before its next request
+    (wrk's ``delay()`` hook), so the offered load is about ``connections / (delay + latency)``
+    requests per second instead of as many as the servers (and wrk) can do: latency at a
+    load below saturation, where percentiles measure the server, not a queue. wrk times a
+    request from its send, so the pause is not counted in the latency."""
     workdir.mkdir(parents=True, exist_ok=True)
     script = workdir / "wrk-report.lua"
     header_lines = "\n".join(
         f"wrk.headers[{_lua_string(k)}] = {_lua_string(v)}" for k, v in headers.items()
     )
-    script.write_text(_WRK_SCRIPT.format(headers=header_lines))
+    pacing = ""
+    if delay_ms is not None:
+        pacing = f"delay = function() return {max(0, round(delay_ms))} end"
+    script.write_text(_WRK_SCRIPT.format(headers=header_lines, pacing=pacing))
     argv = [
         "wrk",
         f"-t{threads}",
@@ -131,7 +147,11 @@ def run_wrk(
         str(script),
         url,
     ]
+    # Children's CPU times grow when a child is waited for: the difference is wrk's.
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     done = subprocess.run(argv, capture_output=True, timeout=seconds + 60, check=False)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    generator_cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     out = done.stdout.decode(errors="replace")
     line = next((ln for ln in out.splitlines() if ln.startswith("WRK_JSON ")), None)
     if done.returncode != 0 or line is None:
@@ -151,8 +171,10 @@ def run_wrk(
         p50_ms=int(data["p50_us"]) / 1000,
         p90_ms=int(data["p90_us"]) / 1000,
         p99_ms=int(data["p99_us"]) / 1000,
+        p999_ms=int(data["p999_us"]) / 1000,
         max_ms=int(data["max_us"]) / 1000,
         mean_ms=float(data["mean_us"]) / 1000,
+        generator_cpu_s=generator_cpu,
     )
 
 
