@@ -249,6 +249,41 @@ def markdown(results: dict[str, Any], chart_name: str | None = None) -> str:
         f"{sf['distinct_files']} files (max {sf['max_fetches_per_file']} per file)."
     )
     w("")
+    sc = results.get("scale")
+    if sc:
+        w(
+            f"## Scale ({sc['repositories']:,} repositories × {sc['tags_per_repository']} "
+            f"signed tags, {sc['connections']} connections, "
+            f"{sc['seconds_per_point']:g} s per point)"
+        )
+        w("")
+        w(
+            "Trust data made in process, served by a stub notary over HTTPS; one image per "
+            f"repository in the registry (tag `v0`). A trustproxy of its own ({sc['workers']} "
+            f"worker, Redis, refresh_seconds {sc['refresh_seconds']:g}: the cache is measured, "
+            "not the timestamp re-checks). At each point the new repositories are pulled "
+            "cold, then wrk asks for `v0` of every repository so far, round robin. Memory: "
+            "growth since the proxy started, divided by the repositories cached."
+        )
+        w("")
+        w(
+            "| Repositories | warm req/s | p99 ms | errors | cold pulls/s | RSS MiB "
+            "| RSS KiB / repo | Redis keys | Redis KiB / repo |"
+        )
+        w("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+        for r in sc["rows"]:
+            w(
+                f"| {r['repositories']:,} | {r['warm_rps']:.0f} | {r['warm_p99_ms']:.2f} | "
+                f"{r['errors']} | {r['cold_pulls_per_s']:.0f} | {r['rss_mib']:.1f} | "
+                f"{r['rss_per_repository_kib']:.1f} | {r['redis_keys']} | "
+                f"{r['redis_per_repository_kib']:.1f} |"
+            )
+        w("")
+        w(
+            f"Warm req/s at the last point / the first: {sc['warm_rps_last_vs_first']:.2f}× "
+            f"(flat is 1). Notary fetches in all: {sc['notary_fetches']:,}."
+        )
+        w("")
     w("## CPU")
     w("")
     w("| Process | CPU s per GB streamed | CPU s per 1,000 manifests |")

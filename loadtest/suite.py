@@ -17,6 +17,9 @@ Sections (each returns plain JSON-able data; ``run_suite`` assembles the results
 - ``single_flight``: ``hey`` sends 1,000 concurrent cold requests to a trustproxy reading
   notary through a counting front: how often each metadata file was fetched.
 - ``cpu``: proxy CPU seconds (psutil, before/after) per GB streamed and per 1,000 manifests.
+- ``scale``: 1,000 repositories x 100 signed tags (trust data made in process, served by a
+  stub notary): memory per repository in Redis and in process, warm req/s at 10, 100 and
+  1,000 repositories (:mod:`loadtest.scale`).
 
 Nothing here asserts on time: the numbers are reported, and compared with the targets in
 ``targets()``.
@@ -40,6 +43,7 @@ from urllib.parse import quote
 import httpx
 
 from loadtest import bench_trust
+from loadtest.scale import bench_scale
 from loadtest.stack import REFRESH_SECONDS, WARM_REPO, WARM_TAG, WORKERS, Stack, start_stack
 from loadtest.tools import (
     CpuMeter,
@@ -83,6 +87,10 @@ class Plan:
     burst: int
     trust_tags: int
     trust_runs: int
+    #: the scale curve: cumulative repository counts, signed tags per repository, wrk seconds
+    scale_points: tuple[int, ...]
+    scale_tags: int
+    scale_seconds: float
 
 
 FULL = Plan(
@@ -103,6 +111,9 @@ FULL = Plan(
     burst=1000,
     trust_tags=10_000,
     trust_runs=9,
+    scale_points=(10, 100, 1000),
+    scale_tags=100,
+    scale_seconds=10,
 )
 
 QUICK = Plan(
@@ -123,6 +134,9 @@ QUICK = Plan(
     burst=1000,
     trust_tags=10_000,
     trust_runs=3,
+    scale_points=(10, 40),
+    scale_tags=100,
+    scale_seconds=2,
 )
 
 
@@ -567,10 +581,11 @@ class Target:
 
 def targets(results: dict[str, Any]) -> list[Target]:
     """Every row of the "Performance" issue's table that this suite measures, against the
-    issue's target, in the issue's order; then the single-flight rows. Not measured here
-    (docs/performance.md says so): memory per cached repository (1,000 x 100 tags)."""
+    issue's target, in the issue's order; then the single-flight rows. Memory per cached
+    repository has no limit in the issue: the scale section reports it."""
     m, bs, bc = results["manifests"], results["blob_single"], results["blob_concurrent"]
     cold, core, sf = results["cold"], results["trust_core"], results["single_flight"]
+    sc = results["scale"]
     return [
         Target(
             "manifest_rps_ratio",
@@ -639,6 +654,15 @@ def targets(results: dict[str, Any]) -> list[Target]:
             "ms",
             "<=",
             40.0,
+        ),
+        Target(
+            "scale_warm_flat",
+            f"warm req/s at {sc['points'][-1]:,} repositories / at {sc['points'][0]:,} "
+            f"({sc['tags_per_repository']} signed tags each; flat is 1)",
+            sc["warm_rps_last_vs_first"],
+            "×",
+            ">=",
+            0.9,
         ),
         Target(
             "single_flight_max_per_file",
@@ -781,6 +805,23 @@ def run_suite(plan: Plan, workdir: Path) -> dict[str, Any]:
         results["cold"] = bench_cold(stack, plan)
         log(f"single flight: {plan.burst} concurrent cold requests")
         results["single_flight"] = bench_single_flight(stack, plan)
+        log(
+            f"scale: {max(plan.scale_points)} repositories x {plan.scale_tags} signed tags, "
+            f"warm req/s at {', '.join(str(p) for p in plan.scale_points)}"
+        )
+        results["scale"] = bench_scale(
+            workdir=stack.workdir / "scale",
+            registry_url=stack.registry.extra["url"],
+            registry_pid=stack.registry.pid,
+            notary=stack.notary,
+            redis_server=stack.redis,
+            points=plan.scale_points,
+            tags=plan.scale_tags,
+            seconds=plan.scale_seconds,
+            connections=plan.connections,
+            threads=plan.wrk_threads,
+            log=log,
+        )
         results["processes_alive"] = {
             "trustproxy": stack.proxy.server.alive(),
             "nginx": stack.nginx.alive(),

@@ -119,6 +119,7 @@ def run_wrk(
     headers: Mapping[str, str],
     workdir: Path,
     delay_ms: float | None = None,
+    paths: Sequence[str] = (),
 ) -> WrkResult:
     """``wrk -t threads -c connections -d seconds`` against ``url`` with ``headers``.
 
@@ -126,7 +127,8 @@ def run_wrk(
     (wrk's ``delay()`` hook), so the offered load is about ``connections / (delay + latency)``
     requests per second instead of as many as the servers (and wrk) can do: latency at a
     load below saturation, where percentiles measure the server, not a queue. wrk times a
-    request from its send, so the pause is not counted in the latency."""
+    request from its send, so the pause is not counted in the latency. ``paths``: request
+    these (on ``url``'s host) in turn instead of ``url``'s own path."""
     workdir.mkdir(parents=True, exist_ok=True)
     script = workdir / "wrk-report.lua"
     header_lines = "\n".join(
@@ -135,6 +137,16 @@ def run_wrk(
     pacing = ""
     if delay_ms is not None:
         pacing = f"delay = function() return {max(0, round(delay_ms))} end"
+    if paths:
+        # Round robin over ``paths`` (each wrk thread its own counter): many repositories.
+        table = ", ".join(_lua_string(p) for p in paths)
+        pacing += (
+            f"\npaths = {{{table}}}\ncounter = 0\n"
+            "request = function()\n"
+            "  counter = counter + 1\n"
+            "  return wrk.format(nil, paths[(counter % #paths) + 1])\n"
+            "end"
+        )
     script.write_text(_WRK_SCRIPT.format(headers=header_lines, pacing=pacing))
     argv = [
         "wrk",
