@@ -268,16 +268,23 @@ def markdown(results: dict[str, Any], chart_name: str | None = None) -> str:
         w("")
         w(
             "| Repositories | warm req/s | p99 ms | errors | cold pulls/s | RSS MiB "
-            "| RSS KiB / repo | Redis keys | Redis KiB / repo |"
+            "| RSS KiB per added repo | Redis keys | Redis KiB per added repo |"
         )
         w("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
         for r in sc["rows"]:
             w(
                 f"| {r['repositories']:,} | {r['warm_rps']:.0f} | {r['warm_p99_ms']:.2f} | "
                 f"{r['errors']} | {r['cold_pulls_per_s']:.0f} | {r['rss_mib']:.1f} | "
-                f"{r['rss_per_repository_kib']:.1f} | {r['redis_keys']} | "
-                f"{r['redis_per_repository_kib']:.1f} |"
+                f"{r.get('rss_marginal_kib', r['rss_per_repository_kib']):.1f} | "
+                f"{r['redis_keys']} | "
+                f"{r.get('redis_marginal_kib', r['redis_per_repository_kib']):.1f} |"
             )
+        w("")
+        w(
+            "Per added repo: the growth since the previous point divided by the repositories "
+            "added (the first point also carries what a first request warms up: pools, "
+            "caches, code paths)."
+        )
         w("")
         w(
             f"Warm req/s at the last point / the first: {sc['warm_rps_last_vs_first']:.2f}× "

@@ -215,8 +215,18 @@ def bench_scale(
                     workdir=workdir / "scale-wrk",
                     paths=paths,
                 )
+            previous = rows[-1] if rows else None
+            step = point - (previous["repositories"] if previous else 0)
+            rss_before = previous["rss_bytes"] if previous else rss_start
+            redis_before = previous["redis_total_bytes"] if previous else redis_start
             row = {
                 "repositories": point,
+                "rss_bytes": rss,
+                "redis_total_bytes": rbytes,
+                # What the repositories added since the last point cost each: the first
+                # point also pays for everything a first request warms up (pools, caches).
+                "rss_marginal_kib": (rss - rss_before) / step / 1024,
+                "redis_marginal_kib": (rbytes - redis_before) / step / 1024,
                 "cold_pulls_per_s": len(new) / cold_s if cold_s > 0 else 0.0,
                 "rss_mib": rss / MiB,
                 "rss_per_repository_kib": (rss - rss_start) / point / 1024,
@@ -233,8 +243,8 @@ def bench_scale(
             log(
                 f"  scale {point:>5} repositories: warm {result.rps:7.0f} req/s "
                 f"(p99 {result.p99_ms:6.2f} ms, errors {row['errors']}), "
-                f"RSS {row['rss_mib']:6.1f} MiB ({row['rss_per_repository_kib']:.1f} KiB/repo), "
-                f"Redis {row['redis_per_repository_kib']:.1f} KiB/repo in {row['redis_keys']} keys"
+                f"RSS {row['rss_mib']:6.1f} MiB (+{row['rss_marginal_kib']:.1f} KiB per new repo), "
+                f"Redis +{row['redis_marginal_kib']:.1f} KiB per new repo, {row['redis_keys']} keys"
             )
         fetched = len(front.fetches())
         alive = proxy.server.alive()
@@ -252,5 +262,8 @@ def bench_scale(
         "proxy_alive": alive,
         "rss_per_repository_kib": last["rss_per_repository_kib"],
         "redis_per_repository_kib": last["redis_per_repository_kib"],
+        # Between the last two points: the cost of one more cached repository.
+        "rss_marginal_kib": last["rss_marginal_kib"],
+        "redis_marginal_kib": last["redis_marginal_kib"],
         "warm_rps_last_vs_first": last["warm_rps"] / first["warm_rps"] if first["warm_rps"] else 0,
     }
