@@ -195,9 +195,10 @@ def markdown(results: dict[str, Any], chart_name: str | None = None) -> str:
     w("")
     w(
         "| Target | 1 stream MB/s | × nginx | CPU s/GB | "
-        f"{bc['streams']} streams MB/s | × nginx | CPU s/GB | RSS idle → peak MiB |"
+        f"{bc['streams']} streams MB/s | × nginx | CPU s/GB | RSS idle → peak MiB "
+        "| PSS peak MiB |"
     )
-    w("|---|---:|---:|---:|---:|---:|---:|---:|")
+    w("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     ngx_s = bs["targets"]["nginx"]["mb_per_s"]["median"]
     ngx_c = bc["targets"]["nginx"]["mb_per_s"]["median"]
     for name in TARGETS:
@@ -206,12 +207,15 @@ def markdown(results: dict[str, Any], chart_name: str | None = None) -> str:
             f"| {name} | {_range(s['mb_per_s'])} | {s['mb_per_s']['median'] / ngx_s:.2f}× | "
             f"{s['cpu_s_per_gb']:.2f} | {_range(c['mb_per_s'])} | "
             f"{c['mb_per_s']['median'] / ngx_c:.2f}× | {c['cpu_s_per_gb']:.2f} | "
-            f"{c['rss_idle_mib']:.0f} → {c['rss_peak_mib']:.0f} |"
+            f"{c['rss_idle_mib']:.0f} → {c['rss_peak_mib']:.0f} | "
+            f"{c.get('pss_peak_mib', 0.0):.0f} |"
         )
     w("")
     w(
-        "MB = 10⁶ bytes. RSS: the serving process tree (nginx: master + workers), sampled every "
-        "20 ms during the concurrent runs."
+        "MB = 10⁶ bytes. RSS: the serving process tree (nginx: master + workers; trustproxy: "
+        "master + workers), sampled every 20 ms during the concurrent runs; the sum counts "
+        "pages the processes share (a forked master's imports) once per process. PSS counts "
+        "each shared page once in all: the memory the tree takes."
     )
     w("")
     w(f"## Cold tag resolution ({cold['reps']} new repositories, median (min–max))")

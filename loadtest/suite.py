@@ -356,17 +356,20 @@ def bench_blob_concurrent(stack: Stack, plan: Plan) -> dict[str, Any]:
                     "mb_per_s": d.mb_per_s,
                     "cpu_s": cpu.used,
                     "rss_peak_bytes": rss.peak,
+                    "pss_peak_bytes": rss.pss_peak,
                     "rss_samples": rss.samples,
                 }
             )
             log(
                 f"  {plan.streams} x {blob.size // MiB} MiB rep {rep + 1}/{plan.stream_reps} "
-                f"{name:<10} {d.mb_per_s:8.0f} MB/s  RSS peak {rss.peak / MiB:6.1f} MiB"
+                f"{name:<10} {d.mb_per_s:8.0f} MB/s  RSS peak {rss.peak / MiB:6.1f} MiB  "
+                f"PSS peak {rss.pss_peak / MiB:6.1f} MiB"
             )
     targets = {name: _blob_target(name, runs[name]) for name in names}
     for name in names:
         targets[name]["rss_idle_mib"] = idle_rss[name] / MiB
         targets[name]["rss_peak_mib"] = max(r["rss_peak_bytes"] for r in runs[name]) / MiB
+        targets[name]["pss_peak_mib"] = max(r["pss_peak_bytes"] for r in runs[name]) / MiB
     tp, ngx, reg = targets["trustproxy"], targets["nginx"], targets["registry"]
     return {
         "blob_bytes": blob.size,
@@ -377,6 +380,7 @@ def bench_blob_concurrent(stack: Stack, plan: Plan) -> dict[str, Any]:
         "trustproxy_vs_registry": ratio(tp["mb_per_s"]["median"], reg["mb_per_s"]["median"]),
         "nginx_vs_registry": ratio(ngx["mb_per_s"]["median"], reg["mb_per_s"]["median"]),
         "trustproxy_rss_peak_mib": tp["rss_peak_mib"],
+        "trustproxy_pss_peak_mib": tp["pss_peak_mib"],
     }
 
 
@@ -632,7 +636,7 @@ def targets(results: dict[str, Any]) -> list[Target]:
         ),
         Target(
             "blob_concurrent_rss_mib",
-            f"trustproxy RSS peak, {bc['streams']} concurrent "
+            f"trustproxy RSS peak (sum over master and workers), {bc['streams']} concurrent "
             f"{bc['blob_bytes'] // MiB} MiB streams",
             bc["trustproxy_rss_peak_mib"],
             "MiB",

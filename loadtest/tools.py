@@ -6,6 +6,7 @@ Every subprocess has a timeout and every loop a bound; nothing here asserts on t
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -311,6 +312,19 @@ def rss_bytes(pid: int) -> int:
     return total
 
 
+def pss_bytes(pid: int) -> int:
+    """Proportional set size of ``pid`` and its children (bytes): pages shared between
+    processes (a pre-fork master and its workers share their code and imports) counted
+    once in all, where the RSS sum counts them in every process."""
+    total = 0
+    for proc in process_tree(pid):
+        try:
+            total += int(getattr(proc.memory_full_info(), "pss", 0))
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return total
+
+
 class CpuMeter:
     """CPU seconds used by each named process tree between ``start()`` and ``stop()``."""
 
@@ -329,13 +343,14 @@ class CpuMeter:
 
 @dataclass
 class RssSampler:
-    """A thread sampling the RSS of a process tree every ``interval`` seconds while active
-    (at most ``max_seconds``); ``peak`` and ``samples`` afterwards."""
+    """A thread sampling the RSS (and PSS) of a process tree every ``interval`` seconds while
+    active (at most ``max_seconds``); ``peak``, ``pss_peak`` and ``samples`` afterwards."""
 
     pid: int
     interval: float = 0.02
     max_seconds: float = 600.0
     peak: int = 0
+    pss_peak: int = 0
     samples: int = 0
     first: int = 0
     _stop: threading.Event = field(default_factory=threading.Event)
@@ -351,6 +366,8 @@ class RssSampler:
             if self.samples == 0:
                 self.first = value
             self.peak = max(self.peak, value)
+            with contextlib.suppress(psutil.NoSuchProcess):
+                self.pss_peak = max(self.pss_peak, pss_bytes(self.pid))
             self.samples += 1
             self._stop.wait(self.interval)
 
