@@ -54,7 +54,13 @@ def summary_section(results: dict[str, Any], report_link: str, chart_link: str) 
     tree = "" if not changes else f" + uncommitted changes in `proxy/` ({len(changes)} files)"
     lines = [
         f"Full run of {results['started']} on {mach['nproc']} CPUs ({mach['cpu_model']}), "
-        f"Python {mach['python']}, commit `{src['commit'][:12]}`{tree}. "
+        f"Python {mach['python']}, commit `{src['commit'][:12]}`{tree}"
+        + (
+            f", load average {mach['load_average_start'][0]:.1f} at the start"
+            if "load_average_start" in mach
+            else ""
+        )
+        + ". "
         f"Details, every section and the CPU table: [{report_link}]({report_link}).",
         "",
         *targets_table(results),
@@ -99,6 +105,14 @@ def markdown(results: dict[str, Any], chart_name: str | None = None) -> str:
         f"({mach['event_loop']}); {mach['tools']['nginx']}, {mach['tools']['wrk'].split(' [')[0]}, "
         f"hey, curl. Everything on loopback, on the same cores as the load generators."
     )
+    if "load_average_start" in mach:
+        w(
+            "Load average (1, 5, 15 min) at the start: "
+            + ", ".join(f"{v:.1f}" for v in mach["load_average_start"])
+            + "; at the end: "
+            + ", ".join(f"{v:.1f}" for v in mach.get("load_average_end", []))
+            + "."
+        )
     changes = src["proxy_changes"]
     tree = (
         "clean `proxy/`"
@@ -266,18 +280,21 @@ def markdown(results: dict[str, Any], chart_name: str | None = None) -> str:
             f"repository in the registry (tag `v0`). A trustproxy of its own ({sc['workers']} "
             f"worker, Redis, refresh_seconds {sc['refresh_seconds']:g}: the cache is measured, "
             "not the timestamp re-checks). At each point the new repositories are pulled "
-            "cold, then wrk asks for `v0` of every repository so far, round robin. Memory: "
-            "growth since the proxy started, divided by the repositories cached."
+            "cold, then wrk asks for `v0` of every repository so far, round robin."
         )
         w("")
         w(
-            "| Repositories | warm req/s | p99 ms | errors | cold pulls/s | RSS MiB "
-            "| RSS KiB per added repo | Redis keys | Redis KiB per added repo |"
+            "| Repositories | warm req/s | proxy CPU ms / req | p99 ms | errors | cold pulls/s "
+            "| RSS MiB | RSS KiB per added repo | Redis keys | Redis KiB per added repo |"
         )
-        w("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+        w("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
         for r in sc["rows"]:
+            cpu_ms = r.get("cpu_ms_per_request")
+            if cpu_ms is None and r["warm"]["requests"]:  # results written before the field
+                cpu_ms = r["cpu_s"]["trustproxy"] * 1000 / r["warm"]["requests"]
             w(
-                f"| {r['repositories']:,} | {r['warm_rps']:.0f} | {r['warm_p99_ms']:.2f} | "
+                f"| {r['repositories']:,} | {r['warm_rps']:.0f} | "
+                f"{'' if cpu_ms is None else f'{cpu_ms:.3f}'} | {r['warm_p99_ms']:.2f} | "
                 f"{r['errors']} | {r['cold_pulls_per_s']:.0f} | {r['rss_mib']:.1f} | "
                 f"{r.get('rss_marginal_kib', r['rss_per_repository_kib']):.1f} | "
                 f"{r['redis_keys']} | "
@@ -287,7 +304,8 @@ def markdown(results: dict[str, Any], chart_name: str | None = None) -> str:
         w(
             "Per added repo: the growth since the previous point divided by the repositories "
             "added (the first point also carries what a first request warms up: pools, "
-            "caches, code paths)."
+            "caches, code paths). Proxy CPU ms per request: the proxy's CPU over the step's "
+            "requests, which does not depend on how much of the shared cores it got."
         )
         w("")
         w(

@@ -238,11 +238,16 @@ def bench_scale(
                 "warm_p99_ms": result.p99_ms,
                 "errors": result.errors + result.status_errors,
                 "cpu_s": cpu.used,
+                # Independent of how much of the shared cores the proxy got in this step.
+                "cpu_ms_per_request": (
+                    cpu.used["trustproxy"] * 1000 / result.requests if result.requests else 0.0
+                ),
             }
             rows.append(row)
             log(
                 f"  scale {point:>5} repositories: warm {result.rps:7.0f} req/s "
-                f"(p99 {result.p99_ms:6.2f} ms, errors {row['errors']}), "
+                f"(p99 {result.p99_ms:6.2f} ms, errors {row['errors']}, "
+                f"{row['cpu_ms_per_request']:.3f} CPU ms/req), "
                 f"RSS {row['rss_mib']:6.1f} MiB (+{row['rss_marginal_kib']:.1f} KiB per new repo), "
                 f"Redis +{row['redis_marginal_kib']:.1f} KiB per new repo, {row['redis_keys']} keys"
             )

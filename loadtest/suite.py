@@ -773,7 +773,7 @@ def run_suite(plan: Plan, workdir: Path) -> dict[str, Any]:
         "started": started.isoformat(timespec="seconds"),
         "mode": plan.mode,
         "plan": asdict(plan),
-        "machine": machine(),
+        "machine": {**machine(), "load_average_start": list(os.getloadavg())},
         "source": source_state(),
         "config": {
             "trustproxy": f"{WORKERS} uvicorn workers under the pre-fork master "
@@ -833,6 +833,8 @@ def run_suite(plan: Plan, workdir: Path) -> dict[str, Any]:
         }
     finally:
         stack.close()
+    # Other work on the same cores moves every absolute number: say how busy they were.
+    results["machine"]["load_average_end"] = list(os.getloadavg())
     results["cpu"] = cpu_summary(results)
     results["targets"] = [t.as_dict() for t in targets(results)]
     results["duration_s"] = round(time.perf_counter() - t0, 1)
