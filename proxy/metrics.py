@@ -76,6 +76,16 @@ STORE_ERRORS = Counter(
     registry=REGISTRY,
 )
 
+_METRICS = (
+    REQUESTS,
+    DECISIONS,
+    TRUST_REFRESH_SECONDS,
+    TRUST_CACHE,
+    UPSTREAM_ERRORS,
+    STORE_UP,
+    STORE_ERRORS,
+)
+
 
 def count_in_shared_directory(directory: Path) -> None:
     """Keep this process's metrics in ``directory`` (a worker, right after fork, before it
@@ -86,6 +96,11 @@ def count_in_shared_directory(directory: Path) -> None:
     process, puts every value of this process in the shared files. The environment variable
     is how prometheus_client's file writer finds the directory.
     """
+    # Values made before (inherited from the parent, which should have none) would stay in
+    # memory, unseen by the scrape: dropped, so that labels() makes them again, in files.
+    # Before the switch: prometheus_client refuses to clear in multiprocess mode.
+    for metric in _METRICS:
+        metric.clear()
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(directory)
     values.ValueClass = values.MultiProcessValue()  # type: ignore[no-untyped-call]
     _shared_directory[:] = [directory]
