@@ -232,6 +232,17 @@ def markdown(results: dict[str, Any], chart_name: str | None = None) -> str:
         "each shared page once in all: the memory the tree takes."
     )
     w("")
+    br = results.get("blob_redirect")
+    if br:
+        w(
+            f"With `blobs: redirect` (the same {br['blob_bytes'] // MiB} MiB blob, curl following "
+            f"the 307 to the registry, interleaved with nginx, {br['reps']} each): "
+            f"{_range(br['redirect_mb_per_s'])} MB/s, {br['redirect_vs_nginx']:.2f}× nginx "
+            f"({_range(br['nginx_mb_per_s'])} MB/s); the proxy's CPU "
+            f"{br['proxy_cpu_s_per_gb']:.3f} s per GB delivered. No hash check by the proxy "
+            "then (the client's only): a trade, not the target's measure."
+        )
+        w("")
     w(f"## Cold tag resolution ({cold['reps']} new repositories, median (min–max))")
     w("")
     w("| | ms |")

@@ -11,7 +11,7 @@ may use (the pre-fork master and its workers; CPU and RSS are read over the whol
 tree), plus a second trustproxy (``sf``) that reads trust data through a counting HTTPS front
 (``testbed.counting_front``), used only to count notary fetches under a cold burst (the
 front is a Python relay: it would slow the main proxy's cold path, so that one talks to
-notary-server directly).
+notary-server directly), and a third with ``blobs: redirect`` for the redirect row.
 
 One publisher signs every repository (``<registry>/bench/*``); the policy pins its root key.
 """
@@ -96,6 +96,7 @@ class Stack:
     bed: EnforcementBed
     proxy: EnforcingProxy
     sf_proxy: EnforcingProxy
+    redirect_proxy: EnforcingProxy
     nginx: Server
     warm_target: SignedTarget | None = None
     blobs: dict[str, BlobRef] = field(default_factory=dict)
@@ -163,11 +164,13 @@ def _start_trustproxy(
     *,
     source_url: str | None,
     key_prefix: str,
+    blobs: str = "stream",
+    workers: int = WORKERS,
 ) -> EnforcingProxy:
     audit_file = workdir / f"{name}-audit.jsonl"
     options: dict[str, Any] = {"url": source_url} if source_url else {}
     config = proxy_config(
-        [upstream("internal", bed.registry_url)],
+        [upstream("internal", bed.registry_url, blobs=blobs)],
         notary,
         policy_file,
         audit_file=audit_file,
@@ -178,7 +181,7 @@ def _start_trustproxy(
         "key_prefix": key_prefix,
         "refresh_seconds": REFRESH_SECONDS,
     }
-    config["server"] = {"workers": WORKERS}
+    config["server"] = {"workers": workers}
     server = start_proxy(workdir, config, name=name)
     return EnforcingProxy(server=server, policy_file=policy_file, audit_file=audit_file)
 
@@ -230,6 +233,20 @@ def start_stack(workdir: Path) -> Stack:
             key_prefix=f"bench-{ns}-sf:",
         )
         exit_stack.callback(sf_proxy.stop)
+        # ``blobs: redirect`` (one worker: it only answers blob GETs with a redirect).
+        redirect_proxy = _start_trustproxy(
+            workdir / "proxies",
+            "trustproxy-redirect",
+            bed,
+            notary,
+            redis,
+            policy_file,
+            source_url=None,
+            key_prefix=f"bench-{ns}-redirect:",
+            blobs="redirect",
+            workers=1,
+        )
+        exit_stack.callback(redirect_proxy.stop)
         nginx = start_nginx(workdir / "nginx", registry.extra["url"])
         exit_stack.callback(nginx.stop)
     except BaseException:
@@ -244,6 +261,7 @@ def start_stack(workdir: Path) -> Stack:
         bed=bed,
         proxy=proxy,
         sf_proxy=sf_proxy,
+        redirect_proxy=redirect_proxy,
         nginx=nginx,
         warm_target=warm,
         _exit=exit_stack,

@@ -336,6 +336,43 @@ def bench_blob_single(stack: Stack, plan: Plan) -> dict[str, Any]:
     }
 
 
+def bench_blob_redirect(stack: Stack, plan: Plan) -> dict[str, Any]:
+    """The single blob through a trustproxy with ``blobs: redirect`` (curl follows the 307
+    to the registry), interleaved with nginx: what the option trades verification for."""
+    blob = stack.blobs["single"]
+    urls = {"nginx": stack.nginx.extra["url"], "redirect": stack.redirect_proxy.url}
+    pids = {"nginx": stack.nginx.pid, "redirect": stack.redirect_proxy.server.pid,
+            "registry": stack.registry.pid}  # fmt: skip
+    for name in urls:
+        curl_download(urls[name] + blob.path, follow=True)
+    runs: dict[str, list[dict[str, Any]]] = {n: [] for n in urls}
+    for rep in range(plan.blob_reps):
+        for name in rotated(list(urls), rep):
+            with CpuMeter(pids) as cpu:
+                d = curl_download(urls[name] + blob.path, follow=True)
+            _check_download(d, blob.size, name)
+            runs[name].append({"rep": rep, "mb_per_s": d.mb_per_s, "bytes": d.bytes,
+                               "cpu_s": cpu.used})  # fmt: skip
+            log(
+                f"  blob {blob.size // MiB} MiB rep {rep + 1}/{plan.blob_reps} {name:<10} "
+                f"{d.mb_per_s:8.0f} MB/s"
+            )
+    red, ngx = runs["redirect"], runs["nginx"]
+    red_bytes = sum(r["bytes"] for r in red)
+    return {
+        "blob_bytes": blob.size,
+        "reps": plan.blob_reps,
+        "redirect_mb_per_s": _summary([r["mb_per_s"] for r in red]),
+        "nginx_mb_per_s": _summary([r["mb_per_s"] for r in ngx]),
+        "redirect_vs_nginx": ratio(
+            median([r["mb_per_s"] for r in red]), median([r["mb_per_s"] for r in ngx])
+        ),
+        # The proxy's CPU per GB the client received (it relayed none of it).
+        "proxy_cpu_s_per_gb": ratio(sum(r["cpu_s"]["redirect"] for r in red), red_bytes / 1e9),
+        "runs": runs,
+    }
+
+
 def bench_blob_concurrent(stack: Stack, plan: Plan) -> dict[str, Any]:
     blob = stack.push_blob("streams", plan.stream_size)
     urls, names, pids = stack.urls, list(stack.urls), stack.pids
@@ -800,6 +837,8 @@ def run_suite(plan: Plan, workdir: Path) -> dict[str, Any]:
         results["manifests"] = bench_manifests(stack, plan)
         log(f"single-stream blob: {plan.blob_size // MiB} MiB x {plan.blob_reps} per target")
         results["blob_single"] = bench_blob_single(stack, plan)
+        log("blobs: redirect: the same blob through a `blobs: redirect` trustproxy vs nginx")
+        results["blob_redirect"] = bench_blob_redirect(stack, plan)
         log(
             f"concurrent blobs: {plan.streams} x {plan.stream_size // MiB} MiB "
             f"x {plan.stream_reps} per target"

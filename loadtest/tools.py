@@ -256,10 +256,15 @@ class Download:
         return set(self.codes) == {200}
 
 
-def curl_download(url: str, *, streams: int = 1, timeout: float = 300) -> Download:
+def curl_download(
+    url: str, *, streams: int = 1, timeout: float = 300, follow: bool = False
+) -> Download:
     """Download ``url`` ``streams`` times at once (one curl process, ``--parallel``, one
-    connection per transfer) into /dev/null; wall time of the whole batch."""
+    connection per transfer) into /dev/null; wall time of the whole batch. ``follow``:
+    follow redirects (the code is then the last answer's)."""
     argv = ["curl", "--silent", "--show-error", "--max-time", str(round(timeout))]
+    if follow:
+        argv.append("--location")
     argv += ["--write-out", "%{http_code} %{size_download}\\n"]
     if streams > 1:
         argv += ["--parallel", "--parallel-immediate", "--parallel-max", str(streams)]

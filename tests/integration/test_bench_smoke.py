@@ -97,6 +97,8 @@ def test_quick_benchmark_writes_every_section(tmp_path: Path) -> None:
             _numbers(s["targets"][name], "mb_per_s.median", "cpu_s_per_gb")
             assert s["targets"][name]["mb_per_s"]["median"] > 0
     _numbers(results["blob_concurrent"], "trustproxy_rss_peak_mib")
+    _numbers(results["blob_redirect"], "redirect_vs_nginx", "proxy_cpu_s_per_gb")
+    assert results["blob_redirect"]["redirect_mb_per_s"]["median"] > 0
     assert results["blob_concurrent"]["trustproxy_rss_peak_mib"] > 0
     _numbers(results["cold"], "trustproxy_ms.median", "raw_ms.median", "trustproxy_vs_raw")
     assert "timestamp.json" in results["cold"]["files"]
