@@ -1,7 +1,8 @@
 """The Notary refresh walk, once: :func:`walk` is the sans-I/O driver of a :class:`TrustedSet`
 (it yields which file it needs and is sent its bytes); :func:`refresh` runs it over a
-synchronous fetch callable (tests, tools, bench) and :func:`drive` over an async one
-(production). Both run this code, so the attack tests test what serves.
+synchronous fetch callable (tests, tools, bench), ``NotarySource`` over its async fetcher
+(production), and :func:`drive` over an async fetch callable, fetching ahead (below). All
+run this code, so the attack tests test what serves.
 
 Fetching ahead: a :class:`Need` may name files the walk will ask for next whatever the
 answer (``ahead``): ``timestamp.json`` alongside the first next-root probe, the other
