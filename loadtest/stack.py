@@ -6,10 +6,12 @@
                              |--> redis-server (shared trust state)
                              +--HTTPS--> notary-server --> notary-signer
 
-plus a second trustproxy (``sf``) that reads trust data through a counting HTTPS front
+Both trustproxies run as the issue's table asks: ``server.workers`` = every CPU this process
+may use (the pre-fork master and its workers; CPU and RSS are read over the whole process
+tree), plus a second trustproxy (``sf``) that reads trust data through a counting HTTPS front
 (``testbed.counting_front``), used only to count notary fetches under a cold burst (the
 front is a Python relay: it would slow the main proxy's cold path, so that one talks to
-notary-server directly).
+notary-server directly), and a third with ``blobs: redirect`` for the redirect row.
 
 One publisher signs every repository (``<registry>/bench/*``); the policy pins its root key.
 """
@@ -26,6 +28,7 @@ from typing import Any
 import httpx
 import yaml
 
+from proxy.workers import cpu_count
 from testbed import images
 from testbed.counting_front import CountingFront
 from testbed.enforcement_bed import (
@@ -49,6 +52,8 @@ WARM_REPO = "app"  # <namespace>/app:v1, signed: the warm manifest target
 WARM_TAG = "v1"
 #: trustproxy re-checks a repository's timestamp at most this often (its default).
 REFRESH_SECONDS = 30.0
+#: trustproxy's worker processes: its default (``auto``), spelled out for the report.
+WORKERS = cpu_count()
 
 
 def start_bench_registry(workdir: Path) -> Server:
@@ -91,6 +96,7 @@ class Stack:
     bed: EnforcementBed
     proxy: EnforcingProxy
     sf_proxy: EnforcingProxy
+    redirect_proxy: EnforcingProxy
     nginx: Server
     warm_target: SignedTarget | None = None
     blobs: dict[str, BlobRef] = field(default_factory=dict)
@@ -158,11 +164,13 @@ def _start_trustproxy(
     *,
     source_url: str | None,
     key_prefix: str,
+    blobs: str = "stream",
+    workers: int = WORKERS,
 ) -> EnforcingProxy:
     audit_file = workdir / f"{name}-audit.jsonl"
     options: dict[str, Any] = {"url": source_url} if source_url else {}
     config = proxy_config(
-        [upstream("internal", bed.registry_url)],
+        [upstream("internal", bed.registry_url, blobs=blobs)],
         notary,
         policy_file,
         audit_file=audit_file,
@@ -173,6 +181,7 @@ def _start_trustproxy(
         "key_prefix": key_prefix,
         "refresh_seconds": REFRESH_SECONDS,
     }
+    config["server"] = {"workers": workers}
     server = start_proxy(workdir, config, name=name)
     return EnforcingProxy(server=server, policy_file=policy_file, audit_file=audit_file)
 
@@ -224,6 +233,20 @@ def start_stack(workdir: Path) -> Stack:
             key_prefix=f"bench-{ns}-sf:",
         )
         exit_stack.callback(sf_proxy.stop)
+        # ``blobs: redirect`` (one worker: it only answers blob GETs with a redirect).
+        redirect_proxy = _start_trustproxy(
+            workdir / "proxies",
+            "trustproxy-redirect",
+            bed,
+            notary,
+            redis,
+            policy_file,
+            source_url=None,
+            key_prefix=f"bench-{ns}-redirect:",
+            blobs="redirect",
+            workers=1,
+        )
+        exit_stack.callback(redirect_proxy.stop)
         nginx = start_nginx(workdir / "nginx", registry.extra["url"])
         exit_stack.callback(nginx.stop)
     except BaseException:
@@ -238,6 +261,7 @@ def start_stack(workdir: Path) -> Stack:
         bed=bed,
         proxy=proxy,
         sf_proxy=sf_proxy,
+        redirect_proxy=redirect_proxy,
         nginx=nginx,
         warm_target=warm,
         _exit=exit_stack,

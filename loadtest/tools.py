@@ -6,10 +6,12 @@ Every subprocess has a timeout and every loop a bound; nothing here asserts on t
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
 import math
+import resource
 import shutil
 import subprocess
 import threading
@@ -64,15 +66,16 @@ def tool_version(argv: Sequence[str]) -> str:
 # the summary and latency percentiles (microseconds), so nothing parses wrk's human output.
 _WRK_SCRIPT = """\
 {headers}
+{pacing}
 done = function(summary, latency, requests)
   local e = summary.errors
   io.write(string.format(
     'WRK_JSON {{"requests":%d,"duration_us":%d,"bytes":%d,"connect_errors":%d,' ..
     '"read_errors":%d,"write_errors":%d,"status_errors":%d,"timeouts":%d,' ..
-    '"p50_us":%d,"p90_us":%d,"p99_us":%d,"max_us":%d,"mean_us":%.1f}}\\n',
+    '"p50_us":%d,"p90_us":%d,"p99_us":%d,"p999_us":%d,"max_us":%d,"mean_us":%.1f}}\\n',
     summary.requests, summary.duration, summary.bytes, e.connect, e.read, e.write,
     e.status, e.timeout, latency:percentile(50), latency:percentile(90),
-    latency:percentile(99), latency.max, latency.mean))
+    latency:percentile(99), latency:percentile(99.9), latency.max, latency.mean))
 end
 """
 
@@ -89,8 +92,12 @@ class WrkResult:
     p50_ms: float
     p90_ms: float
     p99_ms: float
+    p999_ms: float
     max_ms: float
     mean_ms: float
+    #: CPU seconds wrk itself used (user + system): what the load generator took from the
+    #: cores the measured servers run on
+    generator_cpu_s: float = 0.0
 
     @property
     def rps(self) -> float:
@@ -112,14 +119,36 @@ def run_wrk(
     threads: int,
     headers: Mapping[str, str],
     workdir: Path,
+    delay_ms: float | None = None,
+    paths: Sequence[str] = (),
 ) -> WrkResult:
-    """``wrk -t threads -c connections -d seconds`` against ``url`` with ``headers``."""
+    """``wrk -t threads -c connections -d seconds`` against ``url`` with ``headers``.
+
+    ``delay_ms``: each connection waits this long after an answer before its next request
+    (wrk's ``delay()`` hook), so the offered load is about ``connections / (delay + latency)``
+    requests per second instead of as many as the servers (and wrk) can do: latency at a
+    load below saturation, where percentiles measure the server, not a queue. wrk times a
+    request from its send, so the pause is not counted in the latency. ``paths``: request
+    these (on ``url``'s host) in turn instead of ``url``'s own path."""
     workdir.mkdir(parents=True, exist_ok=True)
     script = workdir / "wrk-report.lua"
     header_lines = "\n".join(
         f"wrk.headers[{_lua_string(k)}] = {_lua_string(v)}" for k, v in headers.items()
     )
-    script.write_text(_WRK_SCRIPT.format(headers=header_lines))
+    pacing = ""
+    if delay_ms is not None:
+        pacing = f"delay = function() return {max(0, round(delay_ms))} end"
+    if paths:
+        # Round robin over ``paths`` (each wrk thread its own counter): many repositories.
+        table = ", ".join(_lua_string(p) for p in paths)
+        pacing += (
+            f"\npaths = {{{table}}}\ncounter = 0\n"
+            "request = function()\n"
+            "  counter = counter + 1\n"
+            "  return wrk.format(nil, paths[(counter % #paths) + 1])\n"
+            "end"
+        )
+    script.write_text(_WRK_SCRIPT.format(headers=header_lines, pacing=pacing))
     argv = [
         "wrk",
         f"-t{threads}",
@@ -131,7 +160,11 @@ def run_wrk(
         str(script),
         url,
     ]
+    # Children's CPU times grow when a child is waited for: the difference is wrk's.
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     done = subprocess.run(argv, capture_output=True, timeout=seconds + 60, check=False)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    generator_cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     out = done.stdout.decode(errors="replace")
     line = next((ln for ln in out.splitlines() if ln.startswith("WRK_JSON ")), None)
     if done.returncode != 0 or line is None:
@@ -151,8 +184,10 @@ def run_wrk(
         p50_ms=int(data["p50_us"]) / 1000,
         p90_ms=int(data["p90_us"]) / 1000,
         p99_ms=int(data["p99_us"]) / 1000,
+        p999_ms=int(data["p999_us"]) / 1000,
         max_ms=int(data["max_us"]) / 1000,
         mean_ms=float(data["mean_us"]) / 1000,
+        generator_cpu_s=generator_cpu,
     )
 
 
@@ -221,10 +256,15 @@ class Download:
         return set(self.codes) == {200}
 
 
-def curl_download(url: str, *, streams: int = 1, timeout: float = 300) -> Download:
+def curl_download(
+    url: str, *, streams: int = 1, timeout: float = 300, follow: bool = False
+) -> Download:
     """Download ``url`` ``streams`` times at once (one curl process, ``--parallel``, one
-    connection per transfer) into /dev/null; wall time of the whole batch."""
+    connection per transfer) into /dev/null; wall time of the whole batch. ``follow``:
+    follow redirects (the code is then the last answer's)."""
     argv = ["curl", "--silent", "--show-error", "--max-time", str(round(timeout))]
+    if follow:
+        argv.append("--location")
     argv += ["--write-out", "%{http_code} %{size_download}\\n"]
     if streams > 1:
         argv += ["--parallel", "--parallel-immediate", "--parallel-max", str(streams)]
@@ -277,6 +317,19 @@ def rss_bytes(pid: int) -> int:
     return total
 
 
+def pss_bytes(pid: int) -> int:
+    """Proportional set size of ``pid`` and its children (bytes): pages shared between
+    processes (a pre-fork master and its workers share their code and imports) counted
+    once in all, where the RSS sum counts them in every process."""
+    total = 0
+    for proc in process_tree(pid):
+        try:
+            total += int(getattr(proc.memory_full_info(), "pss", 0))
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return total
+
+
 class CpuMeter:
     """CPU seconds used by each named process tree between ``start()`` and ``stop()``."""
 
@@ -295,13 +348,14 @@ class CpuMeter:
 
 @dataclass
 class RssSampler:
-    """A thread sampling the RSS of a process tree every ``interval`` seconds while active
-    (at most ``max_seconds``); ``peak`` and ``samples`` afterwards."""
+    """A thread sampling the RSS (and PSS) of a process tree every ``interval`` seconds while
+    active (at most ``max_seconds``); ``peak``, ``pss_peak`` and ``samples`` afterwards."""
 
     pid: int
     interval: float = 0.02
     max_seconds: float = 600.0
     peak: int = 0
+    pss_peak: int = 0
     samples: int = 0
     first: int = 0
     _stop: threading.Event = field(default_factory=threading.Event)
@@ -317,6 +371,8 @@ class RssSampler:
             if self.samples == 0:
                 self.first = value
             self.peak = max(self.peak, value)
+            with contextlib.suppress(psutil.NoSuchProcess):
+                self.pss_peak = max(self.pss_peak, pss_bytes(self.pid))
             self.samples += 1
             self._stop.wait(self.interval)
 

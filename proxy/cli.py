@@ -285,7 +285,7 @@ def _serve_workers(args: argparse.Namespace, settings: Settings, workers: int) -
         return 0
 
     _log_listening(settings, settings.policy_file is not None, workers)
-    return Master(sockets, run_worker, reload).run()
+    return Master(sockets, run_worker, reload, metrics_parent=settings.cache.state_dir).run()
 
 
 def unreadable_tls_files(settings: Settings) -> str | None:

@@ -36,6 +36,7 @@ ENV_PREFIX = "TRUSTPROXY_"
 
 AuthMode = Literal["anonymous", "basic", "passthrough"]
 RedirectMode = Literal["follow", "relay"]
+BlobMode = Literal["stream", "redirect"]
 LogFormat = Literal["json", "text"]
 AuditSink = Literal["stdout", "file", "off"]
 
@@ -130,6 +131,11 @@ class UpstreamSettings:
     # its last chunk (clients verify too; this keeps a complete bad blob from ever leaving
     # the proxy). Costs ~0.6 CPU s/GB (sha256): off for raw throughput.
     verify_blobs: bool = True
+    # Blob GETs: "stream" them through here (hash-checked when verify_blobs), or "redirect"
+    # the client to where the upstream serves them (its storage redirect, else its own blob
+    # URL): no blob bytes pass through the proxy, so it no longer checks them (clients
+    # still do), and clients must reach, and be allowed to read, that place (README).
+    blobs: BlobMode = "stream"
 
     @property
     def allowed_redirect_hosts(self) -> tuple[str, ...]:
@@ -663,6 +669,7 @@ def _parse_upstream(sec: _Section) -> UpstreamSettings:
     redirect_hosts = sec.value("redirect_hosts", _host_patterns, None)
     insecure_http = sec.value("insecure_redirect_to_http", _bool, False)
     verify_blobs = sec.value("verify_blobs", _bool, True)
+    blobs = cast(BlobMode, sec.value("blobs", _choice("stream", "redirect"), "stream"))
     sec.finish()
     return UpstreamSettings(
         name=name,
@@ -675,6 +682,7 @@ def _parse_upstream(sec: _Section) -> UpstreamSettings:
         redirect_hosts=redirect_hosts,
         insecure_redirect_to_http=insecure_http,
         verify_blobs=verify_blobs,
+        blobs=blobs,
     )
 
 

@@ -30,6 +30,11 @@ Workers die with the master: ``PR_SET_PDEATHSIG`` (Linux) sends them SIGTERM if 
 is killed, so none is left orphaned. What workers share (rollback floors, roots pinned on
 first use, the refresh lock, the last verified state of each repository) lives in the
 host's state file or Redis, never in the master: see :mod:`proxy.sources.sqlite_store`.
+
+Metrics: given a directory (the host's state directory), the master makes a directory of the
+run in it, each worker counts in files there and ``/metrics`` of any worker adds up all of
+them (:mod:`proxy.metrics`); the master removes a dead worker's live gauges, and the whole
+directory when it exits.
 """
 
 from __future__ import annotations
@@ -40,12 +45,16 @@ import logging
 import math
 import os
 import select
+import shutil
 import signal
 import socket
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from proxy import metrics
 
 __all__ = ["Master", "WorkerFilter", "bind_sockets", "cpu_count"]
 
@@ -149,21 +158,33 @@ class Master:
     """Starts one worker per socket, restarts the ones that die, forwards signals.
 
     ``run_worker(slot, sock)`` runs in the child after fork and returns its exit code;
-    ``reload()`` runs in the master on SIGHUP (re-reads the config for later workers).
+    ``reload()`` runs in the master on SIGHUP (re-reads the config for later workers);
+    ``metrics_parent``: where the run's shared metrics directory is made (None: each worker
+    keeps its metrics in memory and ``/metrics`` shows the worker the scrape reached).
     """
 
     sockets: list[socket.socket]
     run_worker: Callable[[int, socket.socket], int]
     reload: Callable[[], None] = lambda: None
+    metrics_parent: Path | None = None
     shutdown_timeout: float = SHUTDOWN_TIMEOUT
     restart_pause: float = RESTART_PAUSE
     monotonic: Callable[[], float] = time.monotonic
     _slots: list[_Slot] = field(default_factory=list, init=False)
     _pending: list[int] = field(default_factory=list, init=False)
+    _metrics_dir: Path | None = field(default=None, init=False)
 
     def run(self) -> int:
-        """Serve until SIGTERM/SIGINT; returns the master's exit code."""
+        """Serve until SIGTERM/SIGINT; returns the master's exit code.
+
+        Raises:
+            OSError: the metrics directory cannot be made in ``metrics_parent``.
+        """
         self._slots = [_Slot(i, s) for i, s in enumerate(self.sockets)]
+        if self.metrics_parent is not None:
+            # Per run and private (mkdtemp: mode 0700): a new run never adds up the counts
+            # of an old one, and two proxies sharing the state directory never mix.
+            self._metrics_dir = Path(tempfile.mkdtemp(prefix="metrics-", dir=self.metrics_parent))
         wake_r, wake_w = os.pipe()
         os.set_blocking(wake_r, False)
         os.set_blocking(wake_w, False)
@@ -198,6 +219,8 @@ class Master:
             os.close(wake_w)
             for sock in self.sockets:
                 sock.close()
+            if self._metrics_dir is not None:
+                shutil.rmtree(self._metrics_dir, ignore_errors=True)
 
     def _on_signal(self, signum: int, _frame: object) -> None:
         self._pending.append(signum)
@@ -218,6 +241,8 @@ class Master:
                 for other in self.sockets:
                     if other is not slot.sock:
                         other.close()
+                if self._metrics_dir is not None:
+                    metrics.count_in_shared_directory(self._metrics_dir)
                 code = self.run_worker(slot.index, slot.sock)
             except BaseException:
                 log.exception("worker %d failed", slot.index)
@@ -239,6 +264,8 @@ class Master:
             for slot in self._slots:
                 if slot.pid == pid:
                     slot.pid = 0
+                    if self._metrics_dir is not None:
+                        metrics.forget_worker(self._metrics_dir, pid)
                     how = _describe(status)
                     log.error(
                         "worker %d (pid %d) %s; starting another", slot.index, pid, how,

@@ -26,7 +26,7 @@ from proxy.http.errors import oci_error_response
 from proxy.http.handlers import dispatch, token
 from proxy.http.state import BASIC_REALM, ProxyState
 from proxy.http.streaming import tune_allocator
-from proxy.metrics import REGISTRY
+from proxy.metrics import exposition_registry
 from proxy.routing import Router
 from proxy.settings import Settings
 from proxy.sources.invalidation import changefeed_status
@@ -97,13 +97,14 @@ async def readyz(request: Request) -> Response:
 
 
 async def metrics(request: Request) -> Response:
-    """Prometheus exposition of the proxy's own registry (``proxy/metrics.py``).
+    """Prometheus exposition of the proxy's own registry (``proxy/metrics.py``; with several
+    workers, every worker's counts added up).
 
     The format follows the scraper's Accept, as prometheus_client's own handlers do:
     OpenMetrics when asked for, the classic text format 0.0.4 otherwise.
     """
     encoder, content_type = choose_encoder(request.headers.get("accept", ""))
-    return Response(encoder(REGISTRY), headers={"Content-Type": content_type})
+    return Response(encoder(exposition_registry()), headers={"Content-Type": content_type})
 
 
 class InFlightMiddleware:

@@ -373,11 +373,20 @@ def _manifest_response(
 async def blob(
     request: Request, state: ProxyState, client: UpstreamClient, route: Route, rp: RepoPath
 ) -> ASGIApp:
-    """Stream a blob in constant memory; Range honoured; storage redirects per config."""
-    follow = client.settings.redirects == "follow"
+    """Stream a blob in constant memory; Range honoured; storage redirects per config.
+    With ``blobs: redirect``, a GET is answered with a redirect to where the upstream
+    serves the blob (HEAD and errors as when streaming)."""
+    redirect_get = client.settings.blobs == "redirect" and request.method == "GET"
+    follow = client.settings.redirects == "follow" and not redirect_get
     resp = await _open(
         request, client, route, f"blobs/{rp.reference}", follow=follow, conditional=True
     )
+    if redirect_get and resp.status_code in (200, 206):
+        # The upstream serves the bytes itself: send the client there (the proxy's
+        # credentials stay here; the client must be allowed to read the upstream). Asking
+        # first keeps unknown blobs and upstream errors answered as when streaming.
+        await resp.aclose()
+        return Response(status_code=307, headers={"Location": str(resp.url)})
     if resp.status_code in REDIRECT_STATUSES and not follow:
         await resp.aclose()
         location = resp.headers.get("location", "")

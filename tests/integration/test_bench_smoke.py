@@ -82,11 +82,14 @@ def test_quick_benchmark_writes_every_section(tmp_path: Path) -> None:
 
     _numbers(results["trust_core"], "verify_targets_ms", "json_loads_ms.median")
     m = results["manifests"]
-    _numbers(m, "trustproxy_vs_registry_rps", "trustproxy_added_p99_ms")
+    _numbers(m, "trustproxy_vs_registry_rps", "trustproxy_added_p99_ms", "workers")
+    assert m["workers"] >= 1
     for name in TARGETS:
         t = m["targets"][name]
         _numbers(t, "rps.median", "p50_ms.median", "p99_ms.median", "cpu_s_per_1k_requests")
+        _numbers(t, "wrk_cpu_share", "paced.rps.median", "paced.p99_ms.median")
         assert t["requests"] > 0, (name, t)
+        assert t["paced"]["errors"] == 0, (name, t["paced"])
     for section in ("blob_single", "blob_concurrent"):
         s = results[section]
         _numbers(s, "trustproxy_vs_nginx", "trustproxy_vs_registry")
@@ -94,6 +97,8 @@ def test_quick_benchmark_writes_every_section(tmp_path: Path) -> None:
             _numbers(s["targets"][name], "mb_per_s.median", "cpu_s_per_gb")
             assert s["targets"][name]["mb_per_s"]["median"] > 0
     _numbers(results["blob_concurrent"], "trustproxy_rss_peak_mib")
+    _numbers(results["blob_redirect"], "redirect_vs_nginx", "proxy_cpu_s_per_gb")
+    assert results["blob_redirect"]["redirect_mb_per_s"]["median"] > 0
     assert results["blob_concurrent"]["trustproxy_rss_peak_mib"] > 0
     _numbers(results["cold"], "trustproxy_ms.median", "raw_ms.median", "trustproxy_vs_raw")
     assert "timestamp.json" in results["cold"]["files"]
@@ -102,6 +107,14 @@ def test_quick_benchmark_writes_every_section(tmp_path: Path) -> None:
     assert sf["notary_fetches"] > 0  # the front saw the cold refresh
     for name in ("trustproxy", "nginx"):
         _numbers(results["cpu"][name], "cpu_s_per_gb_streamed", "cpu_s_per_1k_manifests")
+    scale = results["scale"]
+    _numbers(scale, "rss_per_repository_kib", "redis_per_repository_kib", "warm_rps_last_vs_first")
+    assert [r["repositories"] for r in scale["rows"]] == scale["points"]
+    for row in scale["rows"]:
+        assert row["errors"] == 0, row
+        assert row["warm_rps"] > 0, row
+        assert row["redis_keys"] >= row["repositories"], row  # each one's state is in Redis
+    assert scale["proxy_alive"]
     assert results["targets"], results.keys()
     for target in results["targets"]:
         _numbers(target, "measured", "limit")

@@ -260,6 +260,65 @@ def test_blob_redirects(registry: RegistryBed, tmp_path: Path, mode: str) -> Non
         redirector.stop()
 
 
+def test_blobs_redirect_sends_clients_to_the_upstream(
+    registry: RegistryBed, tmp_path: Path
+) -> None:
+    """``blobs: redirect`` in front of the real registry: a blob GET is a 307 to the
+    registry's own URL for it, skopeo (following it) copies the same files as directly,
+    HEAD and unknown blobs are answered as when streaming, manifests still by the proxy;
+    behind a storage redirect the client gets the storage URL."""
+    blob = registry.blobs[0]
+    redirector = Redirector(registry.url).start()
+    server = start_proxy(
+        tmp_path,
+        {
+            "upstreams": [
+                upstream_config("internal", registry.url, blobs="redirect"),
+                upstream_config("storage", redirector.url, prefix="storage", blobs="redirect"),
+            ]
+        },
+    )
+    base = server.extra["url"]
+    try:
+        r = httpx.get(f"{base}/v2/{REPO}/blobs/{blob.digest}")
+        assert r.status_code == 307, r.text
+        assert r.headers["location"] == f"{registry.url}/v2/{REPO}/blobs/{blob.digest}"
+        assert r.content == b""
+        followed = httpx.get(f"{base}/v2/{REPO}/blobs/{blob.digest}", follow_redirects=True)
+        assert followed.status_code == 200
+        assert followed.content == blob.data
+        assert [h.status_code for h in followed.history] == [307]
+
+        head = httpx.head(f"{base}/v2/{REPO}/blobs/{blob.digest}")
+        assert head.status_code == 200
+        assert int(head.headers["content-length"]) == len(blob.data)
+        missing = httpx.get(f"{base}/v2/{REPO}/blobs/sha256:{'0' * 64}")
+        assert missing.status_code == 404
+        assert oci_error(missing)["code"] == "BLOB_UNKNOWN"
+        manifest = httpx.get(f"{base}/v2/{REPO}/manifests/oci", headers={"Accept": ACCEPT_ALL})
+        assert manifest.status_code == 200
+        assert "sha256:" + hashlib.sha256(manifest.content).hexdigest() == registry.digests["oci"]
+
+        # Behind a storage redirect: the storage URL, not the upstream's.
+        stored = httpx.get(f"{base}/v2/storage/{REPO}/blobs/{blob.digest}")
+        assert stored.status_code == 307
+        assert stored.headers["location"] == f"{registry.url}/v2/{REPO}/blobs/{blob.digest}"
+
+        via, direct = tmp_path / "via", tmp_path / "direct"
+        for host, out in ((server.extra["host"], via), (registry.host, direct)):
+            result = skopeo("copy", "--src-tls-verify=false",
+                            f"docker://{host}/{REPO}:docker", f"dir:{out}")  # fmt: skip
+            assert result.returncode == 0, result.stderr.decode()
+        assert {f.name: f.read_bytes() for f in via.iterdir()} == {
+            f.name: f.read_bytes() for f in direct.iterdir()
+        }
+        log = server.log_path.read_text()
+        assert '"status": 307' in log or '"status":307' in log, log[-2000:]
+    finally:
+        server.stop()
+        redirector.stop()
+
+
 def test_access_log_is_json_with_upstream_status_bytes(
     proxy: Server, registry: RegistryBed
 ) -> None:

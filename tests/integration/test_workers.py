@@ -28,6 +28,7 @@ from typing import Any
 import httpx
 import pytest
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
 from proxy.sources.sqlite_store import STATE_FILE_NAME
 from testbed import images
@@ -288,6 +289,60 @@ def test_rollback_to_the_other_worker_after_one_saw_newer_is_refused(
         front.clear_overrides(gun)
 
 
+# -- metrics of every worker -----------------------------------------------------------------------
+
+
+def _requests_total(url: str, endpoint: str, status: str = "2xx") -> float:
+    """``trustproxy_requests_total`` for GET ``endpoint`` in one scrape (a new connection,
+    so the kernel picks the worker)."""
+    with httpx.Client(base_url=url, timeout=30) as http:
+        r = http.get("/metrics")
+    r.raise_for_status()
+    labels = {"method": "GET", "endpoint": endpoint, "status": status}
+    total = 0.0
+    for family in text_string_to_metric_families(r.text):
+        for sample in family.samples:
+            if sample.name == "trustproxy_requests_total" and sample.labels == labels:
+                total += sample.value
+    return total
+
+
+def _answered_exactly(wb: WorkerBed, path: str, since: int) -> Counter[int]:
+    return Counter(
+        int(line["worker"])
+        for line in wb.log_lines()[since:]
+        if line.get("logger") == "trustproxy.access" and line.get("path") == path
+    )
+
+
+def test_metrics_add_up_the_counts_of_both_workers(workers: WorkerBed) -> None:
+    """Requests spread over both workers are all counted in ``/metrics``, whichever worker
+    the scrape reaches: a worker showing only its own counts would show fewer."""
+    url = workers.proxy.url
+    before = _requests_total(url, "base")
+    mark = len(workers.log_lines())
+    sent = 40
+    answers = asyncio.run(_get_each_on_new_connection(url, ["/v2/"] * sent))
+    assert {status for status, _, _ in answers} == {200}, answers[:3]
+    wait_until(
+        lambda: sum(_answered_exactly(workers, "/v2/", mark).values()) >= sent,
+        timeout=10,
+        interval=0.1,
+    )
+    assert set(_answered_exactly(workers, "/v2/", mark)) == {0, 1}, "one worker answered all"
+    scrape_mark = len(workers.log_lines())
+    seen = [_requests_total(url, "base") for _ in range(16)]
+    assert seen == [before + sent] * len(seen), (before, seen)
+    wait_until(
+        lambda: sum(_answered_exactly(workers, "/metrics", scrape_mark).values()) >= len(seen),
+        timeout=10,
+        interval=0.1,
+    )
+    assert set(_answered_exactly(workers, "/metrics", scrape_mark)) == {0, 1}, (
+        "every scrape reached the same worker: the test proves nothing"
+    )
+
+
 # -- reload, worker restart and shutdown ----------------------------------------------------
 
 
@@ -340,7 +395,9 @@ def test_sighup_reloads_every_worker_a_dead_one_is_replaced_and_none_is_left(
         )
         assert set(wb.answered_by(paths[0], since=mark)) == {0, 1}
 
-        # A worker that dies is replaced (logged), and the port keeps answering.
+        # A worker that dies is replaced (logged), and the port keeps answering; what the
+        # dead worker counted stays in /metrics (a counter never goes back).
+        counted = _requests_total(proxy.url, "manifests")
         victim = _worker_pids(wb)[0]
         os.kill(victim, signal.SIGKILL)
         wait_until(lambda: len(_worker_pids(wb)) == 3, timeout=20, interval=0.1)
@@ -349,6 +406,9 @@ def test_sighup_reloads_every_worker_a_dead_one_is_replaced_and_none_is_left(
         assert {status for status, _, _ in answers} == {200}, (answers[:3], wb.logs())
         workers_now = _worker_pids(wb)[1:]
         assert _pids_alive(workers_now) == workers_now
+        assert _requests_total(proxy.url, "manifests") == counted + len(paths)
+        state_dir = Path(config["cache"]["state_dir"])
+        assert len(list(state_dir.glob("metrics-*"))) == 1
 
         # SIGTERM: every worker stops, then the master; no process is left.
         proxy.server.process.send_signal(signal.SIGTERM)
@@ -356,6 +416,7 @@ def test_sighup_reloads_every_worker_a_dead_one_is_replaced_and_none_is_left(
         assert _pids_alive([master, *workers_now]) == [], wb.logs()
         assert _count_msg(wb, "master: every worker stopped") == 1
         assert _count_msg(wb, "still running, killed") == 0, wb.logs()
+        assert list(state_dir.glob("metrics-*")) == [], "the run's metrics files were left"
     finally:
         proxy.stop()
         front.stop()

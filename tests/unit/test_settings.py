@@ -131,6 +131,7 @@ upstreams:
       username: bot
       password_file: secrets/hub-password
     redirects: relay
+    blobs: redirect
   - name: internal
     url: http://Registry.Example:5000
 trust:
@@ -174,11 +175,13 @@ policy_file: policy.yaml
     assert hub.auth.mode == "basic"
     assert hub.auth.credentials == CredentialSettings("bot", "s3cret")  # newline stripped
     assert hub.redirects == "relay"
+    assert hub.blobs == "redirect"
     # Defaults: registry from the URL's host (lower case), follow redirects, anonymous.
     assert internal.registry == "registry.example:5000"
     assert internal.prefix is None
     assert internal.ca_file is None
     assert internal.redirects == "follow"
+    assert internal.blobs == "stream"  # blobs pass through, hash-checked, unless asked
     assert internal.auth.mode == "anonymous"
 
     (source,) = s.trust.sources
@@ -433,6 +436,7 @@ BAD: list[tuple[str, Mutation, str, str]] = [
     ("prefix-double-slash", _up(prefix="a//b"), "upstreams[0].prefix", "not a repository path"),
     ("registry-bad", _up(registry="reg istry"), "upstreams[0].registry", "not a registry"),
     ("redirects-bad", _up(redirects="maybe"), "upstreams[0].redirects", "must be one of"),
+    ("blobs-bad", _up(blobs="skip"), "upstreams[0].blobs", "must be one of"),
     ("redirect-hosts-string", _up(redirect_hosts="cdn.example"), "upstreams[0].redirect_hosts",
      "must be a list"),
     ("redirect-hosts-url", _up(redirect_hosts=["https://cdn.example"]),

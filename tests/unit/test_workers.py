@@ -148,3 +148,52 @@ def test_master_kills_a_worker_that_ignores_sigterm(tmp_path: Path) -> None:
     (start,) = tmp_path.glob("start-*")
     with pytest.raises(ChildProcessError):
         os.waitpid(int(start.name.split("-")[1]), os.WNOHANG)
+
+
+@FORK_WITH_THREADS
+def test_master_gives_its_workers_one_metrics_directory_and_removes_it(tmp_path: Path) -> None:
+    """Each worker counts in the run's directory; the sum is read from there (as /metrics of
+    any worker does); a dead worker's counts stay; the master removes the directory."""
+    from prometheus_client import CollectorRegistry
+    from prometheus_client.multiprocess import MultiProcessCollector
+
+    from proxy.metrics import REQUESTS
+
+    # A value the parent made before forking must not keep a worker's counts in memory.
+    REQUESTS.labels("GET", "base", "2xx").inc(0)
+    sockets = bind_sockets("127.0.0.1", 0, 2)
+    state = tmp_path / "state"
+    state.mkdir()
+    marks = tmp_path / "marks"
+    marks.mkdir()
+
+    def run_worker(slot: int, sock: socket.socket) -> int:
+        REQUESTS.labels("GET", "base", "2xx").inc(slot + 1)  # 1 in slot 0, 2 in slot 1
+        (marks / f"{slot}-{os.getpid()}").write_text("")
+        if slot == 0 and len(list(marks.glob("0-*"))) == 1:
+            return 0  # slot 0 exits once, counted, and is started again
+        while True:
+            time.sleep(1)
+
+    def counted() -> float:
+        (directory,) = state.glob("metrics-*")
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry, path=str(directory))  # type: ignore[no-untyped-call]
+        labels = {"method": "GET", "endpoint": "base", "status": "2xx"}
+        return registry.get_sample_value("trustproxy_requests_total", labels) or 0.0
+
+    seen: list[float] = []
+
+    def drive() -> None:
+        try:
+            _wait_for(lambda: len(list(marks.iterdir())) == 3)  # slot 0 twice, slot 1 once
+            _wait_for(lambda: counted() == 4.0)
+            seen.append(counted())
+        finally:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    master = Master(sockets, run_worker, restart_pause=0.1, metrics_parent=state)
+    threading.Thread(target=drive, daemon=True).start()
+    assert master.run() == 0
+    assert seen == [4.0]  # 1 (slot 0, exited) + 1 (slot 0 again) + 2 (slot 1)
+    assert list(state.iterdir()) == []  # the run's directory is gone

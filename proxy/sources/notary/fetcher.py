@@ -39,6 +39,11 @@ __all__ = ["NotaryFetcher", "role_of"]
 
 log = logging.getLogger(__name__)
 
+#: a 404's body is read up to this much, so that its connection can serve the next file
+DRAIN_MAX_BYTES = 64 * 1024
+#: ... and for at most this long (a normal one arrives with its headers)
+DRAIN_SECONDS = 0.25
+
 
 def role_of(name: str) -> str:
     """The role a served file name belongs to (for error messages and limits).
@@ -114,6 +119,7 @@ class NotaryFetcher:
             if response.status_code == 401 and self._auth is not None:
                 challenge = response.headers.get("www-authenticate")
                 if challenge:
+                    await self._drain(response)  # the retry can use the same connection
                     await response.aclose()
                     headers["authorization"] = await self._authorize(
                         challenge, scope, headers.get("authorization")
@@ -121,6 +127,10 @@ class NotaryFetcher:
                     response = await self._send(url, headers, name)
             status = response.status_code
             if status == 404:
+                # Read the (small) answer to its end: a response closed unread takes its
+                # connection with it, and every refresh probes for a root that is not there
+                # yet, so the next file would pay a new TCP and TLS handshake.
+                await self._drain(response)
                 return None
             if status != 200:
                 raise self._unavailable(f"{name} for {gun}: HTTP {status}")
@@ -182,6 +192,27 @@ class NotaryFetcher:
                 raise OversizeMetadataError(f"{name} exceeds {max_bytes} bytes", role=role)
             chunks.append(chunk)
         return b"".join(chunks)
+
+    @staticmethod
+    async def _drain(response: httpx.Response) -> None:
+        """Read and drop at most :data:`DRAIN_MAX_BYTES` of a body we do not use, within
+        :data:`DRAIN_SECONDS`; a longer or slower one is left (closing it then drops the
+        connection, as before)."""
+        declared = response.headers.get("content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > DRAIN_MAX_BYTES):
+            return
+        if response.is_stream_consumed or response.is_closed:
+            return  # nothing left to read (a body given whole, as test transports do)
+        size = 0
+        try:
+            # A server that trickles it is not waited for: the answer is already known.
+            async with asyncio.timeout(DRAIN_SECONDS):
+                async for chunk in response.aiter_raw():
+                    size += len(chunk)
+                    if size > DRAIN_MAX_BYTES:
+                        return
+        except (TimeoutError, httpx.HTTPError):
+            return  # closing it drops the connection
 
     def _unavailable(self, message: str) -> TrustSourceUnavailableError:
         return TrustSourceUnavailableError(self.name, message)

@@ -264,3 +264,63 @@ async def test_401_without_authenticator_is_unavailable() -> None:
             await f.fetch(GUN, "timestamp.json", max_bytes=1024)
     finally:
         await f.aclose()
+
+
+class _Body(httpx.AsyncByteStream):
+    """A response body that records how much of it was read."""
+
+    def __init__(self, chunks: int, size: int = 1024) -> None:
+        self.left = chunks
+        self.size = size
+        self.read = 0
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        while self.left:
+            self.left -= 1
+            self.read += self.size
+            yield b"x" * self.size
+
+
+@pytest.mark.parametrize(
+    ("chunks", "read_all"),
+    [(2, True), (10_000, False)],
+    ids=["small-404-read-to-its-end", "endless-404-not-read-past-the-cap"],
+)
+async def test_a_404_body_is_read_to_keep_the_connection_only_when_small(
+    chunks: int, read_all: bool
+) -> None:
+    """A probe for the next root answers 404 on every refresh: reading its small body lets
+    the connection serve the next file (closed unread, the connection goes with it). A
+    large one is not read past the cap."""
+    body = _Body(chunks)
+    http = httpx.AsyncClient(
+        transport=httpx.MockTransport(lambda _: httpx.Response(404, stream=body))
+    )
+    f = NotaryFetcher("notary", URL, http, deadline=5.0)
+    try:
+        assert await f.fetch(GUN, "2.root.json", max_bytes=1 << 20) is None
+    finally:
+        await f.aclose()
+    if read_all:
+        assert body.left == 0
+    else:
+        assert body.read <= 64 * 1024 + body.size
+
+
+async def test_a_trickled_404_body_is_not_waited_for() -> None:
+    class Trickle(httpx.AsyncByteStream):
+        async def __aiter__(self) -> AsyncIterator[bytes]:
+            while True:
+                await asyncio.sleep(0.05)
+                yield b"x"
+
+    http = httpx.AsyncClient(
+        transport=httpx.MockTransport(lambda _: httpx.Response(404, stream=Trickle()))
+    )
+    # Waiting for the endless body would end in the fetch's deadline (unavailable); the
+    # drain gives up first and the 404 stands.
+    f = NotaryFetcher("notary", URL, http, deadline=1.0)
+    try:
+        assert await f.fetch(GUN, "2.root.json", max_bytes=1 << 20) is None
+    finally:
+        await f.aclose()

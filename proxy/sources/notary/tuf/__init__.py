@@ -65,12 +65,14 @@ from proxy.sources.notary.tuf.metadata import (
     parse_timestamp,
 )
 from proxy.sources.notary.tuf.refresh import (
+    AsyncFetch,
     Fetch,
     MissingMetadataError,
     MissingTimestampError,
     Need,
     Walk,
     check_withheld,
+    drive,
     refresh,
     walk,
 )
@@ -92,6 +94,7 @@ from proxy.sources.notary.tuf.state import TrustedState
 from proxy.sources.notary.tuf.trusted_set import PendingRole, TrustedSet, consistent_filename
 
 __all__ = [
+    "AsyncFetch",
     "DelegatedRole",
     "Delegations",
     "ExpiredError",
@@ -132,6 +135,7 @@ __all__ = [
     "check_withheld",
     "compute_key_id",
     "consistent_filename",
+    "drive",
     "encode_canonical",
     "parse_key",
     "parse_root",

@@ -1,7 +1,17 @@
 """The Notary refresh walk, once: :func:`walk` is the sans-I/O driver of a :class:`TrustedSet`
 (it yields which file it needs and is sent its bytes); :func:`refresh` runs it over a
-synchronous fetch callable (tests, tools, bench) and ``NotarySource`` over its async fetcher
-(production). Both run this code, so the attack tests test what serves.
+synchronous fetch callable (tests, tools, bench), ``NotarySource`` over its async fetcher
+(production), and :func:`drive` over an async fetch callable, fetching ahead (below). All
+run this code, so the attack tests test what serves.
+
+Fetching ahead: a :class:`Need` may name files the walk will ask for next whatever the
+answer (``ahead``): ``timestamp.json`` alongside the first next-root probe, the other
+delegations of one level alongside the first. :func:`drive` fetches them at the same time;
+:func:`refresh` one after the other. Only fetching moves: every file is still verified in
+the order TUF sets (the root chain before the timestamp, a verified snapshot before the
+targets hashes it vouches for, a parent before its delegations), and the bytes fetched
+ahead are checked like any. After a new root the walk asks for the timestamp afresh (one
+fetched alongside the probe may predate the rotation).
 
 A fetch returns the bytes of ``/v2/<gun>/_trust/tuf/<name>``, or None for 404; it should read
 at most the role's byte limit plus one (so oversize data fails here, not in memory).
@@ -18,9 +28,10 @@ against us produces them and skipping would let it bring back what a delegation 
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import posixpath
-from collections.abc import Callable, Collection, Generator, Mapping
+from collections.abc import Awaitable, Callable, Collection, Generator, Mapping
 from dataclasses import dataclass
 
 from proxy.sources.notary.tuf.errors import (
@@ -34,12 +45,14 @@ from proxy.sources.notary.tuf.state import TrustedState
 from proxy.sources.notary.tuf.trusted_set import TrustedSet
 
 __all__ = [
+    "AsyncFetch",
     "Fetch",
     "MissingMetadataError",
     "MissingTimestampError",
     "Need",
     "Walk",
     "check_withheld",
+    "drive",
     "refresh",
     "walk",
 ]
@@ -59,10 +72,15 @@ class MissingTimestampError(MissingMetadataError):
 @dataclass(frozen=True)
 class Need:
     """The file the walk needs next: ``name`` under ``_trust/tuf/``, read with ``role``'s
-    byte limit."""
+    byte limit; ``ahead``: files it will ask for right after, whatever this one holds
+    (worth fetching at the same time)."""
 
     name: str
     role: str
+    ahead: tuple[Need, ...] = ()
+
+
+AsyncFetch = Callable[[Need], Awaitable[bytes | None]]
 
 
 #: ``walk(...)``: yields what it needs, is sent the bytes (None: 404), returns the errors
@@ -93,9 +111,13 @@ def walk(
         MissingMetadataError: a delegation of ``previous`` is withheld.
     """
     held = known or {}
-    while (raw := (yield Need(ts.next_root_filename(), "root"))) is not None:
+    timestamp = Need("timestamp.json", "timestamp")
+    # The timestamp rides along with the first probe; after a new root it is asked afresh.
+    probe = Need(ts.next_root_filename(), "root", ahead=(timestamp,))
+    while (raw := (yield probe)) is not None:
         ts.update_root(raw)
-    raw = yield Need("timestamp.json", "timestamp")
+        probe = Need(ts.next_root_filename(), "root")
+    raw = yield timestamp
     if raw is None:
         raise MissingTimestampError("timestamp.json not found", role="timestamp")
     ts.update_timestamp(raw)
@@ -112,10 +134,14 @@ def walk(
             ts.update_targets(raw)
     errors: list[TrustDataError] = []
     while pending := ts.pending_delegations(delegations):
+        # One level at a time: each is verified against its parent, which is verified.
+        reused = {p.name: _reusable(held, p.name, p.filename) for p in pending}
+        wanted = [Need(p.filename, p.name) for p in pending if reused[p.name] is None]
         for p in pending:
-            raw = _reusable(held, p.name, p.filename)
+            raw = reused[p.name]
             if raw is None:
-                raw = yield Need(p.filename, p.name)
+                need = wanted.pop(0)
+                raw = yield Need(need.name, need.role, ahead=tuple(wanted))
             if raw is None:
                 err: TrustDataError = MissingMetadataError(f"{p.filename} not found", role=p.name)
                 ts.skip_delegation(p.name, err)
@@ -154,6 +180,43 @@ def refresh(
     except StopIteration as done:
         errors: list[TrustDataError] = done.value
         return errors
+
+
+async def drive(steps: Walk, fetch: AsyncFetch) -> list[TrustDataError]:
+    """Run ``steps`` (a :func:`walk`) over an async ``fetch``, fetching each need's
+    ``ahead`` at the same time. Raises what the walk or ``fetch`` raises.
+
+    A file fetched ahead answers the walk only if the walk asks for it before the next
+    fetch: whatever the walk asks for that is not held is fetched, and what was held is
+    dropped first (after a new root, the timestamp is fetched again). A failed fetch ahead
+    raises only when the walk asks for that file. Every fetch has ended when this returns
+    or raises (none is left running).
+    """
+    held: dict[str, bytes | BaseException | None] = {}
+    try:
+        need = next(steps)
+        while True:
+            if need.name in held:
+                result = held.pop(need.name)
+            else:
+                held.clear()
+                batch = [need, *(a for a in need.ahead if a.name != need.name)]
+                if len(batch) == 1:
+                    result = await fetch(need)
+                else:
+                    results = await asyncio.gather(
+                        *(fetch(n) for n in batch), return_exceptions=True
+                    )
+                    result = results[0]
+                    held = {n.name: r for n, r in zip(batch[1:], results[1:], strict=True)}
+            if isinstance(result, BaseException):
+                raise result
+            need = steps.send(result)
+    except StopIteration as done:
+        errors: list[TrustDataError] = done.value
+        return errors
+    finally:
+        steps.close()
 
 
 def _reusable(known: Mapping[str, bytes], role: str, filename: str) -> bytes | None:
