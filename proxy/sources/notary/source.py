@@ -98,6 +98,7 @@ from proxy.sources.notary.tuf import (
     TargetFile,
     TrustedSet,
     TrustedState,
+    drive,
     resolve_docker,
     resolve_required_roles,
     signed_tags,
@@ -920,13 +921,12 @@ class NotarySource:
         # The one walk (tuf.refresh.walk, which the attack tests drive too), over the async
         # fetcher. Verified bytes we hold are reused when the parent announces the same
         # hash: a refresh of an unchanged repository costs a root probe and timestamp.json.
+        # Files the walk says are independent (the timestamp beside the first next-root
+        # probe, one level of delegations) are fetched together; verification keeps the
+        # walk's order (tuf.refresh.drive).
         steps = walk(ts, previous=state, known=state.metadata if state is not None else None)
         try:
-            need = next(steps)
-            while True:
-                need = steps.send(await self._fetch(gun, need.name, need.role))
-        except StopIteration as done:
-            skipped: list[TrustDataError] = done.value
+            skipped = await drive(steps, lambda need: self._fetch(gun, need.name, need.role))
         except MissingTimestampError as e:
             # notary delete --remote: every file is gone, the stored root stays pinned.
             raise NoTrustDataError(self.name, gun) from e
