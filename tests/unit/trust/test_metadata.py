@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import base64
 import copy
+import gc
 import json
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
+from unittest import mock
 
 import pytest
 from hypothesis import example, given
@@ -458,3 +460,30 @@ def test_the_common_target_entry_takes_the_fast_path() -> None:
     fast = metadata._target_files({"v1": entry}, "targets", checked=_no_checked_path)
     assert fast["v1"] == metadata._target_file(entry, "targets", "v1")
     assert type(fast["v1"]) is metadata.TargetFile
+
+
+# --- the collector is paused while a targets role is parsed, and left as it was -----------
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+@pytest.mark.parametrize("raw", [REPO.current["targets"], b"{}"], ids=["valid", "refused"])
+def test_parse_targets_leaves_the_collector_as_it_was(enabled: bool, raw: bytes) -> None:
+    was = gc.isenabled()
+    (gc.enable if enabled else gc.disable)()
+    seen: list[bool] = []
+    real = metadata._target_files
+
+    def spy(entries: dict[str, object], role: str) -> dict[str, metadata.TargetFile]:
+        seen.append(gc.isenabled())
+        return real(entries, role)
+
+    try:
+        with mock.patch.object(metadata, "_target_files", spy):
+            try:
+                parse_targets(raw)
+            except MetadataFormatError:
+                assert raw == b"{}"
+        assert gc.isenabled() is enabled
+        assert seen == ([] if raw == b"{}" else [False])
+    finally:
+        (gc.enable if was else gc.disable)()

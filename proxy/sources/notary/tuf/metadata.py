@@ -9,10 +9,12 @@ refused, so that no two parsers can read the same bytes differently.
 from __future__ import annotations
 
 import binascii
+import gc
 import json
 import posixpath
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, timezone
 from types import MappingProxyType
@@ -620,9 +622,10 @@ def parse_targets(
     if role != "targets" and not is_delegation_name(role):
         raise MetadataFormatError(f"invalid role name {role[:80]!r}", role=role)
     cap = limits.max_targets_bytes if max_bytes is None else max_bytes
-    signed, sigs, msg = _envelope(raw, role, "targets", cap, limits)
-    targets_in = _dict(signed.get("targets"), role, "targets", limits.max_targets)
-    targets = _target_files(targets_in, role)
+    with _collector_paused():
+        signed, sigs, msg = _envelope(raw, role, "targets", cap, limits)
+        targets_in = _dict(signed.get("targets"), role, "targets", limits.max_targets)
+        targets = _target_files(targets_in, role)
     delegations = _delegations(signed.get("delegations"), role, limits)
     body = Targets(
         version=_version(signed, role),
@@ -631,6 +634,27 @@ def parse_targets(
         delegations=delegations,
     )
     return Metadata(role=role, raw=bytes(raw), signed=body, signatures=sigs, message=msg)
+
+
+@contextmanager
+def _collector_paused() -> Iterator[None]:
+    """Pause the cyclic garbage collector while a role is parsed.
+
+    A 10,000-tag role allocates some 60,000 containers (the parsed document, then the
+    entries), none in a reference cycle. Each 700 allocations start a collection, and the
+    older generations' ones walk every long-lived object of the process (a warm proxy holds
+    many roles): on a 2-core machine that was a third of the median parse. Reference
+    counting still frees everything; the collector resumes at the end (it was enabled, it
+    is enabled again; if someone else turned it off, it stays off).
+    """
+    if not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
 
 
 def _target_files(
