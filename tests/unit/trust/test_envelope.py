@@ -3,6 +3,7 @@ hook when its text is its own canonical encoding) decides exactly as the checked
 
 from __future__ import annotations
 
+import json
 from unittest import mock
 
 import pytest
@@ -11,6 +12,7 @@ from hypothesis import strategies as st
 
 from proxy.sources.notary.tuf import metadata
 from proxy.sources.notary.tuf.errors import MetadataFormatError
+from tests.unit.trust.helpers import COMPAT, needs_vectors
 
 SIG = b'"signatures":[{"keyid":"k","method":"ecdsa","sig":"AAAA"}]'
 
@@ -171,3 +173,21 @@ def test_envelope_agrees_with_the_checked_reader(members: list[bytes], unsorted:
             _envelope(raw)
     else:
         assert _envelope(raw) == expected
+
+
+@needs_vectors
+def test_files_written_by_notary_take_the_shortcut() -> None:
+    """notary signs canonical JSON and stores what it signed: its own files (notary 0.1 and 0.3
+    compatibility fixtures) are read by the shortcut, to the same result as the checked reader."""
+    files = sorted(COMPAT.rglob("*.json")) if COMPAT.is_dir() else []
+    assert len(files) >= 9
+    for path in files:
+        raw = path.read_bytes()
+        doc = json.loads(raw)
+        kind = {"Root": "root", "Targets": "targets", "Snapshot": "snapshot"}.get(
+            doc["signed"]["_type"], "timestamp"
+        )
+        assert metadata._envelope_canonical(raw.decode(), kind) is not None, path.name
+        with mock.patch.object(metadata, "_envelope_canonical", return_value=None):
+            checked = metadata._envelope(raw, kind, kind, 1 << 22, metadata.DEFAULT_LIMITS)
+        assert metadata._envelope(raw, kind, kind, 1 << 22, metadata.DEFAULT_LIMITS) == checked
