@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import base64
 import copy
+import gc
 import json
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
+from unittest import mock
 
 import pytest
 from hypothesis import example, given
@@ -413,18 +415,75 @@ _entry = st.one_of(
 @example({"length": 1, "hashes": {"md5": _B64_32}})
 @example({"length": 1, "hashes": {"sha256": _B64_64}})
 @example({"length": 1, "hashes": {"sha512": _B64_64, "sha256": 7}})
+# each bound of the checked path, just outside it, with everything else valid
+@example({"length": -1, "hashes": {"sha256": _B64_32}})
+@example({"length": 0, "hashes": {"sha256": _B64_32}})
+@example({"length": 1, "hashes": {"sha256": "AAAA"}})
+@example({"length": 1, "hashes": {"sha256": _B64_32[:-2] + "=="}})
+@example({"length": 1, "hashes": {"sha256": _B64_32 + "="}})
+@example({"length": 1, "hashes": {"sha256": _B64_32, "sha512": _B64_32}})
+@example({"length": 1, "hashes": {"sha256": _B64_32, **{f"x{i}": 0 for i in range(16)}}})
+@example({"length": 1, "hashes": {"sha256": _B64_32, **{f"x{i}": 0 for i in range(15)}}})
+@example({"length": 1, "hashes": {"md5": _B64_32, "sha1": _B64_32}})
+@example({"length": 1, "hashes": {}})
+@example({"length": 1, "hashes": {"sha256": _B64_32}, **{f"x{i}": 0 for i in range(14)}})
+@example({"length": 1, "hashes": {"sha256": _B64_32}, **{f"x{i}": 0 for i in range(15)}})
+@example({"hashes": {"sha256": _B64_32}})
+@example({"length": 1})
+@example({"length": 1, "hashes": [_B64_32]})
+@example({"length": "1", "hashes": {"sha256": _B64_32}})
 def test_fast_target_entry_matches_the_checked_path(entry: object) -> None:
-    fast = metadata._target_file_fast(entry)
     try:
         checked = metadata._target_file(entry, "targets", "v1")
     except MetadataFormatError:
-        assert fast is None
+        # the inline path must not accept it: it reaches the checked path, which refuses
+        with pytest.raises(MetadataFormatError):
+            metadata._target_files({"v1": entry}, "targets")
     else:
-        assert fast is None or (fast == checked and dict(fast.hashes) == dict(checked.hashes))
+        # every valid entry is taken inline (no checked path), built as the checked path does
+        fast = metadata._target_files({"v1": entry}, "targets", checked=_no_checked_path)["v1"]
+        assert fast == checked
+        assert dict(fast.hashes) == dict(checked.hashes)
+        assert type(fast) is metadata.TargetFile
+
+
+class _CheckedPathTaken(Exception):
+    pass
+
+
+def _no_checked_path(tf: object, role: str, name: str) -> metadata.TargetFile:
+    raise _CheckedPathTaken(name)
 
 
 def test_the_common_target_entry_takes_the_fast_path() -> None:
     entry = {"length": 5, "hashes": {"sha256": _B64_32, "sha512": _B64_64}, "custom": None}
-    fast = metadata._target_file_fast(entry)
-    assert fast is not None
-    assert fast == metadata._target_file(entry, "targets", "v1")
+    fast = metadata._target_files({"v1": entry}, "targets", checked=_no_checked_path)
+    assert fast["v1"] == metadata._target_file(entry, "targets", "v1")
+    assert type(fast["v1"]) is metadata.TargetFile
+
+
+# --- the collector is paused while a targets role is parsed, and left as it was -----------
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+@pytest.mark.parametrize("raw", [REPO.current["targets"], b"{}"], ids=["valid", "refused"])
+def test_parse_targets_leaves_the_collector_as_it_was(enabled: bool, raw: bytes) -> None:
+    was = gc.isenabled()
+    (gc.enable if enabled else gc.disable)()
+    seen: list[bool] = []
+    real = metadata._target_files
+
+    def spy(entries: dict[str, object], role: str) -> dict[str, metadata.TargetFile]:
+        seen.append(gc.isenabled())
+        return real(entries, role)
+
+    try:
+        with mock.patch.object(metadata, "_target_files", spy):
+            try:
+                parse_targets(raw)
+            except MetadataFormatError:
+                assert raw == b"{}"
+        assert gc.isenabled() is enabled
+        assert seen == ([] if raw == b"{}" else [False])
+    finally:
+        (gc.enable if was else gc.disable)()

@@ -20,6 +20,12 @@ __all__ = ["MAX_SAFE_INT", "encode_canonical", "encode_parsed"]
 MAX_SAFE_INT = 2**53
 
 _CONTROL = re.compile(r"[\x00-\x1f]")
+# A value parsed from JSON text holds no reference cycle, so the encoder's per-container cycle
+# bookkeeping is skipped (a tenth of encoding a large role); a cycle would end in
+# RecursionError all the same.
+_PARSED_ENCODER = json.JSONEncoder(
+    sort_keys=True, separators=(",", ":"), ensure_ascii=False, check_circular=False
+)
 
 
 def encode_canonical(value: object, *, role: str = "") -> bytes:
@@ -46,7 +52,7 @@ def encode_canonical(value: object, *, role: str = "") -> bytes:
 
 
 def encode_parsed(value: object, source: bytes, *, role: str = "") -> bytes:
-    """Canonical bytes of ``value`` parsed from JSON text ``source`` by ``metadata._load``
+    """Canonical bytes of ``value`` parsed from JSON text ``source`` by ``metadata``'s readers
     (which refuses floats and integers beyond 2**53).
 
     Fast path: a JSON text without a backslash has no escape sequence, hence no control
@@ -59,9 +65,7 @@ def encode_parsed(value: object, source: bytes, *, role: str = "") -> bytes:
     if b"\\" in source:
         return encode_canonical(value, role=role)
     try:
-        return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode(
-            "utf-8"
-        )
+        return _PARSED_ENCODER.encode(value).encode("utf-8")
     except RecursionError as e:
         raise _too_deep(role) from e
     except (UnicodeEncodeError, TypeError, ValueError) as e:  # pragma: no cover - defensive
