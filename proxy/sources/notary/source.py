@@ -78,7 +78,13 @@ from proxy.errors import NotSignedError, TrustDataError, TrustSourceUnavailableE
 from proxy.metrics import TRUST_REFRESH_SECONDS
 from proxy.settings import CacheSettings, LimitSettings, TrustSourceSettings
 from proxy.sources.answer_cache import AnswerCache
-from proxy.sources.base import NoTrustDataError, RegistryReads, SignedState, TrustInfo
+from proxy.sources.base import (
+    ManifestPrefetch,
+    NoTrustDataError,
+    RegistryReads,
+    SignedState,
+    TrustInfo,
+)
 from proxy.sources.flight import ReplicaLock, take_turn
 from proxy.sources.invalidation import InvalidationTimes
 from proxy.sources.notary.fetcher import NotaryFetcher
@@ -241,6 +247,11 @@ def _hot_kind(hot: _Hot) -> str | None:
 _Key = tuple[str, RootOfTrust, bool, timedelta]
 #: files asked for by the refresh running in this task (for the refresh deadline's message)
 _ASKED: ContextVar[list[str] | None] = ContextVar("trustproxy_notary_asked", default=None)
+#: set by ``resolve`` around its load: told the set a refresh that request started has just
+#: verified (before the floors and the stored state are written, so nothing is served yet)
+_ON_VERIFIED: ContextVar[Callable[[TrustedSet], None] | None] = ContextVar(
+    "trustproxy_notary_on_verified", default=None
+)
 _TOP_LEVEL_ROLES = frozenset({"root", "timestamp", "snapshot", "targets"})
 _INSTANT = timedelta(microseconds=1)
 
@@ -364,8 +375,21 @@ class NotarySource:
         *,
         registry: RegistryReads | None = None,
     ) -> SignedTarget:
-        """See :meth:`proxy.sources.base.TrustSource.resolve`."""
-        ts = await self.load(gun, rule)
+        """See :meth:`proxy.sources.base.TrustSource.resolve`.
+
+        A cold request waits for its refresh to write the rollback floors and the stored
+        state after verification; with a registry that can prefetch, the manifest under
+        the digest the verified set signs for ``tag`` is read meanwhile (the read the
+        request makes next joins it and checks the bytes as always)."""
+        reads: object = registry  # a RegistryReads that may also prefetch
+        if not isinstance(reads, ManifestPrefetch):
+            return resolve_under_rule(await self.load(gun, rule), tag, rule)
+        hook = functools.partial(_prefetch_signed, reads, tag, rule)
+        token = _ON_VERIFIED.set(hook)
+        try:
+            ts = await self.load(gun, rule)
+        finally:
+            _ON_VERIFIED.reset(token)
         return resolve_under_rule(ts, tag, rule)
 
     async def signed_tags(
@@ -623,6 +647,8 @@ class NotarySource:
             log.warning("trust source %s: %s: trust data refused: %s", self.name, gun, e)
             return self._failure(previous, e, self._clock())
 
+        if (on_verified := _ON_VERIFIED.get()) is not None:
+            on_verified(ts)
         await self._raise_floors(gun, _top_level_versions(ts))
         await self._save_record(gun, rule, ts, now)
         # Fresh for fresh_for from when the refresh ended (see the failures above): a slow
@@ -940,6 +966,18 @@ class NotarySource:
                 gun,
             )
         return ts
+
+
+def _prefetch_signed(
+    registry: ManifestPrefetch, tag: str, rule: SigningRule, ts: TrustedSet
+) -> None:
+    """Start reading the manifest ``ts`` signs for ``tag`` under ``rule`` (nothing when it
+    signs none: the request is refused with the reason after the load)."""
+    try:
+        target = resolve_under_rule(ts, tag, rule)
+    except (NotSignedError, RuntimeError):
+        return
+    registry.prefetch_manifest(target.digest, tag=tag)
 
 
 def state_generation(state: TrustedState) -> int:
