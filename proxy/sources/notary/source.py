@@ -545,11 +545,12 @@ class NotarySource:
             return handed
         # Otherwise the stored state is a head start, never an answer: it may be an older
         # record put back and dated "now" by whoever can write the store (issue 17,
-        # finding 1).
-        record = await self._load_record(gun)
+        # finding 1). With a replica lock it is loaded once the lock is tried.
         token: str | None = None
-        if self._flight is not None:
-            token, record = await self._take_turn(gun, record)
+        if self._flight is None:
+            record = await self._load_record(gun)
+        else:
+            token, record = await self._take_turn(gun)
             if token is None:
                 # Another worker refreshed while we waited: take its result.
                 handed = await self._handoff(key, gun, rule)
@@ -565,23 +566,23 @@ class NotarySource:
                 except StoreUnavailableError as e:  # it expires by itself
                     log.debug("trust source %s: %s: lock not released: %s", self.name, gun, e)
 
-    async def _take_turn(
-        self, gun: str, record: tuple[datetime, TrustedState] | None
-    ) -> tuple[str | None, tuple[datetime, TrustedState] | None]:
+    async def _take_turn(self, gun: str) -> tuple[str | None, tuple[datetime, TrustedState] | None]:
         """Cross-replica single flight (the generic :func:`~proxy.sources.flight.take_turn`):
-        (our lock token or None, the record to refresh from). While another replica holds
+        (our lock token or None, the record to refresh from). The lock is tried before
+        the record is loaded (one store round trip less). While another replica holds
         the lock, wait for the record it saves (its fetch time moves): the refresh from it
         then costs the signed timestamp and a root probe."""
         if self._flight is None:  # pragma: no cover - checked by the caller
-            return None, record
+            return None, await self._load_record(gun)
         return await take_turn(
             self._flight,
             gun,
-            start=record,
+            start=None,
             load=lambda: self._load_record(gun),
             stamp=_fetched_at,
             poll=self.options.flight_poll.total_seconds(),
             label=self.name,
+            lock_first=True,
         )
 
     async def _network_update(
@@ -594,7 +595,6 @@ class NotarySource:
         record: tuple[datetime, TrustedState] | None,
     ) -> _Hot:
         opts = self.options
-        await self._sync_floors(gun)
         state = record[1] if record is not None else None
         # Floors from the higher of the stored and the hot state: a store that is down,
         # flushed or behind must not make this process forget versions it has seen.
@@ -906,6 +906,18 @@ class NotarySource:
     ) -> TrustedSet:
         limits = self.options.limits
         ts: TrustedSet | None = None
+        # With nothing to start from, root.json is fetched while the other workers' floors
+        # are read: they are first needed to verify it (previous_versions below).
+        raw: bytes | None = None
+        fetched_root = state is None and fallback is None
+        if fetched_root:
+            floors = asyncio.ensure_future(self._sync_floors(gun))
+            try:
+                raw = await self._fetch(gun, "root.json", "root")
+            finally:
+                await floors
+        else:
+            await self._sync_floors(gun)
         # This process's own floors on top of the stored ones: the store may have been
         # rolled back (an older record put back) or lost, the hot cache evicted.
         seen = self._seen.get(gun)
@@ -932,7 +944,8 @@ class NotarySource:
                     e,
                 )
         if ts is None:
-            raw = await self._fetch(gun, "root.json", "root")
+            if not fetched_root:
+                raw = await self._fetch(gun, "root.json", "root")
             if raw is None:
                 raise NoTrustDataError(self.name, gun)
             ts = TrustedSet(
