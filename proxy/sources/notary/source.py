@@ -649,8 +649,12 @@ class NotarySource:
 
         if (on_verified := _ON_VERIFIED.get()) is not None:
             on_verified(ts)
-        await self._raise_floors(gun, _top_level_versions(ts))
-        await self._save_record(gun, rule, ts, now)
+        # The host's floors (the state file) and the stored state (Redis, or the same
+        # file) are written side by side; both are done before anything is served.
+        await asyncio.gather(
+            self._raise_floors(gun, _top_level_versions(ts)),
+            self._save_record(gun, rule, ts, now),
+        )
         # Fresh for fresh_for from when the refresh ended (see the failures above): a slow
         # but successful refresh must not leave an entry that is due at once.
         return self._hot_for(ts, refresh_at=self._clock() + opts.fresh_for)
