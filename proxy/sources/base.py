@@ -30,6 +30,7 @@ from proxy.errors import NotSignedError, TrustDataError, TrustSourceUnavailableE
 __all__ = [
     "Evidence",
     "Invalidatable",
+    "ManifestPrefetch",
     "NoTrustDataError",
     "NotSignedError",
     "RegistryReads",
@@ -118,6 +119,21 @@ class RegistryReads(Protocol):
         ...
 
     async def blob(self, digest: str, max_bytes: int) -> bytes | None: ...
+
+
+@runtime_checkable
+class ManifestPrefetch(Protocol):
+    """A :class:`RegistryReads` that can start reading a manifest before it is asked for:
+    a source that verifies the digest of a tag before it has finished its own work (a
+    Notary refresh still writes its rollback floors and the stored state) starts the read
+    the request will make right after, so the two overlap. Nothing is served from it: the
+    request's own read joins the one in flight (or finds its verified bytes cached) and
+    checks the bytes against the signed digest and length as always."""
+
+    def prefetch_manifest(self, digest: str, *, tag: str) -> None:
+        """Start reading the manifest under ``digest`` (the signed digest of ``tag``)
+        unless it is cached or being read; never raises, never waits."""
+        ...
 
 
 @dataclass(frozen=True)

@@ -71,6 +71,7 @@ async def take_turn(
     stamp: Callable[[T], Any],
     poll: float,
     label: str,
+    lock_first: bool = False,
 ) -> tuple[str | None, T | None]:
     """Take this replica's turn at refreshing ``repository``: (our lock token, or None
     when another replica saved meanwhile or the lock cannot be had; the stored state to
@@ -84,11 +85,25 @@ async def take_turn(
     early (more work, never an allow): the caller verifies whatever it gets. A holder
     that neither saves nor releases within ``lock.lock_timeout`` is not waited for longer.
     The caller releases the token when it is done (``lock.release``).
+
+    ``lock_first``: the caller has not loaded the stored state (``start`` is ignored): the
+    lock is tried first and the state loaded once after it, taken or not (one store round
+    trip less on the usual path, a cold repository whose lock is free). When it is held,
+    the state loaded then is what the holder's save must move past.
     """
     loop = asyncio.get_running_loop()
     deadline = loop.time() + lock.lock_timeout
-    seen = stamp(start) if start is not None else None
     first = True
+    if lock_first:
+        try:
+            token = await lock.acquire(repository)
+        except StoreUnavailableError:
+            return None, await load()  # no lock without the store: refresh ourselves
+        start = await load()
+        if token is not None:
+            return token, start
+        first = False  # held elsewhere: wait for its save (or its release)
+    seen = stamp(start) if start is not None else None
     while True:
         if not first:
             await asyncio.sleep(poll)

@@ -32,7 +32,7 @@ from typing import Any
 import httpx
 
 from proxy.digests import digest_of, verify_digest
-from proxy.errors import DigestMismatchError, UpstreamUnavailableError
+from proxy.errors import DigestMismatchError, InvalidDigestError, UpstreamUnavailableError
 from proxy.manifest_cache import CachedManifest, ManifestCache
 from proxy.reference import validate_digest
 from proxy.routing import Route
@@ -49,6 +49,9 @@ __all__ = [
 ]
 
 log = logging.getLogger("trustproxy.upstream.reader")
+
+#: prefetches in flight (a task the loop holds only weakly could be collected mid-read)
+_PREFETCHES: set[asyncio.Task[None]] = set()
 
 # Every manifest media type the proxy knows. Asked for by digest, CNCF distribution 2.8.2
 # (Debian docker-registry, tried with testbed/registry.py) answers:
@@ -171,6 +174,36 @@ class RegistryReader:
             await result.aclose()
             raise self._unavailable(result.status_code, f"manifest {digest}")
         return None if result is None else result.body
+
+    def prefetch_manifest(self, digest: str, *, tag: str) -> None:
+        """See :class:`~proxy.sources.base.ManifestPrefetch`: the shared read of ``digest``
+        (:meth:`_shared_read`), started now in its own task. Only where reads are shared
+        (not under passthrough: each client's read is its own there) and when the digest
+        is neither cached nor being read already. What it reads is verified and cached
+        like any shared read; a failure is the request's own read's to meet again (it
+        joins this one, or reads afresh once this one is over)."""
+        if not self._shared:
+            return
+        try:
+            validate_digest(digest)
+        except InvalidDigestError:
+            return  # the request's own read refuses it with its error
+        key = (self.client.name, self.route.upstream_name, digest)
+        if key in self.flights or (self.cache is not None and key in self.cache):
+            return
+        what = f"manifest {self.route.client_name}:{tag}"
+        task = asyncio.ensure_future(self._prefetch(digest, what))
+        _PREFETCHES.add(task)
+        task.add_done_callback(_PREFETCHES.discard)
+
+    async def _prefetch(self, digest: str, what: str) -> None:
+        try:
+            result = await self._shared_read(digest, own_answers=False, what=what)
+        except Exception as e:  # the request's own read meets it (shared, or afresh)
+            log.debug("prefetch of %s: %s", what, e)
+            return
+        if isinstance(result, httpx.Response):
+            await result.aclose()
 
     async def manifest_to_serve(
         self, digest: str, *, length: int | None, what: str

@@ -78,7 +78,13 @@ from proxy.errors import NotSignedError, TrustDataError, TrustSourceUnavailableE
 from proxy.metrics import TRUST_REFRESH_SECONDS
 from proxy.settings import CacheSettings, LimitSettings, TrustSourceSettings
 from proxy.sources.answer_cache import AnswerCache
-from proxy.sources.base import NoTrustDataError, RegistryReads, SignedState, TrustInfo
+from proxy.sources.base import (
+    ManifestPrefetch,
+    NoTrustDataError,
+    RegistryReads,
+    SignedState,
+    TrustInfo,
+)
 from proxy.sources.flight import ReplicaLock, take_turn
 from proxy.sources.invalidation import InvalidationTimes
 from proxy.sources.notary.fetcher import NotaryFetcher
@@ -241,6 +247,11 @@ def _hot_kind(hot: _Hot) -> str | None:
 _Key = tuple[str, RootOfTrust, bool, timedelta]
 #: files asked for by the refresh running in this task (for the refresh deadline's message)
 _ASKED: ContextVar[list[str] | None] = ContextVar("trustproxy_notary_asked", default=None)
+#: set by ``resolve`` around its load: told the set a refresh that request started has just
+#: verified (before the floors and the stored state are written, so nothing is served yet)
+_ON_VERIFIED: ContextVar[Callable[[TrustedSet], None] | None] = ContextVar(
+    "trustproxy_notary_on_verified", default=None
+)
 _TOP_LEVEL_ROLES = frozenset({"root", "timestamp", "snapshot", "targets"})
 _INSTANT = timedelta(microseconds=1)
 
@@ -364,8 +375,21 @@ class NotarySource:
         *,
         registry: RegistryReads | None = None,
     ) -> SignedTarget:
-        """See :meth:`proxy.sources.base.TrustSource.resolve`."""
-        ts = await self.load(gun, rule)
+        """See :meth:`proxy.sources.base.TrustSource.resolve`.
+
+        A cold request waits for its refresh to write the rollback floors and the stored
+        state after verification; with a registry that can prefetch, the manifest under
+        the digest the verified set signs for ``tag`` is read meanwhile (the read the
+        request makes next joins it and checks the bytes as always)."""
+        reads: object = registry  # a RegistryReads that may also prefetch
+        if not isinstance(reads, ManifestPrefetch):
+            return resolve_under_rule(await self.load(gun, rule), tag, rule)
+        hook = functools.partial(_prefetch_signed, reads, tag, rule)
+        token = _ON_VERIFIED.set(hook)
+        try:
+            ts = await self.load(gun, rule)
+        finally:
+            _ON_VERIFIED.reset(token)
         return resolve_under_rule(ts, tag, rule)
 
     async def signed_tags(
@@ -521,11 +545,12 @@ class NotarySource:
             return handed
         # Otherwise the stored state is a head start, never an answer: it may be an older
         # record put back and dated "now" by whoever can write the store (issue 17,
-        # finding 1).
-        record = await self._load_record(gun)
+        # finding 1). With a replica lock it is loaded once the lock is tried.
         token: str | None = None
-        if self._flight is not None:
-            token, record = await self._take_turn(gun, record)
+        if self._flight is None:
+            record = await self._load_record(gun)
+        else:
+            token, record = await self._take_turn(gun)
             if token is None:
                 # Another worker refreshed while we waited: take its result.
                 handed = await self._handoff(key, gun, rule)
@@ -541,23 +566,23 @@ class NotarySource:
                 except StoreUnavailableError as e:  # it expires by itself
                     log.debug("trust source %s: %s: lock not released: %s", self.name, gun, e)
 
-    async def _take_turn(
-        self, gun: str, record: tuple[datetime, TrustedState] | None
-    ) -> tuple[str | None, tuple[datetime, TrustedState] | None]:
+    async def _take_turn(self, gun: str) -> tuple[str | None, tuple[datetime, TrustedState] | None]:
         """Cross-replica single flight (the generic :func:`~proxy.sources.flight.take_turn`):
-        (our lock token or None, the record to refresh from). While another replica holds
+        (our lock token or None, the record to refresh from). The lock is tried before
+        the record is loaded (one store round trip less). While another replica holds
         the lock, wait for the record it saves (its fetch time moves): the refresh from it
         then costs the signed timestamp and a root probe."""
         if self._flight is None:  # pragma: no cover - checked by the caller
-            return None, record
+            return None, await self._load_record(gun)
         return await take_turn(
             self._flight,
             gun,
-            start=record,
+            start=None,
             load=lambda: self._load_record(gun),
             stamp=_fetched_at,
             poll=self.options.flight_poll.total_seconds(),
             label=self.name,
+            lock_first=True,
         )
 
     async def _network_update(
@@ -570,7 +595,6 @@ class NotarySource:
         record: tuple[datetime, TrustedState] | None,
     ) -> _Hot:
         opts = self.options
-        await self._sync_floors(gun)
         state = record[1] if record is not None else None
         # Floors from the higher of the stored and the hot state: a store that is down,
         # flushed or behind must not make this process forget versions it has seen.
@@ -623,8 +647,14 @@ class NotarySource:
             log.warning("trust source %s: %s: trust data refused: %s", self.name, gun, e)
             return self._failure(previous, e, self._clock())
 
-        await self._raise_floors(gun, _top_level_versions(ts))
-        await self._save_record(gun, rule, ts, now)
+        if (on_verified := _ON_VERIFIED.get()) is not None:
+            on_verified(ts)
+        # The host's floors (the state file) and the stored state (Redis, or the same
+        # file) are written side by side; both are done before anything is served.
+        await asyncio.gather(
+            self._raise_floors(gun, _top_level_versions(ts)),
+            self._save_record(gun, rule, ts, now),
+        )
         # Fresh for fresh_for from when the refresh ended (see the failures above): a slow
         # but successful refresh must not leave an entry that is due at once.
         return self._hot_for(ts, refresh_at=self._clock() + opts.fresh_for)
@@ -880,6 +910,18 @@ class NotarySource:
     ) -> TrustedSet:
         limits = self.options.limits
         ts: TrustedSet | None = None
+        # With nothing to start from, root.json is fetched while the other workers' floors
+        # are read: they are first needed to verify it (previous_versions below).
+        raw: bytes | None = None
+        fetched_root = state is None and fallback is None
+        if fetched_root:
+            floors = asyncio.ensure_future(self._sync_floors(gun))
+            try:
+                raw = await self._fetch(gun, "root.json", "root")
+            finally:
+                await floors
+        else:
+            await self._sync_floors(gun)
         # This process's own floors on top of the stored ones: the store may have been
         # rolled back (an older record put back) or lost, the hot cache evicted.
         seen = self._seen.get(gun)
@@ -906,7 +948,8 @@ class NotarySource:
                     e,
                 )
         if ts is None:
-            raw = await self._fetch(gun, "root.json", "root")
+            if not fetched_root:
+                raw = await self._fetch(gun, "root.json", "root")
             if raw is None:
                 raise NoTrustDataError(self.name, gun)
             ts = TrustedSet(
@@ -940,6 +983,18 @@ class NotarySource:
                 gun,
             )
         return ts
+
+
+def _prefetch_signed(
+    registry: ManifestPrefetch, tag: str, rule: SigningRule, ts: TrustedSet
+) -> None:
+    """Start reading the manifest ``ts`` signs for ``tag`` under ``rule`` (nothing when it
+    signs none: the request is refused with the reason after the load)."""
+    try:
+        target = resolve_under_rule(ts, tag, rule)
+    except (NotSignedError, RuntimeError):
+        return
+    registry.prefetch_manifest(target.digest, tag=tag)
 
 
 def state_generation(state: TrustedState) -> int:

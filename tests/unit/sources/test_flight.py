@@ -79,3 +79,41 @@ async def test_a_stamp_that_does_not_move_is_not_a_save() -> None:
     store = Store((3, "ours"), (2, "older, put back"), after=0)
     assert await turn(lock, store) == ("token", (2, "older, put back"))
     assert lock.attempts == 6
+
+
+async def lock_first_turn(lock: Lock, store: Store) -> tuple[str | None, tuple[int, str] | None]:
+    return await take_turn(
+        lock, "repo", start=None, load=store.load, stamp=lambda r: r[0], poll=0.001,
+        label="test", lock_first=True,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("lock", "after", "expected", "loads"),
+    [
+        (Lock(), 99, ("token", (1, "old")), 1),  # free: one load, after the lock
+        (Lock(held=-1), 2, (None, (2, "new")), 3),  # held: wait for a save past our load
+        (Lock(down=True), 99, (None, (1, "old")), 1),  # no lock without the store
+        (Lock(held=-1, lock_timeout=0.02), 10**9, (None, (1, "old")), None),  # stuck
+        (Lock(held=2), 10**9, ("token", (1, "old")), 4),  # released without saving: ours
+    ],
+    ids=["free", "wait-for-save", "store-down", "stuck-holder", "released"],
+)
+async def test_take_turn_lock_first(
+    lock: Lock, after: int, expected: tuple[object, object], loads: int | None
+) -> None:
+    """``lock_first``: the lock before the stored state; the state loaded when the lock
+    is held is the one the holder's save must move past."""
+    store = Store((1, "old"), (2, "new"), after)
+    assert await lock_first_turn(lock, store) == expected
+    if loads is not None:
+        assert store.loads == loads
+
+
+async def test_lock_first_waits_past_the_state_loaded_after_the_lock() -> None:
+    """A save that lands before the load that follows a held lock is the stamp to move
+    past, not a save to take: waiting goes on until the lock is released."""
+    lock = Lock(held=3)
+    store = Store((1, "old"), (2, "new"), after=0)
+    assert await lock_first_turn(lock, store) == ("token", (2, "new"))
+    assert lock.attempts == 4
