@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, Protocol, TextIO
 
 from proxy.decisions import Decision, DecisionRecorder
+from proxy.errors import ConfigError
 from proxy.metrics import DECISIONS
 from proxy.settings import AuditSettings
 from proxy.sources.registry import audit_evidence_fields
@@ -238,3 +239,12 @@ def build_recorder(settings: AuditSettings, *, stdout: TextIO) -> AuditRecorder:
             raise RuntimeError("audit.sink file without a path: settings should refuse it")
         return AuditRecorder(FileSink(settings.path))
     return AuditRecorder(StreamSink(stdout))
+
+
+def open_recorder(settings: AuditSettings, *, stdout: TextIO) -> AuditRecorder:
+    """:func:`build_recorder`, with a file that cannot be opened as a ConfigError naming
+    the key (what ``serve`` prints before it exits)."""
+    try:
+        return build_recorder(settings, stdout=stdout)
+    except OSError as e:
+        raise ConfigError("audit.path", f"cannot open {settings.path}: {e}") from e

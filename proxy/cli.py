@@ -14,9 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from proxy import doctor
 from proxy.errors import ConfigError
-from proxy.policy.cli_commands import register as register_policy_commands
 from proxy.settings import ENV_PREFIX, Settings, load_settings
 from proxy.sources.registry import source_type, source_type_names
 
@@ -31,8 +29,13 @@ DEFAULT_CONFIG = "config/trustproxy.yaml"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    args_in = sys.argv[1:] if argv is None else list(argv)
+    # ``serve`` is the long-lived process (and, with workers, the master every worker is
+    # forked from): it builds only its own parser. The others load every source's
+    # commands, the doctor and the policy tools: about 25 MiB that each process of the
+    # tree would otherwise keep resident for nothing.
+    parser = build_parser(only="serve" if args_in[:1] == ["serve"] else None)
+    args = parser.parse_args(args_in)
     if not getattr(args, "handler", None):
         parser.print_help()
         return 2
@@ -40,7 +43,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     return code
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(*, only: str | None = None) -> argparse.ArgumentParser:
+    """The command line; with ``only``, just that command (see :func:`main`)."""
     parser = argparse.ArgumentParser(
         prog="trustproxy",
         description=(
@@ -58,6 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"config file (YAML); default: {DEFAULT_CONFIG}",
     )  # fmt: skip
     serve.set_defaults(handler=cmd_serve)
+    if only == "serve":
+        return parser
 
     config = sub.add_parser("config", help="work with config files",
                             description="Work with config files.")  # fmt: skip
@@ -78,6 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
     check.set_defaults(handler=cmd_config_check)
     config.set_defaults(handler=lambda _a: _help(config))
     _add_trust_parser(sub)
+    from proxy import doctor
+    from proxy.policy.cli_commands import register as register_policy_commands
+
     register_policy_commands(sub)
     doc = sub.add_parser("doctor", help=doctor.HELP, description=doctor.DESCRIPTION)
     doctor.add_arguments(doc)
@@ -233,13 +242,16 @@ def _log_listening(settings: Settings, enforcing: bool, workers: int) -> None:
 
 def _serve_workers(args: argparse.Namespace, settings: Settings, workers: int) -> int:
     """The pre-fork master (proxy/workers.py): bind, fork ``workers`` workers, supervise."""
-    from proxy.reload import Builder, restart_needed
+    # The master imports what it needs to supervise and no more: each module it loads is
+    # resident in every process of the tree (the app's are loaded by each worker).
+    from proxy.audit import open_recorder
+    from proxy.settings import restart_needed
     from proxy.workers import Master, WorkerFilter, bind_sockets
 
     try:
         # Each worker opens its own recorder; a file that cannot be opened stops the start
         # here, once, as it does for one process.
-        Builder(stdout=sys.stdout).recorder(settings, None).close()
+        open_recorder(settings.audit, stdout=sys.stdout).close()
     except ConfigError as e:
         print(f"{args.config}: {e}", file=sys.stderr)
         return 1
@@ -272,6 +284,8 @@ def _serve_workers(args: argparse.Namespace, settings: Settings, workers: int) -
             log.warning("restart needed for: %s (kept the running values)", ", ".join(pending))
 
     def run_worker(slot: int, sock: socket.socket) -> int:
+        from proxy.reload import Builder
+
         for handler in logging.getLogger().handlers:
             handler.addFilter(WorkerFilter(slot))
         current = latest[0]

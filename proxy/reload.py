@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TextIO
 
-from proxy.audit import AuditRecorder, build_recorder
+from proxy.audit import AuditRecorder, open_recorder
 from proxy.decisions import DecisionRecorder
 from proxy.enforcement.build import GateOwner, build_enforcement
 from proxy.enforcement.fail_closed import FailClosedGate
@@ -37,7 +37,13 @@ from proxy.http.app import build_state
 from proxy.http.state import ProxyState
 from proxy.policy.loader import load_policy
 from proxy.policy.model import Policy
-from proxy.settings import CacheSettings, Settings, TrustSourceSettings, load_settings
+from proxy.settings import (
+    CacheSettings,
+    Settings,
+    TrustSourceSettings,
+    load_settings,
+    restart_needed,
+)
 from proxy.sources.redis_store import RedisConnection
 from proxy.sources.sqlite_store import SqliteStateFile
 from proxy.sources.store import TrustStateStore
@@ -250,10 +256,7 @@ class Builder:
         """Keep the running recorder when its settings did not change. Raises ConfigError."""
         if previous is not None and previous.settings.audit == settings.audit:
             return previous.recorder
-        try:
-            return build_recorder(settings.audit, stdout=self.stdout)
-        except OSError as e:
-            raise ConfigError("audit.path", f"cannot open {settings.audit.path}: {e}") from e
+        return open_recorder(settings.audit, stdout=self.stdout)
 
     def first(self, settings: Settings) -> Generation:
         """The generation ``serve`` starts with. A policy that cannot be loaded is logged and
@@ -308,35 +311,6 @@ def _start(gen: Generation) -> None:
     start = getattr(gen.enforcement, "start", None)  # test stand-ins may have none
     if callable(start):
         start()
-
-
-def restart_needed(old: Settings, new: Settings) -> list[str]:
-    """Config keys whose change only takes effect after a restart (uvicorn owns the
-    listening socket and its TLS context; logging is configured once by the entry point)."""
-    a, b = old.server, new.server
-    keys = []
-    if (a.host, a.port) != (b.host, b.port):
-        keys.append("server.listen")
-    if a.tls_cert_file != b.tls_cert_file:
-        keys.append("server.tls_cert_file")
-    if a.tls_key_file != b.tls_key_file:
-        keys.append("server.tls_key_file")
-    if a.client_auth.client_ca_file != b.client_auth.client_ca_file:
-        keys.append("server.client_auth.client_ca_file")
-    if a.metrics_enabled != b.metrics_enabled:
-        keys.append("server.metrics")
-    # The request-head guard and uvicorn's keep-alive are set when the server starts.
-    for key in ("header_timeout", "max_header_bytes", "keep_alive_timeout"):
-        if getattr(a, key) != getattr(b, key):
-            keys.append(f"server.{key}")
-    if old.logging != new.logging:
-        keys.append("logging")
-    # Workers are started by the master; the state file is opened once per process.
-    if a.workers != b.workers:
-        keys.append("server.workers")
-    if old.cache.state_dir != new.cache.state_dir:
-        keys.append("cache.state_dir")
-    return keys
 
 
 # --------------------------------------------------------------------------- runtime

@@ -910,3 +910,32 @@ parse_url = _url
 parse_duration = _duration
 parse_bool = _bool
 parse_credentials = _credentials
+
+
+def restart_needed(old: Settings, new: Settings) -> list[str]:
+    """Config keys whose change only takes effect after a restart (uvicorn owns the
+    listening socket and its TLS context; logging is configured once by the entry point)."""
+    a, b = old.server, new.server
+    keys = []
+    if (a.host, a.port) != (b.host, b.port):
+        keys.append("server.listen")
+    if a.tls_cert_file != b.tls_cert_file:
+        keys.append("server.tls_cert_file")
+    if a.tls_key_file != b.tls_key_file:
+        keys.append("server.tls_key_file")
+    if a.client_auth.client_ca_file != b.client_auth.client_ca_file:
+        keys.append("server.client_auth.client_ca_file")
+    if a.metrics_enabled != b.metrics_enabled:
+        keys.append("server.metrics")
+    # The request-head guard and uvicorn's keep-alive are set when the server starts.
+    for key in ("header_timeout", "max_header_bytes", "keep_alive_timeout"):
+        if getattr(a, key) != getattr(b, key):
+            keys.append(f"server.{key}")
+    if old.logging != new.logging:
+        keys.append("logging")
+    # Workers are started by the master; the state file is opened once per process.
+    if a.workers != b.workers:
+        keys.append("server.workers")
+    if old.cache.state_dir != new.cache.state_dir:
+        keys.append("cache.state_dir")
+    return keys

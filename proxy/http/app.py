@@ -21,11 +21,11 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from proxy.errors import FetchError
 from proxy.http.access_log import AccessLogMiddleware
+from proxy.http.allocator import tune_allocator
 from proxy.http.client_auth import Htpasswd
 from proxy.http.errors import oci_error_response
 from proxy.http.handlers import dispatch, token
 from proxy.http.state import BASIC_REALM, ProxyState
-from proxy.http.streaming import tune_allocator
 from proxy.metrics import exposition_registry
 from proxy.routing import Router
 from proxy.settings import Settings
@@ -143,7 +143,7 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        tune_allocator()  # blob relay buffers: see proxy/http/streaming.py
+        tune_allocator()  # blob relay buffers: see proxy/http/allocator.py
         if runtime is not None:
             await runtime.start(app)
         try:

@@ -30,11 +30,15 @@ from collections.abc import Callable
 from typing import Any
 
 #: Chunks go to the worker in batches of at least this many bytes: one hand-off (a queue
-#: put, a thread wake-up, a GIL hand-over) per few socket reads instead of one per read.
-BATCH_BYTES = 1024 * 1024
+#: put, a thread wake-up, a GIL hand-over) per socket read or so instead of one per chunk.
+#: Each blob in flight holds up to a batch plus the backlog: measured with 2 workers and
+#: 50 concurrent 16 MiB streams, 1 MiB of each made the proxy's RSS peak about 40 MiB
+#: higher than 256 KiB, for no throughput and at most ~0.05 CPU s/GB less; 128 KiB saved
+#: no more memory and cost CPU (docs/performance-notes.md, section 7).
+BATCH_BYTES = 256 * 1024
 #: Bytes handed to the worker and not hashed yet before the relay waits for it: enough
 #: for the hash to keep up, little memory held (this many per blob, plus one batch).
-MAX_BACKLOG = 1024 * 1024
+MAX_BACKLOG = 256 * 1024
 
 
 class _Workers:

@@ -25,10 +25,8 @@ whole blob is decided from the upstream's answer (proxy/http/relay.py, whole_blo
 
 from __future__ import annotations
 
-import ctypes
 import hashlib
 import logging
-import sys
 import time
 from collections.abc import Mapping
 
@@ -36,6 +34,7 @@ import anyio
 import httpx
 from starlette.types import Receive, Scope, Send
 
+from proxy.http.allocator import relays
 from proxy.http.background_hash import BackgroundHash
 from proxy.http.relay import framed_length
 from proxy.metrics import UPSTREAM_ERRORS
@@ -61,46 +60,6 @@ class _Cut(Exception):
     def __init__(self, outcome: str, message: str) -> None:
         self.outcome = outcome
         super().__init__(message)
-
-
-# glibc mallopt(3) parameters.
-_M_TRIM_THRESHOLD = -1
-_M_MMAP_THRESHOLD = -3
-#: Below this, buffers come from the heap and are reused (glibc's default starts at
-#: 128 KiB, under the ~250 KB chunks a blob relay allocates several times per read).
-MMAP_THRESHOLD = 1024 * 1024
-#: Free memory at the top of the heap kept for the next chunks instead of being given
-#: back to the kernel (and faulted in again, zeroed, a moment later).
-TRIM_THRESHOLD = 64 * 1024 * 1024
-_allocator_tuned: bool | None = None
-
-
-def tune_allocator() -> bool:
-    """Keep the relay's chunk buffers in the heap (glibc only; True if applied).
-
-    Every upstream read allocates and frees a few ~250 KB bytes objects (the loop's read,
-    h11's buffer and its slices). With glibc's defaults each of them is a fresh mmap or
-    heap growth, and the page faults that zero the new pages cost more CPU than the copy
-    itself: profiled, a fresh process relayed a blob at less than half the rate of one
-    whose heap was already large. Fixed thresholds remove that (measured ~1.8x single
-    stream throughput); the price is up to TRIM_THRESHOLD of freed memory kept after a
-    burst. Same effect as MALLOC_MMAP_THRESHOLD_ / MALLOC_TRIM_THRESHOLD_ in the
-    environment. Process-wide and idempotent.
-    """
-    global _allocator_tuned
-    if _allocator_tuned is None:
-        _allocator_tuned = False
-        if sys.platform.startswith("linux"):
-            try:
-                mallopt = ctypes.CDLL(None).mallopt
-                # The mmap threshold first: fixing the trim one alone turns glibc's
-                # dynamic threshold off and leaves it at 128 KiB (worse than default).
-                _allocator_tuned = bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(
-                    mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD)
-                )
-            except (OSError, AttributeError):  # not glibc (musl has a stub): nothing to do
-                pass
-    return _allocator_tuned
 
 
 class UpstreamBodyResponse:
@@ -189,6 +148,15 @@ class UpstreamBodyResponse:
 
     async def _copy(self, send: Send) -> None:
         """Every body chunk but the final empty one; raises _Cut to leave it unfinished."""
+        # Counted so that the heap a burst of blobs grew is handed back once the last
+        # one ends (proxy/http/allocator.py).
+        relays.started()
+        try:
+            await self._copy_counted(send)
+        finally:
+            relays.finished()
+
+    async def _copy_counted(self, send: Send) -> None:
         expected = self.expected_digest
         hasher = hashlib.new(expected.partition(":")[0]) if expected else None
         # Past the first INLINE_HASH_BYTES the hash moves to a worker thread and runs beside

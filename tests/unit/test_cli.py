@@ -216,3 +216,20 @@ def test_serve_with_a_tls_key_it_cannot_read_exits_1_naming_the_file_and_uid(
     assert "Permission denied" in err
     assert f"uid {os.getuid()}" in err
     assert "0640" in err
+
+
+def test_a_process_that_only_serves_does_not_load_sigstore_or_the_cli_tools() -> None:
+    # What `serve` imports is resident in the master and every worker forked from it.
+    code = (
+        "import sys\n"
+        "from proxy.cli import build_parser\n"
+        "import proxy.sources.cosign.entry, proxy.sources.notation.entry\n"
+        "build_parser(only='serve')\n"
+        "heavy = sorted(m for m in ('sigstore', 'pydantic', 'rich', 'click', 'proxy.doctor',"
+        " 'proxy.policy.cli_commands') if m in sys.modules)\n"
+        "print(','.join(heavy))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert out.stdout.strip() == ""

@@ -32,10 +32,9 @@ from proxy.reload import (
     Generation,
     RequestTracker,
     Runtime,
-    restart_needed,
 )
 from proxy.routing import Route
-from proxy.settings import Settings, load_settings
+from proxy.settings import Settings, load_settings, restart_needed
 from proxy.sources.store import TrustStateStore
 from proxy.sources.store_factory import StoreFactory
 from proxy.trust_gate import PassThroughGate, RequestContext, TagDecision, TrustGate

@@ -11,8 +11,7 @@ import pytest
 import yaml
 
 from proxy.errors import ConfigError
-from proxy.reload import restart_needed
-from proxy.settings import DEFAULT_STATE_DIR, Settings, load_settings
+from proxy.settings import DEFAULT_STATE_DIR, Settings, load_settings, restart_needed
 
 
 def load(tmp_path: Path, server: dict[str, Any], cache: dict[str, Any] | None = None) -> Settings:

@@ -12,7 +12,8 @@ import anyio
 import httpx
 import pytest
 
-from proxy.http.streaming import UpstreamBodyResponse, tune_allocator
+from proxy.http.allocator import tune_allocator
+from proxy.http.streaming import UpstreamBodyResponse
 from proxy.metrics import REGISTRY as METRICS
 
 Message = dict[str, Any]

@@ -76,49 +76,95 @@ Choices where the formats leave room
 
 from __future__ import annotations
 
-from proxy.sources.cosign.bundle import (
-    BUNDLE_MEDIA_TYPES,
-    COSIGN_SIGN_PREDICATE,
-    BundleVerifier,
-    VerifiedBundle,
-)
-from proxy.sources.cosign.classic import (
-    ClassicLimits,
-    ClassicResult,
-    normalise_reference,
-    parse_sig_manifest,
-    signature_tag,
-    verify_classic,
-)
-from proxy.sources.cosign.config import (
-    CosignSourceConfig,
-    load_trusted_root,
-    parse_rule_config,
-    parse_source_config,
-)
-from proxy.sources.cosign.errors import (
-    CosignFormatError,
-    CosignLimitError,
-    CosignMismatchError,
-    CosignSignatureError,
-)
-from proxy.sources.cosign.facts import CertSigner, KeySigner, Rejected, VerifiedSignature
-from proxy.sources.cosign.policy import (
-    CosignPolicy,
-    KeyAuthority,
-    KeylessAuthority,
-    Match,
-    Verdict,
-    evaluate,
-)
-from proxy.sources.cosign.referrers import (
-    BundleRef,
-    bundle_layer,
-    bundle_referrers,
-    referrers_tag,
-)
-from proxy.sources.cosign.trusted_root import TrustedRoot, parse_trusted_root
-from proxy.sources.cosign.verify import CosignVerifier, FetchedSignatures
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from proxy.sources.cosign.bundle import (
+        BUNDLE_MEDIA_TYPES,
+        COSIGN_SIGN_PREDICATE,
+        BundleVerifier,
+        VerifiedBundle,
+    )
+    from proxy.sources.cosign.classic import (
+        ClassicLimits,
+        ClassicResult,
+        normalise_reference,
+        parse_sig_manifest,
+        signature_tag,
+        verify_classic,
+    )
+    from proxy.sources.cosign.config import (
+        CosignSourceConfig,
+        load_trusted_root,
+        parse_rule_config,
+        parse_source_config,
+    )
+    from proxy.sources.cosign.errors import (
+        CosignFormatError,
+        CosignLimitError,
+        CosignMismatchError,
+        CosignSignatureError,
+    )
+    from proxy.sources.cosign.facts import CertSigner, KeySigner, Rejected, VerifiedSignature
+    from proxy.sources.cosign.policy import (
+        CosignPolicy,
+        KeyAuthority,
+        KeylessAuthority,
+        Match,
+        Verdict,
+        evaluate,
+    )
+    from proxy.sources.cosign.referrers import (
+        BundleRef,
+        bundle_layer,
+        bundle_referrers,
+        referrers_tag,
+    )
+    from proxy.sources.cosign.trusted_root import TrustedRoot, parse_trusted_root
+    from proxy.sources.cosign.verify import CosignVerifier, FetchedSignatures
+
+# Loaded on first use (PEP 562): importing one module of the package (the entry, the
+# settings parser) must not load sigstore-python and its dependencies (~15 MiB per
+# process) where no cosign source is configured.
+_HOME: dict[str, str] = {
+    "BUNDLE_MEDIA_TYPES": "proxy.sources.cosign.bundle",
+    "BundleRef": "proxy.sources.cosign.referrers",
+    "BundleVerifier": "proxy.sources.cosign.bundle",
+    "COSIGN_SIGN_PREDICATE": "proxy.sources.cosign.bundle",
+    "CertSigner": "proxy.sources.cosign.facts",
+    "ClassicLimits": "proxy.sources.cosign.classic",
+    "ClassicResult": "proxy.sources.cosign.classic",
+    "CosignFormatError": "proxy.sources.cosign.errors",
+    "CosignLimitError": "proxy.sources.cosign.errors",
+    "CosignMismatchError": "proxy.sources.cosign.errors",
+    "CosignPolicy": "proxy.sources.cosign.policy",
+    "CosignSignatureError": "proxy.sources.cosign.errors",
+    "CosignSourceConfig": "proxy.sources.cosign.config",
+    "CosignVerifier": "proxy.sources.cosign.verify",
+    "FetchedSignatures": "proxy.sources.cosign.verify",
+    "KeyAuthority": "proxy.sources.cosign.policy",
+    "KeySigner": "proxy.sources.cosign.facts",
+    "KeylessAuthority": "proxy.sources.cosign.policy",
+    "Match": "proxy.sources.cosign.policy",
+    "Rejected": "proxy.sources.cosign.facts",
+    "TrustedRoot": "proxy.sources.cosign.trusted_root",
+    "Verdict": "proxy.sources.cosign.policy",
+    "VerifiedBundle": "proxy.sources.cosign.bundle",
+    "VerifiedSignature": "proxy.sources.cosign.facts",
+    "bundle_layer": "proxy.sources.cosign.referrers",
+    "bundle_referrers": "proxy.sources.cosign.referrers",
+    "evaluate": "proxy.sources.cosign.policy",
+    "load_trusted_root": "proxy.sources.cosign.config",
+    "normalise_reference": "proxy.sources.cosign.classic",
+    "parse_rule_config": "proxy.sources.cosign.config",
+    "parse_sig_manifest": "proxy.sources.cosign.classic",
+    "parse_source_config": "proxy.sources.cosign.config",
+    "parse_trusted_root": "proxy.sources.cosign.trusted_root",
+    "referrers_tag": "proxy.sources.cosign.referrers",
+    "signature_tag": "proxy.sources.cosign.classic",
+    "verify_classic": "proxy.sources.cosign.classic",
+}
 
 __all__ = [
     "BUNDLE_MEDIA_TYPES",
@@ -158,3 +204,12 @@ __all__ = [
     "signature_tag",
     "verify_classic",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOME.get(name)
+    if home is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(import_module(home), name)
+    globals()[name] = value
+    return value
