@@ -551,13 +551,18 @@ class NotarySource:
             record = await self._load_record(gun)
         else:
             token, record = await self._take_turn(gun)
-            if token is None:
-                # Another worker refreshed while we waited: take its result.
+        now = self._clock()  # waiting for the lock took time
+        try:
+            # Another worker refreshed while we waited (no token), or saved and released
+            # its lock between our look above and our taking it (a record saved within
+            # the window; its untrusted fetch time only decides whether to look): take
+            # its result.
+            if (token is None and self._flight is not None) or _within_window(
+                record, now, self.options.fresh_for
+            ):
                 handed = await self._handoff(key, gun, rule)
                 if handed is not None:
                     return handed
-        now = self._clock()  # waiting for the lock took time
-        try:
             return await self._network_update(key, gun, rule, now, previous, record)
         finally:
             if token is not None and self._flight is not None:
@@ -1082,6 +1087,13 @@ def _last_verified(hot: _Hot | None) -> TrustedSet | None:
 
 def _fetched_at(record: tuple[datetime, TrustedState]) -> datetime:
     return record[0]
+
+
+def _within_window(
+    record: tuple[datetime, TrustedState] | None, now: datetime, fresh_for: timedelta
+) -> bool:
+    """Whether ``record`` says it was fetched less than ``fresh_for`` before ``now``."""
+    return record is not None and record[0] <= now < record[0] + fresh_for
 
 
 #: a refresh_at every clock has passed (an invalidated entry)
