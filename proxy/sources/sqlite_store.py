@@ -5,7 +5,9 @@ a refresh: the root pinned under trust on first use, version floors, bytes to re
 cross-process refresh lock (one worker walks a repository's trust data while the others
 wait for what it saves) and, with or without Redis, the rollback floors the workers of this
 host have verified (:class:`SqliteRollbackFloors`: kept on this host, so a Redis writer
-cannot lower them). It is a file, so a restart keeps what was verified.
+cannot lower them) and the hand-over between them (below; with Redis,
+:class:`HostVouchingStore` keeps a copy of each record saved to Redis here for it). It is
+a file, so a restart keeps what was verified.
 
 Layout (one file, ``<state_dir>/trust-state.sqlite3``, WAL mode: readers never block the
 writer; ``BEGIN IMMEDIATE`` serialises writers across processes)::
@@ -35,7 +37,8 @@ floors read back can only raise what a worker checks (a refusal, never an allow)
 thing the file vouches for is a hand-over between sibling workers (``load_vouched``): a
 record whose HMAC verifies under the key of this ``serve`` (made by the master, never
 written) was saved by a sibling after it verified it; the source still re-verifies it and
-uses it only within the sibling's ``fresh_for`` window.
+uses it only within the sibling's ``fresh_for`` window. Nothing read from Redis is ever
+vouched for: the MAC is made over the bytes a worker saves, with a key Redis never sees.
 
 sqlite3 calls block: each runs in a worker thread (``asyncio.to_thread``), on one
 connection per process guarded by a lock (SQLite serialises writers anyway; a statement

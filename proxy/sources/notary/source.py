@@ -48,7 +48,10 @@ the refresh and hands the cache an entry marked stale.
 Concurrent requests for the same repository share one refresh; with a store that offers a
 :class:`~proxy.sources.flight.ReplicaLock` (Redis), replicas also take turns: one refreshes,
 the others wait for the state it saves and then refresh from it (timestamp and root probe
-only, when nothing changed meanwhile). The warm path (a hot set still fresh) touches neither
+only, when nothing changed meanwhile). A sibling worker of the same host that waited uses
+that state as it is instead, when the store vouches for it
+(:class:`~proxy.sources.store.VouchingStore`: the host's state file, with or without
+Redis; see ``_handoff``). The warm path (a hot set still fresh) touches neither
 the store nor a signature: it is a dictionary lookup and a tag resolution. The clock is injected;
 the core never reads it. Metrics: ``trustproxy_trust_cache_total`` counts each lookup once
 (the cache's: ``hit``: a fresh entry, or a sibling's hand-over; ``miss``: a refresh answered;
