@@ -108,6 +108,10 @@ class SourceType:
     add_cli: Callable[[Any], None] | None = None
     #: what tells a built source of changes to its trust data (a change feed), if any
     build_watcher: BuildWatcher | None = None
+    #: its source takes over what a sibling worker of the host verified (it reads
+    #: :class:`~proxy.sources.store.VouchingStore`): with Redis, its store then also keeps
+    #: a vouched copy of each record in the host's state file (``store_factory``)
+    hands_over: bool = False
 
 
 #: ``type:`` -> the module whose ``SOURCE_TYPE`` describes it (loaded on first use).

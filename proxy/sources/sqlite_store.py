@@ -5,7 +5,9 @@ a refresh: the root pinned under trust on first use, version floors, bytes to re
 cross-process refresh lock (one worker walks a repository's trust data while the others
 wait for what it saves) and, with or without Redis, the rollback floors the workers of this
 host have verified (:class:`SqliteRollbackFloors`: kept on this host, so a Redis writer
-cannot lower them). It is a file, so a restart keeps what was verified.
+cannot lower them) and the hand-over between them (below; with Redis,
+:class:`HostVouchingStore` keeps a copy of each record saved to Redis here for it). It is
+a file, so a restart keeps what was verified.
 
 Layout (one file, ``<state_dir>/trust-state.sqlite3``, WAL mode: readers never block the
 writer; ``BEGIN IMMEDIATE`` serialises writers across processes)::
@@ -35,7 +37,8 @@ floors read back can only raise what a worker checks (a refusal, never an allow)
 thing the file vouches for is a hand-over between sibling workers (``load_vouched``): a
 record whose HMAC verifies under the key of this ``serve`` (made by the master, never
 written) was saved by a sibling after it verified it; the source still re-verifies it and
-uses it only within the sibling's ``fresh_for`` window.
+uses it only within the sibling's ``fresh_for`` window. Nothing read from Redis is ever
+vouched for: the MAC is made over the bytes a worker saves, with a key Redis never sees.
 
 sqlite3 calls block: each runs in a worker thread (``asyncio.to_thread``), on one
 connection per process guarded by a lock (SQLite serialises writers anyway; a statement
@@ -68,6 +71,7 @@ from proxy.sources.store import Judge, StoreUnavailableError, TrustStateStore
 __all__ = [
     "STATE_FILE_NAME",
     "HostFlooredStore",
+    "HostVouchingStore",
     "LockingStore",
     "SqliteRollbackFloors",
     "SqliteStateFile",
@@ -547,7 +551,8 @@ class _FlooredStore:
 class HostFlooredStore(_FlooredStore):
     """A shared store and lock (Redis) with this host's floors (the state file) beside:
     records and the refresh lock stay in Redis, shared by replicas; the floors, which a
-    Redis writer must not be able to lower, are shared by this host's workers only."""
+    Redis writer must not be able to lower, are shared by this host's workers only.
+    (:class:`HostVouchingStore` adds the hand-over between this host's workers.)"""
 
     def __init__(self, inner: LockingStore, floors: SqliteRollbackFloors) -> None:
         super().__init__(floors)
@@ -577,6 +582,67 @@ class HostFlooredStore(_FlooredStore):
         await self.inner.release(repository, token)
 
 
-def with_host_floors(inner: LockingStore, floors: SqliteRollbackFloors) -> HostFlooredStore:
-    """``inner`` (records and lock, e.g. Redis) with the host's shared floors."""
+class HostVouchingStore(HostFlooredStore):
+    """:class:`HostFlooredStore` that also hands over between this host's workers
+    (:class:`~proxy.sources.store.VouchingStore`), as the state file does without Redis.
+
+    Every save is also written to the host's file (``host``: the state file's store of the
+    same namespace, its records HMAC'd under the key of this ``serve``), and
+    :meth:`load_vouched` reads it back from there. Redis stays the records and the lock
+    replicas share, and stays untrusted: :meth:`load` reads Redis only, and no Redis
+    content can become vouched (the MAC is over the bytes a worker saved, with a key
+    Redis never sees). A replica on another host leaves nothing in this file, so a worker
+    waiting for its lock still refreshes from the trust server (signed timestamp and root
+    probe) from what it saved in Redis.
+    """
+
+    def __init__(self, inner: LockingStore, host: SqliteTrustStateStore) -> None:
+        super().__init__(inner, host.file.floors(host.namespace))
+        self.host = host
+
+    async def save(
+        self,
+        repository: str,
+        data: bytes,
+        *,
+        generation: int | None = None,
+        judge: Judge | None = None,
+    ) -> None:
+        """Save to the host's file, then to Redis; each failure is independent.
+
+        The file comes first: a sibling waiting for this worker's Redis lock stops waiting
+        when it sees the Redis record move, then asks :meth:`load_vouched`; the vouched copy
+        must be there by then, or it refreshes from the network itself.
+
+        The file failing loses only the hand-over (siblings refresh from the trust server
+        from the Redis record, as replicas do: one more timestamp fetch, never an allow;
+        the floors written beside it warn of the file), so it is logged and Redis is still
+        written. Redis failing (raised, as without this wrapper: the source logs it) loses
+        the head start other replicas would take; the vouched copy already in the file is
+        what this worker verified, so siblings may still use it within its window.
+        """
+        try:
+            await self.host.save(repository, data, generation=generation, judge=judge)
+        except StoreUnavailableError as e:
+            log.debug("trust state file: %s: vouched copy not saved: %s", repository, e)
+        await self.inner.save(repository, data, generation=generation, judge=judge)
+
+    async def load_vouched(self, repository: str) -> bytes | None:
+        """See :class:`~proxy.sources.store.VouchingStore`: from the host's file only."""
+        return await self.host.load_vouched(repository)
+
+
+def with_host_floors(
+    inner: LockingStore,
+    floors: SqliteRollbackFloors,
+    *,
+    vouched: SqliteTrustStateStore | None = None,
+) -> HostFlooredStore:
+    """``inner`` (records and lock, e.g. Redis) with the host's shared floors; with
+    ``vouched`` (the state file's store of the same namespace), the hand-over between the
+    host's workers too (:class:`HostVouchingStore`)."""
+    if vouched is not None:
+        if vouched.namespace != floors.namespace or vouched.file is not floors.file:
+            raise ValueError("the vouched copies and the floors must share file and namespace")
+        return HostVouchingStore(inner, vouched)
     return HostFlooredStore(inner, floors)

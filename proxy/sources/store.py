@@ -115,7 +115,8 @@ class SharedFloors(Protocol):
 
 @runtime_checkable
 class VouchingStore(Protocol):
-    """A store that can say "a sibling process saved these bytes" (the host's state file).
+    """A store that can say "a sibling process saved these bytes" (the host's state file,
+    with or without Redis: :class:`~proxy.sources.sqlite_store.HostVouchingStore`).
 
     Saves are authenticated with a key that only the processes of one ``serve`` hold (the
     master makes it before it forks; it is never written anywhere), so whoever writes the

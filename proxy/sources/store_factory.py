@@ -3,9 +3,12 @@
 With ``cache.redis_url`` every source gets a store on one shared connection (one pool per
 process), each under its own key namespace (its name and a digest of its server URL: trust
 state belongs to the server it came from), with the host's shared rollback floors on top
-when the workers of ``serve`` share a state file (``cache.state_dir``); without Redis, a
-store in that state file; without either, one in-memory store each. Stores are keyed by
-repository inside, so sources never share one.
+when the workers of ``serve`` share a state file (``cache.state_dir``), and, for a source
+type that hands over between workers (``SourceType.hands_over``: Notary), a vouched copy
+of each record in that file too, so the workers of one host refresh a repository once per
+window between them, as without Redis; without Redis, a store in that state file; without
+either, one in-memory store each. Stores are keyed by repository inside, so sources never
+share one.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from collections.abc import Callable
 from proxy.settings import CacheSettings, Settings
 from proxy.sources.flight import ReplicaLock
 from proxy.sources.redis_store import RedisConnection, source_namespace
+from proxy.sources.registry import source_type
 from proxy.sources.sqlite_store import SqliteStateFile, with_host_floors
 from proxy.sources.store import STATE_MAX_BYTES, MemoryTrustStateStore, TrustStateStore
 
@@ -45,8 +49,8 @@ def state_stores(
     state_file: SqliteStateFile | None = None,
 ) -> StoreFactory:
     """The stores of ``settings``' sources: on ``redis`` when given (see :func:`wants_redis`),
-    with ``state_file``'s shared floors on top when given; else in ``state_file``; else one
-    in-memory store each."""
+    with ``state_file``'s shared floors (and vouched copies, for a type that hands over) on
+    top when given; else in ``state_file``; else one in-memory store each."""
     by_name = {s.name: s for s in settings.trust.sources}
     cache = settings.cache
 
@@ -60,7 +64,12 @@ def state_stores(
                 lock_timeout=cache.lock_timeout,
             )
             if state_file is not None and isinstance(shared, ReplicaLock):
-                return with_host_floors(shared, state_file.floors(namespace))
+                vouched = None
+                if source_type(by_name[name].type).hands_over:
+                    vouched = state_file.store(
+                        namespace, max_bytes=STATE_MAX_BYTES, lock_timeout=cache.lock_timeout
+                    )
+                return with_host_floors(shared, state_file.floors(namespace), vouched=vouched)
             return shared
         if state_file is not None:
             return state_file.store(

@@ -1,6 +1,8 @@
 """``proxy serve`` with ``server.workers: 2`` against the real registry and notary-server,
 without Redis: the workers share trust state through the host's state file
-(``cache.state_dir``), so no check is weaker than with one process.
+(``cache.state_dir``), so no check is weaker than with one process. With Redis (the last
+tests) records and lock are there, and the floors and the hand-over between the workers
+stay in the host's file.
 
 Which worker answered a request is read from the proxy's log (every line of a worker carries
 its ``worker`` slot). Connections are spread by the kernel (one ``SO_REUSEPORT`` socket per
@@ -196,10 +198,13 @@ def test_cold_burst_over_both_workers_walks_the_trust_data_once(workers: WorkerB
     file's refresh lock), the other waits for the state it saves and, vouched for by the
     serve's key, uses it: each file, timestamp.json and the next-root probe included, is
     fetched once from the trust server."""
+    _cold_burst_fetches_each_file_once(workers, "burst/app")
+
+
+def _cold_burst_fetches_each_file_once(workers: WorkerBed, name: str) -> None:
     bed, front = workers.bed, workers.front
-    name = "burst/app"
     bed.trust(name).add_signer(f"{bed.namespace}-burst", RELEASES)
-    target = bed.push_and_sign(name, "v1", _image(workers, "burst v1"), role=RELEASES)
+    target = bed.push_and_sign(name, "v1", _image(workers, f"{name} v1"), role=RELEASES)
     gun, repo = bed.gun(name), bed.repo(name)
     expected = set(front.capture(gun)) | {"root.json"}
     assert any(n.startswith("targets/releases.") for n in expected), expected
@@ -452,10 +457,10 @@ def test_with_redis_two_workers_share_the_state_and_keep_floors_in_the_file(
     registry: RegistryBed, notary_bed: NotaryBed, tmp_path: Path
 ) -> None:
     """``cache.redis_url`` set: the workers share records and the refresh lock in Redis (as
-    replicas do: a state from Redis never stands in for freshness, so each worker checks
-    the signed timestamp itself) and the rollback floors in the host's file, where a Redis
-    writer cannot lower them: after Redis is flushed and both workers are replaced (nothing
-    verified left in any process), a rollback is still refused."""
+    replicas do) and the rollback floors in the host's file, where a Redis writer cannot
+    lower them: after Redis is flushed and both workers are replaced (nothing verified
+    left in any process), a rollback is still refused. (The hand-over between the workers
+    through the host's file: the cold-burst test below.)"""
     requires("notary")
     if redis_binary() is None:
         pytest.skip("redis-server is not installed (run `make test` to install it)")
@@ -477,6 +482,7 @@ def test_with_redis_two_workers_share_the_state_and_keep_floors_in_the_file(
         since = time.monotonic()
         paths = [f"/v2/{repo}/manifests/new"] * BURST
         answers = asyncio.run(_get_each_on_new_connection(proxy.url, paths))
+        answered = time.monotonic()  # the state saved is from before this
         assert {status for status, _, _ in answers} == {200}, (answers[:3], wb.logs())
         assert {images.sha256(body) for _, body, _ in answers} == {f"sha256:{new.sha256}"}
         counts = front.counts(gun, since=since)
@@ -491,10 +497,13 @@ def test_with_redis_two_workers_share_the_state_and_keep_floors_in_the_file(
 
         redis.flushall()  # Redis forgets (or a writer rolls it back)
         # Both workers die and are replaced: nothing verified is left in any process, only
-        # the floors in the host's file.
+        # the floors in the host's file (and the state the burst saved there, vouched for
+        # the new workers too, siblings of one serve: past its window, so they ask the
+        # trust server, which now serves the rollback).
         for pid in _worker_pids(wb):
             os.kill(pid, signal.SIGKILL)
         wait_until(lambda: len(_worker_pids(wb)) == 4, timeout=20, interval=0.1)
+        time.sleep(max(0.0, answered + REFRESH + 0.2 - time.monotonic()))
         staged = time.monotonic()
         front.override(gun, v1)
         answers = asyncio.run(
@@ -503,6 +512,37 @@ def test_with_redis_two_workers_share_the_state_and_keep_floors_in_the_file(
         assert not [b for s, b, _ in answers if s == 200], f"rolled back:\n{wb.logs()}"
         assert {status for status, _, _ in answers} <= {404, 503}, answers[:3]
         assert any(f.tampered for f in front.fetches(gun, since=staged))
+    finally:
+        if proxy is not None:
+            proxy.stop()
+        if front is not None:
+            front.stop()
+        if bed is not None:
+            bed.close()
+        redis.stop()
+
+
+def test_with_redis_a_cold_burst_over_both_workers_walks_the_trust_data_once(
+    registry: RegistryBed, notary_bed: NotaryBed, tmp_path: Path
+) -> None:
+    """As without Redis: the worker that waited for the other's refresh lock (in Redis now)
+    takes the state that worker saved from the host's file, vouched for by the serve's key,
+    rather than fetching timestamp.json and the root probe again (a state read from Redis
+    is never freshness). Each file is fetched once from the trust server."""
+    requires("notary")
+    if redis_binary() is None:
+        pytest.skip("redis-server is not installed (run `make test` to install it)")
+    redis = RedisServer(tmp_path / "redis")
+    redis.start()
+    bed, front, proxy = None, None, None
+    try:
+        bed, front, proxy, config = start_worker_bed(
+            tmp_path, registry.url, notary_bed, label="wb",
+            cache={"redis_url": redis.url, "key_prefix": f"tp-{uuid.uuid4().hex[:8]}:"},
+        )  # fmt: skip
+        _cold_burst_fetches_each_file_once(
+            WorkerBed(bed, front, proxy, tmp_path, config), "redisburst/app"
+        )
     finally:
         if proxy is not None:
             proxy.stop()

@@ -96,4 +96,5 @@ SOURCE_TYPE = SourceType(
     evidence_fields={"roles": [], "key_ids": [], "metadata_versions": {}},
     add_cli=add_cli,
     build_watcher=build_watcher,
+    hands_over=True,
 )

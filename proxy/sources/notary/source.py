@@ -48,7 +48,10 @@ the refresh and hands the cache an entry marked stale.
 Concurrent requests for the same repository share one refresh; with a store that offers a
 :class:`~proxy.sources.flight.ReplicaLock` (Redis), replicas also take turns: one refreshes,
 the others wait for the state it saves and then refresh from it (timestamp and root probe
-only, when nothing changed meanwhile). The warm path (a hot set still fresh) touches neither
+only, when nothing changed meanwhile). A sibling worker of the same host that waited uses
+that state as it is instead, when the store vouches for it
+(:class:`~proxy.sources.store.VouchingStore`: the host's state file, with or without
+Redis; see ``_handoff``). The warm path (a hot set still fresh) touches neither
 the store nor a signature: it is a dictionary lookup and a tag resolution. The clock is injected;
 the core never reads it. Metrics: ``trustproxy_trust_cache_total`` counts each lookup once
 (the cache's: ``hit``: a fresh entry, or a sibling's hand-over; ``miss``: a refresh answered;
@@ -551,13 +554,18 @@ class NotarySource:
             record = await self._load_record(gun)
         else:
             token, record = await self._take_turn(gun)
-            if token is None:
-                # Another worker refreshed while we waited: take its result.
+        now = self._clock()  # waiting for the lock took time
+        try:
+            # Another worker refreshed while we waited (no token), or saved and released
+            # its lock between our look above and our taking it (a record saved within
+            # the window; its untrusted fetch time only decides whether to look): take
+            # its result.
+            if (token is None and self._flight is not None) or _within_window(
+                record, now, self.options.fresh_for
+            ):
                 handed = await self._handoff(key, gun, rule)
                 if handed is not None:
                     return handed
-        now = self._clock()  # waiting for the lock took time
-        try:
             return await self._network_update(key, gun, rule, now, previous, record)
         finally:
             if token is not None and self._flight is not None:
@@ -1082,6 +1090,13 @@ def _last_verified(hot: _Hot | None) -> TrustedSet | None:
 
 def _fetched_at(record: tuple[datetime, TrustedState]) -> datetime:
     return record[0]
+
+
+def _within_window(
+    record: tuple[datetime, TrustedState] | None, now: datetime, fresh_for: timedelta
+) -> bool:
+    """Whether ``record`` says it was fetched less than ``fresh_for`` before ``now``."""
+    return record is not None and record[0] <= now < record[0] + fresh_for
 
 
 #: a refresh_at every clock has passed (an invalidated entry)

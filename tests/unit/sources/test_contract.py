@@ -538,15 +538,30 @@ async def test_many_cold_requests_make_one_read(world: World) -> None:
 
 @pytest.mark.integration
 @pytest.mark.skipif(redis_binary() is None, reason="redis-server not installed")
-async def test_two_replicas_share_one_redis(world: World, tmp_path: Path) -> None:
+@pytest.mark.parametrize("state_files", [False, True], ids=["redis-only", "state-file-each"])
+async def test_two_replicas_share_one_redis(
+    world: World, tmp_path: Path, state_files: bool
+) -> None:
+    """``state_files``: each replica on a host of its own, with its own state file and
+    hand-over key (the store ``serve`` builds with Redis and ``cache.state_dir``)."""
     from proxy.sources.redis_store import RedisConnection
+    from proxy.sources.sqlite_store import SqliteStateFile, with_host_floors
 
     world.publish({"v1": M1})
+    files = [SqliteStateFile(tmp_path / f"host-{n}") for n in range(2)] if state_files else []
+
+    def store_of(conn: RedisConnection, n: int) -> TrustStateStore:
+        shared = conn.store("contract:")
+        if not files:
+            return shared
+        vouched = files[n].store("contract:") if world.shares_state else None
+        return with_host_floors(shared, files[n].floors("contract:"), vouched=vouched)
+
     with RedisServer(tmp_path / "redis") as redis:
         # Two replicas: their own connection, store and source; one redis-server.
         conns = [RedisConnection(redis.url, timeout=1.0) for _ in range(2)]
         try:
-            a, b = (world.source(c.store("contract:")) for c in conns)
+            a, b = (world.source(store_of(c, n)) for n, c in enumerate(conns))
             rule = rule_of(world, a)
             reads = world.registry()
             before = world.reads()
@@ -557,6 +572,18 @@ async def test_two_replicas_share_one_redis(world: World, tmp_path: Path) -> Non
             assert 0 < second <= first  # the second replica never costs more than the first
             if world.shares_state:
                 assert second < first, (first, second)  # it started from the shared state
+            if isinstance(world, NotaryWorld):
+                # ... but never from it alone: Redis is not freshness, and nothing another
+                # host's replica saved is vouched for here (whatever the state files).
+                assert "timestamp.json" in world.server.names[-second:], world.server.names
+                if files:
+                    # A sibling of the first on its host (the same file and key) takes what
+                    # that one verified within its window: no read at all.
+                    sibling = world.source(store_of(conns[0], 0))
+                    done = world.reads()
+                    found = await sibling.resolve(GUN, "v1", rule, registry=reads)
+                    assert found.digest == sha256(M1)
+                    assert world.reads() == done, world.server.names
             state_a = await a.trust_info(GUN, rule)
             state_b = await b.trust_info(GUN, rule)
             assert state_a.state_key == state_b.state_key  # the same trust state
@@ -578,3 +605,5 @@ async def test_two_replicas_share_one_redis(world: World, tmp_path: Path) -> Non
         finally:
             for c in conns:
                 await c.aclose()
+            for f in files:
+                await f.aclose()

@@ -20,12 +20,20 @@ from proxy.sources.notary.tuf import RollbackError, TrustOnFirstUse
 from proxy.sources.sqlite_store import (
     SCHEMA_VERSION,
     STATE_FILE_NAME,
+    HostFlooredStore,
+    HostVouchingStore,
     SqliteStateFile,
     SqliteTrustStateStore,
     check_state_dir,
     with_host_floors,
 )
-from proxy.sources.store import MemoryTrustStateStore, SharedFloors, StoreUnavailableError
+from proxy.sources.store import (
+    Judge,
+    MemoryTrustStateStore,
+    SharedFloors,
+    StoreUnavailableError,
+    VouchingStore,
+)
 from tests.simulators.notary_repo import NotaryRepository
 from tests.unit.sources.sim import GUN, Clock, SimServer, make_source
 
@@ -491,6 +499,237 @@ async def test_a_record_without_the_key_is_not_handed_over(state_dir: Path) -> N
         assert await fb.store("n:").load_vouched(GUN) is None
         assert await fa.store("n:").load_vouched(GUN) is not None
         before = len(server.names)
+        await b.resolve(GUN, "v1", TOFU)
+        assert "timestamp.json" in server.names[before:]
+    finally:
+        await a.aclose()
+        await b.aclose()
+        await fa.aclose()
+        await fb.aclose()
+
+
+# -- with Redis: records and lock shared by replicas, the hand-over in the host's file ---------
+
+
+class _DownRecords:
+    """A record store and lock that are down (Redis unreachable)."""
+
+    lock_timeout = 30.0
+
+    async def load(self, repository: str) -> bytes | None:
+        raise StoreUnavailableError("down")
+
+    async def save(
+        self,
+        repository: str,
+        data: bytes,
+        *,
+        generation: int | None = None,
+        judge: Judge | None = None,
+    ) -> None:
+        raise StoreUnavailableError("down")
+
+    async def acquire(self, repository: str) -> str | None:
+        raise StoreUnavailableError("down")
+
+    async def release(self, repository: str, token: str) -> None:
+        raise StoreUnavailableError("down")
+
+
+@pytest.fixture
+async def redis_like(tmp_path: Path) -> AsyncIterator[SqliteTrustStateStore]:
+    """Records and lock shared by every "host" (a file of its own, standing in for Redis:
+    its key is no host's, so nothing in it is vouched for anywhere)."""
+    shared = SqliteStateFile(tmp_path / "redis")
+    yield shared.store("redis:")
+    await shared.aclose()
+
+
+def vouching(file: SqliteStateFile, records: SqliteTrustStateStore) -> HostVouchingStore:
+    store = with_host_floors(records, file.floors("n:"), vouched=file.store("n:"))
+    assert isinstance(store, HostVouchingStore)
+    return store
+
+
+async def test_host_vouching_store_keeps_a_vouched_copy_of_each_save(
+    state_dir: Path, redis_like: SqliteTrustStateStore
+) -> None:
+    key = b"k" * 32
+    fa, fb = (SqliteStateFile(state_dir, handoff_key=key) for _ in range(2))
+    try:
+        a, b = vouching(fa, redis_like), vouching(fb, redis_like)
+        assert isinstance(a, HostVouchingStore)
+        assert isinstance(a, VouchingStore)
+        assert isinstance(a, SharedFloors)
+        plain = with_host_floors(redis_like, fa.floors("n:"))
+        assert type(plain) is HostFlooredStore
+        assert not isinstance(plain, VouchingStore)  # floors only: no hand-over
+        await a.save(GUN, b"record", generation=3)
+        assert await redis_like.load(GUN) == b"record"  # the records replicas share
+        assert await b.load(GUN) == b"record"
+        assert await b.load_vouched(GUN) == b"record"  # a sibling: vouched (same key)
+        assert raw(state_dir, "SELECT ns, repository, gen FROM state") == [("n:", GUN, 3)]
+        # A writer of Redis only (another replica, or an attacker) changes the head start,
+        # never what is vouched for.
+        await redis_like.save(GUN, b"planted", generation=9)
+        assert await b.load(GUN) == b"planted"
+        assert await b.load_vouched(GUN) == b"record"
+        await redis_like.save("other/repo", b"planted")
+        assert await b.load_vouched("other/repo") is None
+        # Another serve on this host (another key) is not vouched for.
+        other = SqliteStateFile(state_dir, handoff_key=b"o" * 32)
+        try:
+            assert await vouching(other, redis_like).load_vouched(GUN) is None
+        finally:
+            await other.aclose()
+    finally:
+        await fa.aclose()
+        await fb.aclose()
+
+
+async def test_a_vouched_copy_must_verify_under_the_key(
+    state_dir: Path, redis_like: SqliteTrustStateStore
+) -> None:
+    key = b"k" * 32
+    f = SqliteStateFile(state_dir, handoff_key=key)
+    try:
+        store = vouching(f, redis_like)
+        await store.save(GUN, b"record", generation=1)
+        assert await store.load_vouched(GUN) == b"record"
+        # Whoever writes the file changes the bytes (keeping the MAC), or plants a MAC.
+        raw(state_dir, "UPDATE state SET data = ?", b"recorc")
+        assert await store.load_vouched(GUN) is None
+        raw(state_dir, "UPDATE state SET data = ?, mac = ?", b"record", b"\0" * 32)
+        assert await store.load_vouched(GUN) is None
+        raw(state_dir, "UPDATE state SET mac = NULL")
+        assert await store.load_vouched(GUN) is None
+    finally:
+        await f.aclose()
+
+
+async def test_the_vouched_copy_is_saved_before_redis_is(state_dir: Path) -> None:
+    """A sibling waiting for the lock stops waiting when the Redis record moves and then
+    asks for the vouched copy: it must already be in the file when Redis is written."""
+    f = SqliteStateFile(state_dir, handoff_key=b"k" * 32)
+    seen: list[bytes | None] = []
+
+    class Records(_DownRecords):
+        async def save(
+            self,
+            repository: str,
+            data: bytes,
+            *,
+            generation: int | None = None,
+            judge: Judge | None = None,
+        ) -> None:
+            seen.append(await f.store("n:").load_vouched(repository))
+
+    try:
+        await vouching(f, Records()).save(GUN, b"record", generation=1)  # type: ignore[arg-type]
+        assert seen == [b"record"]
+    finally:
+        await f.aclose()
+
+
+async def test_host_file_and_redis_fail_apart(
+    state_dir: Path, redis_like: SqliteTrustStateStore
+) -> None:
+    """A file that fails loses the hand-over only (the Redis save still happens; reading
+    the vouched copy is StoreUnavailableError, which the source takes as a miss); Redis
+    down fails the save as before, but the vouched copy is written."""
+    f = SqliteStateFile(state_dir, handoff_key=b"k" * 32)
+    try:
+        down = vouching(f, _DownRecords())  # type: ignore[arg-type]
+        with pytest.raises(StoreUnavailableError):
+            await down.save(GUN, b"record", generation=1)
+        assert await down.load_vouched(GUN) == b"record"
+        store = vouching(f, redis_like)
+        await f.aclose()  # the file is gone (closed here; unwritable or locked alike)
+        await store.save(GUN, b"record 2", generation=2)
+        assert await redis_like.load(GUN) == b"record 2"
+        with pytest.raises(StoreUnavailableError):
+            await store.load_vouched(GUN)
+    finally:
+        await f.aclose()
+
+
+async def test_with_redis_siblings_hand_over_and_another_host_asks_the_server(
+    tmp_path: Path, state_dir: Path, redis_like: SqliteTrustStateStore
+) -> None:
+    """Two workers of one host (one key, one file) and a replica on another host share
+    records and lock in "Redis": a cold burst over the siblings fetches each file once
+    (the one that waited for the lock takes the vouched copy), and the other host, with
+    nothing vouched for it, refreshes from the Redis record: it fetches the signed
+    timestamp itself."""
+    key = b"k" * 32
+    fa, fb = (SqliteStateFile(state_dir, handoff_key=key) for _ in range(2))
+    fc = SqliteStateFile(tmp_path / "other-host", handoff_key=b"c" * 32)
+    server = SimServer()
+    server.add(repo())
+    clock = Clock()
+    server.gate = asyncio.Event()
+    a, b, c = (source(server, vouching(f, redis_like), clock) for f in (fa, fb, fc))
+    try:
+        tasks = [
+            asyncio.ensure_future(s.resolve(GUN, "v1", TOFU)) for s in (a, b) for _ in range(5)
+        ]
+        await asyncio.sleep(0.3)
+        server.gate.set()
+        results = await asyncio.wait_for(asyncio.gather(*tasks), 10)
+        assert {t.digest for t in results} == {digest(M1)}
+        names = server.names
+        assert names.count("timestamp.json") == 1, names
+        assert names.count("root.json") == 1, names
+        assert len([n for n in names if n.endswith(".root.json")]) == 1, names
+        before = len(server.names)
+        assert (await c.resolve(GUN, "v1", TOFU)).digest == digest(M1)
+        fetched = server.names[before:]
+        assert fetched.count("timestamp.json") == 1, fetched
+        assert "root.json" not in fetched, fetched  # its head start came from Redis
+    finally:
+        for s in (a, b, c):
+            await s.aclose()
+        for f in (fa, fb, fc):
+            await f.aclose()
+
+
+class _LookedTooEarly(SqliteTrustStateStore):
+    """A sibling's view of the host's file when its first look came just before the other
+    worker saved (and that worker released its lock before this one tried it)."""
+
+    looked = False
+
+    async def load_vouched(self, repository: str) -> bytes | None:
+        if not self.looked:
+            self.looked = True
+            return None
+        return await super().load_vouched(repository)
+
+
+@pytest.mark.parametrize("with_redis", [False, True])
+async def test_a_sibling_that_gets_the_lock_just_after_a_save_takes_it_over(
+    state_dir: Path, redis_like: SqliteTrustStateStore, with_redis: bool
+) -> None:
+    """The lock is free when this worker tries it, but the record loaded with it was saved
+    within the window: the vouched copy is looked for again before asking the server."""
+    key = b"k" * 32
+    fa, fb = (SqliteStateFile(state_dir, handoff_key=key) for _ in range(2))
+    server = SimServer()
+    server.add(repo())
+    clock = Clock()
+    early = _LookedTooEarly(fb, "n:")
+    store_a: object = vouching(fa, redis_like) if with_redis else fa.store("n:")
+    store_b: object = HostVouchingStore(redis_like, early) if with_redis else early
+    a, b = source(server, store_a, clock), source(server, store_b, clock)
+    try:
+        await a.resolve(GUN, "v1", TOFU)
+        clock.advance(seconds=30)  # within a's window (60 s)
+        before = len(server.names)
+        assert (await b.resolve(GUN, "v1", TOFU)).digest == digest(M1)
+        assert early.looked
+        assert server.names[before:] == [], server.names[before:]
+        # Past a's window the record is only a head start again.
+        clock.advance(seconds=31)
         await b.resolve(GUN, "v1", TOFU)
         assert "timestamp.json" in server.names[before:]
     finally:
