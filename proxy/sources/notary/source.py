@@ -925,12 +925,14 @@ class NotarySource:
         async def fetch(need: Need) -> bytes | None:
             return await self._fetch(gun, need.name, need.role)
 
-        # With nothing to start from (cold), every round trip of the walk used to wait for
-        # the one before: root, then timestamp, snapshot, targets. timestamp.json's name
-        # does not depend on root, so it is fetched beside root.json, and the snapshot and
-        # targets its unverified bytes name as they arrive (tuf.refresh.Lookahead): only
-        # ever used once the walk, verifying in TUF's order, asks for those very files.
-        # Warm, the walk reuses what the state holds; its lookahead is made with it below.
+        # Cold (nothing to start from), each round trip of the walk would wait for the one
+        # before: root, then timestamp, snapshot, targets. timestamp.json's name does not
+        # depend on root, so it is fetched beside root.json, and the snapshot and targets
+        # its unverified bytes name as they arrive (tuf.refresh.Lookahead): three round
+        # trips, not four, each file used only once the walk, verifying in TUF's order,
+        # asks for those very bytes. What this saves is the trust server's latency (on
+        # loopback a GET costs mostly our own CPU, and little is won). Warm, the lookahead
+        # is made below with the state the walk reuses (never fetching what it holds).
         cold = state is None and fallback is None
         early = Lookahead(fetch, limits=limits) if cold else None
         try:

@@ -17,16 +17,20 @@ no longer lists, it would fail the refresh).
 Fetching early (:class:`Lookahead`, :func:`drive` only): each round trip of a cold walk
 waits for the one before (root, then timestamp, then the snapshot it names, then the
 targets that names), yet the names are known sooner. ``timestamp.json`` does not depend on
-root, so a cold refresh fetches it beside ``root.json``; and as soon as the bytes of a
-timestamp (or snapshot) arrive, before they are verified, the snapshot (or targets) they
-name is fetched. Those names come from bytes nobody vouched for yet, so what they bring is
-a guess, never an input: the walk takes it only when it asks, after verifying the parent,
-for that very name, with the length and sha256 the verified parent announces
+root, so a cold refresh fetches it beside ``root.json`` (a repository without trust data
+then answers two 404s, not one); and as soon as the bytes of a timestamp (or snapshot)
+arrive, before they are verified, the snapshot (or targets) they name is fetched, cold or
+not, unless the walk's ``known`` bytes are that file. A cold walk then takes three round
+trips, not four. Those names come from bytes nobody vouched for yet, so what they bring
+is a guess, never an input: the walk takes it only when it asks, after verifying the
+parent, for that very name, with the length and sha256 the verified parent announces
 (:attr:`Need.meta`); it then verifies it like a fetched file. Anything else (another name,
 other bytes, a 404, a failed or oversize fetch) is dropped and the file fetched as without
 it. One early fetch per role and walk: a lying server costs at most one wasted request per
-role, and an honest one exactly the requests of the sequential walk. The timestamp fetched
-early is dropped after a new root, like the one fetched ahead.
+role (bounded by the role's byte limit), an honest one exactly the requests of the
+sequential walk. The timestamp fetched early is dropped after a new root, like the one
+fetched ahead. Delegations are not fetched early (a snapshot may list some that no
+verified role declares any more: fetching them would be requests the walk does not make).
 
 A fetch returns the bytes of ``/v2/<gun>/_trust/tuf/<name>``, or None for 404; it should read
 at most the role's byte limit plus one (so oversize data fails here, not in memory).
