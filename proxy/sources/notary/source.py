@@ -98,9 +98,13 @@ from proxy.sources.notary.rules import (
     TooFewSignaturesError,
 )
 from proxy.sources.notary.tuf import (
+    TIMESTAMP,
+    AsyncFetch,
     Limits,
+    Lookahead,
     MetadataFormatError,
     MissingTimestampError,
+    Need,
     RollbackError,
     RootOfTrust,
     SignedTarget,
@@ -917,12 +921,44 @@ class NotarySource:
         fallback: TrustedState | None = None,
     ) -> TrustedSet:
         limits = self.options.limits
+
+        async def fetch(need: Need) -> bytes | None:
+            return await self._fetch(gun, need.name, need.role)
+
+        # Cold (nothing to start from), each round trip of the walk would wait for the one
+        # before: root, then timestamp, snapshot, targets. timestamp.json's name does not
+        # depend on root, so it is fetched beside root.json, and the snapshot and targets
+        # its unverified bytes name as they arrive (tuf.refresh.Lookahead): three round
+        # trips, not four, each file used only once the walk, verifying in TUF's order,
+        # asks for those very bytes. What this saves is the trust server's latency (on
+        # loopback a GET costs mostly our own CPU, and little is won). Warm, the lookahead
+        # is made below with the state the walk reuses (never fetching what it holds).
+        cold = state is None and fallback is None
+        early = Lookahead(fetch, limits=limits) if cold else None
+        try:
+            return await self._walk_from(gun, rule, now, state, fallback, fetch, early)
+        finally:
+            if early is not None:
+                await early.aclose()  # a refresh ended before the walk: none left running
+
+    async def _walk_from(
+        self,
+        gun: str,
+        rule: SigningRule,
+        now: datetime,
+        state: TrustedState | None,
+        fallback: TrustedState | None,
+        fetch: AsyncFetch,
+        early: Lookahead | None,
+    ) -> TrustedSet:
+        limits = self.options.limits
         ts: TrustedSet | None = None
         # With nothing to start from, root.json is fetched while the other workers' floors
         # are read: they are first needed to verify it (previous_versions below).
         raw: bytes | None = None
-        fetched_root = state is None and fallback is None
-        if fetched_root:
+        fetched_root = early is not None
+        if early is not None:
+            early.start(TIMESTAMP)
             floors = asyncio.ensure_future(self._sync_floors(gun))
             try:
                 raw = await self._fetch(gun, "root.json", "root")
@@ -973,11 +1009,15 @@ class NotarySource:
         # fetcher. Verified bytes we hold are reused when the parent announces the same
         # hash: a refresh of an unchanged repository costs a root probe and timestamp.json.
         # Files the walk says are independent (the timestamp beside the first next-root
-        # probe, one level of delegations) are fetched together; verification keeps the
-        # walk's order (tuf.refresh.drive).
-        steps = walk(ts, previous=state, known=state.metadata if state is not None else None)
+        # probe, one level of delegations) are fetched together, and the file a timestamp
+        # or snapshot names as soon as its bytes are in (never one the state holds);
+        # verification keeps the walk's order (tuf.refresh.drive).
+        known = state.metadata if state is not None else None
+        if early is None:
+            early = Lookahead(fetch, limits=limits, known=known)
+        steps = walk(ts, previous=state, known=known)
         try:
-            skipped = await drive(steps, lambda need: self._fetch(gun, need.name, need.role))
+            skipped = await drive(steps, fetch, lookahead=early)
         except MissingTimestampError as e:
             # notary delete --remote: every file is gone, the stored root stays pinned.
             raise NoTrustDataError(self.name, gun) from e

@@ -77,7 +77,7 @@ async def test_first_contact_fetch_order_and_consistent_names() -> None:
         await source.load(GUN, TOFU)
     finally:
         await source.aclose()
-    assert server.names == [
+    expected = [
         "root.json",
         "2.root.json",  # 404 ends the walk
         "timestamp.json",
@@ -86,7 +86,56 @@ async def test_first_contact_fetch_order_and_consistent_names() -> None:
         f"targets/releases.{sha(repo.current['targets/releases'])}.json",
         f"targets/qa.{sha(repo.current['targets/qa'])}.json",
     ]
+    # The requests of the sequential walk, each once; cold, timestamp.json goes out beside
+    # root.json (its name does not depend on root), the rest as their names are known.
+    assert sorted(server.names) == sorted(expected)
+    assert set(server.names[:2]) == {"root.json", "timestamp.json"}
+    assert server.names.index("2.root.json") > server.names.index("root.json")
     assert all(r.method == "GET" for r in server.requests)
+
+
+class _RoundsServer(SimServer):
+    """Every answer takes 10 ms; records each file's round: 1 + the highest round of the
+    answers given when it was asked (the sequential round trips up to it)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ended: list[int] = []
+        self.rounds: dict[str, int] = {}
+
+    async def __call__(self, request: httpx.Request) -> httpx.Response:
+        at = 1 + max(self.ended, default=0)
+        await asyncio.sleep(0.01)
+        response = await super().__call__(request)
+        self.ended.append(at)
+        self.rounds[request.url.path.partition("/_trust/tuf/")[2]] = at
+        return response
+
+
+async def test_a_cold_refresh_asks_what_the_walk_needs_in_three_rounds() -> None:
+    """Cold: timestamp.json beside root.json, the snapshot and targets as soon as the
+    bytes naming them are in (verified afterwards, in order): three sequential round trips
+    where the walk alone takes four, and the same five requests."""
+    server = _RoundsServer()
+    repo = server.add(NotaryRepository(GUN))
+    repo.add_target("v1", M1)
+    repo.publish()
+    source = make_source(server)
+    try:
+        ts = await source.load(GUN, TOFU)
+    finally:
+        await source.aclose()
+    assert ts.state().metadata["targets"] == repo.current["targets"]
+    snapshot = f"snapshot.{sha(repo.current['snapshot'])}.json"
+    targets = f"targets.{sha(repo.current['targets'])}.json"
+    assert server.rounds == {
+        "root.json": 1,
+        "timestamp.json": 1,
+        "2.root.json": 2,
+        snapshot: 2,
+        targets: 3,
+    }
+    assert len(server.names) == 5
 
 
 async def test_docker_rule_and_required_roles() -> None:
@@ -136,10 +185,12 @@ async def test_no_trust_data_is_a_distinct_outcome_and_cached() -> None:
             await source.resolve(GUN, "v1", TOFU)
         assert str(ei.value) == f"notary does not have trust data for {GUN}"
         assert isinstance(ei.value, NotSignedError)
-        assert server.names == ["root.json"]
+        # Cold, timestamp.json is asked beside root.json: one more 404 (the price of
+        # saving a round trip on every signed repository's first refresh).
+        assert sorted(server.names) == ["root.json", "timestamp.json"]
         with pytest.raises(NoTrustDataError):
             await source.resolve(GUN, "v1", TOFU)
-        assert len(server.requests) == 1  # negative answers are cached for fresh_for
+        assert len(server.requests) == 2  # negative answers are cached for fresh_for
         server.add(NotaryRepository(GUN))
         clock.advance(seconds=61)
         with pytest.raises(NotSignedError):

@@ -65,8 +65,10 @@ from proxy.sources.notary.tuf.metadata import (
     parse_timestamp,
 )
 from proxy.sources.notary.tuf.refresh import (
+    TIMESTAMP,
     AsyncFetch,
     Fetch,
+    Lookahead,
     MissingMetadataError,
     MissingTimestampError,
     Need,
@@ -94,6 +96,7 @@ from proxy.sources.notary.tuf.state import TrustedState
 from proxy.sources.notary.tuf.trusted_set import PendingRole, TrustedSet, consistent_filename
 
 __all__ = [
+    "TIMESTAMP",
     "AsyncFetch",
     "DelegatedRole",
     "Delegations",
@@ -102,6 +105,7 @@ __all__ = [
     "HashMismatchError",
     "KeyIdMismatchError",
     "Limits",
+    "Lookahead",
     "MetaFile",
     "Metadata",
     "MetadataFormatError",

@@ -11,7 +11,26 @@ delegations of one level alongside the first. :func:`drive` fetches them at the 
 the order TUF sets (the root chain before the timestamp, a verified snapshot before the
 targets hashes it vouches for, a parent before its delegations), and the bytes fetched
 ahead are checked like any. After a new root the walk asks for the timestamp afresh (one
-fetched alongside the probe may predate the rotation).
+fetched alongside the probe may predate the rotation: signed with a key the new root
+no longer lists, it would fail the refresh).
+
+Fetching early (:class:`Lookahead`, :func:`drive` only): each round trip of a cold walk
+waits for the one before (root, then timestamp, then the snapshot it names, then the
+targets that names), yet the names are known sooner. ``timestamp.json`` does not depend on
+root, so a cold refresh fetches it beside ``root.json`` (a repository without trust data
+then answers two 404s, not one); and as soon as the bytes of a timestamp (or snapshot)
+arrive, before they are verified, the snapshot (or targets) they name is fetched, cold or
+not, unless the walk's ``known`` bytes are that file. A cold walk then takes three round
+trips, not four. Those names come from bytes nobody vouched for yet, so what they bring
+is a guess, never an input: the walk takes it only when it asks, after verifying the
+parent, for that very name, with the length and sha256 the verified parent announces
+(:attr:`Need.meta`); it then verifies it like a fetched file. Anything else (another name,
+other bytes, a 404, a failed or oversize fetch) is dropped and the file fetched as without
+it. One early fetch per role and walk: a lying server costs at most one wasted request per
+role (bounded by the role's byte limit), an honest one exactly the requests of the
+sequential walk. The timestamp fetched early is dropped after a new root, like the one
+fetched ahead. Delegations are not fetched early (a snapshot may list some that no
+verified role declares any more: fetching them would be requests the walk does not make).
 
 A fetch returns the bytes of ``/v2/<gun>/_trust/tuf/<name>``, or None for 404; it should read
 at most the role's byte limit plus one (so oversize data fails here, not in memory).
@@ -33,6 +52,7 @@ import hashlib
 import posixpath
 from collections.abc import Awaitable, Callable, Collection, Generator, Mapping
 from dataclasses import dataclass
+from typing import Final
 
 from proxy.sources.notary.tuf.errors import (
     ExpiredError,
@@ -40,19 +60,30 @@ from proxy.sources.notary.tuf.errors import (
     RollbackError,
     TrustDataError,
 )
-from proxy.sources.notary.tuf.metadata import DelegatedRole, is_delegation_name, parse_targets
+from proxy.sources.notary.tuf.metadata import (
+    DelegatedRole,
+    Limits,
+    MetaFile,
+    is_delegation_name,
+    parse_snapshot,
+    parse_targets,
+    parse_timestamp,
+)
 from proxy.sources.notary.tuf.state import TrustedState
-from proxy.sources.notary.tuf.trusted_set import TrustedSet
+from proxy.sources.notary.tuf.trusted_set import TrustedSet, consistent_filename
 
 __all__ = [
+    "TIMESTAMP",
     "AsyncFetch",
     "Fetch",
+    "Lookahead",
     "MissingMetadataError",
     "MissingTimestampError",
     "Need",
     "Walk",
     "check_withheld",
     "drive",
+    "named_next",
     "refresh",
     "walk",
 ]
@@ -73,11 +104,19 @@ class MissingTimestampError(MissingMetadataError):
 class Need:
     """The file the walk needs next: ``name`` under ``_trust/tuf/``, read with ``role``'s
     byte limit; ``ahead``: files it will ask for right after, whatever this one holds
-    (worth fetching at the same time)."""
+    (worth fetching at the same time); ``meta``: the length and hashes its verified parent
+    announces (None: a root or the timestamp, vouched for by signatures alone); ``fresh``:
+    no copy fetched before this point may answer (the timestamp after a new root)."""
 
     name: str
     role: str
     ahead: tuple[Need, ...] = ()
+    meta: MetaFile | None = None
+    fresh: bool = False
+
+
+#: what every walk asks for, whatever root says (a cold refresh fetches it beside root.json)
+TIMESTAMP: Final = Need("timestamp.json", "timestamp")
 
 
 AsyncFetch = Callable[[Need], Awaitable[bytes | None]]
@@ -111,12 +150,13 @@ def walk(
         MissingMetadataError: a delegation of ``previous`` is withheld.
     """
     held = known or {}
-    timestamp = Need("timestamp.json", "timestamp")
+    timestamp = TIMESTAMP
     # The timestamp rides along with the first probe; after a new root it is asked afresh.
     probe = Need(ts.next_root_filename(), "root", ahead=(timestamp,))
     while (raw := (yield probe)) is not None:
         ts.update_root(raw)
         probe = Need(ts.next_root_filename(), "root")
+        timestamp = Need(TIMESTAMP.name, TIMESTAMP.role, fresh=True)
     raw = yield timestamp
     if raw is None:
         raise MissingTimestampError("timestamp.json not found", role="timestamp")
@@ -125,7 +165,7 @@ def walk(
         name = ts.filename_for(role)
         raw = _reusable(held, role, name)
         if raw is None:
-            raw = yield Need(name, role)
+            raw = yield Need(name, role, meta=ts.snapshot_meta_for(role))
         if raw is None:
             raise MissingMetadataError(f"{name} not found", role=role)
         if role == "snapshot":
@@ -136,12 +176,12 @@ def walk(
     while pending := ts.pending_delegations(delegations):
         # One level at a time: each is verified against its parent, which is verified.
         reused = {p.name: _reusable(held, p.name, p.filename) for p in pending}
-        wanted = [Need(p.filename, p.name) for p in pending if reused[p.name] is None]
+        wanted = [Need(p.filename, p.name, meta=p.meta) for p in pending if reused[p.name] is None]
         for p in pending:
             raw = reused[p.name]
             if raw is None:
                 need = wanted.pop(0)
-                raw = yield Need(need.name, need.role, ahead=tuple(wanted))
+                raw = yield Need(need.name, need.role, ahead=tuple(wanted), meta=need.meta)
             if raw is None:
                 err: TrustDataError = MissingMetadataError(f"{p.filename} not found", role=p.name)
                 ts.skip_delegation(p.name, err)
@@ -182,25 +222,46 @@ def refresh(
         return errors
 
 
-async def drive(steps: Walk, fetch: AsyncFetch) -> list[TrustDataError]:
+async def drive(
+    steps: Walk, fetch: AsyncFetch, *, lookahead: Lookahead | None = None
+) -> list[TrustDataError]:
     """Run ``steps`` (a :func:`walk`) over an async ``fetch``, fetching each need's
-    ``ahead`` at the same time. Raises what the walk or ``fetch`` raises.
+    ``ahead`` at the same time, and with a ``lookahead`` (over the same fetch, given the
+    walk's ``known``), fetching early. Raises what the walk or ``fetch`` raises.
 
     A file fetched ahead answers the walk only if the walk asks for it before the next
     fetch: whatever the walk asks for that is not held is fetched, and what was held is
     dropped first (after a new root, the timestamp is fetched again). A failed fetch ahead
-    raises only when the walk asks for that file. Every fetch has ended when this returns
-    or raises (none is left running).
+    raises only when the walk asks for that file. A file fetched early answers only as
+    :meth:`Lookahead.take` allows; whatever it does not is fetched. Every fetch, early ones
+    included, has ended when this returns or raises (none is left running).
     """
     held: dict[str, bytes | BaseException | None] = {}
     try:
         need = next(steps)
         while True:
-            if need.name in held:
+            early: bytes | None = None
+            if lookahead is not None:
+                if need.fresh:
+                    lookahead.forget(need.name)
+                elif need.name not in held:
+                    early = await lookahead.take(need)
+            result: bytes | BaseException | None
+            if early is not None:
+                result = early
+            elif need.name in held:
                 result = held.pop(need.name)
             else:
                 held.clear()
-                batch = [need, *(a for a in need.ahead if a.name != need.name)]
+                batch = [
+                    need,
+                    *(
+                        a
+                        for a in need.ahead
+                        if a.name != need.name
+                        and (lookahead is None or not lookahead.started(a.name))
+                    ),
+                ]
                 if len(batch) == 1:
                     result = await fetch(need)
                 else:
@@ -211,12 +272,148 @@ async def drive(steps: Walk, fetch: AsyncFetch) -> list[TrustDataError]:
                     held = {n.name: r for n, r in zip(batch[1:], results[1:], strict=True)}
             if isinstance(result, BaseException):
                 raise result
+            if lookahead is not None and early is None and result is not None:
+                # Its bytes name the next file: fetch it while the walk verifies these
+                # (bytes fetched early were followed as they arrived).
+                lookahead.follow(need, result)
             need = steps.send(result)
     except StopIteration as done:
         errors: list[TrustDataError] = done.value
         return errors
     finally:
         steps.close()
+        if lookahead is not None:
+            await lookahead.aclose()
+
+
+class Lookahead:
+    """Early fetches for one walk under :func:`drive` (see the module docstring): files
+    fetched on names read from bytes not verified yet, so that they have arrived, or are
+    on their way, when the walk asks for them.
+
+    :meth:`start` fetches a file now, and the file its bytes name next as soon as they
+    arrive (:meth:`follow`); :meth:`take` hands the walk what it may use. At most one early
+    fetch per role; none of a file whose bytes ``known`` holds under the announced hash
+    (the walk reuses those: fetching them would be a request the sequential walk does not
+    make). :meth:`aclose` ends every early fetch still running (:func:`drive` calls it).
+    """
+
+    def __init__(
+        self,
+        fetch: AsyncFetch,
+        *,
+        limits: Limits,
+        known: Mapping[str, bytes] | None = None,
+    ) -> None:
+        self._fetch = fetch
+        self._limits = limits
+        self._known = known or {}
+        self._roles: set[str] = set()
+        self._fetched: dict[str, asyncio.Task[bytes | None]] = {}
+        self._running: set[asyncio.Task[bytes | None]] = set()
+        self._closed = False
+
+    def start(self, need: Need) -> None:
+        """Fetch ``need`` now, unless its role was fetched early already in this walk."""
+        if self._closed or need.role in self._roles:
+            return
+        self._roles.add(need.role)
+        task = asyncio.create_task(self._fetch_and_follow(need))
+        self._fetched[need.name] = task
+        self._running.add(task)
+        task.add_done_callback(self._ended)
+
+    def started(self, name: str) -> bool:
+        """Whether ``name`` is fetched early (and not taken or forgotten yet)."""
+        return name in self._fetched
+
+    def follow(self, need: Need, raw: bytes) -> None:
+        """Start fetching what ``raw``, the bytes of ``need`` (verified or not), names next:
+        a timestamp's snapshot, a snapshot's targets."""
+        names = _NAMES_NEXT.get(need.role)
+        if self._closed or names is None or names in self._roles:
+            return  # nothing to start: spare the parse
+        nxt = named_next(need.role, raw, limits=self._limits)
+        if nxt is not None and not _matches(self._known.get(nxt.role), nxt.meta):
+            self.start(Need(nxt.name, nxt.role))
+
+    async def take(self, need: Need) -> bytes | None:
+        """The bytes fetched early for ``need`` if the walk may use them, else None (the
+        caller fetches it): they must have been fetched under ``need.name`` and have the
+        length and sha256 of ``need.meta`` (which the walk checks again, with every other
+        hash, as for fetched bytes). A failed early fetch is no error of the walk's."""
+        task = self._fetched.pop(need.name, None)
+        if task is None:
+            return None
+        try:
+            raw = await task
+        except Exception:  # a guess that failed: the walk fetches the file itself
+            return None
+        if raw is None:
+            return None  # a 404 counts once the walk asks for the file itself
+        if need.meta is not None and not _matches(raw, need.meta):
+            return None
+        return raw
+
+    def forget(self, name: str) -> None:
+        """Drop what was fetched early under ``name`` (a timestamp older than a new root)."""
+        task = self._fetched.pop(name, None)
+        if task is not None:
+            task.cancel()
+
+    async def aclose(self) -> None:
+        """End every early fetch still running; start no other."""
+        self._closed = True
+        self._fetched.clear()
+        while self._running:
+            running = list(self._running)
+            for task in running:
+                task.cancel()
+            await asyncio.gather(*running, return_exceptions=True)
+
+    def _ended(self, task: asyncio.Task[bytes | None]) -> None:
+        self._running.discard(task)
+        if not task.cancelled():
+            task.exception()  # a failure is only reported if the walk takes the file
+
+    async def _fetch_and_follow(self, need: Need) -> bytes | None:
+        raw = await self._fetch(need)
+        if raw is not None:
+            self.follow(need, raw)
+        return raw
+
+
+#: role -> the role whose file its bytes name (the consistent name, by hash)
+_NAMES_NEXT: Final = {"timestamp": "snapshot", "snapshot": "targets"}
+
+
+def named_next(role: str, raw: bytes, *, limits: Limits) -> Need | None:
+    """The file that ``raw``, ``role``'s bytes, names next: a timestamp's snapshot, a
+    snapshot's targets (consistent name; ``meta``: what ``raw`` announces for it); None
+    for another role or bytes that do not parse. Nothing is verified: a guess for
+    :class:`Lookahead`, never an input."""
+    try:
+        if role == "timestamp":
+            meta = parse_timestamp(raw, limits=limits).signed.snapshot
+            return Need(consistent_filename("snapshot", meta), "snapshot", meta=meta)
+        if role == "snapshot":
+            listed = parse_snapshot(raw, limits=limits).signed.meta.get("targets")
+            if listed is not None:
+                return Need(consistent_filename("targets", listed), "targets", meta=listed)
+    except TrustDataError:
+        pass  # the walk will refuse them, or fetch what its verified parent names
+    return None
+
+
+def _matches(raw: bytes | None, meta: MetaFile | None) -> bool:
+    """Whether ``raw`` has the length and sha256 ``meta`` announces (the sha256 is the
+    one in the file's consistent name; the length, compared first, spares most hashing)."""
+    return (
+        raw is not None
+        and meta is not None
+        and len(raw) == meta.length
+        and hashlib.sha256(raw).digest() == meta.hashes.get("sha256")
+    )
 
 
 def _reusable(known: Mapping[str, bytes], role: str, filename: str) -> bytes | None:
