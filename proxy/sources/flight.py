@@ -62,6 +62,11 @@ class ReplicaLock(Protocol):
         ...
 
 
+#: The first poll of a waiting replica comes after ``poll`` / this, each next one twice
+#: as late, up to ``poll`` (75 ms by default: 2.3, 4.7, 9.4, 19, 38, 75, 75, ... ms).
+_FIRST_POLL_DIVISOR = 32
+
+
 async def take_turn(
     lock: ReplicaLock,
     repository: str,
@@ -79,12 +84,13 @@ async def take_turn(
 
     ``start``: the stored state the caller loaded; ``load``: load it again (None: none or
     unreadable); ``stamp``: what orders stored states (a save moves it forward). While
-    another replica holds the lock, the store is polled every ``poll`` seconds for a state
-    whose stamp moved: that replica saved, so refresh from its state. The stamp is
-    untrusted (whoever writes the store can move it), so it can only make us stop waiting
-    early (more work, never an allow): the caller verifies whatever it gets. A holder
-    that neither saves nor releases within ``lock.lock_timeout`` is not waited for longer.
-    The caller releases the token when it is done (``lock.release``).
+    another replica holds the lock, the store is polled (soon, then less often: every
+    ``poll`` seconds at most) for a state whose stamp moved: that replica saved, so
+    refresh from its state. The stamp is untrusted (whoever writes the store can move
+    it), so it can only make us stop waiting early (more work, never an allow): the
+    caller verifies whatever it gets. A holder that neither saves nor releases within
+    ``lock.lock_timeout`` is not waited for longer. The caller releases the token when it
+    is done (``lock.release``).
 
     ``lock_first``: the caller has not loaded the stored state (``start`` is ignored): the
     lock is tried first and the state loaded once after it, taken or not (one store round
@@ -104,9 +110,16 @@ async def take_turn(
             return token, start
         first = False  # held elsewhere: wait for its save (or its release)
     seen = stamp(start) if start is not None else None
+    # The first looks come soon, then every ``poll``: a holder's refresh usually takes a
+    # few milliseconds, and every request for the repository on this replica waits for
+    # it. With siblings taking each other's hand-over, their entries fall due together
+    # (same fetch time), so one of them waits like this once per refresh interval: a
+    # flat 75 ms showed as the p99.9 of a paced warm load (docs/performance.md).
+    wait = poll / _FIRST_POLL_DIVISOR
     while True:
         if not first:
-            await asyncio.sleep(poll)
+            await asyncio.sleep(wait)
+            wait = min(poll, wait * 2)
             latest = await load()
             if latest is not None and (seen is None or stamp(latest) > seen):
                 return None, latest

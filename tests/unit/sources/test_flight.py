@@ -117,3 +117,28 @@ async def test_lock_first_waits_past_the_state_loaded_after_the_lock() -> None:
     store = Store((1, "old"), (2, "new"), after=0)
     assert await lock_first_turn(lock, store) == ("token", (2, "new"))
     assert lock.attempts == 4
+
+
+async def test_a_waiting_replica_looks_soon_then_backs_off_to_the_poll(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A holder's refresh takes milliseconds and every request for the repository waits
+    # for it: the first looks come at a fraction of ``poll``, each next one twice as late.
+    import asyncio
+
+    real_sleep = asyncio.sleep
+    waits: list[float] = []
+
+    async def sleep(delay: float) -> None:
+        waits.append(delay)
+        await real_sleep(0)
+
+    monkeypatch.setattr(asyncio, "sleep", sleep)
+    store = Store((1, "old"), (2, "new"), after=9)
+    got = await take_turn(
+        Lock(held=-1), "repo", start=store.first, load=store.load, stamp=lambda r: r[0],
+        poll=0.32, label="test",
+    )  # fmt: skip
+    assert got == (None, (2, "new"))
+    assert len(waits) == store.loads == 10  # one look after each wait
+    assert waits == pytest.approx([0.01, 0.02, 0.04, 0.08, 0.16] + [0.32] * 5)
